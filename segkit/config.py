@@ -1,0 +1,232 @@
+"""Configuration: one dataclass per section, loaded from YAML plus ``--set`` overrides.
+
+Every key has a default here; ``configs/default.yaml`` documents them all. Unknown keys
+and values of the wrong type are one-line errors that name the key (and the nearest
+valid key), raised before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tempfile
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from segkit.errors import SegkitError
+
+TASKS = ("seg", "cls")
+
+
+@dataclass
+class RunConfig:
+    name: Optional[str] = None  # run directory name; default "<command>-<timestamp>"
+    runs_dir: str = "runs"  # parent folder of all run directories
+    seed: int = 42  # seeds windows, augmentation, weights and folds
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    progress: bool = True  # progress bars on long work
+
+
+@dataclass
+class DataConfig:
+    manifest: str = "sample"  # dataset CSV, a folder with images/ + masks/, or "sample" (bundled nuclei)
+    fov_px: Optional[int] = None  # source pixels a window covers; default: size of the first stage
+    size: int = 256  # pixels the network sees (--size); windows are resampled fov_px -> size
+    folds: int = 5  # folds made when the manifest has no fold column
+    fold_method: str = "random"  # random | stratified | group
+    val_fold: int = 0  # the validation fold (--fold)
+    foreground_share: float = 0.33  # share of windows centred on labelled objects
+    tissue: str = "none"  # usable-area detection on a thumbnail: none | saturation | otsu
+    pad_mode: str = "constant"  # padding of windows past the border: constant | reflect
+    rle_order: str = "F"  # RLE labels: F column-major (Kaggle HuBMAP) | C row-major
+    class_map: Optional[dict] = None  # label value or polygon property -> class id
+    class_property: Optional[str] = None  # polygon property holding the class
+    channels: Optional[list] = None  # multi-contrast channel spec; null = one channel per band
+    normalize: bool = True  # per-channel mean/std computed on training windows
+    stats_windows: int = 64  # windows sampled for the normalization statistics
+    augment: Optional[dict] = None  # albumentations serialized pipeline (A.to_dict form)
+    copy_paste: Optional[dict] = None  # object copy-paste settings; null = off
+    workers: int = 0  # DataLoader worker processes
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "Unet"  # any segmentation_models_pytorch architecture
+    encoder: str = "resnet18"  # encoder name as smp knows it
+    encoder_weights: Optional[str] = None  # null or imagenet (needs internet once)
+    classes: int = 1  # 1 = binary (sigmoid); N > 1 = multiclass (softmax)
+    freeze_fraction: float = 0.0  # share of encoder parameter tensors frozen
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10  # epochs of this stage
+    windows_per_epoch: int = 512  # random windows drawn per epoch
+    subset: float = 1.0  # fraction of windows_per_epoch actually used (fast experiments)
+    batch_size: int = 8
+    optimizer: str = "adamw"  # adamw | adam | sgd
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    scheduler: str = "cosine"  # cosine (with warmup) | onecycle | constant
+    warmup_steps: int = 0
+    loss: list = field(default_factory=lambda: [{"name": "dice", "weight": 1.0}, {"name": "soft_bce", "weight": 1.0}])
+    amp: bool = True  # bf16 autocast on CPU, fp16 + GradScaler on CUDA
+    accumulate: int = 1  # gradient accumulation steps
+    clip: Optional[float] = None  # gradient-norm clipping
+    ema: Optional[float] = None  # EMA decay of weights (e.g. 0.999); null = off
+    keep_last: int = 3  # checkpoints kept besides the best
+    early_stop: int = 0  # stop after N epochs without improvement; 0 = off
+    channels_last: bool = True
+
+
+@dataclass
+class InferConfig:
+    overlap_px: int = 64  # overlap of neighbouring tiles in source pixels
+    blend: str = "gaussian"  # gaussian | pyramid | flat
+    tta: str = "hflip"  # none | hflip | flips | d4 | "identity:0.6,hflip:0.4"
+    epochs: str = "last:3"  # checkpoints averaged: last:K | best | all | 8,9,10
+    threshold: float = 0.5
+    batch_size: int = 8
+    min_object_px: int = 0  # remove predicted objects smaller than this
+    fill_holes: bool = False
+    rle_order: str = "F"  # F column-major 1-indexed (Kaggle HuBMAP) | C row-major
+    crf: Optional[dict] = None  # dense CRF parameters used with --crf
+
+
+@dataclass
+class Config:
+    task: str = "seg"  # seg | cls
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+
+
+def _suggest(key: str, valid: list[str], prefix: str) -> str:
+    close = difflib.get_close_matches(key, valid, n=1)
+    return f" (did you mean '{prefix}{close[0]}'?)" if close else f" (valid: {', '.join(valid)})"
+
+
+def _check_type(dotted: str, value: Any, annotation: Any) -> Any:
+    """Return ``value`` converted to ``annotation`` or raise a SegkitError naming the key."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        if value is None and type(None) in args:
+            return None
+        annotation = next(a for a in args if a is not type(None))
+        origin = typing.get_origin(annotation)
+    base = origin or annotation
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if base is int and isinstance(value, bool):
+        raise SegkitError(f"config key {dotted}: expected int, got {value!r}")
+    if not isinstance(value, base):
+        raise SegkitError(f"config key {dotted}: expected {base.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _merge(instance: Any, updates: dict, prefix: str = "") -> Any:
+    if not isinstance(updates, dict):
+        raise SegkitError(f"config section {prefix.rstrip('.') or '(top)'}: expected a mapping, got {updates!r}")
+    fields = {f.name: f for f in dataclasses.fields(instance)}
+    hints = typing.get_type_hints(type(instance))
+    changes = {}
+    for key, value in updates.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            raise SegkitError(f"unknown config key {dotted}{_suggest(str(key), list(fields), prefix)}")
+        current = getattr(instance, key)
+        if dataclasses.is_dataclass(current):
+            changes[key] = _merge(current, value, prefix=f"{dotted}.")
+        else:
+            changes[key] = _check_type(dotted, value, hints[key])
+    return dataclasses.replace(instance, **changes)
+
+
+def parse_override(text: str) -> dict:
+    """``section.key=value`` -> nested dict; the value is parsed as YAML (numbers, null, lists)."""
+    if "=" not in text:
+        raise SegkitError(f"--set {text!r}: expected section.key=value")
+    dotted, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as exc:
+        raise SegkitError(f"--set {dotted}: value {raw!r} is not valid YAML ({exc.problem})") from None
+    nested: dict = value
+    for part in reversed(dotted.strip().split(".")):
+        nested = {part: nested}
+    return nested
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (), base: Config | None = None) -> Config:
+    """Defaults (or ``base``) <- YAML file <- ``--set`` overrides, each checked against the dataclasses."""
+    config = base or Config()
+    if path is not None:
+        path = Path(path)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise SegkitError(f"{path}: cannot read config ({exc.strerror})") from None
+        except yaml.YAMLError as exc:
+            raise SegkitError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+        try:
+            config = _merge(config, loaded)
+        except SegkitError as exc:
+            raise SegkitError(f"{path}: {exc}") from None
+    for text in overrides:
+        config = _merge(config, parse_override(text))
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Checks across keys that types alone cannot express."""
+    choices = {
+        "task": (config.task, TASKS),
+        "data.fold_method": (config.data.fold_method, ("random", "stratified", "group")),
+        "data.tissue": (config.data.tissue, ("none", "saturation", "otsu")),
+        "data.pad_mode": (config.data.pad_mode, ("constant", "reflect")),
+        "data.rle_order": (config.data.rle_order, ("F", "C")),
+        "infer.rle_order": (config.infer.rle_order, ("F", "C")),
+        "infer.blend": (config.infer.blend, ("gaussian", "pyramid", "flat")),
+    }
+    for key, (value, valid) in choices.items():
+        if value not in valid:
+            raise SegkitError(f"config key {key}: {value!r} is not one of {', '.join(valid)}")
+    positive = {
+        "data.size": config.data.size,
+        "train.epochs": config.train.epochs,
+        "train.batch_size": config.train.batch_size,
+        "train.windows_per_epoch": config.train.windows_per_epoch,
+        "model.classes": config.model.classes,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise SegkitError(f"config key {key}: must be >= 1, got {value}")
+    if config.data.fov_px is not None and config.data.fov_px < 1:
+        raise SegkitError(f"config key data.fov_px: must be >= 1, got {config.data.fov_px}")
+    if not 0 < config.train.subset <= 1:
+        raise SegkitError(f"config key train.subset: must be in (0, 1], got {config.train.subset}")
+    if not 0 <= config.data.foreground_share <= 1:
+        raise SegkitError(f"config key data.foreground_share: must be in [0, 1], got {config.data.foreground_share}")
+
+
+def to_dict(config: Config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def save_config(config: Config, path: Path) -> None:
+    """Write the resolved config atomically, so a run directory never holds half a config."""
+    text = yaml.safe_dump(to_dict(config), sort_keys=False)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
