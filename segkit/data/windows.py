@@ -5,7 +5,13 @@ One Window type is used everywhere in segkit; all values are source pixels.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
+
+import cv2
+import numpy as np
+
+from segkit.errors import SegkitError
 
 
 class Window(NamedTuple):
@@ -27,3 +33,273 @@ class Window(NamedTuple):
     @property
     def slices(self) -> tuple[slice, slice]:
         return slice(self.row, self.bottom), slice(self.col, self.right)
+
+
+# ---------------------------------------------------------------------------
+# Grid windows (evaluation / inference)
+# ---------------------------------------------------------------------------
+
+
+def grid_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Tile starts along one axis: first 0, last ``length - tile``, steps as equal as possible.
+
+    The number of tiles is the smallest one whose steps are all <= ``tile - overlap``; the
+    spare overlap is spread evenly (steps differ by at most one pixel) instead of piling up in
+    a last tile that hangs past the border.  ``[0]`` when the tile covers the whole length.
+    """
+    length, tile, overlap = int(length), int(tile), int(overlap)
+    if tile <= 0:
+        raise SegkitError(f"tile: must be a positive number of pixels, got {tile}")
+    if overlap < 0 or overlap >= tile:
+        raise SegkitError(f"overlap: must be in [0, tile) = [0, {tile}), got {overlap}")
+    if length <= 0:
+        raise SegkitError(f"length: must be positive, got {length}")
+    if length <= tile:
+        return [0]
+    span = length - tile
+    stride = tile - overlap
+    n_steps = -(-span // stride)  # ceil: fewest steps that keep every step <= stride
+    # floor(i * span / n_steps): consecutive differences are floor or ceil of span / n_steps <= stride
+    return [i * span // n_steps for i in range(n_steps + 1)]
+
+
+def _region_in_image(height: int, width: int, region: Window | None) -> Window:
+    """The region clipped to the image (pixels outside the image do not exist)."""
+    if region is None:
+        return Window(0, 0, int(height), int(width))
+    r0, c0 = max(0, int(region.row)), max(0, int(region.col))
+    r1, c1 = min(int(height), int(region.bottom)), min(int(width), int(region.right))
+    if r1 <= r0 or c1 <= c0:
+        raise SegkitError(f"region {tuple(region)}: does not overlap the {height}x{width} image")
+    return Window(r0, c0, r1 - r0, c1 - c0)
+
+
+def grid_windows(
+    height: int, width: int, tile: int, overlap: int, region: Window | None = None
+) -> list[Window]:
+    """tile x tile windows (row-major) covering every pixel of the image, or of ``region``.
+
+    The region is clipped to the image.  When it is smaller than the tile the single window
+    starts at its origin and extends past it (readers pad).
+    """
+    if height <= 0 or width <= 0:
+        raise SegkitError(f"image size: must be positive, got {height}x{width}")
+    reg = _region_in_image(height, width, region)
+    rows = grid_starts(reg.height, tile, overlap)
+    cols = grid_starts(reg.width, tile, overlap)
+    return [Window(reg.row + r, reg.col + c, int(tile), int(tile)) for r in rows for c in cols]
+
+
+# ---------------------------------------------------------------------------
+# Tissue / valid-area mask from a low-resolution thumbnail
+# ---------------------------------------------------------------------------
+
+TISSUE_METHODS = ("saturation", "otsu", "none")
+# Saturation threshold bounds: Otsu picks the split, these keep it sane when the thumbnail is
+# all glass (Otsu would split noise) or all tissue (Otsu would split the tissue in two).
+_SAT_MIN, _SAT_MAX = 0.05, 0.15
+
+
+def _otsu(values: np.ndarray) -> float:
+    """Otsu threshold of a float array, through OpenCV on a 256-level rescale (any dtype in)."""
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        return hi
+    scaled = np.round((values - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    thr, _ = cv2.threshold(scaled, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return lo + float(thr) * (hi - lo) / 255.0
+
+
+def _cleanup(mask: np.ndarray) -> np.ndarray:
+    """Remove specks and close small gaps; the kernel grows with the thumbnail."""
+    k = max(3, (min(mask.shape) // 200) | 1)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+    m = mask.astype(np.uint8)
+    m = cv2.morphologyEx(m, cv2.MORPH_OPEN, kernel)
+    m = cv2.morphologyEx(m, cv2.MORPH_CLOSE, kernel)
+    cleaned = m.astype(bool)
+    # tiny thumbnails: never let the clean-up erase every detected pixel
+    return cleaned if cleaned.any() or not mask.any() else mask
+
+
+def tissue_mask(thumb: np.ndarray, method: str = "saturation") -> np.ndarray:
+    """Bool HW mask of the area worth sampling, from a low-res HW or HWC thumbnail of any dtype.
+
+    - ``saturation``: HSV saturation (max-min)/max of RGB, thresholded by Otsu clipped to
+      [0.05, 0.15]: stained tissue is coloured, glass and background are grey.  Thumbnails with
+      fewer than 3 channels have no saturation and use ``otsu``.
+    - ``otsu``: Otsu on the grey level (channel mean); the side that covers most of the
+      thumbnail border is background, so bright glass (brightfield) and black nodata
+      (fluorescence, aerial mosaics) both work.
+    - ``none``: everything.
+    A constant thumbnail has nothing to separate and gives an empty mask (otsu/saturation).
+    """
+    if method not in TISSUE_METHODS:
+        raise SegkitError(f"tissue method {method!r}: unknown, valid: {', '.join(TISSUE_METHODS)}")
+    img = np.asarray(thumb)
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if img.ndim != 3 or img.shape[0] == 0 or img.shape[1] == 0:
+        raise SegkitError(f"thumbnail: expected HW or HWC array, got shape {np.shape(thumb)}")
+    if method == "none":
+        return np.ones(img.shape[:2], dtype=bool)
+    img = img.astype(np.float32)
+    if method == "saturation" and img.shape[2] >= 3:
+        rgb = img[:, :, :3]
+        mx, mn = rgb.max(axis=2), rgb.min(axis=2)
+        sat = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-12), 0.0).astype(np.float32)
+        sat = cv2.medianBlur(sat, 3) if min(sat.shape) >= 3 else sat
+        thr = min(max(_otsu(sat), _SAT_MIN), _SAT_MAX)
+        mask = sat > thr
+    else:
+        grey = img.mean(axis=2)
+        if float(grey.max()) <= float(grey.min()):
+            return np.zeros(grey.shape, dtype=bool)
+        thr = _otsu(grey)
+        bright = grey > thr
+        border = np.concatenate([bright[0], bright[-1], bright[:, 0], bright[:, -1]])
+        mask = ~bright if border.mean() > 0.5 else bright
+    return _cleanup(mask)
+
+
+# ---------------------------------------------------------------------------
+# Random windows (training)
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class SamplingArea:
+    """One image as the sampler sees it: sizes in source pixels, masks on a low-res grid.
+
+    Grid pixel (i, j) covers source rows [i*scale, (i+1)*scale) and the same for columns.
+    ``usable`` None means the whole region is usable; ``foreground`` None means no labels
+    (every draw is then uniform).  ``region`` None means the whole image.
+    """
+
+    height: int
+    width: int
+    region: Window | None = None
+    usable: np.ndarray | None = None
+    scale: float = 1.0
+    foreground: np.ndarray | None = None
+
+
+def _grid_cells(grid: np.ndarray, scale: float, reg: Window) -> np.ndarray:
+    """Flat indices of the True cells of ``grid`` that overlap the region."""
+    g = np.asarray(grid, dtype=bool)
+    if g.ndim != 2:
+        raise SegkitError(f"sampling grid: expected a 2-D bool array, got shape {g.shape}")
+    inside = np.zeros_like(g)
+    r0, c0 = int(np.floor(reg.row / scale)), int(np.floor(reg.col / scale))
+    r1, c1 = int(np.ceil(reg.bottom / scale)), int(np.ceil(reg.right / scale))
+    inside[r0:r1, c0:c1] = True
+    return np.flatnonzero(g & inside)
+
+
+class _Prepared:
+    """Per-area arrays computed once: region, usable cells, foreground cells, weight."""
+
+    def __init__(self, index: int, area: SamplingArea):
+        self.index = index
+        self.region = _region_in_image(area.height, area.width, area.region)
+        self.scale = float(area.scale)
+        if not self.scale > 0:
+            raise SegkitError(f"sampling area {index}: scale must be > 0, got {area.scale}")
+        if area.usable is None:
+            self.usable_shape, self.usable = None, None
+            self.weight = float(self.region.height * self.region.width)
+        else:
+            self.usable_shape = np.shape(area.usable)
+            self.usable = _grid_cells(area.usable, self.scale, self.region)
+            # cells straddling the region edge count whole: an approximation at thumbnail scale
+            self.weight = float(self.usable.size) * self.scale**2
+        if area.foreground is None:
+            self.fg_shape, self.fg = None, np.empty(0, dtype=np.intp)
+        else:
+            self.fg_shape = np.shape(area.foreground)
+            self.fg = _grid_cells(area.foreground, self.scale, self.region)
+
+
+class RandomWindowSampler:
+    """Random fov_px x fov_px windows over several images.
+
+    Each draw: an image chosen in proportion to its usable area; with probability
+    ``foreground_share`` (and when the image has labelled pixels) the window is centred on a
+    random labelled grid pixel, moved by a uniform jitter of up to ``jitter * fov_px`` per axis
+    (<= fov/2, so the labelled pixel stays inside); otherwise centred on a uniform point of the
+    usable area.  Positions are continuous (any source pixel, not grid-aligned) and the window
+    is clipped to stay inside the region; a region smaller than the fov gets the window at its
+    origin, extending past it (readers pad).  ``sample`` returns the index into ``areas``.
+    """
+
+    def __init__(
+        self,
+        areas: list[SamplingArea],
+        fov_px: int,
+        foreground_share: float = 0.33,
+        jitter: float = 0.25,
+    ):
+        if int(fov_px) <= 0:
+            raise SegkitError(f"fov_px: must be a positive number of pixels, got {fov_px}")
+        if not 0.0 <= float(foreground_share) <= 1.0:
+            raise SegkitError(f"foreground_share: must be in [0, 1], got {foreground_share}")
+        if not 0.0 <= float(jitter) <= 0.5:
+            raise SegkitError(f"jitter: must be in [0, 0.5] (fraction of fov), got {jitter}")
+        self.fov_px = int(fov_px)
+        self.foreground_share = float(foreground_share)
+        self.jitter = float(jitter)
+        prepared = [_Prepared(i, a) for i, a in enumerate(areas)]
+        self.dropped = [p.index for p in prepared if p.weight <= 0]
+        self._areas = [p for p in prepared if p.weight > 0]
+        if not self._areas:
+            raise SegkitError(
+                f"sampler: none of the {len(areas)} image(s) has any usable area "
+                "(empty tissue mask or region); check the tissue method or the regions"
+            )
+        w = np.array([p.weight for p in self._areas], dtype=np.float64)
+        self.probabilities = w / w.sum()
+
+    def _uniform_centre(self, rng: np.random.Generator, p: _Prepared) -> tuple[float, float]:
+        reg = p.region
+        if p.usable is None:
+            return reg.row + rng.random() * reg.height, reg.col + rng.random() * reg.width
+        i, j = np.unravel_index(p.usable[rng.integers(p.usable.size)], p.usable_shape)
+        r = (i + rng.random()) * p.scale
+        c = (j + rng.random()) * p.scale
+        # a cell straddling the region edge may put the centre just outside: pull it in
+        return min(max(r, reg.row), reg.bottom - 1e-6), min(max(c, reg.col), reg.right - 1e-6)
+
+    def _foreground_centre(self, rng: np.random.Generator, p: _Prepared) -> tuple[float, float]:
+        i, j = np.unravel_index(p.fg[rng.integers(p.fg.size)], p.fg_shape)
+        r = (i + rng.random()) * p.scale
+        c = (j + rng.random()) * p.scale
+        reach = self.jitter * self.fov_px
+        return r + rng.uniform(-reach, reach), c + rng.uniform(-reach, reach)
+
+    def _place(self, centre: float, start: int, length: int) -> int:
+        if length <= self.fov_px:
+            return start
+        pos = int(np.floor(centre - self.fov_px / 2))
+        return min(max(pos, start), start + length - self.fov_px)
+
+    def sample(self, rng: np.random.Generator) -> tuple[int, Window]:
+        """One draw: (index into the ``areas`` given, Window in source pixels)."""
+        k = int(rng.choice(len(self._areas), p=self.probabilities)) if len(self._areas) > 1 else 0
+        p = self._areas[k]
+        want_fg = rng.random() < self.foreground_share
+        if want_fg and p.fg.size:
+            r, c = self._foreground_centre(rng, p)
+        else:
+            r, c = self._uniform_centre(rng, p)
+        reg = p.region
+        row = self._place(r, reg.row, reg.height)
+        col = self._place(c, reg.col, reg.width)
+        return p.index, Window(row, col, self.fov_px, self.fov_px)
+
+
+def worker_rng(seed: int, epoch: int, rank: int, worker: int) -> np.random.Generator:
+    """A generator determined by (seed, epoch, rank, worker) alone, independent streams for each."""
+    parts = (int(seed), int(epoch), int(rank), int(worker))
+    if min(parts) < 0:
+        raise SegkitError(f"worker_rng: seed, epoch, rank and worker must be >= 0, got {parts}")
+    return np.random.default_rng(np.random.SeedSequence(list(parts)))
