@@ -111,9 +111,12 @@ def _otsu(values: np.ndarray) -> float:
 
 
 def _cleanup(mask: np.ndarray) -> np.ndarray:
-    """Remove specks and close small gaps; the kernel grows with the thumbnail."""
+    """Remove specks and close small gaps; the kernel grows with the thumbnail.
+
+    A square kernel keeps straight edges and corners (rectangular valid areas of mosaics) exact.
+    """
     k = max(3, (min(mask.shape) // 200) | 1)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+    kernel = np.ones((k, k), dtype=np.uint8)
     m = mask.astype(np.uint8)
     m = cv2.morphologyEx(m, cv2.MORPH_OPEN, kernel)
     m = cv2.morphologyEx(m, cv2.MORPH_CLOSE, kernel)
@@ -273,7 +276,8 @@ class RandomWindowSampler:
         i, j = np.unravel_index(p.fg[rng.integers(p.fg.size)], p.fg_shape)
         r = (i + rng.random()) * p.scale
         c = (j + rng.random()) * p.scale
-        reach = self.jitter * self.fov_px
+        # at most fov/2 - 1 so the labelled source pixel always stays inside the window
+        reach = min(self.jitter * self.fov_px, max(self.fov_px / 2 - 1, 0.0))
         return r + rng.uniform(-reach, reach), c + rng.uniform(-reach, reach)
 
     def _place(self, centre: float, start: int, length: int) -> int:
