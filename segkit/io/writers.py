@@ -1,0 +1,288 @@
+"""Output writers for the inference path: RLE CSV and tiled TIFF, all atomic and streaming.
+
+Every writer goes through :class:`AtomicFile`: the data is written to a temporary file in the
+destination folder and moved over the final name with ``os.replace`` only when the writer is
+closed without an error. An exception (KeyboardInterrupt included) removes the temporary file,
+so an interrupted ``segkit infer`` never leaves a partial output behind.
+
+Strip writers receive finished row strips in row order (what ``predict_strips`` yields) and never
+hold the whole image: :class:`TiffStripWriter` keeps at most one row of tiles in memory and
+:class:`RleStripWriter` keeps the runs of the image being encoded.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from segkit.errors import SegkitError
+
+__all__ = [
+    "AtomicFile",
+    "atomic_path",
+    "write_rle_csv",
+    "RleStripWriter",
+    "TiffStripWriter",
+    "probs_to_uint8",
+]
+
+
+class AtomicFile:
+    """A temporary file next to ``path`` that becomes ``path`` on :meth:`commit`.
+
+    Refuses an existing ``path`` unless ``overwrite`` and checks that the folder is writable
+    up front, so a bad output path fails before any (slow) inference work starts.
+    """
+
+    def __init__(self, path: str | os.PathLike, overwrite: bool = False):
+        self.path = Path(path)
+        if self.path.exists() and not overwrite:
+            raise SegkitError(f"{self.path}: exists (use --overwrite)")
+        if self.path.is_dir():
+            raise SegkitError(f"{self.path}: is a folder, expected a file path")
+        folder = self.path.parent
+        if not folder.is_dir():
+            raise SegkitError(f"{folder}: output folder does not exist")
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=folder)
+        except OSError as exc:
+            raise SegkitError(f"{folder}: output folder is not writable ({exc.strerror})") from None
+        os.close(fd)
+        self.tmp = Path(tmp)
+        self.done = False
+
+    def commit(self) -> Path:
+        if not self.done:
+            # mkstemp creates 0600 files; give the output the usual umask-based mode
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(self.tmp, 0o666 & ~mask)
+            os.replace(self.tmp, self.path)
+            self.done = True
+        return self.path
+
+    def discard(self) -> None:
+        if not self.done:
+            self.done = True
+            try:
+                self.tmp.unlink()
+            except FileNotFoundError:
+                pass
+
+    def __enter__(self) -> "AtomicFile":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path in the destination folder; it replaces ``path`` on success.
+
+    Any exception (KeyboardInterrupt included: ``BaseException``) removes the temporary file
+    and leaves an existing ``path`` untouched.
+    """
+    atomic = AtomicFile(path, overwrite)
+    try:
+        yield atomic.tmp
+    except BaseException:
+        atomic.discard()
+        raise
+    atomic.commit()
+
+
+def write_rle_csv(path, rows: Iterable[tuple[str, str]], header=("id", "rle"), overwrite: bool = False) -> Path:
+    """Write ``id,rle`` rows (Kaggle submission format) atomically; ``rows`` may be a generator."""
+    with atomic_path(path, overwrite) as tmp:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(header)
+            for image_id, rle in rows:
+                writer.writerow([image_id, rle])
+    return Path(path)
+
+
+class RleStripWriter:
+    """RLE CSV written row by row, each image's RLE encoded from row strips as they finish.
+
+    Usage::
+
+        with RleStripWriter("sub.csv", overwrite=True) as out:
+            out.begin("img1", height, width)
+            for row0, mask in strips:
+                out.add(mask)          # nonzero = foreground
+            out.end()
+
+    Encoding uses ``segkit.io.rle.RleStripEncoder`` (column-major by default, the Kaggle order),
+    so no full-size mask is built. The CSV is committed on a clean ``close``/context exit.
+    """
+
+    def __init__(self, path, header=("id", "rle"), overwrite: bool = False, order: str = "F"):
+        self._atomic = AtomicFile(path, overwrite)
+        self._fh = open(self._atomic.tmp, "w", newline="")
+        self._csv = csv.writer(self._fh)
+        self._csv.writerow(header)
+        self.order = order
+        self._id = None
+        self._encoder = None
+
+    def write_row(self, image_id: str, rle: str) -> None:
+        self._csv.writerow([image_id, rle])
+
+    def begin(self, image_id: str, height: int, width: int) -> None:
+        from segkit.io.rle import RleStripEncoder  # owned by the inference helper
+
+        if self._encoder is not None:
+            raise RuntimeError(f"begin({image_id!r}) before end() of {self._id!r}")
+        self._id = image_id
+        self._encoder = RleStripEncoder(height, width, order=self.order)
+
+    def add(self, strip: np.ndarray) -> None:
+        self._encoder.add(np.asarray(strip) != 0)
+
+    def end(self) -> str:
+        rle = self._encoder.finish()
+        self.write_row(self._id, rle)
+        self._id, self._encoder = None, None
+        return rle
+
+    def close(self) -> Path:
+        if self._encoder is not None:
+            raise RuntimeError(f"close() while image {self._id!r} is still open")
+        self._fh.close()
+        return self._atomic.commit()
+
+    def abort(self) -> None:
+        self._fh.close()
+        self._atomic.discard()
+
+    def __enter__(self) -> "RleStripWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def probs_to_uint8(probs: np.ndarray) -> np.ndarray:
+    """Probabilities in [0, 1] -> uint8 0..255 (rounded), the format of ``--probs out.tif``."""
+    return np.clip(np.rint(np.asarray(probs, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
+class TiffStripWriter:
+    """Tiled, compressed (Geo)TIFF written from row strips, holding at most one row of tiles.
+
+    One backend on purpose: rasterio/GDAL writes both plain and georeferenced TIFFs (CRS and
+    transform when given), handles tiling, deflate and BigTIFF (``BIGTIFF=IF_SAFER``), and is a
+    required dependency anyway; a second tifffile path would only duplicate the tile logic.
+    Strips of any height are buffered until a full row of tiles is available and then written
+    as one tile-aligned window, so every compressed tile is written exactly once (writing
+    partial tiles would make GDAL rewrite them at the end of the file).
+
+    ``write(strip)`` takes ``(h, W)`` or ``(C, h, W)`` strips in row order. A float strip given
+    to a uint8 writer is taken as probabilities and scaled 0..255 (the ``--probs`` output).
+    """
+
+    def __init__(self, path, height: int, width: int, channels: int = 1, dtype="uint8", *, crs=None,
+                 transform=None, tile: int = 256, compression: str = "deflate", overwrite: bool = False):
+        import rasterio
+        from rasterio.errors import NotGeoreferencedWarning
+
+        if tile % 16:
+            raise ValueError(f"tile must be a multiple of 16 (TIFF rule), got {tile}")
+        self.height, self.width, self.channels = int(height), int(width), int(channels)
+        self.dtype = np.dtype(dtype)
+        self.tile = int(tile)
+        self._atomic = AtomicFile(path, overwrite)
+        profile = dict(driver="GTiff", height=self.height, width=self.width, count=self.channels,
+                       dtype=self.dtype.name, tiled=True, blockxsize=self.tile, blockysize=self.tile,
+                       compress=compression, BIGTIFF="IF_SAFER")
+        if self.channels > 1:
+            profile["interleave"] = "pixel"
+        if crs is not None:
+            profile["crs"] = crs
+        if transform is not None:
+            profile["transform"] = transform
+        try:
+            with warnings.catch_warnings():
+                # a plain (non-geo) TIFF is what the caller asked for when crs/transform are None
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                self._ds = rasterio.open(self._atomic.tmp, "w", **profile)
+        except BaseException:
+            self._atomic.discard()
+            raise
+        self._pending: list[np.ndarray] = []
+        self._pending_rows = 0
+        self._next_row = 0  # first row not yet written to the file
+
+    @property
+    def rows_received(self) -> int:
+        return self._next_row + self._pending_rows
+
+    def write(self, strip: np.ndarray) -> None:
+        strip = np.asarray(strip)
+        if strip.ndim == 2:
+            strip = strip[None]
+        if strip.ndim != 3 or strip.shape[0] != self.channels or strip.shape[2] != self.width:
+            raise ValueError(f"strip shape {strip.shape} does not fit ({self.channels}, h, {self.width})")
+        if self.rows_received + strip.shape[1] > self.height:
+            raise ValueError(f"strip rows {self.rows_received}+{strip.shape[1]} exceed height {self.height}")
+        if strip.dtype != self.dtype:
+            if self.dtype == np.uint8 and np.issubdtype(strip.dtype, np.floating):
+                strip = probs_to_uint8(strip)
+            else:
+                strip = strip.astype(self.dtype, casting="same_kind")
+        self._pending.append(strip)
+        self._pending_rows += strip.shape[1]
+        if self._pending_rows >= self.tile or self.rows_received == self.height:
+            self._flush(final=self.rows_received == self.height)
+
+    def _flush(self, final: bool) -> None:
+        from rasterio.windows import Window as RioWindow
+
+        if not self._pending:
+            return
+        block = np.concatenate(self._pending, axis=1) if len(self._pending) > 1 else self._pending[0]
+        n = block.shape[1] if final else (block.shape[1] // self.tile) * self.tile
+        if n:
+            self._ds.write(block[:, :n], window=RioWindow(0, self._next_row, self.width, n))
+            self._next_row += n
+        rest = block[:, n:]
+        self._pending = [rest] if rest.shape[1] else []
+        self._pending_rows = rest.shape[1]
+
+    def close(self) -> Path:
+        if self.rows_received != self.height:
+            self.abort()
+            raise ValueError(f"{self._atomic.path}: closed after {self.rows_received} of {self.height} rows")
+        self._flush(final=True)
+        self._ds.close()
+        return self._atomic.commit()
+
+    def abort(self) -> None:
+        try:
+            self._ds.close()
+        finally:
+            self._atomic.discard()
+
+    def __enter__(self) -> "TiffStripWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
