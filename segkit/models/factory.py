@@ -1,0 +1,134 @@
+"""create_model(): every segmentation_models_pytorch architecture by name, plus a classifier head.
+
+The registry is read from smp itself (``MODEL_ARCHITECTURES_MAPPING``), so a newer smp adds
+architectures without code here; names match case-insensitively and ignore ``_``/``-``
+("DeepLabV3Plus", "deeplabv3plus", "unet_plus_plus" is not a name: "UnetPlusPlus" is).
+
+Notes on particular architectures (smp 0.6.0):
+- PAN pools its deepest feature map again; inputs must be at least 128 px.
+- DPT only takes timm ViT-style encoders ("tu-vit_small_patch16_224", ...).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+
+import segmentation_models_pytorch as smp
+from segmentation_models_pytorch.base import ClassificationHead
+from segmentation_models_pytorch.encoders import get_encoder
+
+from segkit.errors import SegkitError
+
+TASKS = ("seg", "cls")
+
+
+def _key(name: str) -> str:
+    return str(name).lower().replace("_", "").replace("-", "")
+
+
+def _registry() -> dict[str, type]:
+    mapping = getattr(smp, "MODEL_ARCHITECTURES_MAPPING", None)
+    if mapping is None:  # older smp: fall back to the exported classes
+        mapping = {n: getattr(smp, n) for n in ("Unet", "UnetPlusPlus", "FPN", "PSPNet", "DeepLabV3",
+                                                  "DeepLabV3Plus", "Linknet", "MAnet", "PAN")
+                   if hasattr(smp, n)}
+    return {_key(cls.__name__): cls for cls in mapping.values()}
+
+
+ARCHITECTURES: dict[str, type] = _registry()
+
+
+def architecture_names() -> list[str]:
+    """The class names create_model accepts (e.g. ["DPT", "DeepLabV3", ...])."""
+    return sorted(cls.__name__ for cls in ARCHITECTURES.values())
+
+
+def _weights(encoder_weights):
+    if encoder_weights is None or str(encoder_weights).lower() in ("none", "null", "", "false"):
+        return None
+    return str(encoder_weights)
+
+
+class Classifier(nn.Module):
+    """An smp/timm encoder, global pooling and a linear layer: images (N,C,H,W) -> logits (N, classes)."""
+
+    def __init__(self, encoder: nn.Module, classes: int, pooling: str = "avg", dropout: float = 0.2):
+        super().__init__()
+        self.encoder = encoder
+        self.classification_head = ClassificationHead(
+            in_channels=encoder.out_channels[-1], classes=classes, pooling=pooling, dropout=dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classification_head(self.encoder(x)[-1])
+
+
+def _build(what: str, fn, *args, **kwargs):
+    """Call an smp constructor, turning its bad-name/argument errors into one-line SegkitErrors."""
+    try:
+        return fn(*args, **kwargs)
+    except KeyError as e:  # smp: "Wrong encoder name `x`, supported encoders: [...]"
+        raise SegkitError(f"model.encoder: {str(e).strip(chr(39) + chr(34))[:600]}") from None
+    except TypeError as e:  # unexpected keyword argument
+        raise SegkitError(f"model ({what}): {e}") from None
+    except ValueError as e:  # architecture/encoder combinations smp refuses
+        raise SegkitError(f"model ({what}): {e}") from None
+    except OSError as e:  # pretrained weights could not be fetched (offline, no cache)
+        raise SegkitError(f"model.encoder_weights ({what}): could not load pretrained weights: {e}") from None
+
+
+def create_model(arch: str = "Unet", encoder: str = "resnet18", encoder_weights: str | None = None,
+                 in_channels: int = 3, classes: int = 1, task: str = "seg", **kw) -> nn.Module:
+    """Build a segmentation model (logits N,classes,H,W) or, with task="cls", a classifier (N,classes).
+
+    ``encoder_weights`` is None/"none" or a weight name smp knows ("imagenet"; fetched from the
+    hub on first use). Extra keywords go to the smp constructor (e.g. decoder_channels) for
+    "seg", or are ``pooling``/``dropout`` of the head for "cls" (``arch`` is ignored there).
+    """
+    if task not in TASKS:
+        raise SegkitError(f"model.task: unknown task {task!r}; valid: {', '.join(TASKS)}")
+    if int(classes) < 1 or int(in_channels) < 1:
+        raise SegkitError(f"model: classes ({classes}) and in_channels ({in_channels}) must be >= 1")
+    weights = _weights(encoder_weights)
+    if task == "cls":
+        head_kw = {k: kw.pop(k) for k in ("pooling", "dropout") if k in kw}
+        depth = kw.pop("encoder_depth", 5)
+        if kw:
+            raise SegkitError(f"model (cls): unexpected options {sorted(kw)}; valid: pooling, dropout, encoder_depth")
+        enc = _build(f"cls/{encoder}", get_encoder, encoder, in_channels=int(in_channels), depth=depth,
+                     weights=weights)
+        return Classifier(enc, int(classes), **head_kw)
+    cls = ARCHITECTURES.get(_key(arch))
+    if cls is None:
+        raise SegkitError(f"model.arch: unknown architecture {arch!r}; valid: {', '.join(architecture_names())}")
+    if not str(encoder).startswith("tu-"):
+        # smp forwards unknown keywords only to timm ("tu-") encoders and drops them otherwise
+        known = set(inspect.signature(cls).parameters) - {"kwargs"}
+        unknown = sorted(set(kw) - known)
+        if unknown:
+            raise SegkitError(f"model ({cls.__name__}): unknown options {unknown}; valid: {', '.join(sorted(known))}")
+    return _build(f"{cls.__name__}/{encoder}", cls, encoder_name=encoder, encoder_weights=weights,
+                  in_channels=int(in_channels), classes=int(classes), **kw)
+
+
+def freeze_encoder(model: nn.Module, fraction: float) -> int:
+    """Freeze the first ``fraction`` (0..1) of the encoder's parameter tensors, in definition order.
+
+    The seeds' trick: after training, freeze most of the encoder (e.g. 0.9) and tune the rest.
+    Earlier freezes are undone first, so calling it again with a smaller fraction unfreezes.
+    Returns the number of frozen tensors. BatchNorm running statistics still update in train
+    mode; only gradients are switched off.
+    """
+    if not 0.0 <= float(fraction) <= 1.0:
+        raise SegkitError(f"freeze_encoder: fraction must be in [0, 1], got {fraction}")
+    inner = getattr(model, "module", model)  # DDP / EMA wrappers
+    encoder = getattr(inner, "encoder", None)
+    if encoder is None:
+        raise SegkitError("freeze_encoder: the model has no .encoder (not built by create_model)")
+    params = list(encoder.parameters())
+    count = int(len(params) * float(fraction) + 1e-9)
+    for i, p in enumerate(params):
+        p.requires_grad_(i >= count)
+    return count
