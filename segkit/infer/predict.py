@@ -1,0 +1,194 @@
+"""The streaming tiled predictor shared by `segkit infer` and validation during training.
+
+Tiles of fov_px x fov_px source pixels (even grid, overlap_px) are read at `size` x `size`,
+run through every model under every TTA view, averaged with weights, resized back to fov_px,
+blended into a StripAccumulator, and finished row strips are yielded as soon as no later tile
+can touch them. Reading runs one batch ahead on a background thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterator, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from segkit.data.windows import Window, grid_windows
+from segkit.errors import SegkitError
+from segkit.infer.tiling import StripAccumulator, blend_weights
+from segkit.infer.tta import augment, deaugment
+
+ACTIVATIONS = ("sigmoid", "softmax", "identity")
+
+
+def _activate(out: torch.Tensor, activation: str | None) -> torch.Tensor:
+    if activation == "sigmoid":
+        return torch.sigmoid(out)
+    if activation == "softmax":
+        return torch.softmax(out, dim=1)
+    if activation in (None, "identity", "none"):
+        return out
+    raise SegkitError(f"activation {activation!r}: valid: {', '.join(ACTIVATIONS)}")
+
+
+def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = model(x)
+    if isinstance(out, dict):  # torchvision-style {"out": ...}
+        out = out["out"]
+    elif isinstance(out, (tuple, list)):  # smp aux heads: (mask, label)
+        out = out[0]
+    return out
+
+
+def _normalised(pairs: Sequence[tuple[object, float]], what: str) -> list[tuple[object, float]]:
+    total = float(sum(w for _, w in pairs))
+    if not pairs or total <= 0 or any(w < 0 for _, w in pairs):
+        raise SegkitError(f"{what}: weights must be >= 0 and sum to a positive number")
+    return [(m, float(w) / total) for m, w in pairs]
+
+
+def _autocast(device: torch.device, amp: bool):
+    if not amp:
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def predict_batch(models, x: torch.Tensor, tta, *, activation="sigmoid", amp=False,
+                  average="probs") -> torch.Tensor:
+    """Weighted average over models x views of one NCHW batch -> probs float32 (N, C, H, W).
+
+    models and tta are (item, weight) lists with normalised weights. average="probs" averages
+    after the activation (default); "logits" averages raw outputs and activates once.
+    """
+    if average not in ("probs", "logits"):
+        raise SegkitError(f"tta average {average!r}: valid: probs, logits")
+    total = None
+    with torch.inference_mode(), _autocast(x.device, amp):
+        for model, m_weight in models:
+            for view, v_weight in tta:
+                out = deaugment(_forward(model, augment(x, view)), view).float()
+                if average == "probs":
+                    out = _activate(out, activation)
+                out = out * (m_weight * v_weight)
+                total = out if total is None else total + out
+    if average == "logits":
+        total = _activate(total, activation)
+    return total.float()
+
+
+def _resize(probs: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(C, h, w) -> (C, height, width), bilinear; cv2 resizes HWC with up to 512 channels at once."""
+    if probs.shape[1:] == (height, width):
+        return probs
+    chans = [probs[i:i + 512].transpose(1, 2, 0) for i in range(0, probs.shape[0], 512)]
+    out = [cv2.resize(np.ascontiguousarray(c), (width, height), interpolation=cv2.INTER_LINEAR) for c in chans]
+    out = [o[:, :, None] if o.ndim == 2 else o for o in out]
+    return np.concatenate(out, axis=2).transpose(2, 0, 1)
+
+
+def _clip_region(height: int, width: int, region: Window | None) -> Window:
+    if region is None:
+        return Window(0, 0, height, width)
+    r0, c0 = max(0, int(region.row)), max(0, int(region.col))
+    r1, c1 = min(height, int(region.bottom)), min(width, int(region.right))
+    if r1 <= r0 or c1 <= c0:
+        raise SegkitError(f"region {tuple(region)}: does not overlap the {height}x{width} image")
+    return Window(r0, c0, r1 - r0, c1 - c0)
+
+
+def _read_batch(raster, windows: list[Window], size: int, fov_px: int, preprocess) -> np.ndarray:
+    """(N, C, size, size) float32 from raw reads (runs on the reader thread)."""
+    out_size = None if size == fov_px else (size, size)
+    tiles = []
+    for w in windows:
+        img = preprocess(raster.read(w, out_size=out_size))
+        if img.ndim == 2:
+            img = img[:, :, None]
+        if img.shape[:2] != (size, size):
+            raise SegkitError(f"{getattr(raster, 'path', 'raster')}: tile {tuple(w)} read as {img.shape}, "
+                              f"expected ({size}, {size}, C)")
+        tiles.append(img)
+    return np.ascontiguousarray(np.stack(tiles).transpose(0, 3, 1, 2), dtype=np.float32)
+
+
+def predict_strips(
+    models: Sequence[tuple[nn.Module, float]],
+    raster,
+    *,
+    fov_px: int,
+    size: int,
+    overlap_px: int,
+    preprocess: Callable[[np.ndarray], np.ndarray],
+    tta: Sequence[tuple[str, float]] = (("identity", 1.0),),
+    blend: str = "gaussian",
+    batch_size: int = 8,
+    device="cpu",
+    amp: bool = False,
+    activation: str | None = "sigmoid",
+    region: Window | None = None,
+    progress: bool = False,
+    average: str = "probs",
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (row0 within the region, probs float32 (C, h, region width)) strips, top to bottom.
+
+    models: (module, weight) pairs; tta: (view, weight) pairs (see parse_tta); weights are
+    normalised. region is clipped to the image; strips cover exactly the clipped region.
+    """
+    if not models:
+        raise SegkitError("predict: no models given")
+    fov_px, size, overlap_px, batch_size = int(fov_px), int(size), int(overlap_px), int(batch_size)
+    if size <= 0 or batch_size <= 0:
+        raise SegkitError(f"predict: size ({size}) and batch_size ({batch_size}) must be positive")
+    models = _normalised(list(models), "models")
+    tta = _normalised(list(tta), "tta")
+    device = torch.device(device)
+    reg = _clip_region(int(raster.height), int(raster.width), region)
+    windows = grid_windows(raster.height, raster.width, fov_px, overlap_px, region=reg)
+    weights = blend_weights(fov_px, fov_px, blend)
+    batches = [windows[i:i + batch_size] for i in range(0, len(windows), batch_size)]
+
+    was_training = [m.training for m, _ in models]
+    for m, _ in models:
+        m.eval().to(device=device, memory_format=torch.channels_last)
+    acc = None
+    bar = None
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segkit-read")
+    try:
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=len(windows), unit="tile", desc=str(getattr(raster, "path", "predict")),
+                       leave=False, dynamic_ncols=True)
+        nxt = pool.submit(_read_batch, raster, batches[0], size, fov_px, preprocess)
+        for i, batch in enumerate(batches):
+            arr = nxt.result()
+            if i + 1 < len(batches):  # read the next batch while the models run on this one
+                nxt = pool.submit(_read_batch, raster, batches[i + 1], size, fov_px, preprocess)
+            x = torch.from_numpy(arr).to(device).contiguous(memory_format=torch.channels_last)
+            probs = predict_batch(models, x, tta, activation=activation, amp=amp, average=average)
+            probs = probs.cpu().numpy()
+            if acc is None:
+                acc = StripAccumulator(probs.shape[1], reg.height, reg.width)
+            for w, p in zip(batch, probs):
+                p = _resize(p, fov_px, fov_px)
+                local = Window(w.row - reg.row, w.col - reg.col, w.height, w.width)
+                yield from acc.add(local, p, weights)
+            if bar is not None:
+                bar.update(len(batch))
+        yield from acc.finish()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        if bar is not None:
+            bar.close()
+        for (m, _), training in zip(models, was_training):
+            m.train(training)
+
+
+def predict_probs(models, raster, **kwargs) -> np.ndarray:
+    """predict_strips concatenated: (C, H, W) float32 of the region (small images / validation)."""
+    strips = [s for _, s in predict_strips(models, raster, **kwargs)]
+    return np.concatenate(strips, axis=1)

@@ -1,0 +1,127 @@
+"""Blend weights and the strip accumulator of the streaming predictor.
+
+The tile grid itself is segkit.data.windows.grid_windows / grid_starts (even step placement, the
+last tile ends at the border). Overlapping tile predictions are blended as
+sum(weight * probs) / sum(weight); the accumulator keeps those two sums only for the rows that
+can still receive tiles, so memory is about one strip of tiles whatever the image height.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from segkit.data.windows import Window
+from segkit.errors import SegkitError
+
+BLEND_MODES = ("gaussian", "pyramid", "flat")
+# gaussian weights at a tile's corners are ~exp(-32) of the centre; the floor keeps every weight
+# strictly positive (and well above float32 underflow) so no covered pixel is ever divided by 0
+_GAUSSIAN_FLOOR = 1e-4
+
+
+def _gaussian_1d(n: int) -> np.ndarray:
+    sigma = max(n / 8.0, 1e-3)
+    x = np.arange(n, dtype=np.float64) - (n - 1) / 2.0
+    return np.exp(-0.5 * (x / sigma) ** 2)
+
+
+def blend_weights(height: int, width: int, mode: str = "gaussian") -> np.ndarray:
+    """float32 (height, width) weights, strictly > 0, symmetric under flips.
+
+    gaussian: sigma = size / 8 per axis, peak 1, floored at 1e-4; pyramid: distance to the nearest
+    tile edge + 1 (1 on the border); flat: all ones.
+    """
+    height, width = int(height), int(width)
+    if height <= 0 or width <= 0:
+        raise SegkitError(f"blend weights: tile size must be positive, got {height}x{width}")
+    if mode == "flat":
+        return np.ones((height, width), dtype=np.float32)
+    if mode == "gaussian":
+        w = np.outer(_gaussian_1d(height), _gaussian_1d(width))
+        w /= w.max()
+        return np.maximum(w, _GAUSSIAN_FLOOR).astype(np.float32)
+    if mode == "pyramid":
+        r = np.arange(height)
+        c = np.arange(width)
+        dr = np.minimum(r, height - 1 - r)
+        dc = np.minimum(c, width - 1 - c)
+        return (np.minimum.outer(dr, dc) + 1).astype(np.float32)
+    raise SegkitError(f"blend: unknown mode {mode!r}; valid: {', '.join(BLEND_MODES)}")
+
+
+class StripAccumulator:
+    """Weighted sums of tile probabilities for the rows still in flight.
+
+    Tiles are added in grid order (row-major, tile rows non-decreasing). When a tile starts a new
+    tile row at row r, no later tile can touch rows above r, so they are final: add() normalises
+    them and returns them as (row0, probs (C, h, width)) strips. finish() returns the rest.
+    Windows are in the accumulator's own coordinates (0..height, 0..width) and may extend past
+    them: only the inside part is accumulated.
+    """
+
+    def __init__(self, channels: int, height: int, width: int):
+        self.channels, self.height, self.width = int(channels), int(height), int(width)
+        self.top = 0  # first row not yet handed out
+        self._row: int | None = None  # start row of the current tile row (may be < 0: padded tiles)
+        self._sums = np.zeros((self.channels, 0, self.width), dtype=np.float32)
+        self._weights = np.zeros((0, self.width), dtype=np.float32)
+
+    @property
+    def rows_held(self) -> int:
+        return self._weights.shape[0]
+
+    def add(self, window: Window, probs: np.ndarray, weights: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """Blend probs (C, window.height, window.width) with weights (h, w); return strips now final."""
+        if probs.shape != (self.channels, window.height, window.width) or weights.shape != probs.shape[1:]:
+            raise ValueError(f"tile {tuple(window)}: probs {probs.shape} / weights {weights.shape} do not match")
+        if self._row is not None and window.row < self._row:
+            raise ValueError(f"tile {tuple(window)} added after tile row {self._row}: tiles must come row-major")
+        done = self.flush(window.row) if self._row is None or window.row > self._row else []
+        self._row = window.row
+        r0, r1 = max(window.row, self.top), min(window.bottom, self.height)
+        c0, c1 = max(window.col, 0), min(window.right, self.width)
+        if r1 <= r0 or c1 <= c0:
+            return done
+        self._grow(r1)
+        tr, tc = slice(r0 - window.row, r1 - window.row), slice(c0 - window.col, c1 - window.col)
+        w = weights[tr, tc]
+        br = slice(r0 - self.top, r1 - self.top)
+        self._sums[:, br, c0:c1] += probs[:, tr, tc] * w
+        self._weights[br, c0:c1] += w
+        return done
+
+    def _grow(self, bottom: int) -> None:
+        extra = bottom - self.top - self.rows_held
+        if extra > 0:
+            self._sums = np.concatenate(
+                [self._sums, np.zeros((self.channels, extra, self.width), np.float32)], axis=1)
+            self._weights = np.concatenate([self._weights, np.zeros((extra, self.width), np.float32)])
+
+    def flush(self, row: int) -> list[tuple[int, np.ndarray]]:
+        """Normalise and hand out rows [top, row); pixels no tile covered are 0."""
+        row = min(int(row), self.height)
+        if row <= self.top:
+            return []
+        self._grow(row)
+        n = row - self.top
+        sums, weights = self._sums[:, :n], self._weights[:n]
+        strip = np.zeros_like(sums)
+        np.divide(sums, weights, out=strip, where=weights > 0)
+        out = [(self.top, strip)]
+        # copies so the buffer of the handed-out rows is freed, not kept alive by a view
+        self._sums = self._sums[:, n:].copy()
+        self._weights = self._weights[n:].copy()
+        self.top = row
+        return out
+
+    def finish(self) -> list[tuple[int, np.ndarray]]:
+        return self.flush(self.height)
+
+
+def iter_strips(acc: StripAccumulator, tiles) -> Iterator[tuple[int, np.ndarray]]:
+    """Feed (window, probs, weights) tiles into acc and yield every finished strip."""
+    for window, probs, weights in tiles:
+        yield from acc.add(window, probs, weights)
+    yield from acc.finish()

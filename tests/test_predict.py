@@ -1,0 +1,188 @@
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from segkit.data.windows import Window
+from segkit.errors import SegkitError
+from segkit.infer.predict import predict_batch, predict_probs, predict_strips
+
+
+class ArrayRaster:
+    """In-memory stand-in with the Raster API: read(window, out_size) -> HWC raw, zero padded."""
+
+    def __init__(self, image):
+        self.image = image if image.ndim == 3 else image[:, :, None]
+        self.height, self.width, self.channels = self.image.shape
+        self.dtype = self.image.dtype
+        self.path = "mem.tif"
+        self.reads = 0
+
+    def read(self, window, out_size=None):
+        self.reads += 1
+        out = np.zeros((window.height, window.width, self.channels), self.dtype)
+        r0, c0 = max(window.row, 0), max(window.col, 0)
+        r1, c1 = min(window.bottom, self.height), min(window.right, self.width)
+        out[r0 - window.row:r1 - window.row, c0 - window.col:c1 - window.col] = self.image[r0:r1, c0:c1]
+        if out_size is not None and tuple(out_size) != out.shape[:2]:
+            interp = cv2.INTER_AREA if out_size[0] < window.height else cv2.INTER_LINEAR
+            out = cv2.resize(out, (out_size[1], out_size[0]), interpolation=interp)
+            out = out.reshape(out_size[0], out_size[1], self.channels)
+        return out
+
+
+class LogitIdentity(nn.Module):
+    """sigmoid(output) == input: the predictor must give back its input image."""
+
+    def forward(self, x):
+        return torch.logit(x, eps=1e-6)
+
+
+class Identity(nn.Module):
+    def forward(self, x):
+        return x * 1.0
+
+
+class Constant(nn.Module):
+    def __init__(self, value, channels=1):
+        super().__init__()
+        self.value, self.channels = value, channels
+
+    def forward(self, x):
+        return torch.full((x.shape[0], self.channels, *x.shape[2:]), float(self.value))
+
+
+class ColumnRamp(nn.Module):
+    """Output = column index, whatever the input: not flip-equivariant."""
+
+    def forward(self, x):
+        ramp = torch.arange(x.shape[3], dtype=torch.float32)
+        return ramp.expand(x.shape[0], 1, x.shape[2], x.shape[3]).clone()
+
+
+def to_unit(raw):
+    return raw.astype(np.float32) / 255.0
+
+
+def image(h=61, w=77, c=1, seed=0):
+    return np.random.default_rng(seed).integers(10, 246, (h, w, c), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("blend", ["gaussian", "pyramid", "flat"])
+def test_identity_model_reproduces_input(blend):
+    img = image()
+    raster = ArrayRaster(img)
+    probs = predict_probs([(LogitIdentity(), 1.0)], raster, fov_px=16, size=16, overlap_px=5,
+                          preprocess=to_unit, blend=blend, batch_size=7)
+    assert probs.shape == (1, 61, 77) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs[0], img[:, :, 0] / 255.0, atol=1e-5)
+
+
+def test_identity_multichannel_d4_tta_region_and_strips():
+    img = image(c=3, seed=1)
+    raster = ArrayRaster(img)
+    region = Window(7, 9, 30, 41)
+    strips = list(predict_strips([(Identity(), 1.0)], raster, fov_px=16, size=16, overlap_px=5,
+                                 preprocess=to_unit, tta=[(v, 1.0) for v in
+                                                          ("identity", "rot90", "transpose", "hflip")],
+                                 activation="identity", region=region, batch_size=3))
+    assert len(strips) > 1 and strips[0][0] == 0
+    assert all(r1 == r0 + s.shape[1] for (r0, s), (r1, _) in zip(strips, strips[1:]))
+    out = np.concatenate([s for _, s in strips], axis=1)
+    assert out.shape == (3, 30, 41)
+    np.testing.assert_allclose(out, img[7:37, 9:50].transpose(2, 0, 1) / 255.0, atol=1e-5)
+
+
+def test_region_smaller_than_tile_and_image_smaller_than_tile():
+    img = image(13, 11)
+    probs = predict_probs([(LogitIdentity(), 1.0)], ArrayRaster(img), fov_px=16, size=16, overlap_px=4,
+                          preprocess=to_unit)
+    np.testing.assert_allclose(probs[0], img[:, :, 0] / 255.0, atol=1e-5)
+    img = image()
+    probs = predict_probs([(LogitIdentity(), 1.0)], ArrayRaster(img), fov_px=16, size=16, overlap_px=4,
+                          preprocess=to_unit, region=Window(50, 70, 20, 20))  # clipped to 11x7
+    np.testing.assert_allclose(probs[0], img[50:, 70:, 0] / 255.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [16, 8, 24])
+def test_constant_model_gives_constant_output(size):
+    raster = ArrayRaster(image())
+    probs = predict_probs([(Constant(0.0, channels=2), 1.0)], raster, fov_px=16, size=size, overlap_px=5,
+                          preprocess=to_unit, tta=[("identity", 0.6), ("hflip", 0.4)])
+    assert probs.shape == (2, 61, 77)
+    np.testing.assert_allclose(probs, 0.5, atol=1e-6)
+    probs = predict_probs([(Constant(1.0, channels=3), 1.0)], raster, fov_px=16, size=size, overlap_px=5,
+                          preprocess=to_unit, activation="softmax")
+    np.testing.assert_allclose(probs, 1 / 3, atol=1e-6)
+
+
+def test_resampled_tiles_are_read_at_model_size():
+    seen = []
+
+    class Spy(nn.Module):
+        def forward(self, x):
+            seen.append(tuple(x.shape))
+            return x[:, :1]
+
+    img = image(40, 50)
+    probs = predict_probs([(Spy(), 1.0)], ArrayRaster(img), fov_px=20, size=10, overlap_px=4,
+                          preprocess=to_unit, activation="identity", batch_size=4)
+    assert probs.shape == (1, 40, 50)
+    assert all(s[1:] == (1, 10, 10) for s in seen) and sum(s[0] for s in seen) == 3 * 3
+    # a smooth image survives the down- and up-sampling closely
+    ramp = np.tile(np.linspace(20, 230, 50, dtype=np.float32), (40, 1)).astype(np.uint8)
+    probs = predict_probs([(Identity(), 1.0)], ArrayRaster(ramp), fov_px=20, size=10, overlap_px=4,
+                          preprocess=to_unit, activation="identity")
+    assert np.abs(probs[0] - ramp / 255.0)[:, 2:-2].max() < 0.02
+
+
+def test_weighted_tta_gives_the_exact_mix():
+    x = torch.zeros(2, 1, 4, 6)
+    out = predict_batch([(ColumnRamp(), 1.0)], x, [("identity", 0.6), ("hflip", 0.4)], activation="identity")
+    ramp = torch.arange(6.0)
+    expected = 0.6 * ramp + 0.4 * ramp.flip(0)
+    assert torch.allclose(out, expected.expand(2, 1, 4, 6), atol=1e-6)
+    # through the predictor, one tile covering the image
+    probs = predict_probs([(ColumnRamp(), 1.0)], ArrayRaster(image(5, 6)), fov_px=6, size=6, overlap_px=0,
+                          preprocess=to_unit, tta=[("identity", 3.0), ("vflip", 1.0), ("hflip", 1.0)],
+                          activation="identity")
+    expected = (4 * ramp + ramp.flip(0)) / 5
+    np.testing.assert_allclose(probs[0], np.tile(expected.numpy(), (5, 1)), atol=1e-5)
+
+
+def test_ensemble_weights_in_prob_and_logit_space():
+    logit = lambda p: float(np.log(p / (1 - p)))  # noqa: E731
+    models = [(Constant(logit(0.2)), 1.0), (Constant(logit(0.8)), 3.0)]
+    raster = ArrayRaster(image(20, 30))
+    kw = dict(fov_px=16, size=16, overlap_px=5, preprocess=to_unit)
+    probs = predict_probs(models, raster, **kw)
+    np.testing.assert_allclose(probs, 0.25 * 0.2 + 0.75 * 0.8, atol=1e-6)
+    probs = predict_probs(models, raster, average="logits", **kw)
+    expected = 1 / (1 + np.exp(-(0.25 * logit(0.2) + 0.75 * logit(0.8))))
+    np.testing.assert_allclose(probs, expected, atol=1e-6)
+
+
+def test_models_restored_to_their_mode_and_amp_runs():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Conv2d(4, 1, 1))
+    model.train()
+    raster = ArrayRaster(image(30, 25))
+    kw = dict(fov_px=16, size=16, overlap_px=4, preprocess=to_unit)
+    a = predict_probs([(model, 1.0)], raster, **kw)
+    assert model.training
+    b = predict_probs([(model, 1.0)], raster, amp=True, progress=True, **kw)
+    assert a.shape == b.shape == (1, 30, 25) and np.isfinite(b).all()
+    assert np.abs(a - b).max() < 0.05  # bf16 autocast stays close to float32
+
+
+def test_bad_arguments():
+    raster = ArrayRaster(image(20, 20))
+    kw = dict(fov_px=16, size=16, overlap_px=4, preprocess=to_unit)
+    with pytest.raises(SegkitError, match="no models"):
+        predict_probs([], raster, **kw)
+    with pytest.raises(SegkitError, match="activation"):
+        predict_probs([(Identity(), 1.0)], raster, activation="tanh", **kw)
+    with pytest.raises(SegkitError, match="region"):
+        predict_probs([(Identity(), 1.0)], raster, region=Window(30, 30, 5, 5), **kw)
+    with pytest.raises(SegkitError, match="blend"):
+        predict_probs([(Identity(), 1.0)], raster, blend="cosine", **kw)

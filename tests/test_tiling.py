@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+
+from segkit.data.windows import Window, grid_windows
+from segkit.errors import SegkitError
+from segkit.infer.tiling import StripAccumulator, blend_weights
+
+
+@pytest.mark.parametrize("mode", ["gaussian", "pyramid", "flat"])
+@pytest.mark.parametrize("shape", [(16, 16), (7, 12), (1, 5), (512, 512)])
+def test_blend_weights_positive_and_symmetric(mode, shape):
+    w = blend_weights(*shape, mode=mode)
+    assert w.dtype == np.float32 and w.shape == shape
+    assert (w > 0).all() and np.isfinite(w).all()
+    np.testing.assert_array_equal(w, w[::-1, :])
+    np.testing.assert_array_equal(w, w[:, ::-1])
+    if shape[0] == shape[1]:
+        np.testing.assert_array_equal(w, w.T)
+
+
+def test_blend_weights_shapes_of_modes():
+    g = blend_weights(9, 9, "gaussian")
+    assert g[4, 4] == 1.0 and g[0, 0] < g[0, 4] < g[4, 4]
+    p = blend_weights(5, 7, "pyramid")
+    np.testing.assert_array_equal(p[:, 0], [1, 1, 1, 1, 1])
+    np.testing.assert_array_equal(p[2], [1, 2, 3, 3, 3, 2, 1])
+    assert (blend_weights(3, 4, "flat") == 1).all()
+    # sigma = size / 8 is tiny at the corners of a big tile: the floor keeps them > 0
+    assert blend_weights(1024, 1024)[0, 0] > 0
+    with pytest.raises(SegkitError, match="pyramid"):
+        blend_weights(4, 4, "cosine")
+
+
+@pytest.mark.parametrize("mode", ["gaussian", "pyramid", "flat"])
+def test_accumulator_reproduces_a_field_and_streams(mode):
+    h, w, fov, overlap = 61, 77, 16, 5
+    field = np.random.default_rng(0).random((2, h, w)).astype(np.float32)
+    weights = blend_weights(fov, fov, mode)
+    acc = StripAccumulator(2, h, w)
+    strips, held = [], 0
+    for win in grid_windows(h, w, fov, overlap):
+        tile = np.zeros((2, fov, fov), np.float32)
+        tile[:, : min(fov, h - win.row), : min(fov, w - win.col)] = field[:, win.row:win.bottom, win.col:win.right]
+        strips += acc.add(win, tile, weights)
+        held = max(held, acc.rows_held)
+    strips += acc.finish()
+    rows = [r for r, _ in strips]
+    assert rows[0] == 0 and all(s.shape[1] > 0 for _, s in strips)
+    assert all(r1 == r0 + s.shape[1] for (r0, s), r1 in zip(strips, rows[1:]))
+    out = np.concatenate([s for _, s in strips], axis=1)
+    np.testing.assert_allclose(out, field, atol=1e-6)
+    assert len(strips) > 3 and held <= fov  # only one tile row in flight, not the image
+
+
+def test_accumulator_crops_tiles_past_the_border_and_rejects_disorder():
+    acc = StripAccumulator(1, 5, 6)
+    acc.add(Window(-2, 3, 8, 8), np.full((1, 8, 8), 0.5, np.float32), np.ones((8, 8), np.float32))
+    acc.add(Window(-2, -5, 8, 8), np.full((1, 8, 8), 0.25, np.float32), np.ones((8, 8), np.float32))
+    (row0, strip), = acc.finish()
+    assert row0 == 0 and strip.shape == (1, 5, 6)
+    np.testing.assert_allclose(strip[0, :, :3], 0.25)
+    np.testing.assert_allclose(strip[0, :, 3:], 0.5)
+    acc = StripAccumulator(1, 10, 4)
+    acc.add(Window(4, 0, 4, 4), np.ones((1, 4, 4), np.float32), np.ones((4, 4), np.float32))
+    with pytest.raises(ValueError, match="row-major"):
+        acc.add(Window(0, 0, 4, 4), np.ones((1, 4, 4), np.float32), np.ones((4, 4), np.float32))
+
+
+def test_uncovered_rows_are_zero():
+    acc = StripAccumulator(1, 6, 3)
+    strips = acc.add(Window(2, 0, 2, 3), np.ones((1, 2, 3), np.float32), np.ones((2, 3), np.float32))
+    assert [(r, s.shape) for r, s in strips] == [(0, (1, 2, 3))]
+    strips += acc.finish()
+    out = np.concatenate([s for _, s in strips], axis=1)[0]
+    np.testing.assert_array_equal(out.sum(axis=1), [0, 0, 3, 3, 0, 0])
