@@ -267,3 +267,11 @@ def test_sampler_bad_input():
         RandomWindowSampler([SamplingArea(30, 30)], fov_px=0)
     with pytest.raises(SegkitError, match="region"):
         RandomWindowSampler([SamplingArea(30, 30, region=Window(40, 40, 5, 5))], fov_px=8)
+
+
+def test_tissue_mask_float_thumbnail_with_nan_nodata():
+    thumb = np.full((30, 41, 3), np.nan, dtype=np.float32)  # nodata outside the valid area
+    thumb[4:26, 6:35] = np.linspace(0.6, 0.9, 29, dtype=np.float32)[None, :, None]
+    expect = np.zeros((30, 41), dtype=bool)
+    expect[4:26, 6:35] = True
+    np.testing.assert_array_equal(tissue_mask(thumb, "otsu"), expect)

@@ -146,7 +146,7 @@ def tissue_mask(thumb: np.ndarray, method: str = "saturation") -> np.ndarray:
         raise SegkitError(f"thumbnail: expected HW or HWC array, got shape {np.shape(thumb)}")
     if method == "none":
         return np.ones(img.shape[:2], dtype=bool)
-    img = img.astype(np.float32)
+    img = np.nan_to_num(img.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)  # nodata NaNs
     if method == "saturation" and img.shape[2] >= 3:
         rgb = img[:, :, :3]
         mx, mn = rgb.max(axis=2), rgb.min(axis=2)
@@ -261,6 +261,7 @@ class RandomWindowSampler:
             )
         w = np.array([p.weight for p in self._areas], dtype=np.float64)
         self.probabilities = w / w.sum()
+        self._cumulative = np.cumsum(self.probabilities)
 
     def _uniform_centre(self, rng: np.random.Generator, p: _Prepared) -> tuple[float, float]:
         reg = p.region
@@ -288,7 +289,8 @@ class RandomWindowSampler:
 
     def sample(self, rng: np.random.Generator) -> tuple[int, Window]:
         """One draw: (index into the ``areas`` given, Window in source pixels)."""
-        k = int(rng.choice(len(self._areas), p=self.probabilities)) if len(self._areas) > 1 else 0
+        k = int(np.searchsorted(self._cumulative, rng.random() * self._cumulative[-1], side="right"))
+        k = min(k, len(self._areas) - 1)  # guard against float round-off at the top end
         p = self._areas[k]
         want_fg = rng.random() < self.foreground_share
         if want_fg and p.fg.size:
