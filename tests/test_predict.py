@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -6,6 +8,7 @@ from torch import nn
 
 from segkit.data.windows import Window
 from segkit.errors import SegkitError
+from segkit.infer.ensemble import combine_runs, normalise_weights, select_checkpoints
 from segkit.infer.predict import predict_batch, predict_probs, predict_strips
 
 
@@ -186,3 +189,57 @@ def test_bad_arguments():
         predict_probs([(Identity(), 1.0)], raster, region=Window(30, 30, 5, 5), **kw)
     with pytest.raises(SegkitError, match="blend"):
         predict_probs([(Identity(), 1.0)], raster, blend="cosine", **kw)
+
+
+# ---- ensemble selection (segkit/infer/ensemble.py)
+
+CKPTS = {e: Path(f"ckpt/epoch_{e:03d}.pt") for e in (1, 2, 3, 5, 8, 9, 10)}
+
+
+def epochs_of(paths):
+    return [int(p.stem.split("_")[1]) for p in paths]
+
+
+@pytest.mark.parametrize("spec,expected", [
+    ("last:3", [8, 9, 10]), ("last", [10]), ("last:1", [10]), ("8,9,10", [8, 9, 10]), ("10, 8", [8, 10]),
+    ("8-10", [8, 9, 10]), ("all", [1, 2, 3, 5, 8, 9, 10]), (3, [3]),
+])
+def test_select_specs(spec, expected):
+    assert epochs_of(select_checkpoints(CKPTS, spec)) == expected
+
+
+def test_best():
+    assert epochs_of(select_checkpoints(CKPTS, "best", best_epoch=5)) == [5]
+    with pytest.raises(SegkitError, match="no best epoch"):
+        select_checkpoints(CKPTS, "best")
+
+
+@pytest.mark.parametrize("spec,msg", [
+    ("4", "no checkpoint for epoch 4; available epochs: 1, 2, 3, 5, 8, 9, 10"),
+    ("1-4", "epoch 4"),
+    ("last:8", "only 7 checkpoints"),
+    ("last:0", "K >= 1"),
+    ("first", "expected last:K"),
+])
+def test_select_errors(spec, msg):
+    with pytest.raises(SegkitError, match=msg):
+        select_checkpoints(CKPTS, spec)
+
+
+def test_no_checkpoints():
+    with pytest.raises(SegkitError, match="no checkpoints"):
+        select_checkpoints({}, "last")
+
+
+def test_weights():
+    assert normalise_weights(None, 4) == [0.25] * 4
+    assert normalise_weights([1, 3], 2) == [0.25, 0.75]
+    with pytest.raises(SegkitError, match="2 weights for 3"):
+        normalise_weights([1, 1], 3)
+    with pytest.raises(SegkitError, match=">= 0"):
+        normalise_weights([1, -1], 2)
+    runs = [[("a1", 1.0), ("a2", 1.0), ("a3", 2.0)], [("b", 1.0)]]
+    combined = combine_runs(runs, [3, 1])
+    assert [m for m, _ in combined] == ["a1", "a2", "a3", "b"]
+    assert [w for _, w in combined] == pytest.approx([0.1875, 0.1875, 0.375, 0.25])
+    assert sum(w for _, w in combine_runs(runs)) == pytest.approx(1.0)
