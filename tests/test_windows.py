@@ -261,6 +261,8 @@ def test_sampler_bad_input():
         RandomWindowSampler([empty], fov_px=8)
     with pytest.raises(SegkitError, match="usable area"):
         RandomWindowSampler([], fov_px=8)
+    with pytest.raises(SegkitError, match=r"\(slide7.tif\) has any usable area"):
+        RandomWindowSampler([empty], fov_px=8, names=["slide7.tif"])
     with pytest.raises(SegkitError, match="foreground_share"):
         RandomWindowSampler([SamplingArea(30, 30)], fov_px=8, foreground_share=1.5)
     with pytest.raises(SegkitError, match="fov_px"):

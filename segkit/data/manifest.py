@@ -298,7 +298,9 @@ def assign_folds(
         for name, idx in members.items():
             fixed = {folds[i] for i in idx if folds[i] is not None}
             if len(fixed) > 1:
-                raise SegkitError(f"manifest group {name!r}: rows have different explicit folds {sorted(fixed)}")
+                raise SegkitError(
+                    f"manifest group {name!r}: rows have different explicit folds {sorted(fixed)}"
+                )
             if fixed:
                 (f,) = fixed
                 for i in idx:

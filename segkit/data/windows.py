@@ -233,6 +233,8 @@ class RandomWindowSampler:
     usable area.  Positions are continuous (any source pixel, not grid-aligned) and the window
     is clipped to stay inside the region; a region smaller than the fov gets the window at its
     origin, extending past it (readers pad).  ``sample`` returns the index into ``areas``.
+    Areas without usable pixels are dropped (their indices in ``dropped``); ``names`` (e.g. the
+    image files) only serve the error raised when no area is left.
     """
 
     def __init__(
@@ -241,6 +243,7 @@ class RandomWindowSampler:
         fov_px: int,
         foreground_share: float = 0.33,
         jitter: float = 0.25,
+        names: list[str] | None = None,
     ):
         if int(fov_px) <= 0:
             raise SegkitError(f"fov_px: must be a positive number of pixels, got {fov_px}")
@@ -255,8 +258,9 @@ class RandomWindowSampler:
         self.dropped = [p.index for p in prepared if p.weight <= 0]
         self._areas = [p for p in prepared if p.weight > 0]
         if not self._areas:
+            which = f" ({', '.join(map(str, names[:5]))}{', ...' if len(names) > 5 else ''})" if names else ""
             raise SegkitError(
-                f"sampler: none of the {len(areas)} image(s) has any usable area "
+                f"sampler: none of the {len(areas)} image(s){which} has any usable area "
                 "(empty tissue mask or region); check the tissue method or the regions"
             )
         w = np.array([p.weight for p in self._areas], dtype=np.float64)
