@@ -243,3 +243,61 @@ def test_weights():
     assert [m for m, _ in combined] == ["a1", "a2", "a3", "b"]
     assert [w for _, w in combined] == pytest.approx([0.1875, 0.1875, 0.375, 0.25])
     assert sum(w for _, w in combine_runs(runs)) == pytest.approx(1.0)
+
+
+# ---- context margin and tissue skipping
+
+
+@pytest.mark.parametrize("margin", [0, 3])
+def test_context_margin_reproduces_input_and_keeps_centres(margin):
+    img = image()
+    seen = []
+
+    class Spy(LogitIdentity):
+        def forward(self, x):
+            seen.append(x.shape[-1])
+            return super().forward(x)
+
+    probs = predict_probs([(Spy(), 1.0)], ArrayRaster(img), fov_px=16, size=16, overlap_px=2,
+                          preprocess=to_unit, margin_px=margin, blend="pyramid")
+    np.testing.assert_allclose(probs[0], img[:, :, 0] / 255.0, atol=1e-5)
+    assert set(seen) == {16}
+
+
+def test_context_margin_discards_tile_borders():
+    class EdgeMarker(nn.Module):
+        """1 on the outer 3 px of every tile, 0 inside: a margin of 3 must remove all of it."""
+
+        def forward(self, x):
+            out = torch.ones_like(x[:, :1])
+            out[:, :, 3:-3, 3:-3] = 0
+            return out
+
+    kw = dict(fov_px=16, size=16, overlap_px=2, preprocess=to_unit, activation="identity")
+    raster = ArrayRaster(image(40, 45))
+    assert predict_probs([(EdgeMarker(), 1.0)], raster, margin_px=3, **kw).max() == 0
+    assert predict_probs([(EdgeMarker(), 1.0)], raster, margin_px=0, **kw).max() > 0
+    with pytest.raises(SegkitError, match="margin"):
+        predict_probs([(EdgeMarker(), 1.0)], raster, margin_px=8, **kw)
+
+
+def test_background_tiles_are_skipped_with_zero_output():
+    img = image(64, 96)
+    raster = ArrayRaster(img)
+    calls = []
+
+    class Counting(LogitIdentity):
+        def forward(self, x):
+            calls.append(x.shape[0])
+            return super().forward(x)
+
+    tissue = np.zeros((8, 12), bool)  # 8 source px per mask px
+    tissue[0:2, 0:2] = True  # rows/cols 0..15 of the image
+    kw = dict(fov_px=32, size=32, overlap_px=0, preprocess=to_unit)
+    probs = predict_probs([(Counting(), 1.0)], raster, tissue=(tissue, 8.0), **kw)
+    assert sum(calls) == 1 and probs.shape == (1, 64, 96)
+    np.testing.assert_allclose(probs[0, :32, :32], img[:32, :32, 0] / 255.0, atol=1e-5)
+    assert probs[0, 32:].max() == 0 and probs[0, :, 32:].max() == 0
+    calls.clear()
+    probs = predict_probs([(Counting(), 1.0)], raster, tissue=(np.zeros((8, 12), bool), 8.0), **kw)
+    assert sum(calls) == 1 and probs.shape == (1, 64, 96) and probs.max() == 0  # one blank forward for C

@@ -116,6 +116,22 @@ def _read_batch(raster, windows: list[Window], size: int, fov_px: int, preproces
     return np.ascontiguousarray(np.stack(tiles).transpose(0, 3, 1, 2), dtype=np.float32)
 
 
+def _has_tissue(w: Window, mask: np.ndarray, scale: float) -> bool:
+    """Any True mask pixel under window w (source px); the cell range is rounded outwards."""
+    r0, c0 = max(int(w.row // scale), 0), max(int(w.col // scale), 0)
+    r1, c1 = int(-(-w.bottom // scale)), int(-(-w.right // scale))
+    return bool(mask[r0:max(r1, r0 + 1), c0:max(c1, c0 + 1)].any())
+
+
+def _output_channels(models, raster, size, preprocess, device, amp, activation) -> int:
+    """Channel count of the ensemble's output (one forward on a blank tile)."""
+    raw = np.zeros((size, size, int(raster.channels)), dtype=raster.dtype)
+    img = preprocess(raw)
+    img = img[:, :, None] if img.ndim == 2 else img
+    x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)[None], dtype=np.float32)).to(device)
+    return int(predict_batch(models[:1], x, [("identity", 1.0)], activation=activation, amp=amp).shape[1])
+
+
 def predict_strips(
     models: Sequence[tuple[nn.Module, float]],
     raster,
@@ -133,11 +149,18 @@ def predict_strips(
     region: Window | None = None,
     progress: bool = False,
     average: str = "probs",
+    margin_px: int = 0,
+    tissue: tuple[np.ndarray, float] | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (row0 within the region, probs float32 (C, h, region width)) strips, top to bottom.
 
     models: (module, weight) pairs; tta: (view, weight) pairs (see parse_tta); weights are
     normalised. region is clipped to the image; strips cover exactly the clipped region.
+    average: "probs" (activate each view, then average) or "logits" (average, then activate).
+    margin_px: context margin; each fov_px tile is predicted but only its centre
+    (fov_px - 2 * margin_px) is kept and blended, the grid being laid out for the centres.
+    tissue: (bool mask, source px per mask px), e.g. from a thumbnail: tiles whose centre holds
+    no True pixel of the mask are not run (their pixels stay 0 unless another tile covers them).
     """
     if not models:
         raise SegkitError("predict: no models given")
@@ -148,10 +171,17 @@ def predict_strips(
     tta = _normalised(list(tta), "tta")
     device = torch.device(device)
     reg = _clip_region(int(raster.height), int(raster.width), region)
-    windows = grid_windows(raster.height, raster.width, fov_px, overlap_px, region=reg)
-    weights = blend_weights(fov_px, fov_px, blend)
+    margin_px = int(margin_px)
+    core = fov_px - 2 * margin_px
+    if margin_px < 0 or core <= 0:
+        raise SegkitError(f"margin_px {margin_px}: must be >= 0 and leave a centre (fov_px {fov_px} - 2 x margin > 0)")
+    windows = grid_windows(raster.height, raster.width, core, overlap_px, region=reg)
+    if tissue is not None:
+        windows = [w for w in windows if _has_tissue(w, *tissue)]
+    weights = blend_weights(core, core, blend)
     batches = [windows[i:i + batch_size] for i in range(0, len(windows), batch_size)]
-
+    reads = [[Window(w.row - margin_px, w.col - margin_px, fov_px, fov_px) for w in b] for b in batches]
+    keep = slice(margin_px, margin_px + core)
     was_training = [m.training for m, _ in models]
     for m, _ in models:
         m.eval().to(device=device, memory_format=torch.channels_last)
@@ -159,22 +189,26 @@ def predict_strips(
     bar = None
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segkit-read")
     try:
+        if not batches:  # nothing to run (no tissue): all zeros
+            channels = _output_channels(models, raster, size, preprocess, device, amp, activation)
+            yield from StripAccumulator(channels, reg.height, reg.width).finish()
+            return
         if progress:
             from tqdm.auto import tqdm
             bar = tqdm(total=len(windows), unit="tile", desc=str(getattr(raster, "path", "predict")),
                        leave=False, dynamic_ncols=True)
-        nxt = pool.submit(_read_batch, raster, batches[0], size, fov_px, preprocess)
+        nxt = pool.submit(_read_batch, raster, reads[0], size, fov_px, preprocess)
         for i, batch in enumerate(batches):
             arr = nxt.result()
             if i + 1 < len(batches):  # read the next batch while the models run on this one
-                nxt = pool.submit(_read_batch, raster, batches[i + 1], size, fov_px, preprocess)
+                nxt = pool.submit(_read_batch, raster, reads[i + 1], size, fov_px, preprocess)
             x = torch.from_numpy(arr).to(device).contiguous(memory_format=torch.channels_last)
             probs = predict_batch(models, x, tta, activation=activation, amp=amp, average=average)
             probs = probs.cpu().numpy()
             if acc is None:
                 acc = StripAccumulator(probs.shape[1], reg.height, reg.width)
             for w, p in zip(batch, probs):
-                p = _resize(p, fov_px, fov_px)
+                p = _resize(p, fov_px, fov_px)[:, keep, keep]
                 local = Window(w.row - reg.row, w.col - reg.col, w.height, w.width)
                 yield from acc.add(local, p, weights)
             if bar is not None:
