@@ -1,0 +1,271 @@
+"""Masks to polygons and GeoJSON, streamed from row strips with the seams merged.
+
+Polygons are 4-connected regions of one class (GDAL polygonize through
+``rasterio.features.shapes``), holes kept. Geometry is built in pixel coordinates (x = column,
+y = row, pixel corners on integers, so pieces from neighbouring strips share exact edges) and
+mapped to the raster's CRS through its affine transform only when written.
+
+Seams: each strip is polygonized alone. The last row of component labels of the previous strip
+is kept; a component of the new strip whose first-row pixel sits under a pixel of the same
+class is the same object, so the pieces are joined (union-find) and their geometries merged
+with ``shapely.unary_union``. A polygon is finished (written) once it no longer touches the
+bottom of the rows seen so far, so only polygons crossing the current seam are held. The result
+equals the polygons of the full mask (same count, same area).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from segkit.io.writers import AtomicFile
+
+__all__ = ["mask_to_polygons", "PolygonStripWriter", "PolygonAssembler", "geojson_crs"]
+
+
+def _label_strip(mask: np.ndarray, probs: np.ndarray | None, background_channel: bool):
+    """Components per class: int32 labels (0 = none) and per-label class, prob sum, pixel count."""
+    labels = np.zeros(mask.shape, np.int32)
+    classes, sums, counts = [np.zeros(1, np.int64)], [np.zeros(1)], [np.zeros(1, np.int64)]
+    offset = 0
+    for cls in np.unique(mask):
+        if cls == 0:
+            continue
+        sel = mask == cls
+        n, lab = cv2.connectedComponents(sel.astype(np.uint8), connectivity=4, ltype=cv2.CV_32S)
+        lab_sel = lab[sel]
+        labels[sel] = lab_sel + offset
+        counts.append(np.bincount(lab_sel, minlength=n)[1:])
+        if probs is not None:
+            ch = 0 if probs.shape[0] == 1 else (int(cls) if background_channel else int(cls) - 1)
+            sums.append(np.bincount(lab_sel, weights=probs[ch][sel].astype(np.float64), minlength=n)[1:])
+        else:
+            sums.append(np.zeros(n - 1))
+        classes.append(np.full(n - 1, int(cls), np.int64))
+        offset += n - 1
+    return labels, np.concatenate(classes), np.concatenate(sums), np.concatenate(counts)
+
+
+class _UnionFind:
+    def __init__(self, n: int):
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+class PolygonAssembler:
+    """Row strips of a class-id mask in -> finished polygons (pixel coordinates) out.
+
+    ``push(mask, probs=None)`` returns the polygons finished by this strip as tuples
+    ``(geometry, class_id, prob_sum, pixel_count)``; ``finish()`` returns the rest. The mean
+    probability of a polygon is ``prob_sum / pixel_count`` over its pixels, taken from the
+    channel of its class (channel 0 when C == 1; channel k for class k with a background
+    channel, k - 1 without).
+    """
+
+    def __init__(self, height: int, width: int, *, background_channel: bool = True):
+        self.height, self.width = int(height), int(width)
+        self.background_channel = background_channel
+        self.row0 = 0
+        self._open: list[list] = []          # [geoms, class, prob_sum, count] touching the seam
+        self._last_row: np.ndarray | None = None  # open-entry index + 1 per column (0 = none)
+
+    def push(self, mask: np.ndarray, probs: np.ndarray | None = None) -> list[tuple]:
+        from rasterio.features import shapes
+        from rasterio.transform import Affine
+        from shapely.geometry import shape
+
+        mask = np.asarray(mask)
+        h = mask.shape[0]
+        if mask.ndim != 2 or mask.shape[1] != self.width:
+            raise ValueError(f"mask strip shape {mask.shape} does not fit (h, {self.width})")
+        if self.row0 + h > self.height:
+            raise ValueError(f"strip rows {self.row0}+{h} exceed height {self.height}")
+        if probs is not None and (probs.ndim != 3 or probs.shape[1:] != mask.shape):
+            raise ValueError(f"probs strip shape {probs.shape} does not fit (C, {h}, {self.width})")
+        labels, classes, sums, counts = _label_strip(mask, probs, self.background_channel)
+        n_open, n_new = len(self._open), len(classes) - 1
+        pieces: list[list] = [[[], int(classes[i]), float(sums[i]), int(counts[i])] for i in range(1, n_new + 1)]
+        if n_new:
+            found = shapes(labels, mask=labels > 0, connectivity=4, transform=Affine.translation(0, self.row0))
+            for geom, value in found:
+                pieces[int(value) - 1][0].append(shape(geom))
+        entries = self._open + pieces          # open entries first, then this strip's labels
+        uf = _UnionFind(len(entries))
+        if self._last_row is not None and n_new:
+            above, below = self._last_row, labels[0]
+            touch = (above > 0) & (below > 0)
+            if touch.any():
+                pairs = np.unique(np.stack([above[touch] - 1, below[touch] - 1 + n_open], axis=1), axis=0)
+                for a, b in pairs.tolist():
+                    if entries[a][1] == entries[b][1]:   # same class across the seam = same object
+                        uf.union(a, b)
+        groups: dict[int, list] = {}
+        for i, entry in enumerate(entries):
+            root = uf.find(i)
+            if root not in groups:
+                groups[root] = [[], entry[1], 0.0, 0]
+            g = groups[root]
+            g[0].extend(entry[0])
+            g[2] += entry[2]
+            g[3] += entry[3]
+        self.row0 += h
+        more = self.row0 < self.height
+        still_open: set[int] = set()
+        if more and n_new:
+            still_open = {uf.find(int(lab) - 1 + n_open) for lab in np.unique(labels[-1]) if lab}
+        finished, self._open = [], []
+        index_of: dict[int, int] = {}
+        for root, g in groups.items():
+            if root in still_open:
+                index_of[root] = len(self._open)
+                if len(g[0]) > 1:   # keep one merged geometry, not a growing list of pieces
+                    g[0] = [_union(g[0])]
+                self._open.append(g)
+            else:
+                finished.append((_union(g[0]), g[1], g[2], g[3]))
+        if more and n_new:
+            lut = np.zeros(n_new + 1, np.int64)
+            for lab in range(1, n_new + 1):
+                root = uf.find(lab - 1 + n_open)
+                lut[lab] = index_of[root] + 1 if root in index_of else 0
+            self._last_row = lut[labels[-1]]
+        else:
+            self._last_row = np.zeros(self.width, np.int64) if more else None
+        finished.sort(key=lambda f: (f[0].bounds[1], f[0].bounds[0]))
+        return finished
+
+    def finish(self) -> list[tuple]:
+        if self.row0 != self.height:
+            raise ValueError(f"got {self.row0} rows, image height is {self.height}")
+        return []
+
+
+def _union(geoms: list):
+    from shapely import unary_union
+
+    return geoms[0] if len(geoms) == 1 else unary_union(geoms)
+
+
+def _to_output(geom, transform, simplify: float):
+    """Simplify in pixel units, map to the CRS, orient exterior rings counter-clockwise (RFC 7946)."""
+    from shapely.affinity import affine_transform
+    from shapely.geometry.polygon import orient
+
+    if simplify > 0:
+        geom = geom.simplify(simplify, preserve_topology=True)
+    if transform is not None:
+        t = transform
+        geom = affine_transform(geom, [t.a, t.b, t.d, t.e, t.c, t.f])
+    if geom.geom_type == "Polygon":
+        geom = orient(geom, 1.0)
+    return geom
+
+
+def mask_to_polygons(mask: np.ndarray, transform=None, simplify: float = 0.0, min_area: float = 0) -> list[tuple]:
+    """Polygons (shapely, holes kept) of every 4-connected class region: ``[(geometry, class_id)]``.
+
+    Coordinates are map coordinates through ``transform`` (an ``affine.Affine``) when given, else
+    pixel coordinates (x = column, y = row, corners on integers). ``simplify`` is a tolerance in
+    pixels; regions with fewer than ``min_area`` pixels are dropped.
+    """
+    mask = np.asarray(mask)
+    if mask.dtype == bool:
+        mask = mask.astype(np.uint8)
+    assembler = PolygonAssembler(*mask.shape)
+    found = assembler.push(mask) + assembler.finish()
+    return [(_to_output(g, transform, simplify), cls) for g, cls, _, count in found if count >= min_area]
+
+
+def geojson_crs(crs) -> dict:
+    """The (pre-RFC 7946, still read by GDAL/QGIS) ``crs`` member for a CRS-like value."""
+    from rasterio.crs import CRS
+
+    crs = CRS.from_user_input(crs)
+    epsg = crs.to_epsg()
+    name = f"urn:ogc:def:crs:EPSG::{epsg}" if epsg else crs.to_string()
+    return {"type": "name", "properties": {"name": name}}
+
+
+class PolygonStripWriter:
+    """GeoJSON FeatureCollection of the polygons of a mask arriving as row strips.
+
+    ``write(mask, probs=None)`` takes (h, W) class-id strips in row order (and optionally the
+    (C, h, W) probabilities for the ``mean_prob`` property); finished polygons are streamed into
+    a temporary file which becomes ``path`` on a clean ``close``. Properties: ``class`` and
+    ``mean_prob`` (null without probs). ``simplify`` in pixels, ``min_area`` in pixels.
+    """
+
+    def __init__(self, path, height: int, width: int, *, transform=None, crs=None, simplify: float = 0.0,
+                 min_area: float = 0, background_channel: bool = True, overwrite: bool = False):
+        self.transform, self.simplify, self.min_area = transform, float(simplify), min_area
+        self._assembler = PolygonAssembler(height, width, background_channel=background_channel)
+        self._with_probs: bool | None = None
+        header = {"type": "FeatureCollection"}
+        if crs is not None:
+            header["crs"] = geojson_crs(crs)
+        self._atomic = AtomicFile(path, overwrite)
+        self._fh = open(self._atomic.tmp, "w")
+        self._fh.write(json.dumps(header)[:-1] + ', "features": [\n')
+        self.count = 0
+
+    def _emit(self, found: list[tuple]) -> None:
+        from shapely.geometry import mapping
+
+        for geom, cls, psum, count in found:
+            if count < self.min_area:
+                continue
+            geom = _to_output(geom, self.transform, self.simplify)
+            props = {"class": int(cls), "mean_prob": round(psum / count, 6) if self._with_probs else None}
+            feature = {"type": "Feature", "properties": props, "geometry": mapping(geom)}
+            self._fh.write((",\n" if self.count else "") + json.dumps(feature))
+            self.count += 1
+
+    def write(self, mask: np.ndarray, probs: np.ndarray | None = None) -> None:
+        if self._with_probs is None:
+            self._with_probs = probs is not None
+        elif self._with_probs != (probs is not None):
+            raise ValueError("give probs with every strip or with none")
+        self._emit(self._assembler.push(mask, probs))
+
+    def close(self) -> Path:
+        try:
+            self._emit(self._assembler.finish())
+            self._fh.write("\n]}\n")
+            self._fh.close()
+        except BaseException:
+            self.abort()
+            raise
+        return self._atomic.commit()
+
+    def abort(self) -> None:
+        self._fh.close()
+        self._atomic.discard()
+
+    def __enter__(self) -> "PolygonStripWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def iter_features(path) -> Iterator[dict]:
+    """Features of a GeoJSON file written by PolygonStripWriter (small helper for tests/tools)."""
+    with open(path) as fh:
+        yield from json.load(fh)["features"]
