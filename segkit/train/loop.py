@@ -1,0 +1,212 @@
+"""train_one_epoch / evaluate: AMP, gradient accumulation, clipping, channels_last, EMA, DDP, progress.
+
+Batches are dicts: {"image": NCHW float, "mask": NHW integer} for segmentation or
+{"image": NCHW float, "target": N integer} for classification ((image, target) tuples work too).
+AMP means bf16 autocast on CPU and fp16 autocast with a GradScaler on CUDA. Losses are computed
+in float32 on the (autocast) logits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from segkit.errors import SegkitError
+from segkit.train import distributed
+from segkit.train.metrics import ConfusionAccumulator, DiceAccumulator
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """"auto" -> cuda when available else cpu; "cuda" without CUDA -> SegkitError."""
+    name = str(name or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SegkitError(f"device: {name} requested but CUDA is not available (use --device cpu)")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise SegkitError(f"device: unknown device {name!r}; valid: auto, cpu, cuda, cuda:N") from None
+
+
+def autocast(device: torch.device, amp: bool):
+    """The autocast context for ``device``: bf16 on CPU, fp16 on CUDA; a no-op without amp."""
+    device = torch.device(device)
+    if not amp:
+        return contextlib.nullcontext()
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def make_scaler(device: torch.device, amp: bool) -> torch.amp.GradScaler | None:
+    """A GradScaler for fp16 AMP on CUDA (checkpoint its state_dict); None where not needed."""
+    if amp and torch.device(device).type == "cuda":
+        return torch.amp.GradScaler("cuda")
+    return None
+
+
+def _split(batch):
+    if isinstance(batch, dict):
+        y = batch["mask"] if "mask" in batch else batch["target"]
+        return batch["image"], y
+    return batch[0], batch[1]
+
+
+def _bar(loader, progress: bool, desc: str):
+    show = bool(progress) and sys.stderr.isatty()
+    total = len(loader) if hasattr(loader, "__len__") else None
+    return tqdm(loader, total=total, desc=desc, disable=not show, leave=False, dynamic_ncols=True)
+
+
+def _optimizer_step(model, optimizer, scaler, clip, grad_scale: float):
+    if grad_scale != 1.0:  # a final, short accumulation group: make it a mean over its own batches
+        for p in model.parameters():
+            if p.grad is not None:
+                p.grad.mul_(grad_scale)
+    if scaler is not None:
+        if clip:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        if clip:
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer, *, scheduler=None, device, amp: bool = False,
+                    accumulate: int = 1, clip: float | None = None, channels_last: bool = True, ema=None,
+                    progress: bool = True, max_steps: int | None = None, scaler=None, desc: str = "train",
+                    step_offset: int = 0) -> dict:
+    """One pass over ``loader``; returns {"loss", "lr", "steps", "batches", "images", "seconds"}.
+
+    ``accumulate`` batches make one optimizer step (the scheduler and ``ema`` follow optimizer
+    steps); ``max_steps`` caps optimizer steps (for --subset). ``loss`` is the image-weighted
+    mean over batches, averaged over ranks under DDP. A non-finite loss raises SegkitError
+    (nothing is stepped, so the caller's last checkpoint stays the last good one).
+    ``step_offset`` only numbers steps in that message (global step of the first batch).
+    """
+    device = torch.device(device)
+    accumulate = max(1, int(accumulate))
+    if scaler is None:
+        scaler = make_scaler(device, amp)
+    model.train()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer.zero_grad(set_to_none=True)
+    is_ddp = isinstance(model, nn.parallel.DistributedDataParallel)
+    loss_sum, images, batches, steps, pending = 0.0, 0, 0, 0, 0
+    start = time.perf_counter()
+    try:
+        n_batches = len(loader)
+    except TypeError:
+        n_batches = None
+    bar = _bar(loader, progress, desc)
+    for batch in bar:
+        x, y = _split(batch)
+        x = x.to(device, non_blocking=True).float()
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = y.to(device, non_blocking=True)
+        pending += 1
+        batches += 1
+        last_in_group = pending == accumulate or (n_batches is not None and batches == n_batches)
+        sync = contextlib.nullcontext() if (last_in_group or not is_ddp) else model.no_sync()
+        with sync:
+            with autocast(device, amp):
+                logits = model(x)
+            loss = loss_fn(logits.float(), y)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise SegkitError(f"training: loss became NaN at step {step_offset + steps + 1} "
+                                  f"(batch {batches}); last good checkpoint kept")
+            scaled = loss / accumulate
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        loss_sum += value * x.shape[0]
+        images += x.shape[0]
+        if last_in_group:
+            _optimizer_step(model, optimizer, scaler, clip, accumulate / pending)
+            pending = 0
+            steps += 1
+            if scheduler is not None:
+                scheduler.step()
+            if ema is not None:
+                ema.update(model)
+            bar.set_postfix(loss=f"{loss_sum / images:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+            if max_steps is not None and steps >= max_steps:
+                break
+    if pending:  # iterable without len(): the last short group still steps
+        _optimizer_step(model, optimizer, scaler, clip, accumulate / pending)
+        steps += 1
+        if scheduler is not None:
+            scheduler.step()
+        if ema is not None:
+            ema.update(model)
+    bar.close()
+    seconds = time.perf_counter() - start
+    out = {"loss": loss_sum / max(1, images), "lr": float(optimizer.param_groups[0]["lr"]), "steps": steps,
+           "batches": batches, "images": images, "seconds": seconds}
+    reduced = distributed.all_reduce_mean({"loss": out["loss"]})
+    out["loss"] = reduced["loss"]
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, loss_fn=None, *, device, amp: bool = False, task: str = "seg",
+             classes: int = 1, threshold: float = 0.5, channels_last: bool = True, progress: bool = False,
+             max_batches: int | None = None, desc: str = "val") -> dict:
+    """Tile-level validation over a loader of batches (not the stitched whole-image predictor).
+
+    seg: {"loss", "dice" (mean per image), "dice_global", "iou", "dice_per_class": list};
+    cls: {"loss", "accuracy", "f1" (macro)}. Under DDP the counts are gathered from every rank.
+    Binary outputs use sigmoid > ``threshold``; several classes use argmax.
+    """
+    device = torch.device(device)
+    model.eval()
+    acc = DiceAccumulator(classes) if task == "seg" else ConfusionAccumulator(classes)
+    loss_sum, images = 0.0, 0
+    for i, batch in enumerate(_bar(loader, progress, desc)):
+        if max_batches is not None and i >= max_batches:
+            break
+        x, y = _split(batch)
+        x = x.to(device).float()
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = y.to(device)
+        with autocast(device, amp):
+            logits = model(x)
+        logits = logits.float()
+        if loss_fn is not None:
+            loss_sum += float(loss_fn(logits, y)) * x.shape[0]
+        images += x.shape[0]
+        if classes == 1:
+            pred = (torch.sigmoid(logits[:, 0]) > threshold).long()
+        else:
+            pred = logits.argmax(1)
+        target = y[:, 0] if (y.dim() == logits.dim() and task == "seg") else y
+        if task == "cls" and target.dim() > 1:
+            target = target.reshape(-1)
+        acc.update(pred, target.long())
+    out = {"loss": distributed.all_reduce_mean({"loss": loss_sum / max(1, images)})["loss"]}
+    if task == "seg":
+        if distributed.is_distributed():
+            merged = DiceAccumulator(classes)
+            for counts in distributed.all_gather_objects(acc.counts()):
+                merged.add_counts(counts)
+            acc = merged
+        out.update(dice=acc.mean(), dice_global=acc.global_dice(), iou=acc.iou_mean(),
+                   dice_per_class=[float(v) for v in acc.per_class()])
+    else:
+        if distributed.is_distributed():
+            acc.matrix = np.sum(distributed.all_gather_objects(acc.matrix), axis=0)
+        out.update(accuracy=acc.accuracy(), f1=acc.macro_f1())
+    return out
