@@ -1,0 +1,142 @@
+"""Dense CRF refinement of probabilities (Krähenbühl & Koltun) through pydensecrf, tiled.
+
+pydensecrf is an optional extra (``pip install 'segkit[crf]'``, distribution pydensecrf2,
+import name ``pydensecrf``); without it :func:`dense_crf` raises a one-line SegkitError with the
+install command. A CRF over a whole slide would need hundreds of bytes per pixel, so large
+inputs go through :func:`tiled_crf` (cores that partition the image, each solved with
+``overlap`` pixels of context on every side and only its core kept) and, on a stream of row
+strips, :class:`CrfStripProcessor` (rows of context kept between strips).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from segkit.data.windows import Window
+from segkit.errors import SegkitError
+from segkit.post.morphology import RowContextStream
+
+__all__ = ["dense_crf", "tiled_crf", "CrfStripProcessor", "CRF_INSTALL_HINT"]
+
+CRF_INSTALL_HINT = "dense CRF needs the crf extra: pip install 'segkit[crf]' (pydensecrf2)"
+
+
+def _densecrf():
+    try:
+        import pydensecrf.densecrf as dcrf
+        from pydensecrf import utils
+    except ImportError:
+        raise SegkitError(CRF_INSTALL_HINT) from None
+    return dcrf, utils
+
+
+def _as_uint8_image(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.dtype != np.uint8:
+        if not np.issubdtype(image.dtype, np.floating):
+            raise ValueError(f"dense_crf: image must be uint8 or float in [0, 1], got {image.dtype}")
+        image = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+    return image
+
+
+def dense_crf(image: np.ndarray, probs: np.ndarray, iterations: int = 5, sxy_gaussian: float = 3,
+              compat_gaussian: float = 3, sxy_bilateral: float = 80, srgb: float = 13,
+              compat_bilateral: float = 10) -> np.ndarray:
+    """Refined probabilities (C, h, w) float32 from an image (h, w[, ch]) and probabilities (C, h, w).
+
+    C == 1 (sigmoid) is solved as the two classes (1 - p, p) and returned as one channel; C > 1
+    is taken as a distribution over classes (renormalized per pixel). The image is uint8 (or
+    float in [0, 1], scaled); any channel count works (the bilateral kernel uses every channel
+    with the same ``srgb`` scale). Parameters as in the DenseCRF paper / pydensecrf's
+    ``addPairwiseGaussian`` (sxy, compat) and ``addPairwiseBilateral`` (sxy, srgb, compat).
+    """
+    dcrf, utils = _densecrf()
+    probs = np.asarray(probs, dtype=np.float32)
+    image = _as_uint8_image(image)
+    if probs.ndim != 3 or probs.shape[1:] != image.shape[:2]:
+        raise ValueError(f"dense_crf: probs {probs.shape} do not match image {image.shape}")
+    c, h, w = probs.shape
+    binary = c == 1
+    dist = np.concatenate([1.0 - probs, probs]) if binary else probs / np.maximum(probs.sum(0, keepdims=True), 1e-6)
+    n = dist.shape[0]
+    crf = dcrf.DenseCRF(h * w, n)
+    crf.setUnaryEnergy(np.ascontiguousarray(utils.unary_from_softmax(dist)))
+    crf.addPairwiseEnergy(utils.create_pairwise_gaussian(sdims=(sxy_gaussian, sxy_gaussian), shape=(h, w)),
+                          compat=compat_gaussian)
+    feats = utils.create_pairwise_bilateral(sdims=(sxy_bilateral, sxy_bilateral), schan=(srgb,) * image.shape[2],
+                                            img=image, chdim=2)
+    crf.addPairwiseEnergy(feats, compat=compat_bilateral)
+    q = np.asarray(crf.inference(int(iterations)), dtype=np.float32).reshape(n, h, w)
+    return q[1:2] if binary else q
+
+
+def _cores(length: int, tile: int) -> list[tuple[int, int]]:
+    return [(s, min(s + tile, length)) for s in range(0, length, tile)]
+
+
+def tiled_crf(image: np.ndarray, probs: np.ndarray, *, tile: int = 512, overlap: int = 64,
+              rows: tuple[int, int] | None = None, **params) -> np.ndarray:
+    """dense_crf over tiles: cores of ``tile`` px partition the output, each solved with ``overlap``
+    px of context on every side (clipped to the array) and only its core kept.
+
+    ``rows=(a, b)``: refine only rows a..b of the arrays (the rest is context); returns
+    (C, b - a, w). Peak memory is one CRF of (tile + 2 * overlap)^2 pixels.
+    """
+    image = _as_uint8_image(image)
+    probs = np.asarray(probs, dtype=np.float32)
+    h, w = probs.shape[1:]
+    a, b = rows if rows is not None else (0, h)
+    out = np.empty((probs.shape[0], b - a, w), np.float32)
+    for r0, r1 in _cores(b - a, tile):
+        r0, r1 = r0 + a, r1 + a
+        cr0, cr1 = max(0, r0 - overlap), min(h, r1 + overlap)
+        for c0, c1 in _cores(w, tile):
+            cc0, cc1 = max(0, c0 - overlap), min(w, c1 + overlap)
+            q = dense_crf(image[cr0:cr1, cc0:cc1], probs[:, cr0:cr1, cc0:cc1], **params)
+            out[:, r0 - a:r1 - a, c0:c1] = q[:, r0 - cr0:r1 - cr0, c0 - cc0:c1 - cc0]
+    return out
+
+
+class CrfStripProcessor:
+    """tiled_crf on probabilities arriving as row strips (the streaming predictor's output).
+
+    ``push(row0, probs, image=None)`` returns refined ``(row0, probs)`` strips, delayed by
+    ``overlap`` rows so every row has context above and below. The image rows come either with
+    each strip (``image`` HWC) or from ``read_image(Window)`` (e.g. a Raster's read followed by
+    the conversion to uint8 the caller wants the CRF to see). Holds ~ (strip + 2 * overlap) rows.
+    """
+
+    def __init__(self, height: int, width: int, read_image: Callable[[Window], np.ndarray] | None = None, *,
+                 tile: int = 512, overlap: int = 64, **params):
+        _densecrf()  # fail before any inference work when the extra is missing
+        self.width, self.read_image = int(width), read_image
+        self.tile, self.overlap, self.params = int(tile), int(overlap), params
+        self._stream = RowContextStream(height, overlap, self._process)
+
+    def _process(self, ctx, open_top, open_bottom, a, b):
+        probs, image_chw = ctx
+        image = np.moveaxis(image_chw, 0, -1)
+        return [tiled_crf(image, probs, tile=self.tile, overlap=self.overlap, rows=(a, b), **self.params)]
+
+    def push(self, row0: int, probs: np.ndarray, image: np.ndarray | None = None) -> list[tuple]:
+        h = probs.shape[1]
+        if image is None:
+            if self.read_image is None:
+                raise ValueError("CrfStripProcessor: give the image strip or a read_image callable")
+            image = self.read_image(Window(row0, 0, h, self.width))
+        image = _as_uint8_image(image)
+        if image.shape[:2] != (h, self.width):
+            raise ValueError(f"image strip {image.shape} does not match probs {probs.shape}")
+        return self._stream.push(row0, probs, np.moveaxis(image, -1, 0))  # rows on axis -2 for the stream
+
+    def finish(self) -> list[tuple]:
+        return self._stream.finish()
+
+    def __call__(self, strips: Iterable[tuple]) -> Iterator[tuple]:
+        for item in strips:
+            yield from self.push(*item)
+        yield from self.finish()
