@@ -1,0 +1,232 @@
+"""Label sources: read(window) -> HW uint8 class ids without building the full-size mask.
+
+    labels = open_labels("train.csv", raster)          # RLE row whose id is the image stem
+    labels = open_labels("slide.geojson", raster, class_property="classification.name",
+                         class_map={"glomerulus": 1})
+    labels = open_labels("masks/slide.png", raster, class_map={255: 1})
+
+Three kinds, chosen by the spec's suffix: a mask raster (any format segkit.io.raster opens), an RLE
+CSV (`id,<rle>`: runs kept as per-column intervals, see _runs.py) or polygons in GeoJSON/JSON
+(rasterized per window, holes respected; pixel or CRS coordinates, see _polygons.py).
+Windows past the border are padded like the image (reflect when the image reflects, else 0).
+Resampling to out_size is nearest; thumbnails keep a block's largest class id so small objects
+survive in the low-resolution grid the sampler uses for foreground windows.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from segkit.data.windows import Window
+from segkit.errors import SegkitError
+from segkit.io._runs import LineIntervals, parse_pairs
+from segkit.io._window import block_edges, read_padded, thumb_shape
+from segkit.io.raster import Raster, open_raster
+
+RLE_SUFFIXES = {".csv"}
+POLYGON_SUFFIXES = {".geojson", ".json"}
+RLE_COLUMNS = ("rle", "encoding", "encodedpixels", "predicted", "annotation", "mask")
+STRIP_PIXELS = 32 * 2**20  # label pixels rasterized at once when building a thumbnail
+
+
+def open_labels(spec, image: Raster, *, image_id: str | None = None, rle_order: str = "F",
+                class_map: dict | None = None, class_property: str | None = None,
+                coords: str = "auto") -> "LabelSource":
+    """Label source for `image`. coords (polygons only): "auto" | "pixel" | "crs"."""
+    path = Path(spec)
+    if not path.is_file():
+        raise SegkitError(f"{path}: label file not found")
+    suffix = path.suffix.lower()
+    if suffix in RLE_SUFFIXES:
+        return RleLabels(path, image, image_id=image_id, order=rle_order, class_map=class_map)
+    if suffix in POLYGON_SUFFIXES:
+        from segkit.io._polygons import PolygonLabels
+
+        return PolygonLabels(path, image, class_map=class_map, class_property=class_property, coords=coords)
+    return RasterLabels(path, image, class_map=class_map)
+
+
+class LabelSource:
+    """Common reading: padding like the image, nearest resampling, max-pooled thumbnails."""
+
+    path: Path
+    height: int
+    width: int
+    pad_mode: str = "constant"
+
+    def _init_geometry(self, path: Path, image: Raster) -> None:
+        self.path, self.image_path = Path(path), image.path
+        self.height, self.width, self.pad_mode = image.height, image.width, image.pad_mode
+
+    def _read_inside(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def read(self, window: Window, out_size: tuple[int, int] | None = None) -> np.ndarray:
+        """HW uint8 class ids of `window` (source pixels), resized to out_size (h, w) by nearest."""
+        window = Window(*(int(v) for v in window))
+        mask = read_padded(self._read_inside, (self.height, self.width), window, mode=self.pad_mode,
+                           value=0, dtype=np.uint8, channels=None)
+        if out_size is not None and tuple(out_size) != mask.shape:
+            mask = cv2.resize(mask, (int(out_size[1]), int(out_size[0])), interpolation=cv2.INTER_NEAREST)
+        return mask
+
+    def thumbnail(self, max_side: int = 1024) -> tuple[np.ndarray, float]:
+        """(HW uint8, largest class id in each block; source px per thumb px). Same grid as
+        Raster.thumbnail(max_side) of the image."""
+        oh, ow = thumb_shape(self.height, self.width, max_side)
+        rows, cols = block_edges(self.height, oh), block_edges(self.width, ow)
+        out = np.zeros((oh, ow), np.uint8)
+        step = max(1, STRIP_PIXELS // max(1, self.width * max(1, self.height // oh)))
+        for o0 in range(0, oh, step):
+            o1 = min(oh, o0 + step)
+            strip = self._read_inside(int(rows[o0]), int(rows[o1]), 0, self.width)
+            part = np.maximum.reduceat(strip, rows[o0:o1] - rows[o0], axis=0)
+            out[o0:o1] = np.maximum.reduceat(part, cols[:-1], axis=1)
+        return out, max(self.height / oh, self.width / ow)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({str(self.path)!r}, {self.height}x{self.width})"
+
+
+def _lut(class_map: dict | None, path: Path) -> np.ndarray | None:
+    """256-entry lookup table for uint8 label values, or None for identity."""
+    if class_map is None:
+        return None
+    lut = np.zeros(256, np.uint8)
+    for key, value in class_map.items():
+        try:
+            k, v = int(key), int(value)
+        except (TypeError, ValueError):
+            raise SegkitError(f"{path}: class_map {key!r}: {value!r} must map label values to class ids") from None
+        if not (0 <= k <= 255 and 0 <= v <= 255):
+            raise SegkitError(f"{path}: class_map {key!r}: {value!r} must be within 0..255")
+        lut[k] = v
+    return lut
+
+
+class RasterLabels(LabelSource):
+    """A mask raster with the image's size; values mapped through class_map (first channel).
+
+    Without class_map a mask whose values are only 0 and 255 (a common way to save binary
+    masks) reads as 0/1; any other mask passes its values through.
+    """
+
+    def __init__(self, path, image: Raster, *, class_map: dict | None = None):
+        self._init_geometry(path, image)
+        self.raster = open_raster(path, pad_mode="constant", pad_value=0)
+        if (self.raster.height, self.raster.width) != (image.height, image.width):
+            raise SegkitError(
+                f"{self.path}: label size {self.raster.height}x{self.raster.width} differs from image "
+                f"{image.path} size {image.height}x{image.width}")
+        if self.raster.dtype.kind not in "uib":
+            raise SegkitError(f"{self.path}: label raster has dtype {self.raster.dtype}; expected integers")
+        self.lut = _lut(class_map, self.path)
+        self._wide = self.raster.dtype.itemsize > 1
+        if self.lut is None:
+            values = np.unique(self.raster.thumbnail(512, nearest=True)[0][..., 0])
+            if values.size and set(values.tolist()) <= {0, 255} and values.max() == 255:
+                self.lut = np.arange(256, dtype=np.uint8)
+                self.lut[255] = 1
+
+    def _read_inside(self, r0, r1, c0, c1):
+        raw = self.raster.read(Window(r0, c0, r1 - r0, c1 - c0))[..., 0]
+        if self._wide:
+            if self.lut is not None:
+                raw = np.where(raw <= 255, raw, 0)
+            elif raw.max(initial=0) > 255 or raw.min(initial=0) < 0:
+                raise SegkitError(f"{self.path}: label values outside 0..255; give a class_map")
+            raw = raw.astype(np.uint8)
+        elif raw.dtype != np.uint8:
+            raw = raw.astype(np.uint8)
+        return self.lut[raw] if self.lut is not None else raw
+
+
+class RleLabels(LabelSource):
+    """The RLE row(s) of a CSV whose id equals image_id (default: the image file's stem).
+
+    Several rows with the same id (one per object, as in some competitions) are merged; an empty
+    field means no foreground. Foreground reads as class_map.get(1, 1).
+    """
+
+    def __init__(self, path, image: Raster, *, image_id: str | None = None, order: str = "F",
+                 class_map: dict | None = None):
+        self._init_geometry(path, image)
+        if order not in ("F", "C"):
+            raise SegkitError(f"{self.path}: rle order {order!r}: expected 'F' (column-major) or 'C' (row-major)")
+        self.order = order
+        self.image_id = image_id if image_id is not None else _stem(image.path)
+        self.value = int((class_map or {}).get(1, (class_map or {}).get("1", 1)))
+        starts, ends = self._load()
+        lines, line_len = (self.width, self.height) if order == "F" else (self.height, self.width)
+        self.runs = LineIntervals(starts, ends, lines, line_len)
+
+    def _load(self) -> tuple[np.ndarray, np.ndarray]:
+        csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a whole-slide RLE is megabytes long
+        found, values = False, []
+        with open(self.path, newline="") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if not header:
+                raise SegkitError(f"{self.path}: empty CSV; expected columns id,<rle>")
+            names = [h.strip().lower() for h in header]
+            id_col = names.index("id") if "id" in names else 0
+            rle_col = next((names.index(c) for c in RLE_COLUMNS if c in names), 1 if id_col == 0 else 0)
+            if len(header) < 2:
+                raise SegkitError(f"{self.path}: expected columns id,<rle>; got {header}")
+            for line_no, row in enumerate(reader, start=2):
+                if len(row) > max(id_col, rle_col) and row[id_col].strip() == self.image_id:
+                    found = True
+                    try:
+                        values.append(parse_pairs(row[rle_col]))
+                    except (ValueError, OverflowError):
+                        raise SegkitError(f"{self.path}: line {line_no} (id {self.image_id}): RLE has a "
+                                          "value that is not an integer") from None
+                    if values[-1].size % 2:
+                        raise SegkitError(f"{self.path}: line {line_no} (id {self.image_id}): odd number of "
+                                          f"RLE values ({values[-1].size}); expected 'start length' pairs")
+        if not found:
+            raise SegkitError(f"{self.path}: no row with id {self.image_id!r} (image {self.image_path})")
+        pairs = np.concatenate(values) if values else np.zeros(0, np.int64)
+        starts, lengths = pairs[0::2] - 1, pairs[1::2]
+        total = self.height * self.width
+        if starts.size:
+            if starts.min() < 0 or lengths.min() < 0:
+                raise SegkitError(f"{self.path}: id {self.image_id}: RLE starts must be >= 1 and lengths >= 0")
+            worst = int(np.argmax(starts + lengths))
+            if starts[worst] + lengths[worst] > total:
+                raise SegkitError(
+                    f"{self.path}: id {self.image_id}: run '{starts[worst] + 1} {lengths[worst]}' ends at "
+                    f"pixel {starts[worst] + lengths[worst]}, past the {self.height}x{self.width} image "
+                    f"{self.image_path} ({total} pixels)")
+        return starts, starts + lengths
+
+    def _read_inside(self, r0, r1, c0, c1):
+        if self.order == "F":
+            mask = self.runs.rasterize(c0, c1, r0, r1).T
+        else:
+            mask = self.runs.rasterize(r0, r1, c0, c1)
+        mask = np.ascontiguousarray(mask)
+        return mask * np.uint8(self.value) if self.value != 1 else mask
+
+    def thumbnail(self, max_side: int = 1024) -> tuple[np.ndarray, float]:
+        oh, ow = thumb_shape(self.height, self.width, max_side)
+        rows, cols = block_edges(self.height, oh), block_edges(self.width, ow)
+        if self.order == "F":
+            hit = self.runs.block_any(cols, rows).T
+        else:
+            hit = self.runs.block_any(rows, cols)
+        return hit.astype(np.uint8) * np.uint8(self.value), max(self.height / oh, self.width / ow)
+
+
+def _stem(path: Path) -> str:
+    """File name without its suffixes that belong to the format (slide.ome.tif -> slide)."""
+    name = Path(path).name
+    for suffix in (".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
