@@ -99,7 +99,7 @@ class PolygonLabels(LabelSource):
         from affine import Affine
         from rasterio.features import rasterize
 
-        transform = Affine.translation(c0, r0) * Affine.scale((c1 - c0) / out_shape[1], (r1 - r0) / out_shape[0])
+        transform = Affine.translation(c0, r0) @ Affine.scale((c1 - c0) / out_shape[1], (r1 - r0) / out_shape[0])
         return rasterize(((self.geoms[i], self.values[i]) for i in hit), out_shape=out_shape,
                          transform=transform, fill=0, dtype=np.uint8, all_touched=all_touched)
 
