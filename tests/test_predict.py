@@ -301,3 +301,19 @@ def test_background_tiles_are_skipped_with_zero_output():
     calls.clear()
     probs = predict_probs([(Counting(), 1.0)], raster, tissue=(np.zeros((8, 12), bool), 8.0), **kw)
     assert sum(calls) == 1 and probs.shape == (1, 64, 96) and probs.max() == 0  # one blank forward for C
+
+
+# ---- a real tiled TIFF through segkit.io.raster
+
+
+def test_identity_through_a_real_tiff(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    raster_mod = pytest.importorskip("segkit.io.raster")
+    img = image(61, 77, c=3, seed=4)
+    path = tmp_path / "img.tif"
+    tifffile.imwrite(path, img, tile=(32, 32), photometric="rgb")
+    with raster_mod.open_raster(path) as raster:
+        probs = predict_probs([(Identity(), 1.0)], raster, fov_px=16, size=16, overlap_px=5,
+                              preprocess=to_unit, activation="identity",
+                              tta=[("identity", 0.5), ("transpose", 0.5)], batch_size=5)
+    np.testing.assert_allclose(probs, img.transpose(2, 0, 1) / 255.0, atol=1e-5)
