@@ -8,7 +8,7 @@ import pytest
 
 from segkit.data.windows import Window
 from segkit.errors import SegkitError
-from segkit.post.crf import CRF_INSTALL_HINT, CrfStripProcessor, dense_crf, tiled_crf
+from segkit.post.crf import CRF_INSTALL_HINT, CrfStripProcessor, RowContextStream, dense_crf, tiled_crf
 
 try:  # the crf extra is optional; only the install-hint test runs without it
     import pydensecrf.densecrf  # noqa: F401
@@ -107,3 +107,25 @@ def test_crf_rejects_mismatched_shapes():
     image, probs, _ = _scene(h=8, w=8)
     with pytest.raises(ValueError, match="do not match image"):
         dense_crf(image[:7], probs)
+
+
+def test_row_context_stream_gives_margin_rows_of_context():
+    data = np.arange(10 * 3).reshape(10, 3)
+    seen = []
+
+    def process(ctx, open_top, open_bottom, a, b):
+        seen.append((ctx[0].shape[-2], open_top, open_bottom, a, b))
+        return [c[..., a:b, :] for c in ctx]
+
+    stream = RowContextStream(10, 2, process)
+    out = list(stream((r, data[r:r + 3]) for r in range(0, 10, 3)))
+    np.testing.assert_array_equal(np.concatenate([s for _, s in out]), data)
+    assert [r for r, _ in out] == [0, 1, 4, 7]
+    for n, open_top, open_bottom, a, b in seen:
+        assert a == (2 if open_top else a) and (n - b == 2 if open_bottom else n == b)
+    stream = RowContextStream(10, 2, process)
+    stream.push(0, data[:3])
+    with pytest.raises(ValueError, match="expected row 3, got 4"):
+        stream.push(4, data[4:7])
+    with pytest.raises(ValueError, match="got 3 rows, image height is 10"):
+        stream.finish()

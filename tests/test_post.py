@@ -5,7 +5,6 @@ import pytest
 from scipy import ndimage
 
 from segkit.post.morphology import (
-    RowContextStream,
     StripPostProcessor,
     fill_holes,
     remove_small_objects,
@@ -132,11 +131,12 @@ def _strip_mask(h=61, w=29, seed=0):
 
 
 @pytest.mark.parametrize("heights", [[1], [4, 7], [16], [61]])
-@pytest.mark.parametrize("min_px,max_hole", [(0, 10), (5, 0), (36, 50), (40, 3)])
-def test_strip_post_processor_equals_full_image(heights, min_px, max_hole):
+@pytest.mark.parametrize("min_px,max_hole,conn", [(0, 10, 4), (5, 0, 4), (36, 50, 4), (40, 3, 8), (6, None, 8),
+                                                  (3, None, 4)])
+def test_strip_post_processor_equals_full_image(heights, min_px, max_hole, conn):
     m = _strip_mask()
-    expected = fill_holes(remove_small_objects(m, min_px), max_hole)
-    proc = StripPostProcessor(*m.shape, min_px=min_px, max_hole_px=max_hole, fill=True)
+    expected = fill_holes(remove_small_objects(m, min_px, connectivity=conn), max_hole)
+    proc = StripPostProcessor(*m.shape, min_px=min_px, max_hole_px=max_hole, fill=True, connectivity=conn)
     extra = np.stack([m, m * 2]).astype(np.float32)  # rides along, stays aligned
     out = list(proc((r0, s, extra[:, r0:r0 + s.shape[0]]) for r0, s in _strips(m, heights)))
     rows = [r0 for r0, _, _ in out]
@@ -145,8 +145,40 @@ def test_strip_post_processor_equals_full_image(heights, min_px, max_hole):
     np.testing.assert_array_equal(np.concatenate([e for _, _, e in out], axis=1), extra)
     if min_px > 1 and heights != [61]:
         # cutting the strips without context would be wrong: the test data makes that visible
-        naive = np.concatenate([remove_small_objects(s, min_px) for _, s in _strips(m, heights)])
-        assert not np.array_equal(naive, remove_small_objects(m, min_px))
+        naive = np.concatenate([remove_small_objects(s, min_px, connectivity=conn) for _, s in _strips(m, heights)])
+        assert not np.array_equal(naive, remove_small_objects(m, min_px, connectivity=conn))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_strip_post_processor_random_multiclass_masks(seed):
+    rng = np.random.default_rng(seed)
+    h, w = 47, 31
+    m = ((rng.random((h, w)) < 0.6) * rng.integers(1, 3, size=(h, w))).astype(np.uint8)
+    m = np.where(rng.random((h, w)) < 0.7, m, np.roll(m, 1, axis=0)).astype(np.uint8)
+    heights = [int(x) for x in rng.integers(1, 12, size=5)]
+    for min_px, fill, max_hole in ((4, True, None), (9, False, None), (0, True, 3)):
+        expected = remove_small_objects(m, min_px)
+        expected = fill_holes(expected, max_hole) if fill else expected
+        proc = StripPostProcessor(h, w, min_px=min_px, fill=fill, max_hole_px=max_hole)
+        got = np.concatenate([s for _, s in proc(_strips(m, heights))])
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_strip_post_processor_ring_around_the_image_holds_its_rows():
+    # a ring whose hole spans most of the image: exact, the rows wait until the ring closes
+    m = np.zeros((30, 20), np.uint8)
+    m[1:29, 1:19] = 1
+    m[2:28, 2:18] = 0
+    m[10, 10] = 2                    # another class inside: not a one-class hole, stays
+    proc = StripPostProcessor(30, 20, fill=True)
+    first = proc.push(0, m[:5])
+    assert [(r0, s.shape[0]) for r0, s in first] == [(0, 2)]  # rows 2.. hold the undecided hole
+    rest = [x for r0 in range(5, 30, 5) for x in proc.push(r0, m[r0:r0 + 5])]
+    got = np.concatenate([s for _, s in first + rest])
+    np.testing.assert_array_equal(got, fill_holes(m))
+    m[10, 10] = 0
+    got = np.concatenate([s for _, s in StripPostProcessor(30, 20, fill=True)(_strips(m, [5]))])
+    assert got[2:28, 2:18].all() and np.array_equal(got, fill_holes(m))
 
 
 def test_strip_post_processor_without_stages_passes_through_and_checks_order():
@@ -154,11 +186,9 @@ def test_strip_post_processor_without_stages_passes_through_and_checks_order():
     proc = StripPostProcessor(*m.shape)
     out = list(proc(_strips(m, [10])))
     assert [r0 for r0, _ in out] == list(range(0, 61, 10))
-    with pytest.raises(ValueError, match="needs max_hole_px"):
-        StripPostProcessor(5, 5, fill=True)
-    stream = RowContextStream(10, 2, lambda ctx, t, b, a, z: [c[..., a:z, :] for c in ctx])
-    stream.push(0, np.zeros((3, 4)))
+    proc = StripPostProcessor(10, 4, min_px=3, fill=True)
+    proc.push(0, np.zeros((3, 4), np.uint8))
     with pytest.raises(ValueError, match="expected row 3, got 4"):
-        stream.push(4, np.zeros((3, 4)))
+        proc.push(4, np.zeros((3, 4), np.uint8))
     with pytest.raises(ValueError, match="got 3 rows, image height is 10"):
-        stream.finish()
+        proc.finish()

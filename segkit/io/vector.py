@@ -203,7 +203,7 @@ def geojson_crs(crs) -> dict:
 class PolygonStripWriter:
     """GeoJSON FeatureCollection of the polygons of a mask arriving as row strips.
 
-    ``write(mask, probs=None)`` takes (h, W) class-id strips in row order (and optionally the
+    ``write(mask, probs=None)`` (alias ``add``) takes (h, W) class-id strips in row order (and optionally the
     (C, h, W) probabilities for the ``mean_prob`` property); finished polygons are streamed into
     a temporary file which becomes ``path`` on a clean ``close``. Properties: ``class`` and
     ``mean_prob`` (null without probs). ``simplify`` in pixels, ``min_area`` in pixels.
@@ -241,6 +241,7 @@ class PolygonStripWriter:
             raise ValueError("give probs with every strip or with none")
         self._emit(self._assembler.push(mask, probs))
 
+    add = write  # same verb as RleStripWriter.add
     def close(self) -> Path:
         try:
             self._emit(self._assembler.finish())

@@ -250,6 +250,8 @@ class TiffStripWriter:
         if self._pending_rows >= self.tile or self.rows_received == self.height:
             self._flush(final=self.rows_received == self.height)
 
+    add = write  # same verb as RleStripWriter.add
+
     def _flush(self, final: bool) -> None:
         from rasterio.windows import Window as RioWindow
 

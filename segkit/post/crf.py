@@ -16,9 +16,8 @@ import numpy as np
 
 from segkit.data.windows import Window
 from segkit.errors import SegkitError
-from segkit.post.morphology import RowContextStream
 
-__all__ = ["dense_crf", "tiled_crf", "CrfStripProcessor", "CRF_INSTALL_HINT"]
+__all__ = ["dense_crf", "tiled_crf", "CrfStripProcessor", "RowContextStream", "CRF_INSTALL_HINT"]
 
 CRF_INSTALL_HINT = "dense CRF needs the crf extra: pip install 'segkit[crf]' (pydensecrf2)"
 
@@ -99,6 +98,59 @@ def tiled_crf(image: np.ndarray, probs: np.ndarray, *, tile: int = 512, overlap:
             q = dense_crf(image[cr0:cr1, cc0:cc1], probs[:, cr0:cr1, cc0:cc1], **params)
             out[:, r0 - a:r1 - a, c0:c1] = q[:, r0 - cr0:r1 - cr0, c0 - cc0:c1 - cc0]
     return out
+
+
+class RowContextStream:
+    """Delay a stream of row strips by ``margin`` rows so each row is processed with context.
+
+    ``process(arrays, open_top, open_bottom, out_start, out_stop)`` gets the context rows (each
+    array sliced on axis -2) and returns the processed arrays for the rows
+    ``[out_start, out_stop)`` of that context. ``open_top``/``open_bottom`` tell whether the
+    context was cut (more image rows exist beyond it). Only ``~ margin + strip`` rows are held.
+    """
+
+    def __init__(self, height: int, margin: int, process):
+        self.height, self.margin, self.process = int(height), max(0, int(margin)), process
+        self._buf: list[np.ndarray] | None = None
+        self._buf_row0 = 0
+        self._received = 0
+        self._emitted = 0
+
+    def push(self, row0: int, *arrays: np.ndarray) -> list[tuple]:
+        """Add the strip starting at ``row0``; returns finished ``(row0, *arrays)`` strips."""
+        if row0 != self._received:
+            raise ValueError(f"strips must arrive in row order: expected row {self._received}, got {row0}")
+        rows = arrays[0].shape[-2]
+        if self._received + rows > self.height:
+            raise ValueError(f"strip rows {row0}+{rows} exceed height {self.height}")
+        if self._buf is None:
+            self._buf = [np.asarray(a) for a in arrays]
+        else:
+            self._buf = [np.concatenate([b, a], axis=-2) for b, a in zip(self._buf, arrays)]
+        self._received += rows
+        ready = self.height if self._received == self.height else self._received - self.margin
+        if ready <= self._emitted:
+            return []
+        start = max(0, self._emitted - self.margin)
+        ctx = [b[..., start - self._buf_row0:, :] for b in self._buf]
+        out = self.process(ctx, start > 0, self._received < self.height,
+                           self._emitted - start, ready - start)
+        result = [(self._emitted, *out)]
+        self._emitted = ready
+        keep = max(0, ready - self.margin)
+        self._buf = [b[..., keep - self._buf_row0:, :] for b in self._buf]
+        self._buf_row0 = keep
+        return result
+
+    def finish(self) -> list[tuple]:
+        if self._received != self.height:
+            raise ValueError(f"got {self._received} rows, image height is {self.height}")
+        return []
+
+    def __call__(self, strips: Iterable[tuple]) -> Iterator[tuple]:
+        for row0, *arrays in strips:
+            yield from self.push(row0, *arrays)
+        yield from self.finish()
 
 
 class CrfStripProcessor:

@@ -3,8 +3,8 @@
 The functions act on one array (a whole small image or one strip). On a huge image the mask
 arrives as row strips, and an object or a hole can cross a strip boundary; cutting it there
 would change the result (a large object looks small in each strip). :class:`StripPostProcessor`
-makes strip-wise processing exact: it delays the stream by a margin of rows so every row is
-processed with enough rows of context above and below (see its docstring for the bound).
+makes strip-wise processing exact: it follows objects and holes across strips and hands rows on
+once everything in them is decided (equal to the full-image functions, tested).
 
 Connectivity: objects are 4-connected by default (as skimage's ``remove_small_objects`` and
 GDAL's polygonize, so the polygons written later are the same objects); holes are 4-connected
@@ -18,7 +18,7 @@ from typing import Iterable, Iterator, Sequence
 import cv2
 import numpy as np
 
-__all__ = ["threshold", "remove_small_objects", "fill_holes", "StripPostProcessor", "RowContextStream"]
+__all__ = ["threshold", "remove_small_objects", "fill_holes", "StripPostProcessor"]
 
 
 def threshold(probs: np.ndarray, thresholds: float | Sequence[float] = 0.5, *,
@@ -65,21 +65,32 @@ def _components(binary: np.ndarray, connectivity: int):
     return cv2.connectedComponentsWithStats(binary.astype(np.uint8), connectivity=connectivity, ltype=cv2.CV_32S)
 
 
-def _touching_rows(labels: np.ndarray, top: bool, bottom: bool) -> np.ndarray:
-    """Labels present in the first / last row (components that may continue past a cut)."""
-    rows = [labels[0]] if top else []
-    if bottom:
-        rows.append(labels[-1])
-    return np.unique(np.concatenate(rows)) if rows else np.zeros(0, np.int32)
+def _merge_classes(a, b):
+    """Neighbour-class summaries: 0 = none yet, k = only class k, -1 = several classes."""
+    return np.where(a == b, a, np.where(a == 0, b, np.where(b == 0, a, -1)))
 
 
-def remove_small_objects(mask: np.ndarray, min_px: int, *, connectivity: int = 4,
-                         _open_top: bool = False, _open_bottom: bool = False) -> np.ndarray:
-    """Set objects (per class) with fewer than ``min_px`` pixels to 0; returns a new mask.
+def _neighbour_classes(labels: np.ndarray, mask: np.ndarray, n: int, wanted: np.ndarray | None = None) -> np.ndarray:
+    """Per label of a background labelling: the one class next to it (4 directions), 0, or -1."""
+    pairs = []
+    for a, b in (((slice(None), slice(1, None)), (slice(None), slice(None, -1))),
+                 ((slice(1, None), slice(None)), (slice(None, -1), slice(None)))):
+        for src, dst in ((a, b), (b, a)):
+            lab, nb = labels[src], mask[dst]
+            sel = (lab > 0) & (nb != 0)
+            if wanted is not None:
+                sel &= wanted[lab]
+            pairs.append(lab[sel].astype(np.int64) * 256 + nb[sel])
+    pairs = np.unique(np.concatenate(pairs))
+    region, cls = pairs // 256, pairs % 256
+    out = np.zeros(n, np.int64)
+    counts = np.bincount(region, minlength=n)
+    out[region] = np.where(counts[region] == 1, cls, -1)
+    return out
 
-    ``_open_top``/``_open_bottom`` (used by :class:`StripPostProcessor`) keep objects that touch
-    that edge, because they may continue in rows not seen here.
-    """
+
+def remove_small_objects(mask: np.ndarray, min_px: int, *, connectivity: int = 4) -> np.ndarray:
+    """Set objects (per class) with fewer than ``min_px`` pixels to 0; returns a new mask."""
     mask = np.asarray(mask)
     out = mask.copy()
     if min_px <= 1 or not mask.any():
@@ -90,7 +101,6 @@ def remove_small_objects(mask: np.ndarray, min_px: int, *, connectivity: int = 4
         n, labels, stats, _ = _components(mask == cls, connectivity)
         small = stats[:, cv2.CC_STAT_AREA] < min_px
         small[0] = False
-        small[_touching_rows(labels, _open_top, _open_bottom)] = False
         if small.any():
             out[small[labels]] = 0
     return out
@@ -114,123 +124,208 @@ def fill_holes(mask: np.ndarray, max_hole_px: int | None = None) -> np.ndarray:
     bw, bh = stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT]
     candidate = (x > 0) & (y > 0) & (x + bw < w) & (y + bh < h)
     candidate[0] = False  # label 0 = the foreground pixels
-    # (on a strip with context, a region reaching the cut top/bottom row is excluded by this
-    # border rule too: it may continue outside, and StripPostProcessor's margin makes it large)
     if max_hole_px is not None:
         candidate &= stats[:, cv2.CC_STAT_AREA] <= max_hole_px
     if not candidate.any():
         return out
-    # classes next to each candidate region: pairs (region label, neighbour class) over the 4
-    # neighbour directions; a region is filled when it has exactly one neighbour class
-    pairs = []
-    for a, b in (((slice(None), slice(1, None)), (slice(None), slice(None, -1))),
-                 ((slice(1, None), slice(None)), (slice(None, -1), slice(None)))):
-        for src, dst in ((a, b), (b, a)):
-            lab, nb = labels[src], mask[dst]
-            sel = candidate[lab] & (nb != 0)
-            pairs.append(lab[sel].astype(np.int64) * 256 + nb[sel])
-    pairs = np.unique(np.concatenate(pairs))
-    region, cls = pairs // 256, pairs % 256
-    counts = np.bincount(region, minlength=n)
-    fill_cls = np.zeros(n, dtype=mask.dtype)
-    single = counts[region] == 1
-    fill_cls[region[single]] = cls[single]
+    fill_cls = np.maximum(_neighbour_classes(labels, mask, n, candidate), 0).astype(mask.dtype)
     hole = fill_cls[labels]
     sel = hole != 0
     out[sel] = hole[sel]
     return out
 
 
-class RowContextStream:
-    """Delay a stream of row strips by ``margin`` rows so each row is processed with context.
+class _ComponentStream:
+    """One exact streaming pass: remove small objects ("small") or fill holes ("holes").
 
-    ``process(arrays, open_top, open_bottom, out_start, out_stop)`` gets the context rows (each
-    array sliced on axis -2) and returns the processed arrays for the rows
-    ``[out_start, out_stop)`` of that context. ``open_top``/``open_bottom`` tell whether the
-    context was cut (more image rows exist beyond it). Only ``~ margin + strip`` rows are held.
+    Components are labelled per strip and joined across seams with a union-find over global
+    ids that carries each component's area, whether it touches the image border and (holes)
+    its neighbour classes. A component is decided as soon as the answer cannot change (an
+    object already has ``min_px`` pixels; a background region touches the border or two
+    classes) or when it is closed (absent from the last row received). Rows are emitted once
+    every component in them is decided, so the delay adapts to the objects actually present.
+    Ids of emitted rows are dropped (compacted) after every strip.
     """
 
-    def __init__(self, height: int, margin: int, process):
-        self.height, self.margin, self.process = int(height), max(0, int(margin)), process
-        self._buf: list[np.ndarray] | None = None
-        self._buf_row0 = 0
-        self._received = 0
-        self._emitted = 0
+    def __init__(self, height: int, width: int, kind: str, *, min_px: int = 0,
+                 max_hole_px: int | None = None, connectivity: int = 4):
+        self.height, self.width, self.kind = int(height), int(width), kind
+        self.min_px, self.connectivity = int(min_px), connectivity
+        self.max_hole_px = np.inf if max_hole_px is None else int(max_hole_px)
+        self.received = self.emitted = 0
+        self._buf: list[list[np.ndarray]] = []    # chunks of [mask, gids, *extra], rows on axis -2
+        self._last: tuple[np.ndarray, np.ndarray] | None = None  # (mask row, gid row) last received
+        self._parent = np.zeros(1, np.int64)       # id 0 = no component
+        self._area = np.zeros(1, np.int64)
+        self._border = np.zeros(1, bool)
+        self._cls = np.zeros(1, np.int64)          # small: its class; holes: neighbour classes
 
-    def push(self, row0: int, *arrays: np.ndarray) -> list[tuple]:
-        """Add the strip starting at ``row0``; returns finished ``(row0, *arrays)`` strips."""
-        if row0 != self._received:
-            raise ValueError(f"strips must arrive in row order: expected row {self._received}, got {row0}")
-        rows = arrays[0].shape[-2]
-        if self._received + rows > self.height:
-            raise ValueError(f"strip rows {row0}+{rows} exceed height {self.height}")
-        if self._buf is None:
-            self._buf = [np.asarray(a) for a in arrays]
+    def _label(self, mask: np.ndarray, row0: int):
+        h, w = mask.shape
+        if self.kind == "small":
+            labels = np.zeros(mask.shape, np.int64)
+            areas, classes, offset = [np.zeros(1, np.int64)], [np.zeros(1, np.int64)], 0
+            for cls in np.unique(mask):
+                if cls == 0:
+                    continue
+                n, lab, stats, _ = _components(mask == cls, self.connectivity)
+                sel = lab > 0
+                labels[sel] = lab[sel] + offset
+                areas.append(stats[1:, cv2.CC_STAT_AREA].astype(np.int64))
+                classes.append(np.full(n - 1, int(cls), np.int64))
+                offset += n - 1
+            area, cls = np.concatenate(areas), np.concatenate(classes)
+            return labels, area, np.zeros(area.size, bool), cls
+        n, labels, stats, _ = _components(mask == 0, 4)
+        x, y = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
+        border = (x == 0) | (x + stats[:, cv2.CC_STAT_WIDTH] == w)
+        if row0 == 0:
+            border |= y == 0
+        if row0 + h == self.height:
+            border |= y + stats[:, cv2.CC_STAT_HEIGHT] == h
+        border[0] = False
+        return labels.astype(np.int64), stats[:, cv2.CC_STAT_AREA].astype(np.int64), border, \
+            _neighbour_classes(labels, mask, n)
+
+    def _find(self, i: int) -> int:
+        parent = self._parent
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return int(i)
+
+    def _union(self, a: int, b: int) -> None:
+        ra, rb = self._find(a), self._find(b)
+        if ra == rb:
+            return
+        ra, rb = min(ra, rb), max(ra, rb)
+        self._parent[rb] = ra
+        self._area[ra] += self._area[rb]
+        self._border[ra] |= self._border[rb]
+        self._cls[ra] = _merge_classes(self._cls[ra], self._cls[rb])
+
+    def _join_seam(self, last_mask, last_gid, mask0, gid0) -> None:
+        if self.kind == "small":
+            pairs = [(last_gid, gid0, (last_mask == mask0) & (mask0 != 0))]
+            if self.connectivity == 8:   # diagonal neighbours across the seam
+                pairs += [(last_gid[:-1], gid0[1:], (last_mask[:-1] == mask0[1:]) & (mask0[1:] != 0)),
+                          (last_gid[1:], gid0[:-1], (last_mask[1:] == mask0[:-1]) & (mask0[:-1] != 0))]
         else:
-            self._buf = [np.concatenate([b, a], axis=-2) for b, a in zip(self._buf, arrays)]
-        self._received += rows
-        ready = self.height if self._received == self.height else self._received - self.margin
-        if ready <= self._emitted:
+            pairs = [(last_gid, gid0, (last_mask == 0) & (mask0 == 0))]
+            # classes seen across the seam: background above a class pixel and the reverse
+            for gids, classes in ((last_gid, mask0), (gid0, last_mask)):
+                sel = (gids > 0) & (classes != 0)
+                for g, c in np.unique(np.stack([gids[sel], classes[sel].astype(np.int64)]), axis=1).T.tolist():
+                    r = self._find(g)
+                    self._cls[r] = _merge_classes(self._cls[r], c)
+        for a, b, sel in pairs:
+            for x, y in np.unique(np.stack([a[sel], b[sel]]), axis=1).T.tolist():
+                self._union(x, y)
+
+    def _roots(self) -> np.ndarray:
+        roots = self._parent.copy()
+        while True:
+            nxt = roots[roots]
+            if np.array_equal(nxt, roots):
+                return roots
+            roots = nxt
+
+    def push(self, row0: int, mask: np.ndarray, *extra: np.ndarray) -> list[tuple]:
+        if row0 != self.received:
+            raise ValueError(f"strips must arrive in row order: expected row {self.received}, got {row0}")
+        mask = np.asarray(mask)
+        h = mask.shape[0]
+        if mask.ndim != 2 or mask.shape[1] != self.width or row0 + h > self.height:
+            raise ValueError(f"strip {mask.shape} at row {row0} does not fit the {self.height}x{self.width} image")
+        if h == 0:
             return []
-        start = max(0, self._emitted - self.margin)
-        ctx = [b[..., start - self._buf_row0:, :] for b in self._buf]
-        out = self.process(ctx, start > 0, self._received < self.height,
-                           self._emitted - start, ready - start)
-        result = [(self._emitted, *out)]
-        self._emitted = ready
-        keep = max(0, ready - self.margin)
-        self._buf = [b[..., keep - self._buf_row0:, :] for b in self._buf]
-        self._buf_row0 = keep
-        return result
+        labels, area, border, cls = self._label(mask, row0)
+        base = self._parent.size - 1
+        gids = np.where(labels > 0, labels + base, 0)
+        self._parent = np.concatenate([self._parent, np.arange(base + 1, base + area.size)])
+        self._area = np.concatenate([self._area, area[1:]])
+        self._border = np.concatenate([self._border, border[1:]])
+        self._cls = np.concatenate([self._cls, cls[1:]])
+        if self._last is not None:
+            self._join_seam(*self._last, mask[0], gids[0])
+        self.received += h
+        self._last = (mask[-1].copy(), gids[-1].copy())
+        roots = self._roots()
+        closed = np.ones(roots.size, bool)
+        if self.received < self.height:
+            closed[roots[gids[-1]]] = False
+        if self.kind == "small":
+            apply = closed & (self._area < self.min_px)
+            decided = closed | (self._area >= self.min_px)
+        else:
+            # border contact, two neighbour classes and a too large area never go away
+            hopeless = self._border | (self._cls < 0) | (self._area > self.max_hole_px)
+            apply = closed & ~hopeless & (self._cls > 0)
+            decided = closed | hopeless
+        self._buf.append([mask, gids, *extra])
+        chunk = [np.concatenate(parts, axis=-2) if len(parts) > 1 else parts[0] for parts in zip(*self._buf)]
+        buf_mask, buf_gids = chunk[0], chunk[1]
+        buf_roots = roots[buf_gids]
+        pending = ~decided[buf_roots]
+        pending[buf_gids == 0] = False
+        rows_pending = np.flatnonzero(pending.any(axis=1))
+        n_out = int(rows_pending[0]) if rows_pending.size else buf_mask.shape[0]
+        out = []
+        if n_out:
+            out_mask = buf_mask[:n_out].copy()
+            sel = apply[buf_roots[:n_out]] & (buf_gids[:n_out] > 0)
+            out_mask[sel] = 0 if self.kind == "small" else self._cls[buf_roots[:n_out]][sel]
+            out.append((self.emitted, out_mask, *(e[..., :n_out, :] for e in chunk[2:])))
+            self.emitted += n_out
+        self._buf = [[c[..., n_out:, :] for c in chunk]] if n_out < buf_mask.shape[0] else []
+        self._compact(roots)
+        return out
+
+    def _compact(self, roots: np.ndarray) -> None:
+        """Renumber the components still referenced (buffer + last row) as 1..k; drop the rest."""
+        live = np.zeros(roots.size, bool)
+        live[roots[self._last[1]]] = True
+        for chunk in self._buf:
+            live[roots[chunk[1]]] = True
+        live[0] = True
+        keep = np.flatnonzero(live)
+        remap = np.zeros(roots.size, np.int64)
+        remap[keep] = np.arange(keep.size)
+        self._parent = np.arange(keep.size)
+        self._area, self._border, self._cls = self._area[keep], self._border[keep], self._cls[keep]
+        self._last = (self._last[0], remap[roots[self._last[1]]])
+        for chunk in self._buf:
+            chunk[1] = remap[roots[chunk[1]]]
 
     def finish(self) -> list[tuple]:
-        if self._received != self.height:
-            raise ValueError(f"got {self._received} rows, image height is {self.height}")
+        if self.received != self.height:
+            raise ValueError(f"got {self.received} rows, image height is {self.height}")
         return []
-
-    def __call__(self, strips: Iterable[tuple]) -> Iterator[tuple]:
-        for row0, *arrays in strips:
-            yield from self.push(row0, *arrays)
-        yield from self.finish()
 
 
 class StripPostProcessor:
     """remove_small_objects then fill_holes on a mask arriving as row strips, exactly.
 
-    Exactness: an object with fewer than ``min_px`` pixels spans at most ``min_px - 1`` rows, so
-    with that many rows of context above and below, an object that reaches the cut edge of the
-    context is large and kept, and any other object is seen whole. The same holds for holes of
-    at most ``max_hole_px`` pixels (margin ``max_hole_px`` rows). Hence the result equals
-    ``fill_holes(remove_small_objects(full_mask, min_px), max_hole_px)``. Unbounded hole filling
-    cannot stream (a hole's border may be any distance below), so ``max_hole_px`` is required
-    here when filling. Memory: about (margin + strip) rows of the mask (uint8) and of ``extra``.
+    The result equals ``fill_holes(remove_small_objects(full_mask, min_px), max_hole_px)``
+    (when ``fill``) for any strip heights: objects and holes are followed across strips (see
+    ``_ComponentStream``) and rows are handed on once every object and hole in them is decided.
+    The delay (and memory: mask, int64 ids and ``extra`` of the rows held) is the height of the
+    tallest undecided object, usually a few rows; a hole as tall as the image (e.g. a ring
+    around the whole slide) would hold the rows it spans.
 
-    ``push(row0, mask, extra=None)`` returns finished ``(row0, mask[, extra])`` strips, delayed
-    by the margin; ``extra`` (e.g. the probabilities, rows on axis -2) is delayed alongside so
-    it stays aligned with the mask. ``finish()`` checks that the whole height arrived.
+    ``push(row0, mask, extra=None)`` returns finished ``(row0, mask[, extra])`` strips, in
+    order; ``extra`` (e.g. the probabilities, rows on axis -2) is delayed alongside so it stays
+    aligned with the mask. ``finish()`` checks that the whole height arrived.
     """
 
-    def __init__(self, height: int, width: int, *, min_px: int = 0, max_hole_px: int | None = None,
-                 fill: bool = False, connectivity: int = 4):
-        if fill and max_hole_px is None:
-            raise ValueError("StripPostProcessor: hole filling on strips needs max_hole_px (holes of any size cannot stream)")
+    def __init__(self, height: int, width: int, *, min_px: int = 0, fill: bool = False,
+                 max_hole_px: int | None = None, connectivity: int = 4):
         self.height, self.width = int(height), int(width)
-        self.min_px, self.connectivity = int(min_px), connectivity
-        self.max_hole_px = int(max_hole_px) if fill else None
         self._stages = []
-        if self.min_px > 1:
-            self._stages.append(RowContextStream(height, self.min_px - 1, self._remove))
-        if self.max_hole_px is not None:
-            self._stages.append(RowContextStream(height, self.max_hole_px, self._fill))
-
-    def _remove(self, ctx, top, bottom, a, b):
-        mask = remove_small_objects(ctx[0], self.min_px, connectivity=self.connectivity,
-                                    _open_top=top, _open_bottom=bottom)
-        return [mask[a:b]] + [x[..., a:b, :] for x in ctx[1:]]
-
-    def _fill(self, ctx, top, bottom, a, b):
-        mask = fill_holes(ctx[0], self.max_hole_px)  # context edges count as border: see fill_holes
-        return [mask[a:b]] + [x[..., a:b, :] for x in ctx[1:]]
+        if min_px > 1:
+            self._stages.append(_ComponentStream(height, width, "small", min_px=min_px, connectivity=connectivity))
+        if fill:
+            self._stages.append(_ComponentStream(height, width, "holes", max_hole_px=max_hole_px))
 
     def push(self, row0: int, mask: np.ndarray, extra: np.ndarray | None = None) -> list[tuple]:
         items = [(row0, mask) if extra is None else (row0, mask, extra)]
