@@ -93,20 +93,21 @@ class LabelSource:
         return f"{type(self).__name__}({str(self.path)!r}, {self.height}x{self.width})"
 
 
-def _lut(class_map: dict | None, path: Path) -> np.ndarray | None:
-    """256-entry lookup table for uint8 label values, or None for identity."""
+def _class_pairs(class_map: dict | None, path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """Sorted label values and their class ids, or None for identity."""
     if class_map is None:
         return None
-    lut = np.zeros(256, np.uint8)
+    pairs = []
     for key, value in class_map.items():
         try:
             k, v = int(key), int(value)
         except (TypeError, ValueError):
             raise SegkitError(f"{path}: class_map {key!r}: {value!r} must map label values to class ids") from None
-        if not (0 <= k <= 255 and 0 <= v <= 255):
-            raise SegkitError(f"{path}: class_map {key!r}: {value!r} must be within 0..255")
-        lut[k] = v
-    return lut
+        if not 0 <= v <= 255:
+            raise SegkitError(f"{path}: class_map {key!r}: class id {v} must be within 0..255")
+        pairs.append((k, v))
+    pairs.sort()
+    return np.array([k for k, _ in pairs], np.int64), np.array([v for _, v in pairs], np.uint8)
 
 
 class RasterLabels(LabelSource):
@@ -125,25 +126,31 @@ class RasterLabels(LabelSource):
                 f"{image.path} size {image.height}x{image.width}")
         if self.raster.dtype.kind not in "uib":
             raise SegkitError(f"{self.path}: label raster has dtype {self.raster.dtype}; expected integers")
-        self.lut = _lut(class_map, self.path)
-        self._wide = self.raster.dtype.itemsize > 1
-        if self.lut is None:
+        self.pairs = _class_pairs(class_map, self.path)
+        self.lut = None  # uint8 labels: a 256-entry table
+        if self.pairs is None:
             values = np.unique(self.raster.thumbnail(512, nearest=True)[0][..., 0])
             if values.size and set(values.tolist()) <= {0, 255} and values.max() == 255:
-                self.lut = np.arange(256, dtype=np.uint8)
-                self.lut[255] = 1
+                self.pairs = np.array([0, 255]), np.array([0, 1], np.uint8)
+        if self.pairs is not None and self.raster.dtype.itemsize == 1:
+            keys, vals = self.pairs
+            self.lut = np.zeros(256, np.uint8)
+            ok = (keys >= 0) & (keys <= 255)
+            self.lut[keys[ok]] = vals[ok]
 
     def _read_inside(self, r0, r1, c0, c1):
         raw = self.raster.read(Window(r0, c0, r1 - r0, c1 - c0))[..., 0]
-        if self._wide:
-            if self.lut is not None:
-                raw = np.where(raw <= 255, raw, 0)
-            elif raw.max(initial=0) > 255 or raw.min(initial=0) < 0:
+        if self.lut is not None:
+            return self.lut[raw.astype(np.uint8, copy=False)]
+        if self.pairs is not None:  # wide label values: look each up among the sorted keys
+            keys, vals = self.pairs
+            idx = np.clip(np.searchsorted(keys, raw), 0, keys.size - 1)
+            return np.where(keys[idx] == raw, vals[idx], 0).astype(np.uint8)
+        if raw.dtype != np.uint8:
+            if raw.max(initial=0) > 255 or raw.min(initial=0) < 0:
                 raise SegkitError(f"{self.path}: label values outside 0..255; give a class_map")
             raw = raw.astype(np.uint8)
-        elif raw.dtype != np.uint8:
-            raw = raw.astype(np.uint8)
-        return self.lut[raw] if self.lut is not None else raw
+        return raw
 
 
 class RleLabels(LabelSource):
