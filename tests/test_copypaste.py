@@ -38,6 +38,7 @@ def test_bank_keeps_whole_objects_per_class(bank):
     disk = bank.objects[1][0]
     assert disk.area == 81 and disk.mask.sum() == 81
     assert disk.image.shape == (11 + 6, 11 + 6, 2)  # 11 px disk + 3 px margin on each side
+    assert disk.pixels.shape == (17, 17, 3) and not disk.mask[[0, -1]].any() and not disk.mask[:, [0, -1]].any()
     with_cut = ObjectBank.from_samples([source_window()], min_px=16, keep_cut=True)
     assert with_cut.counts() == {1: 2, 2: 1}
     assert ObjectBank.from_samples([source_window()], max_side=10).counts() == {2: 1}
@@ -168,3 +169,35 @@ def test_bad_settings_are_one_line_errors(bank):
     with pytest.raises(SegkitError, match=r"copy_paste.p: expected a probability"):
         create_copy_paste({"p": 1.5}, bank)
     assert create_copy_paste({"p": 0.3, "count": [1, 2], "min_px": 4}, bank).count == (1, 2)
+
+
+def test_flips_through_the_warp_give_mirror_images_of_the_object():
+    image = np.ones((30, 30, 1), np.float32)
+    mask = np.zeros((30, 30), np.uint8)
+    mask[5:20, 5:9] = 1
+    mask[16:20, 9:18] = 1  # an L: every flip is a different shape
+    bank = ObjectBank.from_samples([(image, mask)])
+    shape = mask[5:20, 5:18].astype(bool)
+    seen = set()
+    for seed in range(12):
+        cp = CopyPaste(bank, p=1, count=1, scale=1, rotate=(0.001, 0.001), blur_sigma=0, seed=seed)
+        _, out = cp(np.zeros((40, 40, 1), np.float32), np.zeros((40, 40), np.uint8))
+        rows, cols = np.nonzero(out)
+        pasted = out[rows.min():rows.max() + 1, cols.min():cols.max() + 1].astype(bool)
+        match = [name for name, ref in [("none", shape), ("h", shape[:, ::-1]), ("v", shape[::-1]),
+                                        ("hv", shape[::-1, ::-1])] if np.array_equal(pasted, ref)]
+        assert len(match) == 1
+        seen.add(match[0])
+    assert seen == {"none", "h", "v", "hv"}
+
+
+def test_objects_cut_by_the_window_edge_paste_cleanly_with_keep_cut():
+    image, mask = source_window()
+    bank = ObjectBank.from_samples([(image, mask)], keep_cut=True, margin=0)
+    cut = [o for o in bank.objects[1] if o.area != 81][0]
+    assert not cut.mask[[0, -1]].any() and not cut.mask[:, [0, -1]].any()  # ring of alpha 0 added
+    for seed in range(4):
+        out, out_mask = pasted(CopyPaste(bank, p=1, count=1, seed=seed))  # 1: overlaps compound alpha
+        clear = np.abs(out[..., 0] - 0.5) > 1e-4
+        np.testing.assert_array_equal((out_mask > 0)[clear], (out[..., 0] >= 0.5)[clear])
+        assert not np.concatenate([out_mask[0], out_mask[-1], out_mask[:, 0], out_mask[:, -1]]).any()

@@ -25,10 +25,20 @@ from segkit.errors import SegkitError
 
 @dataclass
 class BankObject:
-    image: np.ndarray  # (h, w, C) float32 crop: the object plus `margin` pixels of its surroundings
-    mask: np.ndarray  # (h, w) float32 0/1: this component only (not other objects inside the crop)
+    # (h, w, C + 1) float32: the object's crop plus `margin` pixels of its surroundings, and as the
+    # last channel its 0/1 mask (this component only, 0 on the crop's outer ring) - one array so
+    # one warpAffine moves pixels and alpha together.
+    pixels: np.ndarray
     cls: int
     area: int
+
+    @property
+    def image(self) -> np.ndarray:
+        return self.pixels[..., :-1]
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.pixels[..., -1]
 
 
 class ObjectBank:
@@ -90,13 +100,15 @@ class ObjectBank:
                     continue
                 r0, c0 = max(0, y - self.margin), max(0, x - self.margin)
                 r1, c1 = min(height, y + h + self.margin), min(width, x + w + self.margin)
-                obj = BankObject(
-                    image=np.array(image[r0:r1, c0:c1], dtype=np.float32),
-                    mask=(labels[r0:r1, c0:c1] == k).astype(np.float32),
-                    cls=int(cls),
-                    area=area,
-                )
-                kept += self._keep(obj)
+                pixels = np.concatenate([image[r0:r1, c0:c1].astype(np.float32),
+                                         (labels[r0:r1, c0:c1] == k).astype(np.float32)[..., None]], axis=2)
+                if r0 == y or c0 == x or r1 == y + h or c1 == x + w:
+                    # object on the crop edge (cut or no margin): a ring of alpha 0 keeps replicated borders clean
+                    pixels = cv2.copyMakeBorder(pixels, 1, 1, 1, 1, cv2.BORDER_REPLICATE).reshape(
+                        pixels.shape[0] + 2, pixels.shape[1] + 2, -1)
+                    pixels[[0, -1], :, -1] = 0
+                    pixels[:, [0, -1], -1] = 0
+                kept += self._keep(BankObject(pixels, int(cls), area))
         return kept
 
     def _keep(self, obj: BankObject) -> int:
@@ -210,47 +222,49 @@ class CopyPaste:
     def _paste(self, image: np.ndarray, mask: np.ndarray, obj: BankObject) -> None:
         """Blend one object into image/mask in place at a random position fully inside the window."""
         height, width = mask.shape
-        src, alpha = obj.image, obj.mask
-        if self.hflip and self.rng.random() < 0.5:
-            src, alpha = src[:, ::-1], alpha[:, ::-1]
-        if self.vflip and self.rng.random() < 0.5:
-            src, alpha = src[::-1], alpha[::-1]
+        src = obj.pixels
+        hflip = self.hflip and self.rng.random() < 0.5
+        vflip = self.vflip and self.rng.random() < 0.5
         scale = self.rng.uniform(*self.scale)
         angle = self.rng.uniform(*self.rotate)
         pad = int(math.ceil(3 * self.blur_sigma)) + 1  # room for the blurred edge to fall to ~0
-        h, w = alpha.shape
+        h, w = src.shape[:2]
         cos, sin = abs(math.cos(math.radians(angle))), abs(math.sin(math.radians(angle)))
         bw, bh = w * cos + h * sin, w * sin + h * cos  # bounding box of the rotated crop at scale 1
         fit = min((width - 2 * pad) / bw, (height - 2 * pad) / bh)
         if fit <= 0:
             return
-        if scale > fit:
-            scale = fit
+        scale = min(scale, fit)  # too large for the window: shrink to fit
         if scale * scale * obj.area < 4:  # window too small to hold a recognisable copy
             return
         out_w, out_h = int(math.ceil(bw * scale)) + 2 * pad, int(math.ceil(bh * scale)) + 2 * pad
-        out_w, out_h = min(out_w, width), min(out_h, height)
+        # same parity as the crop: its centre lands on a pixel centre (no half-pixel blur at scale 1)
+        out_w, out_h = min(out_w + (out_w - w) % 2, width), min(out_h + (out_h - h) % 2, height)
         if angle == 0 and scale == 1:  # exact copy, no resampling
+            src = src[::-1 if vflip else 1, ::-1 if hflip else 1]
             t, l = (out_h - h) // 2, (out_w - w) // 2
-            b, r = out_h - h - t, out_w - w - l
-            patch = cv2.copyMakeBorder(np.ascontiguousarray(src), t, b, l, r, cv2.BORDER_REPLICATE)
-            soft = cv2.copyMakeBorder(np.ascontiguousarray(alpha), t, b, l, r, cv2.BORDER_CONSTANT, value=0)
+            # replicate is right for alpha too: the crop's outer ring has alpha 0
+            patch = cv2.copyMakeBorder(np.ascontiguousarray(src), t, out_h - h - t, l, out_w - w - l,
+                                       cv2.BORDER_REPLICATE)
         else:
+            # flips folded into the affine matrix: no flipped copies of the crop
+            flip = np.array([[-1.0 if hflip else 1.0, 0, (w - 1) if hflip else 0],
+                             [0, -1.0 if vflip else 1.0, (h - 1) if vflip else 0], [0, 0, 1]])
             m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, scale)
             m[0, 2] += (out_w - 1) / 2 - (w - 1) / 2
             m[1, 2] += (out_h - 1) / 2 - (h - 1) / 2
-            patch = cv2.warpAffine(np.ascontiguousarray(src), m, (out_w, out_h), flags=cv2.INTER_LINEAR,
-                                   borderMode=cv2.BORDER_REPLICATE)
-            soft = cv2.warpAffine(np.ascontiguousarray(alpha), m, (out_w, out_h), flags=cv2.INTER_LINEAR,
-                                  borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        if patch.ndim == 2:
-            patch = patch[..., None]
+            m = m @ flip
+            patch = cv2.warpAffine(src, m, (out_w, out_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        patch = patch.reshape(out_h, out_w, -1)
+        soft = np.ascontiguousarray(patch[..., -1])
         if self.blur_sigma > 0:
             soft = cv2.GaussianBlur(soft, (0, 0), self.blur_sigma, borderType=cv2.BORDER_CONSTANT)
         row = int(self.rng.integers(0, height - out_h + 1))
         col = int(self.rng.integers(0, width - out_w + 1))
         region = image[row:row + out_h, col:col + out_w]
-        region += soft[..., None] * (patch - region)  # alpha * object + (1 - alpha) * image
+        delta = patch[..., :-1] - region
+        delta *= soft[..., None]
+        region += delta  # alpha * object + (1 - alpha) * image
         mask[row:row + out_h, col:col + out_w][soft >= 0.5] = obj.cls
 
 
