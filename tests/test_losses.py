@@ -1,0 +1,112 @@
+"""create_loss: every name builds and is finite (binary, multiclass, cls), weights, targets, errors."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from segkit.errors import SegkitError
+from segkit.models.losses import CLS_LOSSES, SEG_LOSSES, create_loss, loss_names
+
+BINARY_ONLY = {"mcc"}
+MULTI_ONLY = {"ce", "soft_ce"}
+
+
+def _batch(classes, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(2, classes, 13, 11, generator=g, requires_grad=True)
+    target = torch.randint(0, max(classes, 2), (2, 13, 11), generator=g).to(torch.uint8)
+    target[0, :3] = 1  # both values present in every image
+    target[0, 3:6] = 0
+    return logits, target
+
+
+@pytest.mark.parametrize("name", sorted(SEG_LOSSES))
+@pytest.mark.parametrize("classes", [1, 3])
+def test_every_seg_loss_is_finite_with_gradient(name, classes):
+    if (classes == 1 and name in MULTI_ONLY) or (classes > 1 and name in BINARY_ONLY):
+        with pytest.raises(SegkitError, match=name):
+            create_loss([name], classes=classes)
+        return
+    logits, target = _batch(classes)
+    loss = create_loss([{"name": name, "weight": 0.5}], classes=classes)
+    value = loss(logits, target)
+    assert value.dim() == 0 and torch.isfinite(value)
+    value.backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", sorted(SEG_LOSSES.keys() - MULTI_ONLY))
+def test_binary_accepts_long_nhw_and_float_n1hw_targets(name):
+    logits, target = _batch(1)
+    loss = create_loss([name], classes=1)
+    a = loss(logits, target.long())
+    b = loss(logits, target.unsqueeze(1).float())
+    assert torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("name", sorted(CLS_LOSSES))
+@pytest.mark.parametrize("classes", [1, 4])
+def test_every_cls_loss_on_n_by_c_logits(name, classes):
+    if classes == 1 and name in MULTI_ONLY:
+        with pytest.raises(SegkitError):
+            create_loss([name], classes=1, task="cls")
+        return
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(6, classes, generator=g)
+    target = torch.tensor([0, 1, 1, 0, 1, 0]) if classes == 1 else torch.tensor([0, 1, 2, 3, 2, 1])
+    value = create_loss([name], classes=classes, task="cls")(logits, target)
+    assert torch.isfinite(value) and value > 0
+
+
+def test_weighted_sum_is_exact():
+    logits, target = _batch(1)
+    dice = create_loss(["dice"], classes=1)(logits, target)
+    bce = create_loss(["bce"], classes=1)(logits, target)
+    both = create_loss([{"name": "dice", "weight": 2.0}, {"name": "bce", "weight": 0.25}], classes=1)
+    assert torch.allclose(both(logits, target), 2.0 * dice + 0.25 * bce)
+    assert set(both.last) == {"dice", "bce"}
+    assert torch.allclose(create_loss("dice+bce", classes=1)(logits, target), dice + bce)
+    assert torch.allclose(create_loss({"dice": 1.0, "bce": 1.0}, classes=1)(logits, target), dice + bce)
+
+
+def test_bce_matches_torch_and_pos_weight():
+    logits, target = _batch(1)
+    ref = F.binary_cross_entropy_with_logits(logits, target.unsqueeze(1).float(), pos_weight=torch.tensor([3.0]))
+    got = create_loss([{"name": "soft_bce", "pos_weight": 3.0}], classes=1)(logits, target)
+    assert torch.allclose(got, ref)
+
+
+def test_multiclass_bce_is_one_hot_with_per_class_pos_weight():
+    logits, target = _batch(3)
+    hot = F.one_hot(target.long(), 3).permute(0, 3, 1, 2).float()
+    pw = torch.tensor([1.0, 2.0, 5.0])
+    ref = F.binary_cross_entropy_with_logits(logits, hot, pos_weight=pw.view(3, 1, 1))
+    got = create_loss([{"name": "bce", "pos_weight": [1, 2, 5]}], classes=3)(logits, target)
+    assert torch.allclose(got, ref)
+
+
+def test_label_smoothing_options():
+    logits, target = _batch(3)
+    plain = create_loss(["soft_ce"], classes=3)(logits, target)
+    smooth = create_loss([{"name": "soft_ce", "smooth_factor": 0.1}], classes=3)(logits, target)
+    assert torch.allclose(plain, F.cross_entropy(logits, target.long()))
+    assert not torch.allclose(plain, smooth)
+    ce = create_loss([{"name": "ce", "label_smoothing": 0.1}], classes=3)(logits, target)
+    assert torch.allclose(ce, F.cross_entropy(logits, target.long(), label_smoothing=0.1))
+
+
+def test_loss_moves_with_to_device_buffers():
+    loss = create_loss([{"name": "bce", "pos_weight": 2.0}], classes=1)
+    assert any(b.numel() for b in loss.buffers())
+
+
+def test_errors_name_the_problem():
+    with pytest.raises(SegkitError, match="valid: .*dice.*lovasz"):
+        create_loss(["dyce"], classes=1)
+    with pytest.raises(SegkitError, match="loss.dice"):
+        create_loss([{"name": "dice", "smoothh": 1}], classes=1)
+    with pytest.raises(SegkitError, match="valid: bce, ce, focal"):
+        create_loss(["dice"], classes=3, task="cls")
+    with pytest.raises(SegkitError, match="no loss"):
+        create_loss([], classes=1)
+    assert loss_names("cls") == sorted(CLS_LOSSES)
