@@ -123,17 +123,21 @@ def test_mean_prob_property_binary_and_softmax(tmp_path):
 def test_geojson_lands_on_map_position(tmp_path):
     m = np.zeros((20, 30), np.uint8)
     m[4:8, 10:14] = 1                # pixel rows 4..7, cols 10..13
+    m[5:7, 11:13] = 0                # with a 2x2 hole
+    m[12:15, 20:22] = 1              # crosses the seam at row 13 (merged path)
     transform = from_origin(500000, 4000000, 0.5, 0.5)
-    doc = _strip_features(tmp_path, m, [5], transform=transform, crs="EPSG:32633")
+    doc = _strip_features(tmp_path, m, [13], transform=transform, crs="EPSG:32633")
     assert doc["crs"] == {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32633"}}
-    (f,) = doc["features"]
-    g = shape(f["geometry"])
-    assert g.bounds == (500005.0, 3999996.0, 500007.0, 3999998.0)
-    assert g.area == 16 * 0.25
-    assert g.exterior.is_ccw  # RFC 7946 winding after the y flip
-    assert g.contains(Point(500006.0, 3999997.0))
-    geo = mask_to_polygons(m, transform=transform)
-    assert geo[0][0].equals(g)
+    square, bar = sorted((shape(f["geometry"]) for f in doc["features"]), key=lambda g: g.bounds)
+    assert square.bounds == (500005.0, 3999996.0, 500007.0, 3999998.0)
+    assert square.area == 12 * 0.25 and len(square.interiors) == 1
+    assert square.interiors[0].bounds == (500005.5, 3999996.5, 500006.5, 3999997.5)
+    assert bar.bounds == (500010.0, 3999992.5, 500011.0, 3999994.0) and bar.area == 6 * 0.25
+    for g in (square, bar):  # RFC 7946 winding after the y flip, on both writer paths
+        assert g.exterior.is_ccw and all(not ring.is_ccw for ring in g.interiors)
+    assert square.contains(Point(500005.25, 3999997.0)) and not square.contains(Point(500006.0, 3999997.0))
+    geo = sorted((g for g, _ in mask_to_polygons(m, transform=transform)), key=lambda g: g.bounds)
+    assert geo[0].equals(square) and geo[1].equals(bar)
 
 
 def test_simplify_and_min_area(tmp_path):

@@ -70,7 +70,9 @@ class PolygonAssembler:
     """Row strips of a class-id mask in -> finished polygons (pixel coordinates) out.
 
     ``push(mask, probs=None)`` returns the polygons finished by this strip as tuples
-    ``(geometry, class_id, prob_sum, pixel_count)``; ``finish()`` returns the rest. The mean
+    ``(geometry, class_id, prob_sum, pixel_count)``; ``finish()`` returns the rest. The geometry
+    is in pixel coordinates: a shapely Polygon when pieces were merged, else GDAL's GeoJSON-like
+    dict (``shapely.geometry.shape`` turns it into one). The mean
     probability of a polygon is ``prob_sum / pixel_count`` over its pixels, taken from the
     channel of its class (channel 0 when C == 1; channel k for class k with a background
     channel, k - 1 without).
@@ -86,7 +88,6 @@ class PolygonAssembler:
     def push(self, mask: np.ndarray, probs: np.ndarray | None = None) -> list[tuple]:
         from rasterio.features import shapes
         from rasterio.transform import Affine
-        from shapely.geometry import shape
 
         mask = np.asarray(mask)
         h = mask.shape[0]
@@ -101,8 +102,8 @@ class PolygonAssembler:
         pieces: list[list] = [[[], int(classes[i]), float(sums[i]), int(counts[i])] for i in range(1, n_new + 1)]
         if n_new:
             found = shapes(labels, mask=labels > 0, connectivity=4, transform=Affine.translation(0, self.row0))
-            for geom, value in found:
-                pieces[int(value) - 1][0].append(shape(geom))
+            for geom, value in found:   # GeoJSON-like dicts; made shapely only when merged
+                pieces[int(value) - 1][0].append(geom)
         entries = self._open + pieces          # open entries first, then this strip's labels
         uf = _UnionFind(len(entries))
         if self._last_row is not None and n_new:
@@ -145,7 +146,6 @@ class PolygonAssembler:
             self._last_row = lut[labels[-1]]
         else:
             self._last_row = np.zeros(self.width, np.int64) if more else None
-        finished.sort(key=lambda f: (f[0].bounds[1], f[0].bounds[0]))
         return finished
 
     def finish(self) -> list[tuple]:
@@ -154,10 +154,36 @@ class PolygonAssembler:
         return []
 
 
+def _as_shapely(geom):
+    from shapely.geometry import shape
+
+    return shape(geom) if isinstance(geom, dict) else geom
+
+
 def _union(geoms: list):
+    """One geometry from pieces that share edges; a lone piece is returned as it is (dict or shapely)."""
     from shapely import unary_union
 
-    return geoms[0] if len(geoms) == 1 else unary_union(geoms)
+    return geoms[0] if len(geoms) == 1 else unary_union([_as_shapely(g) for g in geoms])
+
+
+def _dict_to_output(geom: dict, transform) -> dict:
+    """Fast path for an unmerged, unsimplified GDAL polygon: numpy affine + ring orientation.
+
+    Most polygons never touch a seam; building shapely objects for them only to dump them
+    again took most of the writer's time.
+    """
+    rings = []
+    for i, ring in enumerate(geom["coordinates"]):
+        xy = np.asarray(ring, dtype=np.float64)
+        if transform is not None:
+            t = transform
+            xy = np.column_stack([t.a * xy[:, 0] + t.b * xy[:, 1] + t.c, t.d * xy[:, 0] + t.e * xy[:, 1] + t.f])
+        signed = np.dot(xy[:-1, 0], xy[1:, 1]) - np.dot(xy[1:, 0], xy[:-1, 1])
+        if (signed < 0) == (i == 0):  # exterior counter-clockwise, holes clockwise (RFC 7946)
+            xy = xy[::-1]
+        rings.append(xy.tolist())
+    return {"type": "Polygon", "coordinates": rings}
 
 
 def _to_output(geom, transform, simplify: float):
@@ -165,6 +191,7 @@ def _to_output(geom, transform, simplify: float):
     from shapely.affinity import affine_transform
     from shapely.geometry.polygon import orient
 
+    geom = _as_shapely(geom)
     if simplify > 0:
         geom = geom.simplify(simplify, preserve_topology=True)
     if transform is not None:
@@ -228,9 +255,12 @@ class PolygonStripWriter:
         for geom, cls, psum, count in found:
             if count < self.min_area:
                 continue
-            geom = _to_output(geom, self.transform, self.simplify)
+            if isinstance(geom, dict) and not self.simplify:
+                geometry = _dict_to_output(geom, self.transform)
+            else:
+                geometry = mapping(_to_output(geom, self.transform, self.simplify))
             props = {"class": int(cls), "mean_prob": round(psum / count, 6) if self._with_probs else None}
-            feature = {"type": "Feature", "properties": props, "geometry": mapping(geom)}
+            feature = {"type": "Feature", "properties": props, "geometry": geometry}
             self._fh.write((",\n" if self.count else "") + json.dumps(feature))
             self.count += 1
 

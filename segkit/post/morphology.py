@@ -155,7 +155,7 @@ class _ComponentStream:
         self.received = self.emitted = 0
         self._buf: list[list[np.ndarray]] = []    # chunks of [mask, gids, *extra], rows on axis -2
         self._last: tuple[np.ndarray, np.ndarray] | None = None  # (mask row, gid row) last received
-        self._parent = np.zeros(1, np.int64)       # id 0 = no component
+        self._parent = np.zeros(1, np.int32)       # id 0 = no component; int32 ids: 4 B per held pixel
         self._area = np.zeros(1, np.int64)
         self._border = np.zeros(1, bool)
         self._cls = np.zeros(1, np.int64)          # small: its class; holes: neighbour classes
@@ -163,7 +163,7 @@ class _ComponentStream:
     def _label(self, mask: np.ndarray, row0: int):
         h, w = mask.shape
         if self.kind == "small":
-            labels = np.zeros(mask.shape, np.int64)
+            labels = np.zeros(mask.shape, np.int32)
             areas, classes, offset = [np.zeros(1, np.int64)], [np.zeros(1, np.int64)], 0
             for cls in np.unique(mask):
                 if cls == 0:
@@ -184,7 +184,7 @@ class _ComponentStream:
         if row0 + h == self.height:
             border |= y + stats[:, cv2.CC_STAT_HEIGHT] == h
         border[0] = False
-        return labels.astype(np.int64), stats[:, cv2.CC_STAT_AREA].astype(np.int64), border, \
+        return labels, stats[:, cv2.CC_STAT_AREA].astype(np.int64), border, \
             _neighbour_classes(labels, mask, n)
 
     def _find(self, i: int) -> int:
@@ -241,8 +241,8 @@ class _ComponentStream:
             return []
         labels, area, border, cls = self._label(mask, row0)
         base = self._parent.size - 1
-        gids = np.where(labels > 0, labels + base, 0)
-        self._parent = np.concatenate([self._parent, np.arange(base + 1, base + area.size)])
+        gids = np.where(labels > 0, labels + np.int32(base), np.int32(0))
+        self._parent = np.concatenate([self._parent, np.arange(base + 1, base + area.size, dtype=np.int32)])
         self._area = np.concatenate([self._area, area[1:]])
         self._border = np.concatenate([self._border, border[1:]])
         self._cls = np.concatenate([self._cls, cls[1:]])
@@ -289,9 +289,9 @@ class _ComponentStream:
             live[roots[chunk[1]]] = True
         live[0] = True
         keep = np.flatnonzero(live)
-        remap = np.zeros(roots.size, np.int64)
-        remap[keep] = np.arange(keep.size)
-        self._parent = np.arange(keep.size)
+        remap = np.zeros(roots.size, np.int32)
+        remap[keep] = np.arange(keep.size, dtype=np.int32)
+        self._parent = np.arange(keep.size, dtype=np.int32)
         self._area, self._border, self._cls = self._area[keep], self._border[keep], self._cls[keep]
         self._last = (self._last[0], remap[roots[self._last[1]]])
         for chunk in self._buf:
@@ -309,7 +309,7 @@ class StripPostProcessor:
     The result equals ``fill_holes(remove_small_objects(full_mask, min_px), max_hole_px)``
     (when ``fill``) for any strip heights: objects and holes are followed across strips (see
     ``_ComponentStream``) and rows are handed on once every object and hole in them is decided.
-    The delay (and memory: mask, int64 ids and ``extra`` of the rows held) is the height of the
+    The delay (and memory: mask, int32 ids and ``extra`` of the rows held) is the height of the
     tallest undecided object, usually a few rows; a hole as tall as the image (e.g. a ring
     around the whole slide) would hold the rows it spans.
 
