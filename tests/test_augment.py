@@ -178,3 +178,15 @@ def test_dataloader_workers_draw_different_but_reproducible_augmentations():
     first, second = run(), run()
     assert all(torch.equal(a, b) for a, b in zip(first, second))
     assert not torch.equal(first[0], first[1])  # worker 0 and worker 1 do not repeat each other
+
+
+@pytest.mark.filterwarnings("ignore:HueSaturationValue. hue_shift and sat_shift are not applicable")
+@pytest.mark.parametrize("name, channels", [("augment_baseline.yaml", 1), ("augment_baseline.yaml", 5),
+                                            ("augment_heavy_noise.yaml", 1), ("augment_heavy_noise.yaml", 3)])
+def test_recipes_run_on_the_channel_counts_they_document(name, channels):
+    image, mask = window(c=channels)
+    aug = create_augment(recipe(name), seed=0)
+    for _ in range(4):
+        out_image, out_mask = aug(image, mask)
+        assert out_image.dtype == np.float32 and out_image.shape[-1] == channels
+        assert out_mask.shape == out_image.shape[:2] and set(np.unique(out_mask)) <= {0, 1, 2, 3}

@@ -201,3 +201,13 @@ def test_objects_cut_by_the_window_edge_paste_cleanly_with_keep_cut():
         clear = np.abs(out[..., 0] - 0.5) > 1e-4
         np.testing.assert_array_equal((out_mask > 0)[clear], (out[..., 0] >= 0.5)[clear])
         assert not np.concatenate([out_mask[0], out_mask[-1], out_mask[:, 0], out_mask[:, -1]]).any()
+
+
+def test_integer_windows_stay_integer():
+    image = np.full((41, 53, 1), 200, np.uint8)
+    _, mask = source_window()
+    bank = ObjectBank.from_samples([(image, mask)])
+    out, out_mask = CopyPaste(bank, p=1, count=1, seed=0)(np.zeros((30, 30, 1), np.uint8), np.zeros((30, 30), np.uint8))
+    assert out.dtype == np.uint8 and out.max() == 200 and out_mask.any()
+    clear = np.abs(out[..., 0].astype(int) - 100) > 1  # rounding to integers blurs alpha = 0.5 by one level
+    np.testing.assert_array_equal((out_mask > 0)[clear], (out[..., 0] >= 100)[clear])
