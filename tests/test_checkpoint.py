@@ -1,0 +1,134 @@
+"""Checkpoints: atomic save/load round-trip, bad files, keep-last-K + best, soups, RNG state."""
+
+import os
+import pickle
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from segkit.errors import SegkitError
+from segkit.train import checkpoint as ck
+from segkit.train.optim import create_optimizer, create_scheduler
+
+
+def _model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.BatchNorm2d(3))
+
+
+def test_save_load_round_trip_with_optimizer_and_scheduler(tmp_path):
+    model = _model()
+    opt = create_optimizer("adamw", model.parameters(), lr=1e-3, weight_decay=1e-2)
+    sched = create_scheduler("onecycle", opt, total_steps=10, warmup_steps=2)
+    model(torch.randn(2, 2, 6, 5)).sum().backward()
+    opt.step()
+    sched.step()
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+             "epoch": 3, "rng": ck.rng_state(), "config": {"lr": 1e-3, "name": "x"}}
+    path = ck.save_checkpoint(tmp_path / "checkpoints" / ck.checkpoint_name(3), state)
+    assert path.name == "epoch_0003.pt"
+    assert [p.name for p in path.parent.iterdir()] == ["epoch_0003.pt"]  # no temp file left
+    back = ck.load_checkpoint(path, required_keys=("model", "epoch"))
+    assert back["epoch"] == 3 and back["config"] == {"lr": 1e-3, "name": "x"}
+    for k, v in model.state_dict().items():
+        assert torch.equal(back["model"][k], v)
+    opt2 = create_optimizer("adamw", _model().parameters(), lr=1e-3, weight_decay=1e-2)
+    opt2.load_state_dict(back["optimizer"])
+    sched2 = create_scheduler("onecycle", opt2, total_steps=10, warmup_steps=2)
+    sched2.load_state_dict(back["scheduler"])
+    assert sched2.get_last_lr() == sched.get_last_lr()
+
+
+def test_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "epoch_0001.pt"
+    ck.save_checkpoint(path, {"epoch": 1})
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ck.torch, "save", boom)
+    with pytest.raises(OSError):
+        ck.save_checkpoint(path, {"epoch": 2})
+    assert ck.load_checkpoint(path)["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_0001.pt"]
+
+
+def test_truncated_foreign_and_missing_files_are_segkit_errors(tmp_path):
+    good = ck.save_checkpoint(tmp_path / "epoch_0001.pt", {"model": _model().state_dict(), "epoch": 1})
+    data = good.read_bytes()
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SegkitError, match="cut.pt"):
+        ck.load_checkpoint(cut)
+    text = tmp_path / "notes.pt"
+    text.write_text("hello, not a checkpoint\n")
+    with pytest.raises(SegkitError, match="notes.pt"):
+        ck.load_checkpoint(text)
+    evil = tmp_path / "evil.pt"
+    with open(evil, "wb") as f:
+        pickle.dump(os.getcwd, f)  # arbitrary code objects must not load
+    with pytest.raises(SegkitError, match="evil.pt"):
+        ck.load_checkpoint(evil)
+    tensor_only = tmp_path / "tensor.pt"
+    torch.save(torch.zeros(3), tensor_only)
+    with pytest.raises(SegkitError, match="tensor.pt.*not a dict"):
+        ck.load_checkpoint(tensor_only)
+    with pytest.raises(SegkitError, match="missing optimizer"):
+        ck.load_checkpoint(good, required_keys=("model", "optimizer"))
+    with pytest.raises(SegkitError, match="nope.pt: checkpoint not found"):
+        ck.load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_list_and_prune_keep_last_and_best(tmp_path):
+    for epoch in (1, 2, 10, 3, 4, 5):
+        ck.save_checkpoint(tmp_path / ck.checkpoint_name(epoch), {"epoch": epoch})
+    (tmp_path / "best.pt").write_bytes(b"x")
+    (tmp_path / "epoch_x.pt").write_bytes(b"x")
+    assert [ck.checkpoint_epoch(p) for p in ck.list_checkpoints(tmp_path)] == [1, 2, 3, 4, 5, 10]
+    assert ck.prune_checkpoints(tmp_path, None) == []
+    removed = ck.prune_checkpoints(tmp_path, keep_last=2, best_path=tmp_path / "epoch_0002.pt")
+    assert sorted(p.name for p in removed) == ["epoch_0001.pt", "epoch_0003.pt", "epoch_0004.pt"]
+    assert [p.name for p in ck.list_checkpoints(tmp_path)] == ["epoch_0002.pt", "epoch_0005.pt", "epoch_0010.pt"]
+    assert (tmp_path / "best.pt").exists() and (tmp_path / "epoch_x.pt").exists()
+    ck.prune_checkpoints(tmp_path, keep_last=0, keep={tmp_path / "epoch_0005.pt"})
+    assert [p.name for p in ck.list_checkpoints(tmp_path)] == ["epoch_0005.pt"]
+    assert ck.list_checkpoints(tmp_path / "missing") == []
+    with pytest.raises(SegkitError, match="keep_last"):
+        ck.prune_checkpoints(tmp_path, keep_last=-1)
+
+
+def test_soup_average_is_exact_and_keeps_integer_buffers_from_last(tmp_path):
+    states = []
+    for i in range(3):
+        m = _model()
+        with torch.no_grad():
+            for p in m.parameters():
+                p.fill_(float(i))  # 0, 1, 2 -> mean exactly 1
+        m[1].num_batches_tracked.fill_(10 + i)
+        states.append(m.state_dict())
+    avg = ck.average_state_dicts(states)
+    assert torch.equal(avg["0.weight"], torch.ones_like(avg["0.weight"]))
+    assert avg["0.weight"].dtype == torch.float32
+    assert int(avg["1.num_batches_tracked"]) == 12
+    assert torch.equal(avg["1.running_var"], states[0]["1.running_var"])
+    paths = [ck.save_checkpoint(tmp_path / ck.checkpoint_name(i), {"model": s}) for i, s in enumerate(states)]
+    soup = ck.soup_checkpoints(paths)
+    assert all(torch.equal(soup[k], avg[k]) for k in avg)
+    bad = dict(states[0])
+    bad.pop("0.bias")
+    with pytest.raises(SegkitError, match="different keys"):
+        ck.average_state_dicts([states[1], bad])
+
+
+def test_rng_state_round_trip_through_a_checkpoint(tmp_path):
+    random.seed(5)
+    np.random.seed(5)
+    torch.manual_seed(5)
+    random.random(), np.random.rand(3), torch.rand(2)  # advance away from the seed state
+    path = ck.save_checkpoint(tmp_path / "r.pt", {"rng": ck.rng_state()})
+    first = (random.random(), np.random.rand(4).tolist(), np.random.randn(), torch.rand(4).tolist())
+    ck.set_rng_state(ck.load_checkpoint(path)["rng"])
+    again = (random.random(), np.random.rand(4).tolist(), np.random.randn(), torch.rand(4).tolist())
+    assert first == again
