@@ -152,6 +152,10 @@ def test_weighted_tta_gives_the_exact_mix():
                           activation="identity")
     expected = (4 * ramp + ramp.flip(0)) / 5
     np.testing.assert_allclose(probs[0], np.tile(expected.numpy(), (5, 1)), atol=1e-5)
+    # a spec string is parsed: "hflip" = identity 0.6 + hflip 0.4
+    probs = predict_probs([(ColumnRamp(), 1.0)], ArrayRaster(image(5, 6)), fov_px=6, size=6, overlap_px=0,
+                          preprocess=to_unit, tta="hflip", activation="identity")
+    np.testing.assert_allclose(probs[0], np.tile((0.6 * ramp + 0.4 * ramp.flip(0)).numpy(), (5, 1)), atol=1e-5)
 
 
 def test_ensemble_weights_in_prob_and_logit_space():

@@ -20,7 +20,7 @@ from torch import nn
 from segkit.data.windows import Window, grid_windows
 from segkit.errors import SegkitError
 from segkit.infer.tiling import StripAccumulator, blend_weights
-from segkit.infer.tta import augment, deaugment
+from segkit.infer.tta import augment, deaugment, parse_tta
 
 ACTIVATIONS = ("sigmoid", "softmax", "identity")
 
@@ -154,8 +154,8 @@ def predict_strips(
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (row0 within the region, probs float32 (C, h, region width)) strips, top to bottom.
 
-    models: (module, weight) pairs; tta: (view, weight) pairs (see parse_tta); weights are
-    normalised. region is clipped to the image; strips cover exactly the clipped region.
+    models: (module, weight) pairs; tta: (view, weight) pairs or a parse_tta spec string; weights
+    are normalised. region is clipped to the image; strips cover exactly the clipped region.
     average: "probs" (activate each view, then average) or "logits" (average, then activate).
     margin_px: context margin; each fov_px tile is predicted but only its centre
     (fov_px - 2 * margin_px) is kept and blended, the grid being laid out for the centres.
@@ -168,7 +168,7 @@ def predict_strips(
     if size <= 0 or batch_size <= 0:
         raise SegkitError(f"predict: size ({size}) and batch_size ({batch_size}) must be positive")
     models = _normalised(list(models), "models")
-    tta = _normalised(list(tta), "tta")
+    tta = _normalised(parse_tta(tta) if tta is None or isinstance(tta, str) else list(tta), "tta")
     device = torch.device(device)
     reg = _clip_region(int(raster.height), int(raster.width), region)
     margin_px = int(margin_px)
