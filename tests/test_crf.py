@@ -55,8 +55,9 @@ def test_crf_multiclass_and_grayscale_image():
     before = (np.argmax(three, 0) == 1) != truth
     after = (np.argmax(refined, 0) == 1) != truth
     assert after.sum() < before.sum() / 5
-    # float image in [0, 1] is scaled, same result as uint8
+    # float image in [0, 1] and uint16 are scaled, same result as uint8
     np.testing.assert_allclose(dense_crf(image / 255.0, probs), dense_crf(image, probs), atol=1e-5)
+    np.testing.assert_allclose(dense_crf(image.astype(np.uint16) * 257, probs), dense_crf(image, probs), atol=1e-5)
 
 
 @needs_crf

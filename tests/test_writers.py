@@ -99,6 +99,23 @@ def test_unwritable_output_folder_named(tmp_path):
         folder.chmod(0o700)
 
 
+def test_unwritable_output_folder_named_even_as_root(tmp_path, monkeypatch):
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(SegkitError, match=f"^{tmp_path}: output folder is not writable"):
+        write_rle_csv(tmp_path / "sub.csv", [])
+
+
+def test_output_path_that_is_a_folder(tmp_path):
+    (tmp_path / "out.csv").mkdir()
+    with pytest.raises(SegkitError, match="out.csv: is a folder"):
+        write_rle_csv(tmp_path / "out.csv", [], overwrite=True)
+
+
 def test_write_rle_csv_content_and_generator_failure(tmp_path):
     out = tmp_path / "sub.csv"
     write_rle_csv(out, iter([("img1", "1 3 10 2"), ("img2", "")]), header=("id", "predicted"))

@@ -32,14 +32,20 @@ def _densecrf():
 
 
 def _as_uint8_image(image: np.ndarray) -> np.ndarray:
+    """uint8 as is; float taken as [0, 1] (e.g. the model's preprocessed input); other integer
+    types scaled by their range (the CRF's ``srgb`` is in 0..255 intensity units)."""
     image = np.asarray(image)
     if image.ndim == 2:
         image = image[..., None]
-    if image.dtype != np.uint8:
-        if not np.issubdtype(image.dtype, np.floating):
-            raise ValueError(f"dense_crf: image must be uint8 or float in [0, 1], got {image.dtype}")
-        image = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
-    return image
+    if image.dtype == np.uint8:
+        return image
+    if np.issubdtype(image.dtype, np.floating):
+        scaled = image * 255.0
+    elif np.issubdtype(image.dtype, np.integer):
+        scaled = image.astype(np.float32) * (255.0 / np.iinfo(image.dtype).max)
+    else:
+        raise ValueError(f"dense_crf: image must be uint8, another integer type or float in [0, 1], got {image.dtype}")
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
 def dense_crf(image: np.ndarray, probs: np.ndarray, iterations: int = 5, sxy_gaussian: float = 3,
@@ -158,8 +164,9 @@ class CrfStripProcessor:
 
     ``push(row0, probs, image=None)`` returns refined ``(row0, probs)`` strips, delayed by
     ``overlap`` rows so every row has context above and below. The image rows come either with
-    each strip (``image`` HWC) or from ``read_image(Window)`` (e.g. a Raster's read followed by
-    the conversion to uint8 the caller wants the CRF to see). Holds ~ (strip + 2 * overlap) rows.
+    each strip (``image`` HWC) or from ``read_image(Window)``, e.g.
+    ``lambda w: stack_channels(raster.read(w), specs)`` so the CRF sees the intensity windows the
+    model saw (float [0, 1] is scaled to uint8). Holds ~ (strip + 2 * overlap) rows.
     """
 
     def __init__(self, height: int, width: int, read_image: Callable[[Window], np.ndarray] | None = None, *,
