@@ -244,3 +244,45 @@ def test_tiff_strip_writer_refuses_existing_and_bad_strips(tmp_path):
             writer.write(np.ones((5, 4), np.uint8))
         writer.write(np.ones((4, 4), np.uint8))
     assert out.read_bytes() == b"old"
+
+
+def test_strip_pipeline_equals_full_image(tmp_path):
+    """predictor-like strips -> threshold -> StripPostProcessor -> RLE / mask TIFF / polygons."""
+    import json
+
+    import cv2
+    from shapely.geometry import shape
+
+    from rasterio.features import rasterize
+
+    from segkit.io.vector import PolygonStripWriter, mask_to_polygons
+    from segkit.post.morphology import StripPostProcessor, fill_holes, remove_small_objects, threshold
+
+    h, w = 53, 41
+    rng = np.random.default_rng(5)
+    probs = cv2.GaussianBlur(rng.random((h, w)).astype(np.float32), (0, 0), 1.5)[None]
+    probs = (probs - probs.min()) / (probs.max() - probs.min())
+    full = fill_holes(remove_small_objects(threshold(probs, 0.5), 6))
+    assert 0 < full.sum() < full.size and not np.array_equal(full, threshold(probs, 0.5))
+
+    post = StripPostProcessor(h, w, min_px=6, fill=True)
+    with RleStripWriter(tmp_path / "sub.csv") as rle, \
+            TiffStripWriter(tmp_path / "mask.tif", h, w, tile=16) as tif, \
+            PolygonStripWriter(tmp_path / "p.geojson", h, w) as polys:
+        rle.begin("img", h, w)
+        for row0, p in _strips(probs, [8, 13]):
+            for _, mask, p_out in post.push(row0, threshold(p, 0.5), p):
+                rle.add(mask)
+                tif.write(mask)
+                polys.write(mask, p_out)
+        post.finish()
+        rle.end()
+    with open(tmp_path / "sub.csv", newline="") as fh:
+        assert list(csv.reader(fh))[1] == ["img", encode(full)]
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "mask.tif"), full)
+    features = json.loads((tmp_path / "p.geojson").read_text())["features"]
+    expected = mask_to_polygons(full)
+    assert sorted(shape(f["geometry"]).area for f in features) == sorted(g.area for g, _ in expected)
+    for f in features:  # mean probability of the pixels under each polygon
+        inside = rasterize([shape(f["geometry"])], out_shape=(h, w)).astype(bool) & (full == 1)
+        assert f["properties"]["mean_prob"] == pytest.approx(float(probs[0][inside].mean()), abs=1e-5)

@@ -97,6 +97,8 @@ class PolygonAssembler:
             raise ValueError(f"strip rows {self.row0}+{h} exceed height {self.height}")
         if probs is not None and (probs.ndim != 3 or probs.shape[1:] != mask.shape):
             raise ValueError(f"probs strip shape {probs.shape} does not fit (C, {h}, {self.width})")
+        if h == 0:
+            return []
         labels, classes, sums, counts = _label_strip(mask, probs, self.background_channel)
         n_open, n_new = len(self._open), len(classes) - 1
         pieces: list[list] = [[[], int(classes[i]), float(sums[i]), int(counts[i])] for i in range(1, n_new + 1)]
