@@ -1,5 +1,6 @@
 """Augmentation from albumentations' serialized form: round trips, seeds, image/mask alignment, errors."""
 
+import warnings
 from pathlib import Path
 
 import albumentations as A
@@ -190,3 +191,14 @@ def test_recipes_run_on_the_channel_counts_they_document(name, channels):
         out_image, out_mask = aug(image, mask)
         assert out_image.dtype == np.float32 and out_image.shape[-1] == channels
         assert out_mask.shape == out_image.shape[:2] and set(np.unique(out_mask)) <= {0, 1, 2, 3}
+
+
+def test_normalized_input_warns_once_because_albumentations_clips_to_unit_range():
+    image, mask = window()
+    aug = create_augment(recipe("augment_baseline.yaml"), seed=0)
+    with pytest.warns(UserWarning, match=r"window values span \[-2, 1\.4\].*before normalize"):
+        aug(image * 4 - 2, mask)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        aug(image * 4 - 2, mask)  # once only
+        create_augment(recipe("augment_baseline.yaml"), seed=0)(image, mask)  # [0, 1]: silent

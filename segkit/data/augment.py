@@ -127,6 +127,7 @@ class Augment:
             self._compose = A.Compose([transform])
         self.copy_paste, self.order = copy_paste, order
         self.seed, self._pid = None, os.getpid()
+        self._range_warned = False
         if seed is not None:  # unseeded: keep each part's own state (e.g. a CopyPaste built with seed=)
             self.reseed(seed)
 
@@ -151,12 +152,24 @@ class Augment:
             seed = None if info is None else int(info.seed)
         self.reseed(seed)
 
+    def _check_range(self, image: np.ndarray) -> None:
+        """albumentations clips float images to [0, 1] (and RandomGamma turns negatives into NaN)."""
+        if image.dtype.kind != "f" or image.size == 0:
+            return
+        low, high = float(image.min()), float(image.max())
+        if low < -1e-3 or high > 1 + 1e-3:
+            warnings.warn(f"augment: window values span [{low:.3g}, {high:.3g}] but albumentations clips float images "
+                          "to [0, 1]: augment after stack_channels and before normalize", stacklevel=3)
+            self._range_warned = True
+
     def __call__(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         self._check_process()
         paste = self.copy_paste
         if paste is not None and self.order == "before":
             image, mask = paste(image, mask)
         if self._compose is not None:
+            if not self._range_warned:
+                self._check_range(image)
             try:
                 out = self._compose(image=image, mask=mask)
             except (TypeError, ValueError) as exc:
