@@ -73,3 +73,31 @@ def test_uncovered_rows_are_zero():
     strips += acc.finish()
     out = np.concatenate([s for _, s in strips], axis=1)[0]
     np.testing.assert_array_equal(out.sum(axis=1), [0, 0, 3, 3, 0, 0])
+
+
+def test_accumulator_matches_dense_blending_for_ragged_tiles():
+    rng = np.random.default_rng(5)
+    h, w = 23, 19
+    acc = StripAccumulator(2, h, w)
+    dense_s, dense_w = np.zeros((2, h, w)), np.zeros((h, w))
+    strips = []
+    row = -3
+    while row < h:
+        th = int(rng.integers(2, 9))
+        for col in sorted(rng.integers(-4, w, 3)):
+            tw = int(rng.integers(2, 9))
+            win = Window(row, int(col), th, tw)
+            probs = rng.random((2, th, tw)).astype(np.float32)
+            weights = rng.random((th, tw)).astype(np.float32) + 0.1
+            strips += acc.add(win, probs, weights)
+            r0, r1, c0, c1 = max(row, 0), min(row + th, h), max(col, 0), min(col + tw, w)
+            if r1 > r0 and c1 > c0:
+                sl = (slice(r0 - row, r1 - row), slice(c0 - col, c1 - col))
+                dense_s[:, r0:r1, c0:c1] += probs[(slice(None),) + sl] * weights[sl]
+                dense_w[r0:r1, c0:c1] += weights[sl]
+        row += int(rng.integers(1, 6))
+    strips += acc.finish()
+    out = np.concatenate([s for _, s in strips], axis=1)
+    expected = np.divide(dense_s, dense_w, out=np.zeros_like(dense_s), where=dense_w > 0)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    assert [r for r, _ in strips] == sorted({r for r, _ in strips}) and strips[0][0] == 0

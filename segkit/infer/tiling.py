@@ -65,12 +65,15 @@ class StripAccumulator:
         self.channels, self.height, self.width = int(channels), int(height), int(width)
         self.top = 0  # first row not yet handed out
         self._row: int | None = None  # start row of the current tile row (may be < 0: padded tiles)
+        self._held = 0  # rows [top, top + held) are in the buffers
+        # buffers are reused: flushed rows are shifted out in place, capacity grows only when a
+        # taller tile row arrives, so the steady state allocates nothing but the output strips
         self._sums = np.zeros((self.channels, 0, self.width), dtype=np.float32)
         self._weights = np.zeros((0, self.width), dtype=np.float32)
 
     @property
     def rows_held(self) -> int:
-        return self._weights.shape[0]
+        return self._held
 
     def add(self, window: Window, probs: np.ndarray, weights: np.ndarray) -> list[tuple[int, np.ndarray]]:
         """Blend probs (C, window.height, window.width) with weights (h, w); return strips now final."""
@@ -93,11 +96,14 @@ class StripAccumulator:
         return done
 
     def _grow(self, bottom: int) -> None:
-        extra = bottom - self.top - self.rows_held
-        if extra > 0:
-            self._sums = np.concatenate(
-                [self._sums, np.zeros((self.channels, extra, self.width), np.float32)], axis=1)
-            self._weights = np.concatenate([self._weights, np.zeros((extra, self.width), np.float32)])
+        need = bottom - self.top
+        if need > self._weights.shape[0]:
+            sums = np.zeros((self.channels, need, self.width), np.float32)
+            weights = np.zeros((need, self.width), np.float32)
+            sums[:, :self._held] = self._sums[:, :self._held]
+            weights[:self._held] = self._weights[:self._held]
+            self._sums, self._weights = sums, weights
+        self._held = max(self._held, need)
 
     def flush(self, row: int) -> list[tuple[int, np.ndarray]]:
         """Normalise and hand out rows [top, row); pixels no tile covered are 0."""
@@ -110,9 +116,12 @@ class StripAccumulator:
         strip = np.zeros_like(sums)
         np.divide(sums, weights, out=strip, where=weights > 0)
         out = [(self.top, strip)]
-        # copies so the buffer of the handed-out rows is freed, not kept alive by a view
-        self._sums = self._sums[:, n:].copy()
-        self._weights = self._weights[n:].copy()
+        rest = self._held - n  # rows still in flight move to the top of the buffers
+        self._sums[:, :rest] = self._sums[:, n:self._held]
+        self._weights[:rest] = self._weights[n:self._held]
+        self._sums[:, rest:self._held] = 0
+        self._weights[rest:self._held] = 0
+        self._held = rest
         self.top = row
         return out
 
