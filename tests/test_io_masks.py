@@ -82,8 +82,12 @@ def test_label_sources_give_identical_windows(data, spec):
         got = labels.read(window)
         assert got.dtype == np.uint8 and got.shape == (window.height, window.width)
         np.testing.assert_array_equal(got, _expected(m, window), err_msg=f"{spec} {window}")
-    resized = labels.read(Window(7, 9, 200, 280), out_size=(100, 140))
-    np.testing.assert_array_equal(resized, cv2.resize(m[7:207, 9:289], (140, 100), interpolation=cv2.INTER_NEAREST))
+    for out in [(100, 140), (50, 70), (66, 93), (400, 560)]:  # integer scales 2 and 4, fractional, up
+        resized = labels.read(Window(7, 9, 200, 280), out_size=out)
+        want = cv2.resize(m[7:207, 9:289], out[::-1], interpolation=cv2.INTER_NEAREST_EXACT)
+        np.testing.assert_array_equal(resized, want, err_msg=f"{spec} {out}")
+    np.testing.assert_array_equal(labels.read(Window(-8, 300, 40, 180), out_size=(20, 90)),
+                                  _expected(m, Window(-8, 300, 40, 180))[1::2, 1::2])
     reflect = open_labels(folder / spec, open_raster(folder / "slide.tif", pad_mode="reflect"))
     for window in WINDOWS[1:4]:
         np.testing.assert_array_equal(reflect.read(window), _expected(m, window, "reflect"))

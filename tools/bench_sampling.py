@@ -90,7 +90,15 @@ def make_data(workdir: Path, size: int, tile: int) -> dict:
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """Peak RSS of this process. VmHWM, not ru_maxrss: on Linux ru_maxrss survives fork+exec, so a
+    child would report its parent's peak (here: the data generation)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB, macOS: bytes
 
 
 def measure(mode: str, image: str, label: str, fov: int, size: int, seconds: float, windows: int) -> dict:
@@ -109,7 +117,7 @@ def measure(mode: str, image: str, label: str, fov: int, size: int, seconds: flo
     if mode == "naive":
 
         rle_text = Path(label).read_text().splitlines()[1].split(",", 1)[1]
-        t0, n = time.perf_counter(), 0
+        t0, cpu0, n = time.perf_counter(), time.process_time(), 0
         while n < windows:
             whole = tifffile.imread(image)  # what a reader without window access does per window
             h, w = whole.shape[:2]
@@ -121,23 +129,29 @@ def measure(mode: str, image: str, label: str, fov: int, size: int, seconds: flo
             n += 1
         elapsed = time.perf_counter() - t0
         return {"windows": n, "seconds": elapsed, "wps": n / elapsed, "open_s": 0.0,
+                "w_per_cpu_s": n / (time.process_time() - cpu0),
                 "peak_rss_mb": _peak_rss_mb(), "import_rss_mb": base_rss}
     t0 = time.perf_counter()
     raster = open_raster(image)
     labels = open_labels(label, raster, image_id=Path(image).stem)
     open_s = time.perf_counter() - t0
     h, w = raster.height, raster.width
-    n, fg, t0 = 0, 0, time.perf_counter()
+    n, fg, t_img, t_mask = 0, 0, 0.0, 0.0
+    t0, cpu0 = time.perf_counter(), time.process_time()
     while time.perf_counter() - t0 < seconds and n < windows:
         r, c = (int(v) for v in rng.integers(0, max(1, h - fov), 2))
         win = Window(r, c, fov, fov)
+        t1 = time.perf_counter()
         img = raster.read(win, out_size=(size, size))
+        t2 = time.perf_counter()
         mask = labels.read(win, out_size=(size, size))
+        t_img, t_mask = t_img + t2 - t1, t_mask + time.perf_counter() - t2
         assert img.shape == (size, size, 3) and mask.shape == (size, size)
         fg += int(mask.any())
         n += 1
-    elapsed = time.perf_counter() - t0
-    return {"windows": n, "seconds": elapsed, "wps": n / elapsed, "open_s": open_s, "fg_windows": fg,
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    return {"windows": n, "seconds": elapsed, "wps": n / elapsed, "w_per_cpu_s": n / cpu, "open_s": open_s,
+            "fg_windows": fg, "ms_image": t_img / n * 1e3, "ms_label": t_mask / n * 1e3,
             "peak_rss_mb": _peak_rss_mb(), "import_rss_mb": base_rss}
 
 
@@ -192,16 +206,21 @@ def main(argv=None) -> None:
 
 
 def _table(rows, args) -> None:
-    print(f"\nfov {args.fov} -> size {args.size}, random windows, one process, image + label per window")
-    print(f"{'image':>11} | {'reader':<40} | {'windows/s':>9} | {'open s':>6} | {'peak RSS MB':>11} | "
-          f"{'speed-up':>8}")
-    print("-" * 101)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"\nfov {args.fov} -> size {args.size}, random windows, one process, image + label per window "
+          f"({os.cpu_count()} CPUs, load average {load:.1f})")
+    head = (f"{'image':>11} | {'reader':<38} | {'windows/s':>9} | {'per CPU-s':>9} | {'ms img+lbl':>10} | "
+            f"{'open s':>6} | {'peak RSS MB':>11} | {'speed-up':>8}")
+    print(head)
+    print("-" * len(head))
     naive = {size: res["wps"] for size, name, res in rows if name.startswith("naive")}
     for size, name, res in rows:
         ratio = f"{res['wps'] / naive[size]:.0f}x" if size in naive and not name.startswith("naive") else ""
-        print(f"{size:>5}x{size:<5} | {name:<40} | {res['wps']:>9.2f} | {res['open_s']:>6.2f} | "
-              f"{res['peak_rss_mb']:>11.0f} | {ratio:>8}")
-    print(f"(peak RSS includes ~{rows[0][2]['import_rss_mb']:.0f} MB after imports: python, numpy, cv2, tifffile, rasterio)")
+        parts = f"{res['ms_image']:.1f}+{res['ms_label']:.1f}" if "ms_image" in res else ""
+        print(f"{size:>5}x{size:<5} | {name:<38} | {res['wps']:>9.3g} | {res['w_per_cpu_s']:>9.3g} | {parts:>10} | "
+              f"{res['open_s']:>6.2f} | {res['peak_rss_mb']:>11.0f} | {ratio:>8}")
+    print(f"(peak RSS includes ~{rows[0][2]['import_rss_mb']:.0f} MB after imports: python, numpy, cv2, tifffile; "
+          "per CPU-s = windows per second of this process's CPU time, what a worker with a core to itself gets)")
 
 
 if __name__ == "__main__":

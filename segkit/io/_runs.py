@@ -63,14 +63,17 @@ class LineIntervals:
         hi = np.clip(self.hi[a:b], m0, m1).astype(np.int64) - m0
         keep = hi > lo
         line = np.repeat(np.arange(n_lines), np.diff(self.ptr[l0:l1 + 1]))[keep]
-        lo, hi = lo[keep] + line * n, hi[keep] + line * n
-        flat = np.zeros(n_lines * n + 1, np.int8)
-        # starts are unique and ends are unique (intervals are disjoint and never touch inside a
-        # line), so two fancy-index updates are exact; an end may meet the next line's start
-        flat[lo] += 1
-        flat[hi] -= 1
-        np.cumsum(flat, out=flat)
-        return flat[:-1].view(np.uint8).reshape(n_lines, n)
+        if line.size == 0:
+            return np.zeros((n_lines, n), np.uint8)
+        # intervals are sorted and disjoint, so their flat edges are sorted: the output is
+        # alternating 0/1 segments, written by one np.repeat (a cumulative sum is ~5x slower)
+        edges = np.empty(2 * line.size + 2, np.int64)
+        edges[0], edges[-1] = 0, n_lines * n
+        edges[1:-1:2] = lo[keep] + line * n
+        edges[2:-1:2] = hi[keep] + line * n
+        values = np.zeros(edges.size - 1, np.uint8)
+        values[1::2] = 1
+        return np.repeat(values, np.diff(edges)).reshape(n_lines, n)
 
     def block_any(self, line_edges: np.ndarray, pos_edges: np.ndarray) -> np.ndarray:
         """bool (len(line_edges)-1, len(pos_edges)-1): does a block contain any run pixel?"""

@@ -73,17 +73,15 @@ def resize(data: np.ndarray, out_size: tuple[int, int], *, nearest: bool = False
     if (oh, ow) == (h, w):
         return data
     if nearest:
-        interp = cv2.INTER_NEAREST
+        interp = cv2.INTER_NEAREST_EXACT  # samples source pixel floor((i + 0.5) * scale)
     else:
         interp = cv2.INTER_AREA if oh <= h and ow <= w else cv2.INTER_LINEAR
     src = data
     if data.dtype not in _CV2_DTYPES:
         src = data.astype(np.float64) if not nearest or data.dtype == np.bool_ else data
         if nearest and src.dtype not in _CV2_DTYPES:
-            # cv2 nearest cannot take e.g. uint32/int8: index arithmetic is exact and as fast
-            rows = np.minimum((np.arange(oh) + 0.5) * h / oh, h - 1).astype(np.intp)
-            cols = np.minimum((np.arange(ow) + 0.5) * w / ow, w - 1).astype(np.intp)
-            return np.ascontiguousarray(data[np.ix_(rows, cols)])
+            # cv2 nearest cannot take e.g. uint32/int8: index the same centre samples
+            return np.ascontiguousarray(data[np.ix_(nearest_index(h, oh), nearest_index(w, ow))])
     channels = src.shape[2] if src.ndim == 3 else None
     if channels is not None and channels > 4:
         # cv2 handles up to 512 channels but slowly for many: resize in groups of 4
@@ -126,3 +124,16 @@ def block_edges(n: int, m: int) -> np.ndarray:
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b) if b else 0
 
+
+
+def nearest_index(n: int, m: int) -> np.ndarray:
+    """Source indices a nearest resize of n pixels to m samples: floor((i + 0.5) * n / m)."""
+    return np.minimum(np.floor((np.arange(m) + 0.5) * (n / m)), n - 1).astype(np.intp)
+
+
+def resize_nearest(mask: np.ndarray, out_size: tuple[int, int]) -> np.ndarray:
+    """HW (or HWC) nearest resize sampling output pixel centres (cv2.INTER_NEAREST_EXACT)."""
+    oh, ow = (int(v) for v in out_size)
+    if mask.shape[:2] == (oh, ow):
+        return mask
+    return resize(mask, (oh, ow), nearest=True)

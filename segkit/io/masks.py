@@ -9,7 +9,7 @@ Three kinds, chosen by the spec's suffix: a mask raster (any format segkit.io.ra
 CSV (`id,<rle>`: runs kept as per-column intervals, see _runs.py) or polygons in GeoJSON/JSON
 (rasterized per window, holes respected; pixel or CRS coordinates, see _polygons.py).
 Windows past the border are padded like the image (reflect when the image reflects, else 0).
-Resampling to out_size is nearest; thumbnails keep a block's largest class id so small objects
+Resampling to out_size is nearest (output pixel centres, cv2.INTER_NEAREST_EXACT); thumbnails keep a block's largest class id so small objects
 survive in the low-resolution grid the sampler uses for foreground windows.
 """
 
@@ -19,13 +19,12 @@ import csv
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from segkit.data.windows import Window
 from segkit.errors import SegkitError
 from segkit.io._runs import LineIntervals, parse_pairs
-from segkit.io._window import block_edges, read_padded, thumb_shape
+from segkit.io._window import block_edges, read_padded, resize_nearest, thumb_shape
 from segkit.io.raster import Raster, open_raster
 
 RLE_SUFFIXES = {".csv"}
@@ -71,9 +70,7 @@ class LabelSource:
         window = Window(*(int(v) for v in window))
         mask = read_padded(self._read_inside, (self.height, self.width), window, mode=self.pad_mode,
                            value=0, dtype=np.uint8, channels=None)
-        if out_size is not None and tuple(out_size) != mask.shape:
-            mask = cv2.resize(mask, (int(out_size[1]), int(out_size[0])), interpolation=cv2.INTER_NEAREST)
-        return mask
+        return mask if out_size is None else resize_nearest(mask, out_size)
 
     def thumbnail(self, max_side: int = 1024) -> tuple[np.ndarray, float]:
         """(HW uint8, largest class id in each block; source px per thumb px). Same grid as
@@ -211,6 +208,17 @@ class RleLabels(LabelSource):
                     f"pixel {starts[worst] + lengths[worst]}, past the {self.height}x{self.width} image "
                     f"{self.image_path} ({total} pixels)")
         return starts, starts + lengths
+
+    def read(self, window: Window, out_size: tuple[int, int] | None = None) -> np.ndarray:
+        r0, c0, h, w = (int(v) for v in window)
+        if self.order == "F" and r0 >= 0 and c0 >= 0 and r0 + h <= self.height and c0 + w <= self.width:
+            # resize the column-major raster before transposing it: transposes the small array
+            cols = self.runs.rasterize(c0, c0 + w, r0, r0 + h)
+            if out_size is not None:
+                cols = resize_nearest(cols, (int(out_size[1]), int(out_size[0])))
+            mask = np.ascontiguousarray(cols.T)
+            return mask * np.uint8(self.value) if self.value != 1 else mask
+        return super().read(window, out_size)
 
     def _read_inside(self, r0, r1, c0, c1):
         if self.order == "F":

@@ -13,6 +13,7 @@ A Raster pickles as its path and options; each process re-opens the file on firs
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,7 @@ class Raster:
         self.path = Path(path)
         self.pad_mode = check_pad_mode(pad_mode)
         self.pad_value = pad_value
-        self._handle = None
+        self._handle, self._pid = None, os.getpid()
         handle = self._open()
         self.backend = handle.name
         self.levels = list(handle.levels)
@@ -53,7 +54,12 @@ class Raster:
 
     # -- opening, pickling -------------------------------------------------------------------
     def _open(self):
+        if self._handle is not None and self._pid != os.getpid():
+            # forked (DataLoader workers with the fork start method): an inherited file shares its
+            # offset with the parent's, so every process reads through its own handle
+            self._handle = None
         if self._handle is None:
+            self._pid = os.getpid()
             if not self.path.is_file():
                 raise SegkitError(f"{self.path}: image file not found")
             try:
