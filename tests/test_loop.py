@@ -1,0 +1,188 @@
+"""train_one_epoch / evaluate on a tiny conv model: learning, AMP, accumulation, clipping, NaN, schedules."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from segkit.errors import SegkitError
+from segkit.models.losses import create_loss
+from segkit.train.ema import ModelEma
+from segkit.train.loop import evaluate, pick_device, train_one_epoch
+from segkit.train.optim import create_optimizer, create_scheduler
+
+
+def _net(out=1, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, out, 1))
+
+
+def _batch(n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    image = torch.rand(n, 3, 12, 10, generator=g)
+    mask = (image[:, 0] > 0.5).to(torch.uint8)  # learnable from the first channel
+    return {"image": image, "mask": mask}
+
+
+def _run(model, loader, opt, **kw):
+    kw.setdefault("device", "cpu")
+    kw.setdefault("amp", False)
+    kw.setdefault("progress", False)
+    return train_one_epoch(model, loader, create_loss(["bce"], classes=1), opt, **kw)
+
+
+def test_loss_decreases_on_a_fixed_batch():
+    model = _net()
+    opt = create_optimizer("adamw", model.parameters(), lr=5e-2)
+    batch = _batch()
+    first = _run(model, [batch] * 5, opt)
+    middle = _run(model, [batch] * 5, opt)
+    later = _run(model, [batch] * 5, opt)
+    assert first["loss"] > middle["loss"] > later["loss"]
+    assert later["loss"] < first["loss"] * 0.85
+    assert first["steps"] == 5 and first["batches"] == 5 and first["images"] == 20
+    assert first["seconds"] > 0 and first["lr"] == pytest.approx(5e-2)
+
+
+def test_bf16_autocast_on_cpu_runs_and_learns():
+    model = _net()
+    seen = []
+    model[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    opt = create_optimizer("sgd", model.parameters(), lr=0.5, momentum=0.9)
+    batch = _batch()
+    a = _run(model, [batch] * 4, opt, amp=True)
+    b = _run(model, [batch] * 4, opt, amp=True)
+    assert set(seen) == {torch.bfloat16}
+    assert math.isfinite(a["loss"]) and b["loss"] < a["loss"]
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_accumulating_two_half_batches_equals_one_full_batch(channels_last):
+    batch = _batch(n=6, seed=3)
+    halves = [{k: v[:3] for k, v in batch.items()}, {k: v[3:] for k, v in batch.items()}]
+    full_model, acc_model = _net(), _net()
+    opt_full = torch.optim.SGD(full_model.parameters(), lr=1.0)  # w1 = w0 - grad: equal weights <=> equal grads
+    opt_acc = torch.optim.SGD(acc_model.parameters(), lr=1.0)
+    _run(full_model, [batch], opt_full, channels_last=channels_last)
+    out = _run(acc_model, halves, opt_acc, accumulate=2, channels_last=channels_last)
+    assert out["steps"] == 1 and out["batches"] == 2
+    for a, b in zip(full_model.parameters(), acc_model.parameters()):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_short_last_group_still_steps_and_max_steps_caps():
+    model = _net()
+    opt = create_optimizer("adam", model.parameters(), lr=1e-3)
+    out = _run(model, [_batch(seed=i) for i in range(5)], opt, accumulate=2)
+    assert out["steps"] == 3 and out["batches"] == 5
+    out = _run(model, [_batch(seed=i) for i in range(5)], opt, max_steps=2)
+    assert out["steps"] == 2 and out["batches"] == 2
+    out = _run(model, iter([_batch(seed=i) for i in range(3)]), opt, accumulate=2)  # no len()
+    assert out["steps"] == 2
+
+
+def test_scheduler_and_ema_follow_optimizer_steps():
+    model = _net()
+    opt = create_optimizer("adamw", model.parameters(), lr=1e-2, weight_decay=1e-4)
+    sched = create_scheduler("cosine", opt, total_steps=4, warmup_steps=0)
+    ema = ModelEma(model, decay=0.5)
+    out = _run(model, [_batch(seed=i) for i in range(4)], opt, scheduler=sched, accumulate=2, ema=ema)
+    assert out["steps"] == 2 and sched.last_epoch == 2
+    assert out["lr"] == pytest.approx(1e-2 * 0.5 * (1 + math.cos(math.pi * 2 / 4)))
+    assert int(ema.averaged.n_averaged) == 2
+    assert not torch.equal(ema.module[0].weight, model[0].weight)  # lags the live weights
+
+
+def test_clipping_bounds_the_update():
+    model = _net()
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    batch = _batch()
+    batch["image"] = batch["image"] * 100  # large gradients
+    _run(model, [batch], opt, clip=1e-3)
+    delta = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
+    assert 0 < delta.norm() <= 1e-3 * (1 + 1e-4)
+
+
+def test_nan_loss_stops_with_the_step_and_does_not_step():
+    model = _net()
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    bad = _batch()
+    bad["image"][0, 0, 0, 0] = float("nan")
+    with pytest.raises(SegkitError, match="loss became NaN at step 4.*last good checkpoint kept"):
+        _run(model, [_batch(), bad, _batch()], opt, step_offset=2)
+    # the first batch stepped, the NaN batch did not touch the weights after it
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert any(not torch.equal(p, b) for p, b in zip(model.parameters(), before))
+
+
+def test_classification_batches_and_evaluate():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    g = torch.Generator().manual_seed(0)
+    loader = [{"image": torch.rand(6, 3, 9, 9, generator=g), "target": torch.tensor([0, 1, 2, 0, 1, 2])}]
+    loss = create_loss(["ce"], classes=3, task="cls")
+    opt = create_optimizer("adamw", model.parameters(), lr=1e-2)
+    out = train_one_epoch(model, loader, loss, opt, device="cpu", amp=False, progress=False)
+    assert out["steps"] == 1 and math.isfinite(out["loss"])
+    metrics = evaluate(model, loader, loss, device="cpu", task="cls", classes=3)
+    assert set(metrics) == {"loss", "accuracy", "f1"} and 0 <= metrics["accuracy"] <= 1
+
+
+def test_evaluate_segmentation_dice_of_a_perfect_model():
+    class Oracle(nn.Module):  # logits +-10 from the same rule that made the masks
+        def __init__(self):
+            super().__init__()
+            self.dummy = nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            return (x[:, :1] > 0.5).float() * 20 - 10 + self.dummy
+
+    batch = _batch()
+    out = evaluate(Oracle(), [batch, batch], create_loss(["dice"], classes=1), device="cpu", classes=1)
+    assert out["dice"] == pytest.approx(1.0) and out["iou"] == pytest.approx(1.0)
+    assert out["loss"] < 1e-3 and out["dice_per_class"] == [pytest.approx(1.0)]
+
+
+def test_schedules_and_optimizer_names():
+    p = [nn.Parameter(torch.zeros(2))]
+    opt = create_optimizer("sgd", p, lr=1.0)
+    sched = create_scheduler("cosine", opt, total_steps=10, warmup_steps=4)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert lrs[5] == pytest.approx(0.5 * (1 + math.cos(math.pi / 6)))
+    opt = create_optimizer("adamw", p, lr=1.0)
+    sched = create_scheduler("constant", opt, total_steps=5, warmup_steps=1)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5)
+    opt = create_optimizer("adamw", p, lr=1.0)
+    sched = create_scheduler("onecycle", opt, total_steps=10, warmup_steps=3)
+    seen = []
+    for _ in range(10):
+        opt.step()
+        sched.step()
+        seen.append(opt.param_groups[0]["lr"])
+    assert max(seen) == pytest.approx(1.0, rel=0.05) and seen[-1] < 0.05
+    with pytest.raises(SegkitError, match="valid: adamw, sgd, adam"):
+        create_optimizer("lamb", p, lr=1.0)
+    with pytest.raises(SegkitError, match="valid: cosine, onecycle, constant"):
+        create_scheduler("step", opt, total_steps=3)
+    frozen = nn.Parameter(torch.zeros(1), requires_grad=False)
+    with pytest.raises(SegkitError, match="no trainable"):
+        create_optimizer("adamw", [frozen], lr=1.0)
+
+
+def test_pick_device():
+    assert pick_device("cpu").type == "cpu"
+    assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(SegkitError, match="CUDA is not available"):
+            pick_device("cuda")
+    with pytest.raises(SegkitError, match="unknown device"):
+        pick_device("tpu9")
