@@ -126,6 +126,12 @@ def _check_type(dotted: str, value: Any, annotation: Any) -> Any:
     base = origin or annotation
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if base is float and isinstance(value, str):
+        # PyYAML reads 3e-4 (no dot) as a string; accept any spelling float() accepts.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if base is int and isinstance(value, bool):
         raise SegkitError(f"config key {dotted}: expected int, got {value!r}")
     if not isinstance(value, base):
