@@ -72,7 +72,17 @@ def _merge_classes(a, b):
 
 def _neighbour_classes(labels: np.ndarray, mask: np.ndarray, n: int, wanted: np.ndarray | None = None) -> np.ndarray:
     """Per label of a background labelling: the one class next to it (4 directions), 0, or -1."""
-    pairs = []
+    present = np.unique(mask)
+    present = present[present != 0]
+    out = np.zeros(n, np.int64)
+    if present.size == 1:
+        # one class in the array: every background region that is not the whole array touches
+        # it (a region with no foreground neighbour is closed under adjacency), so no pair scan
+        out[1:] = int(present[0])
+        if wanted is not None:
+            out[~wanted] = 0
+        return out
+    found = []
     for a, b in (((slice(None), slice(1, None)), (slice(None), slice(None, -1))),
                  ((slice(1, None), slice(None)), (slice(None, -1), slice(None)))):
         for src, dst in ((a, b), (b, a)):
@@ -80,10 +90,9 @@ def _neighbour_classes(labels: np.ndarray, mask: np.ndarray, n: int, wanted: np.
             sel = (lab > 0) & (nb != 0)
             if wanted is not None:
                 sel &= wanted[lab]
-            pairs.append(lab[sel].astype(np.int64) * 256 + nb[sel])
-    pairs = np.unique(np.concatenate(pairs))
+            found.append(np.unique(lab[sel].astype(np.int64) * 256 + nb[sel]))  # shrink per direction
+    pairs = np.unique(np.concatenate(found))
     region, cls = pairs // 256, pairs % 256
-    out = np.zeros(n, np.int64)
     counts = np.bincount(region, minlength=n)
     out[region] = np.where(counts[region] == 1, cls, -1)
     return out
@@ -274,7 +283,7 @@ class _ComponentStream:
         if n_out:
             out_mask = buf_mask[:n_out].copy()
             sel = apply[buf_roots[:n_out]] & (buf_gids[:n_out] > 0)
-            out_mask[sel] = 0 if self.kind == "small" else self._cls[buf_roots[:n_out]][sel]
+            out_mask[sel] = 0 if self.kind == "small" else self._cls[buf_roots[:n_out][sel]]
             out.append((self.emitted, out_mask, *(e[..., :n_out, :] for e in chunk[2:])))
             self.emitted += n_out
         self._buf = [[c[..., n_out:, :] for c in chunk]] if n_out < buf_mask.shape[0] else []
