@@ -246,3 +246,37 @@ def test_missing_and_unreadable_files_name_the_file(tmp_path):
         with pytest.raises(SegkitError, match=name) as info:
             open_raster(tmp_path / name)
         assert "\n" not in str(info.value)
+
+
+def _read_in_child(args):
+    raster, window = args
+    return raster.read(window)
+
+
+def test_forked_workers_read_through_their_own_handles(tmp_path):
+    import multiprocessing
+
+    img = _image()
+    tifffile.imwrite(tmp_path / "a.tif", img, tile=(64, 64), compression="zlib")
+    raster = open_raster(tmp_path / "a.tif")
+    raster.read(Window(0, 0, 8, 8))  # the parent's handle is open when the workers fork
+    windows = [Window(r, c, 60, 70) for r in range(0, H, 50) for c in range(0, W, 90)]
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        got = pool.map(_read_in_child, [(raster, w) for w in windows] * 2, chunksize=1)
+    for window, tile in zip(windows * 2, got):
+        np.testing.assert_array_equal(tile, _expected(img, window))
+
+
+def test_geotiff_overviews_are_pyramid_levels(tmp_path):
+    img = _smooth(H, W)
+    path = tmp_path / "ov.tif"
+    _write_geotiff(path, img)
+    with rasterio.open(path, "r+") as ds:
+        ds.build_overviews([2, 4], rasterio.enums.Resampling.average)
+    raster = open_raster(path)
+    assert raster.backend == "rasterio" and raster.levels == [(H, W), (151, 229), (76, 115)]
+    with rasterio.open(path, overview_level=0) as ds:
+        level1 = ds.read().transpose(1, 2, 0)
+    np.testing.assert_array_equal(raster.read(Window(40, 60, 200, 240), out_size=(100, 120)),
+                                  level1[20:120, 30:150])
+    np.testing.assert_array_equal(raster.read(Window(0, 0, 50, 50)), img[:50, :50])
