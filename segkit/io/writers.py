@@ -34,11 +34,22 @@ __all__ = [
 ]
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it; done once, at import
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 class AtomicFile:
     """A temporary file next to ``path`` that becomes ``path`` on :meth:`commit`.
 
     Refuses an existing ``path`` unless ``overwrite`` and checks that the folder is writable
-    up front, so a bad output path fails before any (slow) inference work starts.
+    up front, so a bad output path fails before any (slow) inference work starts. Only a hard
+    kill (SIGKILL, power loss) can leave the hidden ``.NAME.*.tmp`` file behind; SIGTERM
+    cleans up only if the caller turns it into an exception.
     """
 
     def __init__(self, path: str | os.PathLike, overwrite: bool = False):
@@ -61,9 +72,7 @@ class AtomicFile:
     def commit(self) -> Path:
         if not self.done:
             # mkstemp creates 0600 files; give the output the usual umask-based mode
-            mask = os.umask(0)
-            os.umask(mask)
-            os.chmod(self.tmp, 0o666 & ~mask)
+            os.chmod(self.tmp, 0o666 & ~_UMASK)
             os.replace(self.tmp, self.path)
             self.done = True
         return self.path
