@@ -75,7 +75,8 @@ def make_data(workdir: Path, size: int, tile: int) -> dict:
         for r0 in range(0, size, strip):
             h = min(strip, size - r0)
             mask = np.zeros((h, size), np.uint8)
-            for cy, cx, rad in objects[(objects[:, 0] + objects[:, 2] >= r0) & (objects[:, 0] - objects[:, 2] < r0 + h)]:
+            near = (objects[:, 0] + objects[:, 2] >= r0) & (objects[:, 0] - objects[:, 2] < r0 + h)
+            for cy, cx, rad in objects[near]:
                 cv2.circle(mask, (int(cx), int(cy) - r0), int(rad), 1, -1)
             encoder.add(mask)
         csv_path.write_text(f"id,encoding\n{image.stem},{encoder.finish()}\n")

@@ -9,8 +9,9 @@ Three kinds, chosen by the spec's suffix: a mask raster (any format segkit.io.ra
 CSV (`id,<rle>`: runs kept as per-column intervals, see _runs.py) or polygons in GeoJSON/JSON
 (rasterized per window, holes respected; pixel or CRS coordinates, see _polygons.py).
 Windows past the border are padded like the image (reflect when the image reflects, else 0).
-Resampling to out_size is nearest (output pixel centres, cv2.INTER_NEAREST_EXACT); thumbnails keep a block's largest class id so small objects
-survive in the low-resolution grid the sampler uses for foreground windows.
+Resampling to out_size is nearest, sampling output pixel centres (cv2.INTER_NEAREST_EXACT), so
+all three kinds give identical windows at any size. Thumbnails keep a block's largest class id so
+small objects survive in the low-resolution grid the sampler uses for foreground windows.
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ class RasterLabels(LabelSource):
 
 
 class RleLabels(LabelSource):
-    """The RLE row(s) of a CSV whose id equals image_id (default: the image file's stem).
+    """The RLE row(s) of a CSV whose id equals image_id (default: the image file's stem or name).
 
     Several rows with the same id (one per object, as in some competitions) are merged; an empty
     field means no foreground. Foreground reads as class_map.get(1, 1).
@@ -164,6 +165,8 @@ class RleLabels(LabelSource):
             raise SegkitError(f"{self.path}: rle order {order!r}: expected 'F' (column-major) or 'C' (row-major)")
         self.order = order
         self.image_id = image_id if image_id is not None else _stem(image.path)
+        # without an explicit id, a row naming the image file (slide.tiff) matches too
+        self._ids = {self.image_id} if image_id is not None else {self.image_id, image.path.name}
         self.value = int((class_map or {}).get(1, (class_map or {}).get("1", 1)))
         starts, ends = self._load()
         lines, line_len = (self.width, self.height) if order == "F" else (self.height, self.width)
@@ -183,7 +186,7 @@ class RleLabels(LabelSource):
             if len(header) < 2:
                 raise SegkitError(f"{self.path}: expected columns id,<rle>; got {header}")
             for line_no, row in enumerate(reader, start=2):
-                if len(row) > max(id_col, rle_col) and row[id_col].strip() == self.image_id:
+                if len(row) > max(id_col, rle_col) and row[id_col].strip() in self._ids:
                     found = True
                     try:
                         values.append(parse_pairs(row[rle_col]))
