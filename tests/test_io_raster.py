@@ -78,6 +78,15 @@ WRITERS = {
 }
 
 
+def test_jpeg_tiles_match_tifffile(tmp_path):
+    img = _smooth(H, W)  # lossy: compare with tifffile's own decoding of the whole image
+    tifffile.imwrite(tmp_path / "j.tif", img, tile=(64, 64), compression="jpeg", photometric="rgb")
+    whole = tifffile.imread(tmp_path / "j.tif")
+    raster = open_raster(tmp_path / "j.tif")
+    for window in WINDOWS:
+        np.testing.assert_array_equal(raster.read(window), _expected(whole, window))
+
+
 @pytest.mark.parametrize("kind", sorted(WRITERS))
 def test_tiff_layouts_agree_pixel_for_pixel(tmp_path, kind):
     img = _image()

@@ -47,29 +47,44 @@ def _objects(size: int, seed: int = 1) -> np.ndarray:
     return np.stack([rng.integers(0, size, n), rng.integers(0, size, n), rng.integers(40, 160, n)], -1)
 
 
-def make_data(workdir: Path, size: int, tile: int) -> dict:
-    import cv2
+def _write_image(path: Path, size: int, tile: int, pyramid: bool) -> None:
+    """Tiled deflate BigTIFF written tile by tile (plus a half-size SubIFD level if pyramid)."""
     import tifffile
+
+    pool = _tile_pool(tile)
+    background = np.full((tile, tile, 3), 242, np.uint8)
+
+    def tiles(n):
+        for r in range(0, n, tile):
+            for c in range(0, n, tile):
+                # tissue is a big ellipse; outside it near-white glass, as on a slide
+                dy, dx = (r + tile / 2) / n - 0.5, (c + tile / 2) / n - 0.5
+                yield pool[(r // tile * 7 + c // tile * 13) % len(pool)] if dy * dy + dx * dx < 0.2 else background
+
+    opts = dict(dtype=np.uint8, tile=(tile, tile), photometric="rgb", compression="zlib",
+                compressionargs={"level": 1})
+    tmp = path.with_suffix(".tmp.tif")
+    with tifffile.TiffWriter(tmp, bigtiff=True) as tw:
+        tw.write(tiles(size), shape=(size, size, 3), subifds=1 if pyramid else 0, **opts)
+        if pyramid:
+            half = (size + 1) // 2
+            tw.write(tiles(half), shape=(half, half, 3), subfiletype=1, **opts)
+    os.replace(tmp, path)
+
+
+def make_data(workdir: Path, size: int, tile: int, pyramid: bool = False) -> dict:
+    import cv2
 
     from segkit.io.rle import RleStripEncoder
 
-    image = workdir / f"slide{size}.tif"
+    image = workdir / f"slide{size}_tile{tile}.tif"
+    pyr = workdir / f"slide{size}_tile{tile}_pyramid.tif"
     csv_path, geojson = workdir / f"labels{size}.csv", workdir / f"slide{size}.geojson"
-    if not (image.exists() and csv_path.exists() and geojson.exists()):
-        pool = _tile_pool(tile)
-        background = np.full((tile, tile, 3), 242, np.uint8)
-
-        def tiles():
-            for r in range(0, size, tile):
-                for c in range(0, size, tile):
-                    # tissue is a big ellipse; outside it near-white glass, as on a slide
-                    dy, dx = (r + tile / 2) / size - 0.5, (c + tile / 2) / size - 0.5
-                    yield pool[(r // tile * 7 + c // tile * 13) % len(pool)] if dy * dy + dx * dx < 0.2 else background
-
-        tmp = image.with_suffix(".tmp.tif")
-        tifffile.imwrite(tmp, tiles(), shape=(size, size, 3), dtype=np.uint8, tile=(tile, tile), bigtiff=True,
-                         photometric="rgb", compression="zlib", compressionargs={"level": 1})
-        os.replace(tmp, image)
+    if not image.exists():
+        _write_image(image, size, tile, pyramid=False)
+    if pyramid and not pyr.exists():
+        _write_image(pyr, size, tile, pyramid=True)
+    if not (csv_path.exists() and geojson.exists()):
         objects = _objects(size)
         encoder, strip = RleStripEncoder(size, size, order="F"), 1024
         for r0 in range(0, size, strip):
@@ -79,7 +94,7 @@ def make_data(workdir: Path, size: int, tile: int) -> dict:
             for cy, cx, rad in objects[near]:
                 cv2.circle(mask, (int(cx), int(cy) - r0), int(rad), 1, -1)
             encoder.add(mask)
-        csv_path.write_text(f"id,encoding\n{image.stem},{encoder.finish()}\n")
+        csv_path.write_text(f"id,encoding\nslide{size},{encoder.finish()}\n")
         feats = [{"type": "Feature", "properties": {},
                   "geometry": {"type": "Polygon", "coordinates": [cv2.ellipse2Poly(
                       (int(cx), int(cy)), (int(rad), int(rad)), 0, 0, 360, 5).tolist()]}}
@@ -87,7 +102,8 @@ def make_data(workdir: Path, size: int, tile: int) -> dict:
         for f in feats:
             f["geometry"]["coordinates"][0].append(f["geometry"]["coordinates"][0][0])
         geojson.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
-    return {"image": str(image), "rle": str(csv_path), "polygon": str(geojson)}
+    return {"image": str(image), "pyramid": str(pyr), "rle": str(csv_path), "polygon": str(geojson),
+            "id": f"slide{size}"}
 
 
 def _peak_rss_mb() -> float:
@@ -102,7 +118,8 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB, macOS: bytes
 
 
-def measure(mode: str, image: str, label: str, fov: int, size: int, seconds: float, windows: int) -> dict:
+def measure(mode: str, image: str, label: str, image_id: str, fov: int, size: int, seconds: float,
+            windows: int) -> dict:
     """Runs in a child process; returns figures as a dict."""
     from segkit.data.windows import Window
 
@@ -134,7 +151,7 @@ def measure(mode: str, image: str, label: str, fov: int, size: int, seconds: flo
                 "peak_rss_mb": _peak_rss_mb(), "import_rss_mb": base_rss}
     t0 = time.perf_counter()
     raster = open_raster(image)
-    labels = open_labels(label, raster, image_id=Path(image).stem)
+    labels = open_labels(label, raster, image_id=image_id)
     open_s = time.perf_counter() - t0
     h, w = raster.height, raster.width
     n, fg, t_img, t_mask = 0, 0, 0.0, 0.0
@@ -156,8 +173,9 @@ def measure(mode: str, image: str, label: str, fov: int, size: int, seconds: flo
             "peak_rss_mb": _peak_rss_mb(), "import_rss_mb": base_rss}
 
 
-def _child(args, mode, image, label, windows) -> dict:
-    cmd = [sys.executable, __file__, "--_measure", mode, "--_image", image, "--_label", label,
+def _child(args, mode, data, image_key, label_key, windows) -> dict:
+    cmd = [sys.executable, __file__, "--_measure", mode, "--_image", data[image_key], "--_label", data[label_key],
+           "--_id", data["id"],
            "--fov", str(args.fov), "--size", str(args.size), "--seconds", str(args.seconds),
            "--_windows", str(windows)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -174,15 +192,18 @@ def main(argv=None) -> None:
     parser.add_argument("--size", type=int, default=256, help="network input size the window is resized to")
     parser.add_argument("--seconds", type=float, default=8.0, help="time per segkit measurement")
     parser.add_argument("--labels", nargs="+", default=["rle", "polygon"], choices=["rle", "polygon"])
-    parser.add_argument("--naive-windows", type=int, default=2, help="windows for the naive reader (0 skips it)")
+    parser.add_argument("--naive-windows", type=int, default=1, help="windows for the naive reader (0 skips it)")
+    parser.add_argument("--pyramid", action="store_true",
+                        help="also measure a copy with a half-size level (fov 512 -> 256 reads that level)")
     parser.add_argument("--_measure", help=argparse.SUPPRESS)
     parser.add_argument("--_image", help=argparse.SUPPRESS)
     parser.add_argument("--_label", help=argparse.SUPPRESS)
+    parser.add_argument("--_id", help=argparse.SUPPRESS)
     parser.add_argument("--_windows", type=int, default=10**9, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._measure:
-        print(json.dumps(measure(args._measure, args._image, args._label, args.fov, args.size, args.seconds,
-                                 args._windows)))
+        print(json.dumps(measure(args._measure, args._image, args._label, args._id, args.fov, args.size,
+                                 args.seconds, args._windows)))
         return
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
@@ -190,20 +211,26 @@ def main(argv=None) -> None:
         rows = []
         for size in args.sizes:
             t0 = time.perf_counter()
-            data = make_data(workdir, size, args.tile)
+            data = make_data(workdir, size, args.tile, pyramid=args.pyramid)
             mb = Path(data["image"]).stat().st_size / 2**20
             print(f"# {size}x{size}x3 tile {args.tile} deflate BigTIFF: {mb:.0f} MB on disk, "
                   f"ready in {time.perf_counter() - t0:.1f} s", flush=True)
-            for kind in args.labels:
-                res = _child(args, "segkit", data["image"], data[kind], 10**9)
-                rows.append((size, f"segkit window reads + {kind}", res))
-                print(f"  segkit + {kind}: {res['wps']:.1f} windows/s, peak RSS {res['peak_rss_mb']:.0f} MB",
-                      flush=True)
+            runs = [("image", kind, f"segkit window reads + {kind}") for kind in args.labels]
+            if args.pyramid:
+                runs += [("pyramid", kind, f"segkit + {kind}, pyramid level 1") for kind in args.labels[:1]]
+            for image_key, kind, name in runs:
+                res = _child(args, "segkit", data, image_key, kind, 10**9)
+                rows.append((size, name, res))
+                print(f"  {name}: {res['wps']:.1f} windows/s, peak RSS {res['peak_rss_mb']:.0f} MB", flush=True)
             if args.naive_windows:
-                res = _child(args, "naive", data["image"], data["rle"], args.naive_windows)
+                res = _child(args, "naive", data, "image", "rle", args.naive_windows)
                 rows.append((size, "naive: decode whole image + RLE, crop", res))
                 print(f"  naive: {res['wps']:.3f} windows/s, peak RSS {res['peak_rss_mb']:.0f} MB", flush=True)
         _table(rows, args)
+
+
+def _num(v: float) -> str:
+    return f"{v:.0f}" if v >= 100 else f"{v:.3g}"
 
 
 def _table(rows, args) -> None:
@@ -218,7 +245,8 @@ def _table(rows, args) -> None:
     for size, name, res in rows:
         ratio = f"{res['wps'] / naive[size]:.0f}x" if size in naive and not name.startswith("naive") else ""
         parts = f"{res['ms_image']:.1f}+{res['ms_label']:.1f}" if "ms_image" in res else ""
-        print(f"{size:>5}x{size:<5} | {name:<38} | {res['wps']:>9.3g} | {res['w_per_cpu_s']:>9.3g} | {parts:>10} | "
+        rate, cpu_rate = _num(res["wps"]), _num(res["w_per_cpu_s"])
+        print(f"{size:>5}x{size:<5} | {name:<38} | {rate:>9} | {cpu_rate:>9} | {parts:>10} | "
               f"{res['open_s']:>6.2f} | {res['peak_rss_mb']:>11.0f} | {ratio:>8}")
     print(f"(peak RSS includes ~{rows[0][2]['import_rss_mb']:.0f} MB after imports: python, numpy, cv2, tifffile; "
           "per CPU-s = windows per second of this process's CPU time, what a worker with a core to itself gets)")
