@@ -55,6 +55,7 @@ def test_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_0001.pt"]
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_truncated_foreign_and_missing_files_are_segkit_errors(tmp_path):
     good = ck.save_checkpoint(tmp_path / "epoch_0001.pt", {"model": _model().state_dict(), "epoch": 1})
     data = good.read_bytes()
@@ -88,10 +89,12 @@ def test_list_and_prune_keep_last_and_best(tmp_path):
     (tmp_path / "epoch_x.pt").write_bytes(b"x")
     assert [ck.checkpoint_epoch(p) for p in ck.list_checkpoints(tmp_path)] == [1, 2, 3, 4, 5, 10]
     assert ck.prune_checkpoints(tmp_path, None) == []
-    removed = ck.prune_checkpoints(tmp_path, keep_last=2, best_path=tmp_path / "epoch_0002.pt")
+    removed = ck.prune_checkpoints(tmp_path, keep_last=2, best_path={tmp_path / "epoch_0002.pt"})
     assert sorted(p.name for p in removed) == ["epoch_0001.pt", "epoch_0003.pt", "epoch_0004.pt"]
     assert [p.name for p in ck.list_checkpoints(tmp_path)] == ["epoch_0002.pt", "epoch_0005.pt", "epoch_0010.pt"]
     assert (tmp_path / "best.pt").exists() and (tmp_path / "epoch_x.pt").exists()
+    ck.prune_checkpoints(tmp_path, keep_last=1, best_path=str(tmp_path / "epoch_0005.pt"))
+    assert [p.name for p in ck.list_checkpoints(tmp_path)] == ["epoch_0005.pt", "epoch_0010.pt"]
     ck.prune_checkpoints(tmp_path, keep_last=0, keep={tmp_path / "epoch_0005.pt"})
     assert [p.name for p in ck.list_checkpoints(tmp_path)] == ["epoch_0005.pt"]
     assert ck.list_checkpoints(tmp_path / "missing") == []

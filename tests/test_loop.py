@@ -2,14 +2,16 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from segkit.errors import SegkitError
 from segkit.models.losses import create_loss
+from segkit.train.checkpoint import load_checkpoint, make_state, restore_state, save_checkpoint
 from segkit.train.ema import ModelEma
-from segkit.train.loop import evaluate, pick_device, train_one_epoch
+from segkit.train.loop import EarlyStopping, evaluate, pick_device, seed_everything, train_one_epoch
 from segkit.train.optim import create_optimizer, create_scheduler
 
 
@@ -186,3 +188,59 @@ def test_pick_device():
             pick_device("cuda")
     with pytest.raises(SegkitError, match="unknown device"):
         pick_device("tpu9")
+
+
+def _epoch_data(n=3):
+    # drawn from the global numpy RNG, so resume must restore it to get the same data
+    out = []
+    for _ in range(n):
+        image = torch.from_numpy(np.random.rand(2, 3, 8, 7).astype(np.float32))
+        out.append({"image": image, "mask": (image[:, 0] > 0.5).to(torch.uint8)})
+    return out
+
+
+def _parts():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Dropout2d(0.3), nn.Conv2d(8, 1, 1))
+    opt = create_optimizer("adamw", model.parameters(), lr=1e-2, weight_decay=1e-3)
+    sched = create_scheduler("cosine", opt, total_steps=9, warmup_steps=2)
+    return model, opt, sched, ModelEma(model, decay=0.9)
+
+
+def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):
+    loss = create_loss(["dice", "bce"], classes=1)
+    kw = dict(device="cpu", amp=False, progress=False)
+    seed_everything(7)
+    model, opt, sched, ema = _parts()
+    for _ in range(3):
+        train_one_epoch(model, _epoch_data(), loss, opt, scheduler=sched, ema=ema, **kw)
+    straight = {k: v.clone() for k, v in model.state_dict().items()}
+    straight_ema = {k: v.clone() for k, v in ema.module.state_dict().items()}
+
+    seed_everything(7)
+    model, opt, sched, ema = _parts()
+    train_one_epoch(model, _epoch_data(), loss, opt, scheduler=sched, ema=ema, **kw)
+    path = save_checkpoint(tmp_path / "epoch_0001.pt", make_state(1, model, opt, sched, None, ema, best=0.5))
+    seed_everything(999)  # "a new process": different RNG state, fresh objects
+    model, opt, sched, ema = _parts()
+    state = load_checkpoint(path)
+    assert restore_state(state, model, opt, sched, None, ema) == 1 and state["best"] == 0.5
+    for _ in range(2):
+        train_one_epoch(model, _epoch_data(), loss, opt, scheduler=sched, ema=ema, **kw)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, straight[k]), k
+    for k, v in ema.module.state_dict().items():
+        assert torch.equal(v, straight_ema[k]), k
+
+
+def test_early_stopping_patience_and_state():
+    stop = EarlyStopping(patience=2, mode="max", min_delta=0.01)
+    assert [stop.step(v) for v in (0.5, 0.6, 0.605, 0.59)] == [False, False, False, True]
+    assert stop.best == 0.6 and not stop.improved
+    again = EarlyStopping(patience=2)
+    again.load_state_dict(stop.state_dict())
+    assert again.best == 0.6 and again.bad_epochs == 2
+    low = EarlyStopping(patience=None, mode="min")
+    assert not any(low.step(v) for v in (3, 2, 5, 6, 7)) and low.best == 2
+    with pytest.raises(SegkitError, match="mode"):
+        EarlyStopping(3, mode="up")

@@ -80,3 +80,15 @@ def test_classification_metrics_match_hand_values():
     assert acc.macro_f1() == pytest.approx(np.mean(f1))
     # a class absent from both predictions and targets does not drag the macro mean down
     assert macro_f1(np.array([0, 1]), np.array([0, 1]), 5) == 1.0
+
+
+def test_add_with_image_ids_and_singleton_channel():
+    acc = DiceAccumulator()
+    m = np.zeros((3, 4), np.uint8)
+    m[1, 1:3] = 1
+    acc.add(m, m, image_id="a")
+    acc.add(m[None], m, image_id="b")  # (1,H,W) prediction against an (H,W) target
+    acc.add(np.zeros_like(m), m, image_id="c")
+    assert acc.per_image_by_id() == {"a": 1.0, "b": 1.0, "c": 0.0}
+    with pytest.raises(SegkitError, match="image ids"):
+        acc.update(np.stack([m, m]), np.stack([m, m]), image_ids=["x"])

@@ -100,11 +100,12 @@ def list_checkpoints(folder: str | Path) -> list[Path]:
     return sorted(found, key=checkpoint_epoch)
 
 
-def prune_checkpoints(folder: str | Path, keep_last: int | None, best_path: str | Path | None = None,
+def prune_checkpoints(folder: str | Path, keep_last: int | None, best_path=None,
                       *, keep: Iterable[str | Path] = ()) -> list[Path]:
     """Delete epoch checkpoints except the last ``keep_last``, ``best_path`` and anything in ``keep``.
 
-    ``keep_last=None`` keeps every file. Returns the deleted paths.
+    ``best_path`` may be one path or a collection of paths. ``keep_last=None`` keeps every
+    file. Returns the deleted paths.
     """
     if keep_last is None:
         return []
@@ -112,8 +113,10 @@ def prune_checkpoints(folder: str | Path, keep_last: int | None, best_path: str 
         raise SegkitError(f"checkpoints.keep_last: must be >= 0, got {keep_last}")
     files = list_checkpoints(folder)
     protected = {Path(p).resolve() for p in keep}
-    if best_path is not None:
+    if isinstance(best_path, (str, os.PathLike)):
         protected.add(Path(best_path).resolve())
+    elif best_path is not None:
+        protected.update(Path(p).resolve() for p in best_path)
     recent = set(files[len(files) - int(keep_last):]) if int(keep_last) > 0 else set()
     removed = []
     for p in files:
@@ -184,3 +187,36 @@ def set_rng_state(state: dict) -> None:
         cuda = state["cuda"]
         if len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda)
+
+
+def _unwrap(model):
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def make_state(epoch: int, model, optimizer=None, scheduler=None, scaler=None, ema=None, **extra) -> dict:
+    """The checkpoint dict for exact resume: weights, optimizer/scheduler/scaler/EMA state, RNG, epoch.
+
+    ``extra`` keys (metrics, best score, stage name, ...) must be plain data/tensors (weights_only).
+    """
+    state = {"epoch": int(epoch), "model": _unwrap(model).state_dict(), "rng": rng_state()}
+    for key, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler), ("ema", ema)):
+        if obj is not None:
+            state[key] = obj.state_dict()
+    state.update(extra)
+    return state
+
+
+def restore_state(state: dict, model, optimizer=None, scheduler=None, scaler=None, ema=None,
+                  rng: bool = True) -> int:
+    """Load what make_state saved into fresh objects; returns the saved epoch.
+
+    A piece passed here but absent from the checkpoint (e.g. a scaler when the run had no AMP)
+    is left as constructed. ``rng=False`` skips the RNG (e.g. fine-tuning from a parent run).
+    """
+    _unwrap(model).load_state_dict(state["model"])
+    for key, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler), ("ema", ema)):
+        if obj is not None and key in state:
+            obj.load_state_dict(state[key])
+    if rng and "rng" in state:
+        set_rng_state(state["rng"])
+    return int(state.get("epoch", 0))

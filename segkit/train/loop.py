@@ -36,6 +36,56 @@ def pick_device(name: str = "auto") -> torch.device:
         raise SegkitError(f"device: unknown device {name!r}; valid: auto, cpu, cuda, cuda:N") from None
 
 
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed python, numpy and torch (all devices); ``deterministic`` also asks torch for
+    deterministic kernels (warn-only: ops without one still run) and fixed cuDNN algorithms."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+class EarlyStopping:
+    """Stop when the monitored value has not improved by ``min_delta`` for ``patience`` epochs.
+
+    step(value) -> True when training should stop; ``improved`` tells whether the last value
+    was a new best (save the best checkpoint then). state_dict() goes into checkpoints for resume.
+    """
+
+    def __init__(self, patience: int | None, mode: str = "max", min_delta: float = 0.0):
+        if mode not in ("max", "min"):
+            raise SegkitError(f"early_stopping.mode: must be max or min, got {mode!r}")
+        self.patience, self.mode, self.min_delta = patience, mode, float(min_delta)
+        self.best: float | None = None
+        self.bad_epochs = 0
+        self.improved = False
+
+    def step(self, value: float) -> bool:
+        value = float(value)
+        if self.best is None:
+            self.improved = math.isfinite(value)
+        elif self.mode == "max":
+            self.improved = value > self.best + self.min_delta
+        else:
+            self.improved = value < self.best - self.min_delta
+        if self.improved:
+            self.best, self.bad_epochs = value, 0
+        else:
+            self.bad_epochs += 1
+        return self.patience is not None and self.bad_epochs >= int(self.patience)
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.bad_epochs = state["best"], int(state["bad_epochs"])
+
+
 def autocast(device: torch.device, amp: bool):
     """The autocast context for ``device``: bf16 on CPU, fp16 on CUDA; a no-op without amp."""
     device = torch.device(device)

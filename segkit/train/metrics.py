@@ -59,14 +59,24 @@ class DiceAccumulator:
             self.labels = list(range(0 if include_background else 1, self.classes))
         self.ignore_index = ignore_index
         self._rows: list[np.ndarray] = []  # each (L, 3): inter, pred, target
+        self.image_ids: list = []  # one per row; None where update() was not given ids
 
-    def update(self, pred, target) -> None:
+    def add(self, pred, target, image_id=None) -> None:
+        """Add one image (H,W) of class ids (or bool for binary) under ``image_id``."""
+        self.update(pred, target, image_ids=None if image_id is None else [image_id])
+
+    def update(self, pred, target, image_ids=None) -> None:
         """Add one image (H,W) or a batch (N,H,W) of class-id (or boolean for binary) maps."""
         p, t = _np(pred), _np(target)
+        if p.shape != t.shape and p.squeeze().shape == t.squeeze().shape and p.ndim != t.ndim:
+            p, t = p.reshape(max(p.shape, t.shape, key=len)), t.reshape(max(p.shape, t.shape, key=len))
         if p.shape != t.shape:
             raise SegkitError(f"DiceAccumulator: prediction {p.shape} and target {t.shape} differ")
         if p.ndim == 2:
             p, t = p[None], t[None]
+        ids = list(image_ids) if image_ids is not None else [None] * len(p)
+        if len(ids) != len(p):
+            raise SegkitError(f"DiceAccumulator: {len(ids)} image ids for {len(p)} images")
         n_bins = max(self.classes, 2)
         for pi, ti in zip(p, t):
             pi, ti = pi.reshape(-1).astype(np.int64), ti.reshape(-1).astype(np.int64)
@@ -80,11 +90,13 @@ class DiceAccumulator:
             conf = np.bincount(pi * n_bins + ti, minlength=n_bins * n_bins).reshape(n_bins, n_bins)
             rows = [(conf[c, c], conf[c].sum(), conf[:, c].sum()) for c in self.labels]
             self._rows.append(np.array(rows, dtype=np.int64))
+        self.image_ids.extend(ids)
 
-    def add_counts(self, counts: np.ndarray) -> None:
+    def add_counts(self, counts: np.ndarray, image_ids=None) -> None:
         """Append counts from counts() of another accumulator (e.g. gathered from other ranks)."""
-        for row in np.asarray(counts, dtype=np.int64).reshape(-1, len(self.labels), 3):
-            self._rows.append(row)
+        rows = np.asarray(counts, dtype=np.int64).reshape(-1, len(self.labels), 3)
+        self._rows.extend(rows)
+        self.image_ids.extend(list(image_ids) if image_ids is not None else [None] * len(rows))
 
     def counts(self) -> np.ndarray:
         """(images, labels, 3) int64: intersection, predicted pixels, target pixels."""
@@ -101,6 +113,10 @@ class DiceAccumulator:
     def per_image(self) -> np.ndarray:
         """(images,) Dice of each image, averaged over the scored classes."""
         return self._dice(self.counts()).mean(axis=1) if self._rows else np.zeros(0)
+
+    def per_image_by_id(self) -> dict:
+        """{image_id: Dice} (ids given to add()/update(); the row index where none was given)."""
+        return {(i if k is None else k): float(v) for i, (k, v) in enumerate(zip(self.image_ids, self.per_image()))}
 
     def per_class(self, reduce: str = "image") -> np.ndarray:
         """(labels,) Dice per scored class: mean over images ("image") or pooled pixels ("global")."""
