@@ -67,6 +67,8 @@ def test_tiled_crf_one_tile_equals_dense_and_small_tiles_still_sharpen():
     tiled = tiled_crf(image, probs, tile=20, overlap=8)  # 3 x 4 cores, not dividing the image
     assert tiled.shape == probs.shape and np.isfinite(tiled).all()
     assert _errors(tiled, truth) < _errors(probs, truth) / 10
+    half = tiled_crf(image, probs, tile=32, overlap=8, downscale=2)  # solved at 1/2 resolution
+    assert half.shape == probs.shape and _errors(half, truth) < _errors(probs, truth) / 5
     rows = tiled_crf(image, probs, tile=20, overlap=8, rows=(20, 40))  # same cores as rows 20..40 above
     np.testing.assert_array_equal(rows, tiled[:, 20:40])
 
