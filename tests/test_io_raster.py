@@ -289,3 +289,16 @@ def test_geotiff_overviews_are_pyramid_levels(tmp_path):
     np.testing.assert_array_equal(raster.read(Window(40, 60, 200, 240), out_size=(100, 120)),
                                   level1[20:120, 30:150])
     np.testing.assert_array_equal(raster.read(Window(0, 0, 50, 50)), img[:50, :50])
+
+
+def test_threads_share_one_raster(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    img = _image()
+    tifffile.imwrite(tmp_path / "a.tif", img, tile=(32, 32), compression="zlib")
+    raster = open_raster(tmp_path / "a.tif")
+    windows = [Window(r, c, 45, 61) for r in range(-20, H, 40) for c in range(-20, W, 55)]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(raster.read, windows))
+    for window, tile in zip(windows, got):
+        np.testing.assert_array_equal(tile, _expected(img, window))

@@ -30,26 +30,31 @@ def has_geotiff_tags(tif: tifffile.TiffFile) -> bool:
 
 
 class _SegmentCache:
-    """Byte-bounded LRU of decoded segments."""
+    """Byte-bounded LRU of decoded segments (thread-safe: inference may read from threads)."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes, self.nbytes = max_bytes, 0
         self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
 
     def get(self, key):
-        item = self._items.get(key)
-        if item is not None:
-            self._items.move_to_end(key)
-        return item
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+            return item
 
     def put(self, key, value: np.ndarray) -> None:
         if value.nbytes > self.max_bytes // 4:
             return  # huge strips would evict everything else
-        self._items[key] = value
-        self.nbytes += value.nbytes
-        while self.nbytes > self.max_bytes:
-            _, old = self._items.popitem(last=False)
-            self.nbytes -= old.nbytes
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = value
+            self.nbytes += value.nbytes
+            while self.nbytes > self.max_bytes:
+                _, old = self._items.popitem(last=False)
+                self.nbytes -= old.nbytes
 
 
 class _DirectLevel:
