@@ -244,3 +244,15 @@ def test_early_stopping_patience_and_state():
     assert not any(low.step(v) for v in (3, 2, 5, 6, 7)) and low.best == 2
     with pytest.raises(SegkitError, match="mode"):
         EarlyStopping(3, mode="up")
+
+
+def test_grad_scaler_path_with_clipping_matches_unscaled():
+    # the CUDA fp16 path's scaler logic (scale, unscale_ before clipping, step, update) on a CPU scaler
+    batch = _batch()
+    plain, scaled = _net(), _net()
+    _run(plain, [batch] * 2, torch.optim.SGD(plain.parameters(), lr=0.1), clip=0.05)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    _run(scaled, [batch] * 2, torch.optim.SGD(scaled.parameters(), lr=0.1), clip=0.05, scaler=scaler)
+    for a, b in zip(plain.parameters(), scaled.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert scaler.get_scale() == 2.0**10  # no overflow: scale unchanged, state ready for checkpoints
