@@ -286,3 +286,19 @@ def test_strip_pipeline_equals_full_image(tmp_path):
     for f in features:  # mean probability of the pixels under each polygon
         inside = rasterize([shape(f["geometry"])], out_shape=(h, w)).astype(bool) & (full == 1)
         assert f["properties"]["mean_prob"] == pytest.approx(float(probs[0][inside].mean()), abs=1e-5)
+
+
+def test_tiff_strip_writer_overviews(tmp_path):
+    h, w = 70, 90
+    mask = (np.arange(h * w).reshape(h, w) % 5).astype(np.uint8)
+    out = tmp_path / "ov.tif"
+    with TiffStripWriter(out, h, w, tile=16, overviews="nearest") as writer:
+        for _, strip in _strips(mask, [9]):
+            writer.write(strip)
+    with tifffile.TiffFile(out) as tif:
+        levels = tif.series[0].levels
+        assert [lv.shape for lv in levels] == [(70, 90), (35, 45), (18, 23), (9, 12)]
+        np.testing.assert_array_equal(levels[0].asarray(), mask)
+        np.testing.assert_array_equal(levels[1].asarray(), mask[::2, ::2])
+        assert all(p.is_tiled and p.compression.name == "ADOBE_DEFLATE" for p in tif.pages)
+    assert _leftovers(tmp_path) == ["ov.tif"]

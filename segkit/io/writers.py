@@ -203,10 +203,13 @@ class TiffStripWriter:
 
     ``write(strip)`` takes ``(h, W)`` or ``(C, h, W)`` strips in row order. A float strip given
     to a uint8 writer is taken as probabilities and scaled 0..255 (the ``--probs`` output).
+    ``overviews="nearest"`` (or "average", ...) adds internal 2x, 4x, ... overviews at close,
+    built by GDAL from the file (bounded memory), so huge outputs open quickly in viewers.
     """
 
     def __init__(self, path, height: int, width: int, channels: int = 1, dtype="uint8", *, crs=None,
-                 transform=None, tile: int = 256, compression: str = "deflate", overwrite: bool = False):
+                 transform=None, tile: int = 256, compression: str = "deflate", overwrite: bool = False,
+                 overviews: str | None = None):
         import rasterio
         from rasterio.errors import NotGeoreferencedWarning
 
@@ -215,6 +218,8 @@ class TiffStripWriter:
         self.height, self.width, self.channels = int(height), int(width), int(channels)
         self.dtype = np.dtype(dtype)
         self.tile = int(tile)
+        self.overviews = overviews  # None, or a GDAL resampling name: "nearest" (masks), "average" (probs)
+        self.compression = compression
         self._atomic = AtomicFile(path, overwrite)
         profile = dict(driver="GTiff", height=self.height, width=self.width, count=self.channels,
                        dtype=self.dtype.name, tiled=True, blockxsize=self.tile, blockysize=self.tile,
@@ -279,9 +284,28 @@ class TiffStripWriter:
         if self.rows_received != self.height:
             self.abort()
             raise ValueError(f"{self._atomic.path}: closed after {self.rows_received} of {self.height} rows")
-        self._flush(final=True)
-        self._ds.close()
+        try:
+            self._flush(final=True)
+            if self.overviews:
+                self._build_overviews()
+            self._ds.close()
+        except BaseException:
+            self.abort()
+            raise
         return self._atomic.commit()
+
+    def _build_overviews(self) -> None:
+        import rasterio
+        from rasterio.enums import Resampling
+
+        factors, f = [], 2
+        while max(self.height, self.width) / f >= self.tile // 2:
+            factors.append(f)
+            f *= 2
+        if factors:
+            with rasterio.Env(COMPRESS_OVERVIEW=self.compression.upper()):
+                self._ds.build_overviews(factors, Resampling[self.overviews])
+            self._ds.update_tags(ns="rio_overview", resampling=self.overviews)
 
     def abort(self) -> None:
         try:
