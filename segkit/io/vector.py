@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator
-
 import cv2
 import numpy as np
 
@@ -297,8 +295,3 @@ class PolygonStripWriter:
         else:
             self.abort()
 
-
-def iter_features(path) -> Iterator[dict]:
-    """Features of a GeoJSON file written by PolygonStripWriter (small helper for tests/tools)."""
-    with open(path) as fh:
-        yield from json.load(fh)["features"]
