@@ -102,7 +102,10 @@ def _clip_region(height: int, width: int, region: Window | None) -> Window:
 
 
 def _read_batch(raster, windows: list[Window], size: int, fov_px: int, preprocess) -> np.ndarray:
-    """(N, C, size, size) float32 from raw reads (runs on the reader thread)."""
+    """(N, size, size, C) float32 from raw reads (runs on the reader thread).
+
+    NHWC is channels_last memory already: the tensor is a permuted view, no copy.
+    """
     out_size = None if size == fov_px else (size, size)
     tiles = []
     for w in windows:
@@ -113,7 +116,7 @@ def _read_batch(raster, windows: list[Window], size: int, fov_px: int, preproces
             raise SegkitError(f"{getattr(raster, 'path', 'raster')}: tile {tuple(w)} read as {img.shape}, "
                               f"expected ({size}, {size}, C)")
         tiles.append(img)
-    return np.ascontiguousarray(np.stack(tiles).transpose(0, 3, 1, 2), dtype=np.float32)
+    return np.stack(tiles).astype(np.float32, copy=False)
 
 
 def _has_tissue(w: Window, mask: np.ndarray, scale: float) -> bool:
@@ -202,7 +205,7 @@ def predict_strips(
             arr = nxt.result()
             if i + 1 < len(batches):  # read the next batch while the models run on this one
                 nxt = pool.submit(_read_batch, raster, reads[i + 1], size, fov_px, preprocess)
-            x = torch.from_numpy(arr).to(device).contiguous(memory_format=torch.channels_last)
+            x = torch.from_numpy(arr).permute(0, 3, 1, 2).to(device).contiguous(memory_format=torch.channels_last)
             probs = predict_batch(models, x, tta, activation=activation, amp=amp, average=average)
             probs = probs.cpu().numpy()
             if acc is None:
