@@ -257,3 +257,21 @@ def test_bad_polygons(tmp_path, data):
         open_labels(tmp_path / "broken.json", image)
     with pytest.raises(SegkitError, match=r"missing\.png"):
         open_labels(tmp_path / "missing.png", image)
+
+
+def test_rle_csv_quoting_bom_and_edits(tmp_path, data):
+    folder, m = data
+    image = open_raster(folder / "slide.tif")
+    text = rle.encode(m)
+    # BOM, quoted ids, a quoted multi-line note in another column (forces the plain csv scan)
+    (tmp_path / "q.csv").write_text(f'\ufeffid,encoding,note\n"slide","{text}",x\nb,1 2,"two\nlines"\n',
+                                    encoding="utf-8")
+    np.testing.assert_array_equal(open_labels(tmp_path / "q.csv", image).read(Window(0, 0, H, W)), m)
+    (tmp_path / "q.csv").write_text(f'id,rle\n"slide",{text}\n')
+    np.testing.assert_array_equal(open_labels(tmp_path / "q.csv", image).read(Window(0, 0, H, W)), m)
+    # the per-process row index notices an edited file
+    (tmp_path / "q.csv").write_text("id,rle\nslide,1 3\n")
+    assert open_labels(tmp_path / "q.csv", image).read(Window(0, 0, 4, 1))[:, 0].tolist() == [1, 1, 1, 0]
+    # the image file name works as id too
+    (tmp_path / "n.csv").write_text("id,rle\nslide.tif,1 2\n")
+    assert open_labels(tmp_path / "n.csv", image).read(Window(0, 0, 3, 1))[:, 0].tolist() == [1, 1, 0]

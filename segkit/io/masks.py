@@ -16,21 +16,19 @@ small objects survive in the low-resolution grid the sampler uses for foreground
 
 from __future__ import annotations
 
-import csv
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from segkit.data.windows import Window
 from segkit.errors import SegkitError
+from segkit.io._rlecsv import rle_fields
 from segkit.io._runs import LineIntervals, parse_pairs
 from segkit.io._window import block_edges, read_padded, resize_nearest, thumb_shape
 from segkit.io.raster import Raster, open_raster
 
 RLE_SUFFIXES = {".csv"}
 POLYGON_SUFFIXES = {".geojson", ".json"}
-RLE_COLUMNS = ("rle", "encoding", "encodedpixels", "predicted", "annotation", "mask")
 STRIP_PIXELS = 32 * 2**20  # label pixels rasterized at once when building a thumbnail
 
 
@@ -173,29 +171,17 @@ class RleLabels(LabelSource):
         self.runs = LineIntervals(starts, ends, lines, line_len)
 
     def _load(self) -> tuple[np.ndarray, np.ndarray]:
-        csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a whole-slide RLE is megabytes long
-        found, values = False, []
-        with open(self.path, newline="") as fh:
-            reader = csv.reader(fh)
-            header = next(reader, None)
-            if not header:
-                raise SegkitError(f"{self.path}: empty CSV; expected columns id,<rle>")
-            names = [h.strip().lower() for h in header]
-            id_col = names.index("id") if "id" in names else 0
-            rle_col = next((names.index(c) for c in RLE_COLUMNS if c in names), 1 if id_col == 0 else 0)
-            if len(header) < 2:
-                raise SegkitError(f"{self.path}: expected columns id,<rle>; got {header}")
-            for line_no, row in enumerate(reader, start=2):
-                if len(row) > max(id_col, rle_col) and row[id_col].strip() in self._ids:
-                    found = True
-                    try:
-                        values.append(parse_pairs(row[rle_col]))
-                    except (ValueError, OverflowError):
-                        raise SegkitError(f"{self.path}: line {line_no} (id {self.image_id}): RLE has a "
-                                          "value that is not an integer") from None
-                    if values[-1].size % 2:
-                        raise SegkitError(f"{self.path}: line {line_no} (id {self.image_id}): odd number of "
-                                          f"RLE values ({values[-1].size}); expected 'start length' pairs")
+        rows = rle_fields(self.path, self._ids)
+        found, values = bool(rows), []
+        for line_no, text in rows:
+            try:
+                values.append(parse_pairs(text))
+            except (ValueError, OverflowError):
+                raise SegkitError(f"{self.path}: line {line_no} (id {self.image_id}): RLE has a "
+                                  "value that is not an integer") from None
+            if values[-1].size % 2:
+                raise SegkitError(f"{self.path}: line {line_no} (id {self.image_id}): odd number of "
+                                  f"RLE values ({values[-1].size}); expected 'start length' pairs")
         if not found:
             raise SegkitError(f"{self.path}: no row with id {self.image_id!r} (image {self.image_path})")
         pairs = np.concatenate(values) if values else np.zeros(0, np.int64)
