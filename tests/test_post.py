@@ -36,6 +36,9 @@ def test_threshold_softmax_with_background_channel():
         [0.1, 0.2, 0.5, 0.8],
     ], np.float32)[:, None, :]
     np.testing.assert_array_equal(threshold(p, 0.5), [[0, 1, 2, 2]])
+    p_low = np.array([[0.3], [0.35], [0.35 + 1e-3]], np.float32)[:, None, :]  # argmax 0.351 < 0.5
+    np.testing.assert_array_equal(threshold(p_low), [[2]])  # default for softmax: plain argmax
+    np.testing.assert_array_equal(threshold(p_low, 0.5), [[0]])
     np.testing.assert_array_equal(threshold(p, [0.5, 0.6]), [[0, 1, 0, 2]])
     np.testing.assert_array_equal(threshold(p, [0.0, 0.7, 0.6]), [[0, 0, 0, 2]])  # C values: first ignored
     with pytest.raises(ValueError, match="4 thresholds for 2 foreground classes"):
@@ -48,6 +51,7 @@ def test_threshold_multilabel_without_background():
         [0.2, 0.6, 0.7, 0.3],
     ], np.float32)[:, None, :]
     np.testing.assert_array_equal(threshold(p, 0.5, background_channel=False), [[1, 2, 2, 0]])
+    np.testing.assert_array_equal(threshold(p, background_channel=False), [[1, 2, 2, 0]])  # default 0.5
     np.testing.assert_array_equal(threshold(p, [0.5, 0.65], background_channel=False), [[1, 0, 2, 0]])
 
 

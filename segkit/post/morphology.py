@@ -21,7 +21,7 @@ import numpy as np
 __all__ = ["threshold", "remove_small_objects", "fill_holes", "StripPostProcessor"]
 
 
-def threshold(probs: np.ndarray, thresholds: float | Sequence[float] = 0.5, *,
+def threshold(probs: np.ndarray, thresholds: float | Sequence[float] | None = None, *,
               background_channel: bool = True) -> np.ndarray:
     """Class-id mask (uint8, (h, w)) from probabilities (C, h, w).
 
@@ -34,12 +34,15 @@ def threshold(probs: np.ndarray, thresholds: float | Sequence[float] = 0.5, *,
 
     ``thresholds`` is one float or one value per foreground class (C - 1 values with a
     background channel, else C; a list of C values is also taken with the background's ignored).
+    None (default): 0.5 for sigmoid outputs, plain argmax (threshold 0) for softmax ones.
     """
     probs = np.asarray(probs)
     if probs.ndim != 3:
         raise ValueError(f"threshold: expected probs (C, h, w), got shape {probs.shape}")
     n = probs.shape[0]
     fg = n - 1 if (n > 1 and background_channel) else n
+    if thresholds is None:
+        thresholds = 0.0 if (n > 1 and background_channel) else 0.5
     thr = np.asarray(thresholds, dtype=np.float32).ravel()
     if thr.size == 1:
         thr = np.repeat(thr, fg)
