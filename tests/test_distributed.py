@@ -57,7 +57,12 @@ def _free_port():
 
 
 def test_two_process_gloo_ranks_end_identical(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    # fork: the workers skip re-importing torch (they set 1 thread first, as DataLoader workers do);
+    # DDP's constructor imports torch._dynamo (seconds): import it once here, before forking
+    import torch._dynamo  # noqa: F401
+
+    mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True,
+                       start_method="fork" if "fork" in mp.get_all_start_methods() else "spawn")
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD))
     for k in r0["state"]:
         assert torch.equal(r0["state"][k], r1["state"][k]), k
