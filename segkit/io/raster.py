@@ -26,9 +26,9 @@ TIFF_SUFFIXES = {".tif", ".tiff", ".btf", ".tf8", ".tf2", ".svs", ".ndpi", ".scn
 OPENCV_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 # GDAL's block cache: big enough for the blocks of a few windows and their neighbours, small
 # enough that a DataLoader worker stays bounded (GDAL's default is 5% of RAM per process).
-# Set as an environment default (GDAL reads it on first use; a user's own setting wins) rather
-# than through rasterio.Env around each read, which costs ~4 ms per window.
-GDAL_CACHE_MB = "128"
+# Lowered process-wide once (a user's GDAL_CACHEMAX environment variable wins) rather than set
+# by rasterio.Env around each read, which costs ~4 ms per window and is undone on exit.
+GDAL_CACHE_BYTES = 128 * 2**20
 GDAL_OPEN_OPTIONS = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}  # no directory listing per open
 # decoded bytes one read may hold before a downsampling read is done in strips
 STRIP_BYTES = 64 * 2**20
@@ -189,9 +189,9 @@ class _RasterioBackend:
     name = "rasterio"
 
     def __init__(self, path: Path):
-        os.environ.setdefault("GDAL_CACHEMAX", GDAL_CACHE_MB)
         import rasterio
 
+        _limit_gdal_cache()
         self._rasterio, self.path = rasterio, path
         with rasterio.Env(**GDAL_OPEN_OPTIONS):
             ds = rasterio.open(path)
@@ -225,6 +225,18 @@ class _RasterioBackend:
         for ds in self._datasets.values():
             ds.close()
         self._datasets.clear()
+
+
+def _limit_gdal_cache() -> None:
+    if "GDAL_CACHEMAX" in os.environ:
+        return
+    try:  # rasterio's setter calls GDALSetCacheMax64 (bytes); there is no public one
+        from rasterio._env import get_gdal_config, set_gdal_config
+
+        if int(get_gdal_config("GDAL_CACHEMAX") or 0) > GDAL_CACHE_BYTES:
+            set_gdal_config("GDAL_CACHEMAX", GDAL_CACHE_BYTES)
+    except (ImportError, TypeError, ValueError):
+        pass
 
 
 class _OpenCVBackend:
