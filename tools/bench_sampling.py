@@ -133,7 +133,6 @@ def measure(mode: str, image: str, label: str, image_id: str, fov: int, size: in
     rng = np.random.default_rng(0)
     base_rss = _peak_rss_mb()  # interpreter + numpy + cv2 + tifffile + rasterio + segkit
     if mode == "naive":
-
         rle_text = Path(label).read_text().splitlines()[1].split(",", 1)[1]
         t0, cpu0, n = time.perf_counter(), time.process_time(), 0
         while n < windows:
@@ -152,6 +151,14 @@ def measure(mode: str, image: str, label: str, image_id: str, fov: int, size: in
     t0 = time.perf_counter()
     raster = open_raster(image)
     labels = open_labels(label, raster, image_id=image_id)
+    if mode == "zarr":  # the same windows through tifffile's zarr store (what segkit's fast path replaces)
+        import zarr
+
+        level0 = zarr.open(tifffile.imread(image, aszarr=True), mode="r")
+        read_image = lambda win: cv2.resize(np.asarray(level0[win.row:win.bottom, win.col:win.right]),  # noqa: E731
+                                            (size, size), interpolation=cv2.INTER_AREA)
+    else:
+        read_image = lambda win: raster.read(win, out_size=(size, size))  # noqa: E731
     open_s = time.perf_counter() - t0
     h, w = raster.height, raster.width
     n, fg, t_img, t_mask = 0, 0, 0.0, 0.0
@@ -160,7 +167,7 @@ def measure(mode: str, image: str, label: str, image_id: str, fov: int, size: in
         r, c = (int(v) for v in rng.integers(0, max(1, h - fov), 2))
         win = Window(r, c, fov, fov)
         t1 = time.perf_counter()
-        img = raster.read(win, out_size=(size, size))
+        img = read_image(win)
         t2 = time.perf_counter()
         mask = labels.read(win, out_size=(size, size))
         t_img, t_mask = t_img + t2 - t1, t_mask + time.perf_counter() - t2
@@ -195,6 +202,8 @@ def main(argv=None) -> None:
     parser.add_argument("--naive-windows", type=int, default=1, help="windows for the naive reader (0 skips it)")
     parser.add_argument("--pyramid", action="store_true",
                         help="also measure a copy with a half-size level (fov 512 -> 256 reads that level)")
+    parser.add_argument("--no-zarr", dest="zarr", action="store_false",
+                        help="skip the row reading the image through tifffile's zarr store")
     parser.add_argument("--_measure", help=argparse.SUPPRESS)
     parser.add_argument("--_image", help=argparse.SUPPRESS)
     parser.add_argument("--_label", help=argparse.SUPPRESS)
@@ -216,10 +225,13 @@ def main(argv=None) -> None:
             print(f"# {size}x{size}x3 tile {args.tile} deflate BigTIFF: {mb:.0f} MB on disk, "
                   f"ready in {time.perf_counter() - t0:.1f} s", flush=True)
             runs = [("image", kind, f"segkit window reads + {kind}") for kind in args.labels]
+            runs = [("segkit", *run) for run in runs]
             if args.pyramid:
-                runs += [("pyramid", kind, f"segkit + {kind}, pyramid level 1") for kind in args.labels[:1]]
-            for image_key, kind, name in runs:
-                res = _child(args, "segkit", data, image_key, kind, 10**9)
+                runs += [("segkit", "pyramid", kind, f"segkit + {kind}, pyramid level 1") for kind in args.labels[:1]]
+            if args.zarr:
+                runs += [("zarr", "image", kind, f"zarr store (aszarr) + {kind}") for kind in args.labels[:1]]
+            for mode, image_key, kind, name in runs:
+                res = _child(args, mode, data, image_key, kind, 10**9)
                 rows.append((size, name, res))
                 print(f"  {name}: {res['wps']:.1f} windows/s, peak RSS {res['peak_rss_mb']:.0f} MB", flush=True)
             if args.naive_windows:
