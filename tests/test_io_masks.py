@@ -252,6 +252,10 @@ def test_bad_polygons(tmp_path, data):
         open_labels(tmp_path / "bogus.geojson", _geotiff(tmp_path / "geo.tif"))
     with pytest.raises(SegkitError, match=r"bogus\.geojson.*no CRS"):
         open_labels(tmp_path / "bogus.geojson", image)  # CRS polygons on a plain TIFF
+    (tmp_path / "odd.json").write_text(json.dumps([{"type": "Feature", "properties": {},
+                                                     "geometry": {"type": "Polygon", "coordinates": [[1, 2]]}}]))
+    with pytest.raises(SegkitError, match=r"odd\.json.*malformed"):
+        open_labels(tmp_path / "odd.json", image)
     (tmp_path / "broken.json").write_text("{not json")
     with pytest.raises(SegkitError, match=r"broken\.json"):
         open_labels(tmp_path / "broken.json", image)

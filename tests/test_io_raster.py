@@ -1,5 +1,6 @@
 """open_raster: every backend and layout gives the same pixels, padding, pyramid levels, errors."""
 
+import os
 import pickle
 
 import cv2
@@ -137,6 +138,10 @@ def test_geotiff_carries_crs_transform_and_nodata(tmp_path):
     assert raster.crs.to_epsg() == 32633
     assert raster.transform == from_origin(500000, 4600000, 0.5, 0.5)
     assert raster.nodata == 7
+    if "GDAL_CACHEMAX" not in os.environ:  # random reads: a bounded block cache, not 5% of RAM
+        from rasterio._env import get_gdal_config
+
+        assert int(get_gdal_config("GDAL_CACHEMAX")) <= raster_mod.GDAL_CACHE_BYTES
     assert open_raster(tmp_path / "g.tif").read(Window(0, 0, 5, 5)).shape == (5, 5, 3)
 
 

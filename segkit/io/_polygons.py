@@ -50,7 +50,12 @@ class PolygonLabels(LabelSource):
         if self.geoms:
             from shapely.geometry import shape
 
-            shapes = [shape(g) for g in self.geoms]
+            shapes = []
+            for i, g in enumerate(self.geoms):
+                try:
+                    shapes.append(shape(g))
+                except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+                    raise SegkitError(f"{self.path}: polygon {i} is malformed ({exc})") from None
             self.bounds = np.array([s.bounds for s in shapes], dtype=np.float64).reshape(-1, 4)
             inside = ((self.bounds[:, 2] > 0) & (self.bounds[:, 0] < self.width)
                       & (self.bounds[:, 3] > 0) & (self.bounds[:, 1] < self.height))
