@@ -170,7 +170,10 @@ def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer, *, scheduler=N
         pending += 1
         batches += 1
         last_in_group = pending == accumulate or (n_batches is not None and batches == n_batches)
-        sync = contextlib.nullcontext() if (last_in_group or not is_ddp) else model.no_sync()
+        # skip DDP's gradient all-reduce inside a group; only when the loader has a length, since
+        # otherwise a short final group would step on gradients that were never synchronised
+        defer = is_ddp and not last_in_group and n_batches is not None
+        sync = model.no_sync() if defer else contextlib.nullcontext()
         with sync:
             with autocast(device, amp):
                 logits = model(x)
