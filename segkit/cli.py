@@ -1,0 +1,193 @@
+"""The `segkit` command: thin flags -> Config -> one library call per command."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import click
+
+from segkit import __version__
+from segkit.config import TASKS, Config, load_config
+from segkit.errors import SegkitError
+
+CONFIG_HELP = "YAML config; every key is listed with a comment in configs/default.yaml."
+SET_HELP = "Override one config key, e.g. --set train.lr=3e-4 (repeatable; value parsed as YAML)."
+
+
+class SegkitGroup(click.Group):
+    """Expected mistakes (SegkitError) become one `Error: ...` line and exit code 1, no traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except SegkitError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted; outputs not written, checkpoints kept", err=True)
+            sys.exit(130)
+
+
+def config_options(function):
+    """--config, --set and --task, shared by every command that builds a Config."""
+    function = click.option("--task", type=click.Choice(TASKS), default=None,
+                            help="seg: segmentation masks; cls: one class per image/tile. Default: config's task (seg).")(function)
+    function = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)(function)
+    function = click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help=CONFIG_HELP)(function)
+    return function
+
+
+def build_config(config_path, overrides, task=None, **shortcuts) -> Config:
+    """Config file <- --set <- dedicated flags (a flag given explicitly wins)."""
+    extra = [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
+    if task is not None:
+        extra.append(f"task={task}")
+    return load_config(config_path, list(overrides) + extra)
+
+
+@click.group(cls=SegkitGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="segkit")
+def cli():
+    """segkit: segment very large images the way competition winners do.
+
+    \b
+    Progressive training and stitched inference in three commands:
+      segkit train --size 256      random windows, low-resolution stage
+      segkit finetune --size 512   same field of view at full resolution, from the 256 run
+      segkit infer --rle sub.csv   overlapping tiles, blended, TTA + checkpoint ensemble
+    Each run lives in runs/NAME/ (config.yaml, metrics.jsonl, checkpoints/, plots/).
+    """
+
+
+@cli.command()
+@config_options
+@click.option("--size", type=int, default=None, help="Pixels the network sees (windows are resampled fov -> size).")
+@click.option("--fov", "fov_px", type=int, default=None,
+              help="Source pixels a window covers (default: --size, i.e. full resolution).")
+@click.option("--epochs", type=int, default=None, help="Epochs of this stage.")
+@click.option("--name", default=None, help="Run directory name under runs/ (default train-<timestamp>).")
+@click.option("--fold", "val_fold", type=int, default=None, help="Validation fold K (others train).")
+@click.option("--subset", type=float, default=None, help="Fraction of the windows per epoch to use (fast experiments).")
+@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N.")
+@click.option("--resume", "resume_run", default=None, metavar="RUN",
+              help="Continue an interrupted run (name or path) from its last checkpoint; other options are ignored.")
+def train(config_path, overrides, task, size, fov_px, epochs, name, val_fold, subset, device, resume_run):
+    """Train a model on random windows cut from large images.
+
+    Windows are drawn at a fresh random position every time (biased toward labelled objects),
+    read window by window and resampled from --fov source pixels to --size network pixels.
+    Every epoch is validated on the held-out fold with the same tiled predictor `infer` uses,
+    and checkpointed atomically in runs/NAME/checkpoints/.
+    """
+    from segkit.train.fit import fit
+    from segkit.train.rundir import resolve_run
+
+    config = build_config(
+        config_path, overrides, task, **{
+            "data.size": size, "data.fov_px": fov_px, "train.epochs": epochs, "run.name": name,
+            "data.val_fold": val_fold, "train.subset": subset, "run.device": device,
+        }
+    )
+    if resume_run is not None:
+        fit(config, resume=resolve_run(resume_run, Path(config.run.runs_dir)))
+    else:
+        fit(config, command="train")
+
+
+@cli.command()
+@click.option("--from", "parent_run", default=None, metavar="RUN",
+              help="Run to start from (name or path); default the newest train run in runs/.")
+@click.option("--size", type=int, required=True, help="New network size; the field of view stays the parent's.")
+@click.option("--epochs", type=int, default=None, help="Epochs of this stage (default: the parent's).")
+@click.option("--lr", type=float, default=None, help="Learning rate (default: the parent's).")
+@click.option("--name", default=None, help="Run directory name (default finetune-<timestamp>).")
+@click.option("--runs-dir", default="runs", show_default=True, help="Where runs live.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+def finetune(parent_run, size, epochs, lr, name, runs_dir, overrides):
+    """Continue a run at a new network size over the same field of view.
+
+    The progressive schedule: `train --size 256` reads fov-pixel windows downscaled to 256;
+    `finetune --size 512` reads the same windows at 512, starting from the parent's best
+    checkpoint with its channel spec and normalization. The new run records its parent.
+    """
+    from segkit.train.fit import fit
+    from segkit.train.rundir import resolve_run
+
+    parent = resolve_run(parent_run, Path(runs_dir), commands=("train", "finetune"))
+    base = load_config(parent / "config.yaml")
+    extra = [f"data.size={size}", "run.name=null"]
+    extra += [f"{key}={value}" for key, value in (("train.epochs", epochs), ("train.lr", lr), ("run.name", name)) if value is not None]
+    config = load_config(None, list(overrides) + extra, base=base)
+    if config.data.fov_px != base.data.fov_px:
+        raise SegkitError(f"finetune keeps the parent's field of view ({base.data.fov_px} px); do not change data.fov_px")
+    fit(config, command="finetune", parent=parent)
+
+
+@cli.command()
+@click.argument("images", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--run", "runs", multiple=True, metavar="RUN",
+              help="Run(s) to predict with (repeatable: several runs are averaged). Default: the newest run.")
+@click.option("--runs-dir", default="runs", show_default=True, help="Where runs live.")
+@click.option("--epochs", default=None,
+              help="Checkpoints averaged per run: last:K, best, all or a list like 8,9,10. Default: infer.epochs (last:3).")
+@click.option("--soup", is_flag=True, help="Average the checkpoints' weights into one model instead of their predictions.")
+@click.option("--tta", default=None,
+              help="Test-time augmentation: none, hflip (original 0.6 + hflip 0.4), flips, d4, or view:weight,... "
+                   "Default: infer.tta (hflip).")
+@click.option("--rle", "rle_path", type=click.Path(dir_okay=False), default=None,
+              help="Write a Kaggle CSV `id,rle`: 'start length' pairs, column-major (top to bottom, then left to "
+                   "right), 1-indexed, as in HuBMAP. infer.rle_order=C switches to row-major.")
+@click.option("--polygons", default=None, help="Write GeoJSON polygons (CRS coordinates when the image has one). "
+                                                 "With several images, put {id} in the path.")
+@click.option("--mask", default=None, help="Write a tiled, compressed class-id mask TIFF ({id} for several images).")
+@click.option("--probs", default=None, help="Write probabilities as a tiled uint8 TIFF (0..255; {id} for several images).")
+@click.option("--crf", is_flag=True, help="Dense-CRF post-processing (needs the crf extra: pip install 'segkit[crf]').")
+@click.option("--threshold", type=float, default=None, help="Probability threshold. Default: infer.threshold (0.5).")
+@click.option("--overlap", "overlap_px", type=int, default=None, help="Tile overlap in source pixels. Default: infer.overlap_px.")
+@click.option("--batch-size", type=int, default=None, help="Tiles per forward pass.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override infer.* keys of the run's config.")
+def infer(images, runs, runs_dir, epochs, soup, tta, rle_path, polygons, mask, probs, crf, threshold, overlap_px,
+          batch_size, device, overwrite, overrides):
+    """Predict large images tile by tile and write RLE, polygons or TIFFs.
+
+    Tiles overlap and are blended with gaussian weights in row strips, so memory stays at about
+    one strip whatever the image size. Without IMAGES, the run's manifest images are predicted.
+    """
+    from segkit.infer.run import Outputs, Settings, image_list, infer_images, load_ensemble
+    from segkit.train.loop import pick_device
+    from segkit.train.rundir import resolve_run
+
+    run_dirs = [resolve_run(spec, Path(runs_dir)) for spec in runs] or [resolve_run(None, Path(runs_dir))]
+    base = load_config(run_dirs[0] / "config.yaml")
+    shortcuts = {"infer.epochs": epochs, "infer.tta": tta, "infer.threshold": threshold,
+                 "infer.overlap_px": overlap_px, "infer.batch_size": batch_size}
+    config = load_config(None, list(overrides) + [f"{k}={v}" for k, v in shortcuts.items() if v is not None], base=base)
+    settings = Settings(
+        overlap_px=config.infer.overlap_px, blend=config.infer.blend, tta=config.infer.tta,
+        threshold=config.infer.threshold, batch_size=config.infer.batch_size, amp=config.train.amp,
+        rle_order=config.infer.rle_order, min_object_px=config.infer.min_object_px,
+        fill_holes=config.infer.fill_holes, crf=(config.infer.crf or {}) if crf else None, progress=config.run.progress,
+    )
+    if not images:
+        from segkit.train.data_source import load_rows
+
+        images = sorted({str(row.image) for row in load_rows(config.data.manifest)})
+    device_obj = pick_device(device)
+    ensemble = load_ensemble(run_dirs, config.infer.epochs, device_obj, soup=soup)
+    outputs = Outputs(Path(rle_path) if rle_path else None, polygons, mask, probs, overwrite)
+    written = infer_images(ensemble, image_list([Path(p) for p in images]), outputs, settings, device_obj)
+    checkpoints = ", ".join(p.name for p in ensemble.checkpoints)
+    click.echo(f"predicted {len(images)} image(s) with {len(ensemble.models)} model(s) [{checkpoints}], tta {settings.tta}")
+    for path in written:
+        click.echo(f"wrote {path}")
+
+
+def main(argv=None):
+    cli.main(args=argv, prog_name="segkit")
+
+
+if __name__ == "__main__":
+    main()

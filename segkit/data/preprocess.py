@@ -1,0 +1,65 @@
+"""Raw window -> network input: channel stacking then per-channel normalization.
+
+The same object runs in training, validation and inference; it is saved in the run
+directory (preprocess.json) so that `infer` reproduces exactly what the network saw.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from segkit.data.channels import ChannelSpec, specs_from_dicts, specs_to_dicts, stack_channels
+from segkit.data.stats import normalize
+from segkit.errors import SegkitError
+
+
+class Preprocess:
+    """Picklable callable: HWC raw dtype -> HWC float32 normalized network input."""
+
+    def __init__(self, channels: list[ChannelSpec], mean: Optional[list] = None, std: Optional[list] = None):
+        self.channels = channels
+        self.mean = mean
+        self.std = std
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.channels)
+
+    def with_stats(self, mean: list, std: list) -> "Preprocess":
+        return Preprocess(self.channels, mean, std)
+
+    def stack(self, raw: np.ndarray) -> np.ndarray:
+        """Channel windows only: HWC float32 in [0, 1], the range augmentations expect."""
+        return stack_channels(raw, self.channels)
+
+    def normalize(self, image: np.ndarray) -> np.ndarray:
+        return image if self.mean is None else normalize(image, self.mean, self.std)
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        return self.normalize(self.stack(raw))
+
+    def to_dict(self) -> dict:
+        return {"channels": specs_to_dicts(self.channels), "mean": self.mean, "std": self.std}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Preprocess":
+        return cls(specs_from_dicts(data["channels"]), data.get("mean"), data.get("std"))
+
+    def save(self, path: Path) -> None:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as handle:
+            json.dump(self.to_dict(), handle, indent=2)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> "Preprocess":
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, ValueError, KeyError) as exc:
+            raise SegkitError(f"{path}: cannot read the preprocessing spec ({exc})") from None

@@ -1,0 +1,213 @@
+"""`segkit infer`: run directories + images -> RLE CSV / GeoJSON / mask and probability TIFFs.
+
+Each image streams through the predictor as finished row strips; every output consumes the
+strips as they come, so no full-resolution float image is ever held. All outputs are atomic:
+an error or Ctrl-C leaves none of them behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from segkit.config import Config, load_config
+from segkit.data.preprocess import Preprocess
+from segkit.data.windows import Window
+from segkit.errors import SegkitError
+from segkit.infer.ensemble import select_checkpoints
+from segkit.infer.predict import predict_strips
+from segkit.infer.tta import parse_tta
+from segkit.io.raster import open_raster
+from segkit.io.writers import RleStripWriter, TiffStripWriter
+from segkit.models.factory import create_model
+from segkit.post.morphology import threshold as threshold_probs
+from segkit.train import checkpoint as ckpt
+from segkit.train.rundir import read_run_info
+
+
+@dataclass
+class Ensemble:
+    """Models (with weights summing to 1) that share one preprocessing and one geometry."""
+
+    models: list[tuple[torch.nn.Module, float]]
+    preprocess: Preprocess
+    fov_px: int
+    size: int
+    classes: int
+    config: Config
+    checkpoints: list[Path] = field(default_factory=list)
+
+
+def _run_model(config: Config, in_channels: int, state: dict, device: torch.device) -> torch.nn.Module:
+    model = create_model(
+        config.model.arch, config.model.encoder, None,
+        in_channels=in_channels, classes=config.model.classes, task=config.task,
+    )
+    model.load_state_dict(state)
+    return model.to(device).to(memory_format=torch.channels_last).eval()
+
+
+def load_ensemble(run_dirs: list[Path], epochs: str, device: torch.device, soup: bool = False) -> Ensemble:
+    """The chosen checkpoints of one or more runs; `soup` averages their weights into one model."""
+    members, reference = [], None
+    for run_dir in run_dirs:
+        info = read_run_info(run_dir)
+        config = load_config(run_dir / "config.yaml")
+        preprocess = Preprocess.load(run_dir / "preprocess.json")
+        geometry = (config.data.fov_px, config.data.size, config.model.classes, preprocess.to_dict())
+        if reference is None:
+            reference = (config, preprocess, geometry)
+        elif geometry != reference[2]:
+            raise SegkitError(f"{run_dir}: field of view, size, classes or channels differ from {run_dirs[0]}")
+        available = ckpt.list_checkpoints(run_dir / "checkpoints")
+        if not available:
+            raise SegkitError(f"{run_dir}: no checkpoints in {run_dir / 'checkpoints'}")
+        by_epoch = {ckpt.checkpoint_epoch(path): path for path in available}
+        for path in select_checkpoints(by_epoch, epochs, best_epoch=info.get("best_epoch")):
+            members.append((path, config, info["in_channels"]))
+    config, preprocess, _ = reference
+    states = [ckpt.load_checkpoint(path)["model"] for path, _, _ in members]
+    if soup:
+        models = [(_run_model(config, members[0][2], ckpt.average_state_dicts(states), device), 1.0)]
+    else:
+        models = [(_run_model(cfg, ch, state, device), 1.0 / len(states)) for (_, cfg, ch), state in zip(members, states)]
+    return Ensemble(
+        models, preprocess, config.data.fov_px, config.data.size, config.model.classes, config,
+        [path for path, _, _ in members],
+    )
+
+
+@dataclass
+class Outputs:
+    """Where results go; with several images the per-image paths must contain '{id}'."""
+
+    rle: Optional[Path] = None
+    polygons: Optional[str] = None
+    mask: Optional[str] = None
+    probs: Optional[str] = None
+    overwrite: bool = False
+
+    def per_image(self, template: Optional[str], image_id: str, n_images: int) -> Optional[Path]:
+        if template is None:
+            return None
+        if n_images > 1 and "{id}" not in template:
+            raise SegkitError(f"{template}: several images need '{{id}}' in the output path")
+        return Path(template.replace("{id}", image_id))
+
+    def check(self, image_ids: list[str]) -> None:
+        """Refuse existing outputs before any work, so a long run cannot fail at its very end."""
+        paths = [self.rle] if self.rle else []
+        for template in (self.polygons, self.mask, self.probs):
+            paths += [self.per_image(template, i, len(image_ids)) for i in image_ids] if template else []
+        for path in paths:
+            if path.exists() and not self.overwrite:
+                raise SegkitError(f"{path}: exists (use --overwrite)")
+            if not path.parent.exists():
+                raise SegkitError(f"{path.parent}: output folder does not exist")
+        if not paths:
+            raise SegkitError("no output chosen: give --rle, --polygons, --mask or --probs")
+
+
+@dataclass
+class Settings:
+    overlap_px: int
+    blend: str
+    tta: str
+    threshold: float
+    batch_size: int
+    amp: bool
+    rle_order: str = "F"
+    min_object_px: int = 0
+    fill_holes: bool = False
+    crf: Optional[dict] = None
+    progress: bool = True
+
+
+def infer_images(
+    ensemble: Ensemble, images: list[tuple[str, Path]], outputs: Outputs, settings: Settings, device: torch.device
+) -> list[Path]:
+    """Predict every image and write the chosen outputs; returns the files written."""
+    outputs.check([image_id for image_id, _ in images])
+    activation = "sigmoid" if ensemble.classes == 1 else "softmax"
+    written: list[Path] = []
+    with contextlib.ExitStack() as stack:
+        rle_writer = None
+        if outputs.rle is not None:
+            rle_writer = RleStripWriter(outputs.rle, overwrite=outputs.overwrite, order=settings.rle_order)
+            stack.enter_context(rle_writer)
+        for image_id, path in images:
+            raster = open_raster(path)
+            if raster.channels != _source_bands(ensemble.preprocess):
+                raise SegkitError(
+                    f"{path}: has {raster.channels} channel(s) but the run's channel spec reads "
+                    f"{_source_bands(ensemble.preprocess)}"
+                )
+            strips = predict_strips(
+                ensemble.models, raster, fov_px=ensemble.fov_px, size=ensemble.size,
+                overlap_px=min(settings.overlap_px, ensemble.fov_px // 2), preprocess=ensemble.preprocess,
+                tta=parse_tta(settings.tta), blend=settings.blend, batch_size=settings.batch_size,
+                device=device, amp=settings.amp, activation=activation,
+                region=Window(0, 0, raster.height, raster.width), progress=settings.progress,
+            )
+            written += _write_image(strips, raster, image_id, len(images), rle_writer, outputs, settings, ensemble.classes)
+        if rle_writer is not None:
+            written.insert(0, outputs.rle)
+    return written
+
+
+def _source_bands(preprocess: Preprocess) -> int:
+    return max(spec.band for spec in preprocess.channels) + 1
+
+
+def _write_image(strips, raster, image_id, n_images, rle_writer, outputs: Outputs, settings: Settings, classes: int):
+    height, width = raster.height, raster.width
+    geo = {"crs": raster.crs, "transform": raster.transform}
+    written = []
+    with contextlib.ExitStack() as stack:
+        mask_path = outputs.per_image(outputs.mask, image_id, n_images)
+        probs_path = outputs.per_image(outputs.probs, image_id, n_images)
+        polygons_path = outputs.per_image(outputs.polygons, image_id, n_images)
+        mask_writer = probs_writer = polygon_writer = None
+        if mask_path:
+            mask_writer = stack.enter_context(TiffStripWriter(mask_path, height, width, 1, "uint8", overwrite=outputs.overwrite, **geo))
+        if probs_path:
+            probs_writer = stack.enter_context(
+                TiffStripWriter(probs_path, height, width, classes, "uint8", overwrite=outputs.overwrite, **geo)
+            )
+        if polygons_path:
+            from segkit.io.vector import PolygonStripWriter
+
+            polygon_writer = stack.enter_context(
+                PolygonStripWriter(polygons_path, height, width, overwrite=outputs.overwrite, **geo)
+            )
+        if rle_writer is not None:
+            rle_writer.begin(image_id, height, width)
+        for _, probs in strips:
+            mask = threshold_probs(probs, settings.threshold)
+            if rle_writer is not None:
+                rle_writer.add(mask)
+            if mask_writer is not None:
+                mask_writer.write(mask)
+            if probs_writer is not None:
+                probs_writer.write(probs)
+            if polygon_writer is not None:
+                polygon_writer.add(mask, probs)
+        if rle_writer is not None:
+            rle_writer.end()
+        written += [p for p in (mask_path, probs_path, polygons_path) if p]
+    return written
+
+
+def image_list(paths: list[Path]) -> list[tuple[str, Path]]:
+    """(id, path) per input image; the id is the file stem, as Kaggle submissions expect."""
+    images = [(Path(p).stem, Path(p)) for p in paths]
+    ids = [image_id for image_id, _ in images]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise SegkitError(f"images share an id (file stem): {', '.join(duplicates)}")
+    return images

@@ -1,0 +1,96 @@
+"""The run directory: runs/NAME/ with config.yaml, run.json, preprocess.json, metrics.jsonl,
+checkpoints/ and plots/. Everything a later command needs is read back from here."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+from segkit.errors import SegkitError
+
+RUN_FILE = "run.json"
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=2)
+    os.replace(tmp, path)
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    """Rewrite the whole file atomically: a crash never leaves half a line behind."""
+    text = path.read_text() if path.exists() else ""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text + json.dumps(record) + "\n")
+    os.replace(tmp, path)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def create_run_dir(runs_dir: Path, name: Optional[str], command: str) -> Path:
+    """A new, empty run directory; an existing name is refused rather than overwritten."""
+    if name is None:
+        name = f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
+        candidate, n = name, 1
+        while (runs_dir / candidate).exists():
+            n += 1
+            candidate = f"{name}-{n}"
+        name = candidate
+    run_dir = runs_dir / name
+    if run_dir.exists():
+        raise SegkitError(f"{run_dir}: run directory exists (choose another --name, or --resume it)")
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "plots").mkdir()
+    return run_dir
+
+
+def read_run_info(run_dir: Path) -> dict:
+    path = run_dir / RUN_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SegkitError(f"{run_dir}: not a segkit run directory (no {RUN_FILE})") from None
+    except (OSError, ValueError) as exc:
+        raise SegkitError(f"{path}: unreadable run record ({exc})") from None
+
+
+def update_run_info(run_dir: Path, **changes) -> dict:
+    path = run_dir / RUN_FILE
+    info = json.loads(path.read_text()) if path.exists() else {}
+    info.update(changes)
+    write_json_atomic(path, info)
+    return info
+
+
+def resolve_run(spec: Optional[str], runs_dir: Path, commands: tuple[str, ...] = ("train", "finetune")) -> Path:
+    """A run given by path or by name under runs_dir; None means the newest run of those commands."""
+    if spec is None:
+        return latest_run(runs_dir, commands)
+    for candidate in (Path(spec), runs_dir / spec):
+        if (candidate / RUN_FILE).exists():
+            return candidate
+    raise SegkitError(f"{spec}: no such run (looked in {Path(spec)} and {runs_dir / spec})")
+
+
+def latest_run(runs_dir: Path, commands: tuple[str, ...]) -> Path:
+    runs = []
+    for path in runs_dir.glob(f"*/{RUN_FILE}"):
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if info.get("command") in commands:
+            runs.append((info.get("created", 0), path.parent))
+    if not runs:
+        raise SegkitError(f"{runs_dir}: no {' or '.join(commands)} run found (run `segkit train` first)")
+    return max(runs)[1]
