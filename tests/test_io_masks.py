@@ -279,3 +279,22 @@ def test_rle_csv_quoting_bom_and_edits(tmp_path, data):
     # the image file name works as id too
     (tmp_path / "n.csv").write_text("id,rle\nslide.tif,1 2\n")
     assert open_labels(tmp_path / "n.csv", image).read(Window(0, 0, 3, 1))[:, 0].tolist() == [1, 1, 0]
+
+
+def test_colour_masks_map_rgb_to_classes(tmp_path, data):
+    folder, m = data
+    image = open_raster(folder / "slide.tif")
+    rgb = np.zeros((H, W, 3), np.uint8)
+    rgb[m > 0] = (255, 0, 0)
+    rgb[:, 300:][m[:, 300:] > 0] = (0, 0, 255)
+    rgb[:5, :5] = (9, 9, 9)  # unlisted colour
+    cv2.imwrite(str(tmp_path / "rgb.png"), rgb[..., ::-1])
+    labels = open_labels(tmp_path / "rgb.png", image, class_map={"255,0,0": 1, (0, 0, 255): 2})
+    want = m.copy()
+    want[:, 300:] *= 2
+    want[:5, :5] = 0
+    np.testing.assert_array_equal(labels.read(Window(0, 0, H, W)), want)
+    with pytest.raises(SegkitError, match="mask.png.*colours"):
+        open_labels(folder / "mask.png", image, class_map={"255,0,0": 1})
+    with pytest.raises(SegkitError, match="rgb.png.*mixes"):
+        open_labels(tmp_path / "rgb.png", image, class_map={"255,0,0": 1, 7: 2})

@@ -89,25 +89,36 @@ class LabelSource:
         return f"{type(self).__name__}({str(self.path)!r}, {self.height}x{self.width})"
 
 
-def _class_pairs(class_map: dict | None, path: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """Sorted label values and their class ids, or None for identity."""
+def _class_pairs(class_map: dict | None, path: Path) -> tuple[np.ndarray, np.ndarray, bool] | None:
+    """Sorted label values, their class ids and whether the values are RGB colours, or None.
+
+    A colour key is (r, g, b) or "r,g,b" and is packed as r << 16 | g << 8 | b."""
     if class_map is None:
         return None
-    pairs = []
+    pairs, colours = [], set()
     for key, value in class_map.items():
+        colour = isinstance(key, (tuple, list)) or (isinstance(key, str) and "," in key)
         try:
-            k, v = int(key), int(value)
+            parts = [int(v) for v in (key.split(",") if isinstance(key, str) else key)] if colour else None
+            k = (parts[0] << 16 | parts[1] << 8 | parts[2]) if colour and len(parts) == 3 else int(key)
+            v = int(value)
         except (TypeError, ValueError):
-            raise SegkitError(f"{path}: class_map {key!r}: {value!r} must map label values to class ids") from None
+            raise SegkitError(f"{path}: class_map {key!r}: {value!r} must map label values (or r,g,b colours) "
+                              "to class ids") from None
         if not 0 <= v <= 255:
             raise SegkitError(f"{path}: class_map {key!r}: class id {v} must be within 0..255")
         pairs.append((k, v))
+        colours.add(colour)
+    if len(colours) > 1:
+        raise SegkitError(f"{path}: class_map mixes label values and r,g,b colours")
     pairs.sort()
-    return np.array([k for k, _ in pairs], np.int64), np.array([v for _, v in pairs], np.uint8)
+    keys, vals = np.array([k for k, _ in pairs], np.int64), np.array([v for _, v in pairs], np.uint8)
+    return keys, vals, colours == {True}
 
 
 class RasterLabels(LabelSource):
-    """A mask raster with the image's size; values mapped through class_map (first channel).
+    """A mask raster with the image's size; values of the first channel (or r,g,b colours, when
+    class_map keys are colours) mapped through class_map; unlisted values read as 0.
 
     Without class_map a mask whose values are only 0 and 255 (a common way to save binary
     masks) reads as 0/1; any other mask passes its values through.
@@ -123,23 +134,32 @@ class RasterLabels(LabelSource):
         if self.raster.dtype.kind not in "uib":
             raise SegkitError(f"{self.path}: label raster has dtype {self.raster.dtype}; expected integers")
         self.pairs = _class_pairs(class_map, self.path)
+        self.colour = bool(self.pairs and self.pairs[2])
+        if self.colour and self.raster.channels < 3:
+            raise SegkitError(f"{self.path}: class_map has r,g,b colours but the mask has {self.raster.channels} "
+                              "channel(s)")
         self.lut = None  # uint8 labels: a 256-entry table
         if self.pairs is None:
             values = np.unique(self.raster.thumbnail(512, nearest=True)[0][..., 0])
             if values.size and set(values.tolist()) <= {0, 255} and values.max() == 255:
-                self.pairs = np.array([0, 255]), np.array([0, 1], np.uint8)
-        if self.pairs is not None and self.raster.dtype.itemsize == 1:
-            keys, vals = self.pairs
+                self.pairs = np.array([0, 255]), np.array([0, 1], np.uint8), False
+        if self.pairs is not None and self.raster.dtype.itemsize == 1 and not self.colour:
+            keys, vals, _ = self.pairs
             self.lut = np.zeros(256, np.uint8)
             ok = (keys >= 0) & (keys <= 255)
             self.lut[keys[ok]] = vals[ok]
 
     def _read_inside(self, r0, r1, c0, c1):
-        raw = self.raster.read(Window(r0, c0, r1 - r0, c1 - c0))[..., 0]
+        raw = self.raster.read(Window(r0, c0, r1 - r0, c1 - c0))
+        if self.colour:
+            rgb = raw[..., :3].astype(np.int64)
+            raw = rgb[..., 0] << 16 | rgb[..., 1] << 8 | rgb[..., 2]
+        else:
+            raw = raw[..., 0]
         if self.lut is not None:
             return self.lut[raw.astype(np.uint8, copy=False)]
-        if self.pairs is not None:  # wide label values: look each up among the sorted keys
-            keys, vals = self.pairs
+        if self.pairs is not None:  # wide values or colours: look each up among the sorted keys
+            keys, vals, _ = self.pairs
             idx = np.clip(np.searchsorted(keys, raw), 0, keys.size - 1)
             return np.where(keys[idx] == raw, vals[idx], 0).astype(np.uint8)
         if raw.dtype != np.uint8:
