@@ -110,3 +110,20 @@ def test_errors_name_the_problem():
     with pytest.raises(SegkitError, match="no loss"):
         create_loss([], classes=1)
     assert loss_names("cls") == sorted(CLS_LOSSES)
+
+
+@pytest.mark.parametrize("classes", [1, 3])
+@pytest.mark.parametrize("name", sorted(SEG_LOSSES.keys() - {"mcc"}))
+def test_ignored_pixels_do_not_move_the_loss(name, classes):
+    if classes == 1 and name in MULTI_ONLY:
+        return
+    logits, target = _batch(classes)
+    target[:, 5:8, 2:6] = 255
+    loss = create_loss([name], classes=classes, ignore_index=255)
+    base = loss(logits, target)
+    changed = logits.detach().clone()
+    changed[:, 0, 5:8, 2:6] += 7.0  # only the ignored pixels (one channel: softmax shifts)
+    assert torch.allclose(loss(changed, target), base, atol=1e-6)
+    other = logits.detach().clone()
+    other[:, 0, 0:2, 0:3] += 7.0  # labelled pixels do count
+    assert not torch.allclose(loss(other, target), base)

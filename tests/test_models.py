@@ -119,3 +119,13 @@ def test_frozen_encoder_does_not_change_when_training():
     model(torch.randn(2, 3, 64, 64)).mean().backward()
     opt.step()
     assert all(torch.equal(a, b) for a, b in zip(before, model.encoder.parameters()))
+
+
+def test_imagenet_weights_load_or_fail_with_a_clear_error():
+    # tests run with HF_HUB_OFFLINE=1: without a local cache this is the one-line SegkitError
+    try:
+        model = create_model("Unet", "resnet18", "imagenet", 3, 1)
+    except SegkitError as e:
+        assert "encoder_weights" in str(e)
+    else:
+        assert isinstance(model, torch.nn.Module)

@@ -159,8 +159,15 @@ def loss_names(task: str = "seg") -> list[str]:
     return sorted(SEG_LOSSES if task == "seg" else CLS_LOSSES)
 
 
-def create_loss(terms, *, classes: int, task: str = "seg") -> CombinedLoss:
-    """Build the weighted sum of the named loss terms for ``classes`` outputs (see module doc)."""
+_NO_IGNORE = {"mcc"}
+
+
+def create_loss(terms, *, classes: int, task: str = "seg", ignore_index: int | None = None) -> CombinedLoss:
+    """Build the weighted sum of the named loss terms for ``classes`` outputs (see module doc).
+
+    ``ignore_index`` (e.g. 255 for "unlabelled" mask pixels) goes to every term that supports
+    it unless the term sets its own; those pixels then do not move the loss.
+    """
     registry = {"seg": SEG_LOSSES, "cls": CLS_LOSSES}.get(task)
     if registry is None:
         raise SegkitError(f"loss: unknown task {task!r}; valid: seg, cls")
@@ -170,6 +177,10 @@ def create_loss(terms, *, classes: int, task: str = "seg") -> CombinedLoss:
     for term in _parse_terms(terms):
         name = str(term.pop("name")).lower()
         weight = term.pop("weight", 1.0)
+        if ignore_index is not None:
+            if name in _NO_IGNORE:
+                raise SegkitError(f"loss.{name}: does not support ignore_index")
+            term.setdefault("ignore_index", int(ignore_index))
         build = registry.get(name)
         if build is None:
             raise SegkitError(f"loss: unknown loss {name!r} for task {task}; valid: {', '.join(sorted(registry))}")
