@@ -224,8 +224,7 @@ def main(argv=None) -> None:
             mb = Path(data["image"]).stat().st_size / 2**20
             print(f"# {size}x{size}x3 tile {args.tile} deflate BigTIFF: {mb:.0f} MB on disk, "
                   f"ready in {time.perf_counter() - t0:.1f} s", flush=True)
-            runs = [("image", kind, f"segkit window reads + {kind}") for kind in args.labels]
-            runs = [("segkit", *run) for run in runs]
+            runs = [("segkit", "image", kind, f"segkit window reads + {kind}") for kind in args.labels]
             if args.pyramid:
                 runs += [("segkit", "pyramid", kind, f"segkit + {kind}, pyramid level 1") for kind in args.labels[:1]]
             if args.zarr:
@@ -260,6 +259,12 @@ def _table(rows, args) -> None:
         rate, cpu_rate = _num(res["wps"]), _num(res["w_per_cpu_s"])
         print(f"{size:>5}x{size:<5} | {name:<38} | {rate:>9} | {cpu_rate:>9} | {parts:>10} | "
               f"{res['open_s']:>6.2f} | {res['peak_rss_mb']:>11.0f} | {ratio:>8}")
+    ours = [(size, name, res) for size, name, res in rows if name.startswith("segkit window")]
+    if ours:
+        print("goal (issue 3): >= 150 windows/s per worker, peak RSS < 600 MB, the same RSS on a smaller image; "
+              "measured: " + "; ".join(f"{size} {name.split('+ ')[-1]}: {_num(res['wps'])}/s wall, "
+                                       f"{_num(res['w_per_cpu_s'])}/CPU-s, {res['peak_rss_mb']:.0f} MB"
+                                       for size, name, res in ours))
     print(f"(peak RSS includes ~{rows[0][2]['import_rss_mb']:.0f} MB after imports: python, numpy, cv2, tifffile; "
           "per CPU-s = windows per second of this process's CPU time, what a worker with a core to itself gets)")
 
