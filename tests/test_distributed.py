@@ -7,6 +7,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
+from segkit.errors import SegkitError
 from segkit.train import distributed as d
 from segkit.train.loop import evaluate, train_one_epoch
 
@@ -45,9 +46,19 @@ def _worker(rank, port, out_dir):
     train_one_epoch(model, iter(_batches(rank)[:3]), loss, opt, device="cpu", amp=False, accumulate=2,
                     progress=False, channels_last=False)
     val = evaluate(model, _batches(rank)[:1], loss, device="cpu", classes=1)
-    result = {"state": d.unwrap(model).state_dict(), "loss": out["loss"], "steps": out["steps"],
+    weights = {k: v.clone() for k, v in d.unwrap(model).state_dict().items()}  # before the NaN phase
+    result = {"state": weights, "loss": out["loss"], "steps": out["steps"],
               "dice": val["dice"], "mean": d.all_reduce_mean({"r": float(rank), "x": 2.0}),
               "main": d.is_main(), "rank": d.rank(), "world": d.world_size(), "backend": info.backend}
+    # a NaN on one rank only must stop both (the other would otherwise hang in the all-reduce)
+    bad = _batches(rank)[:2]
+    if rank == 1:
+        bad[1]["image"][0, 0, 0, 0] = float("nan")
+    try:
+        train_one_epoch(model, bad, loss, opt, device="cpu", amp=False, progress=False, channels_last=False)
+        result["nan"] = ""
+    except SegkitError as e:
+        result["nan"] = str(e)
     d.barrier()
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     d.cleanup()
@@ -73,6 +84,7 @@ def test_two_process_gloo_ranks_end_identical(tmp_path):
     assert r0["mean"] == {"r": 0.5, "x": 2.0} == r1["mean"]
     assert (r0["main"], r1["main"], r0["rank"], r1["rank"]) == (True, False, 0, 1)
     assert r0["world"] == 2 and r0["backend"] == "gloo"
+    assert "NaN at step 2" in r0["nan"] and "NaN at step 2" in r1["nan"]
     # DDP averages gradients: same as one process on both ranks' batches from rank 0's init
     single = _net(seed=100)
     opt = torch.optim.SGD(single.parameters(), lr=0.5)

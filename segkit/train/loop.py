@@ -179,7 +179,10 @@ def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer, *, scheduler=N
                 logits = model(x)
             loss = loss_fn(logits.float(), y)
             value = float(loss.detach())
-            if not math.isfinite(value):
+            bad = not math.isfinite(value)
+            if distributed.is_distributed():  # every rank must stop together, or the others hang
+                bad = bool(distributed.all_reduce_sum(torch.tensor([float(bad)])).item() > 0)
+            if bad:
                 raise SegkitError(f"training: loss became NaN at step {step_offset + steps + 1} "
                                   f"(batch {batches}); last good checkpoint kept")
             scaled = loss / accumulate
