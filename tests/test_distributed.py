@@ -36,7 +36,7 @@ def _worker(rank, port, out_dir):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    info = d.setup(device="cpu")
+    info = d.setup(device="cpu", timeout_s=60)  # a broken rank fails the test instead of hanging it
     model = d.wrap_ddp(_net(seed=100 + rank))  # different init per rank: DDP broadcasts rank 0's
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     loss = _bce

@@ -7,6 +7,7 @@ WORLD_SIZE=1) everything here is a no-op, so the same code path serves single-pr
 
 from __future__ import annotations
 
+import datetime
 import os
 from typing import NamedTuple
 
@@ -42,11 +43,12 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def setup(device: str = "auto", backend: str | None = None) -> DistInfo:
+def setup(device: str = "auto", backend: str | None = None, timeout_s: float | None = None) -> DistInfo:
     """Join the torchrun process group if the environment asks for one; returns this process's place.
 
     ``device`` "auto" picks cuda:LOCAL_RANK when CUDA is available, else CPU; the backend follows
-    (nccl for CUDA, gloo for CPU) unless given.
+    (nccl for CUDA, gloo for CPU) unless given. ``timeout_s`` bounds how long a collective
+    waits for a missing rank (torch's default otherwise).
     """
     env_world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -64,6 +66,8 @@ def setup(device: str = "auto", backend: str | None = None) -> DistInfo:
         torch.cuda.set_device(dev)
     if not is_distributed():
         kwargs = {"device_id": dev} if use_cuda else {}
+        if timeout_s is not None:
+            kwargs["timeout"] = datetime.timedelta(seconds=float(timeout_s))
         dist.init_process_group(backend=backend, init_method="env://", **kwargs)
     return DistInfo(dist.get_rank(), local, dist.get_world_size(), backend, dev)
 
