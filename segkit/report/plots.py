@@ -77,10 +77,8 @@ def _save(fig, path: Path) -> None:
 
 def plot_metrics(metrics_jsonl_path: str | Path, out_dir: str | Path) -> list[Path]:
     """Write <stage>_loss.png and <stage>_metrics.png (when there is something to draw); returns paths."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    # Figure objects without pyplot: no global backend switch, nothing left open, safe in notebooks
+    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     rows = read_metrics(metrics_jsonl_path)
@@ -107,8 +105,8 @@ def plot_metrics(metrics_jsonl_path: str | Path, out_dir: str | Path) -> list[Pa
             if not keys:
                 continue
             with_lr = kind == "loss" and lrs
-            fig, axes = plt.subplots(2 if with_lr else 1, 1, figsize=(7, 6 if with_lr else 4), squeeze=False,
-                                     sharex=True)
+            fig = Figure(figsize=(7, 6 if with_lr else 4))
+            axes = fig.subplots(2 if with_lr else 1, 1, squeeze=False, sharex=True)
             ax = axes[0, 0]
             for k in keys:
                 ax.plot(*series[k], marker="o", markersize=3, label=k)
@@ -126,6 +124,5 @@ def plot_metrics(metrics_jsonl_path: str | Path, out_dir: str | Path) -> list[Pa
                 lax.grid(alpha=0.3)
             path = out_dir / f"{_safe(stage)}_{kind}.png"
             _save(fig, path)
-            plt.close(fig)
             written.append(path)
     return written
