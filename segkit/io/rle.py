@@ -39,10 +39,15 @@ def _format(starts: np.ndarray, lengths: np.ndarray) -> str:
     """'s1 l1 s2 l2 ...' from 1-indexed starts and lengths."""
     if starts.size == 0:
         return ""
-    pairs = np.empty(starts.size * 2, dtype=np.int64)
-    pairs[0::2] = starts
-    pairs[1::2] = lengths
-    return " ".join(map(str, pairs.tolist()))
+    # in chunks: a Python int per value for millions of runs would cost ~30x the string itself
+    chunk = 1 << 18
+    parts = []
+    for i in range(0, starts.size, chunk):
+        pairs = np.empty(2 * min(chunk, starts.size - i), dtype=np.int64)
+        pairs[0::2] = starts[i:i + chunk]
+        pairs[1::2] = lengths[i:i + chunk]
+        parts.append(" ".join(map(str, pairs.tolist())))
+    return " ".join(parts)
 
 
 def encode(mask: np.ndarray, order: str = "F") -> str:
@@ -129,9 +134,9 @@ class RleStripEncoder:
         else:
             # per column: row where its open run (touching the last added row) started, -1 if none
             self._open = np.full(self.width, -1, dtype=np.int64)
-            self._cols: list[np.ndarray] = []  # finished runs: column, start row, end row (exclusive)
-            self._starts: list[np.ndarray] = []
-            self._ends: list[np.ndarray] = []
+            # finished runs, 12 bytes each: column-major flat start, length
+            self._flat: list[np.ndarray] = []
+            self._lengths: list[np.ndarray] = []
 
     def add(self, strip: np.ndarray) -> None:
         if self._finished:
@@ -191,9 +196,8 @@ class RleStripEncoder:
 
     def _keep(self, cols: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> None:
         if cols.size:
-            self._cols.append(cols.astype(np.int64))
-            self._starts.append(starts.astype(np.int64))
-            self._ends.append(ends.astype(np.int64))
+            self._flat.append(cols.astype(np.int64) * self.height + starts)
+            self._lengths.append((ends - starts).astype(np.int32))  # within one column: < 2**31
 
     def finish(self) -> str:
         if self.rows_done != self.height:
@@ -206,13 +210,13 @@ class RleStripEncoder:
             return " ".join(p for p in self._parts if p)
         still = np.flatnonzero(self._open >= 0)
         self._keep(still, self._open[still], np.full(still.size, self.height, dtype=np.int64))
-        if not self._cols:
+        if not self._flat:
             return ""
-        cols, starts, ends = (np.concatenate(a) for a in (self._cols, self._starts, self._ends))
-        self._cols, self._starts, self._ends = [], [], []
-        flat_starts = cols * self.height + starts
-        order = np.argsort(flat_starts, kind="stable")
-        flat_starts, lengths = flat_starts[order], (ends - starts)[order]
+        flat_starts, lengths = np.concatenate(self._flat), np.concatenate(self._lengths)
+        self._flat, self._lengths = [], []
+        order = np.argsort(flat_starts)  # runs never overlap: starts are unique
+        flat_starts, lengths = flat_starts[order], lengths[order].astype(np.int64)
+        del order
         # a run ending at a column's bottom continues at the next column's top in column-major order
         flat_ends = flat_starts + lengths
         new = np.ones(flat_starts.size, dtype=bool)
