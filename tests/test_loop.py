@@ -92,6 +92,7 @@ def test_scheduler_and_ema_follow_optimizer_steps():
     ema = ModelEma(model, decay=0.5)
     out = _run(model, [_batch(seed=i) for i in range(4)], opt, scheduler=sched, accumulate=2, ema=ema)
     assert out["steps"] == 2 and sched.last_epoch == 2
+    assert "terms" not in out  # one loss term
     assert out["lr"] == pytest.approx(1e-2 * 0.5 * (1 + math.cos(math.pi * 2 / 4)))
     assert int(ema.averaged.n_averaged) == 2
     assert not torch.equal(ema.module[0].weight, model[0].weight)  # lags the live weights
@@ -256,3 +257,14 @@ def test_grad_scaler_path_with_clipping_matches_unscaled():
     for a, b in zip(plain.parameters(), scaled.parameters()):
         assert torch.allclose(a, b, atol=1e-6)
     assert scaler.get_scale() == 2.0**10  # no overflow: scale unchanged, state ready for checkpoints
+
+
+def test_per_term_losses_are_reported_and_sum_to_the_loss():
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # frozen weights: every batch sees the same model
+    loss = create_loss([{"name": "dice", "weight": 2.0}, {"name": "bce", "weight": 0.5}], classes=1)
+    out = train_one_epoch(model, [_batch(seed=1), _batch(n=2, seed=2)], loss, opt, device="cpu", amp=False,
+                          progress=False)
+    assert set(out["terms"]) == {"loss_dice", "loss_bce"}
+    total = 2.0 * out["terms"]["loss_dice"] + 0.5 * out["terms"]["loss_bce"]
+    assert total == pytest.approx(out["loss"], rel=1e-5)

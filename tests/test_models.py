@@ -129,3 +129,18 @@ def test_imagenet_weights_load_or_fail_with_a_clear_error():
         assert "encoder_weights" in str(e)
     else:
         assert isinstance(model, torch.nn.Module)
+
+
+def test_freeze_bn_stats_keeps_frozen_statistics():
+    torch.manual_seed(0)
+    model = create_model("Unet", TINY, None, 3, 1, decoder_channels=(16, 16, 8, 8, 8)).train()
+    freeze_encoder(model, 1.0, freeze_bn_stats=True)
+    norms = [m for m in model.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms
+    before = [m.running_mean.clone() for m in norms]
+    model(torch.rand(2, 3, 64, 64) * 5 + 3)
+    assert all(torch.equal(b, m.running_mean) for b, m in zip(before, norms))
+    freeze_encoder(model, 0.0, freeze_bn_stats=True)  # unfrozen: statistics follow the data again
+    model(torch.rand(2, 3, 64, 64) * 5 + 3)
+    assert not torch.equal(before[0], norms[0].running_mean)
+    assert all(m.momentum == 0.1 for m in norms)

@@ -113,13 +113,15 @@ def create_model(arch: str = "Unet", encoder: str = "resnet18", encoder_weights:
                   in_channels=int(in_channels), classes=int(classes), **kw)
 
 
-def freeze_encoder(model: nn.Module, fraction: float) -> int:
+def freeze_encoder(model: nn.Module, fraction: float, freeze_bn_stats: bool = False) -> int:
     """Freeze the first ``fraction`` (0..1) of the encoder's parameter tensors, in definition order.
 
     The seeds' trick: after training, freeze most of the encoder (e.g. 0.9) and tune the rest.
     Earlier freezes are undone first, so calling it again with a smaller fraction unfreezes.
     Returns the number of frozen tensors. BatchNorm running statistics still update in train
-    mode; only gradients are switched off.
+    mode unless ``freeze_bn_stats``: then norm layers whose weights are all frozen keep their
+    statistics (momentum 0; restored when a later call unfreezes them). Call it again after
+    building the model on resume: momentum is not part of the state dict.
     """
     if not 0.0 <= float(fraction) <= 1.0:
         raise SegkitError(f"freeze_encoder: fraction must be in [0, 1], got {fraction}")
@@ -131,4 +133,15 @@ def freeze_encoder(model: nn.Module, fraction: float) -> int:
     count = int(len(params) * float(fraction) + 1e-9)
     for i, p in enumerate(params):
         p.requires_grad_(i >= count)
+    for module in encoder.modules():
+        if not isinstance(module, nn.modules.batchnorm._NormBase):
+            continue
+        own = list(module.parameters(recurse=False))
+        frozen = freeze_bn_stats and bool(own) and not any(p.requires_grad for p in own)
+        if frozen and not hasattr(module, "_segkit_momentum"):
+            module._segkit_momentum = module.momentum
+            module.momentum = 0.0
+        elif not frozen and hasattr(module, "_segkit_momentum"):
+            module.momentum = module._segkit_momentum
+            del module._segkit_momentum
     return count

@@ -137,7 +137,8 @@ def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer, *, scheduler=N
                     accumulate: int = 1, clip: float | None = None, channels_last: bool = True, ema=None,
                     progress: bool = True, max_steps: int | None = None, scaler=None, desc: str = "train",
                     step_offset: int = 0) -> dict:
-    """One pass over ``loader``; returns {"loss", "lr", "steps", "batches", "images", "seconds"}.
+    """One pass over ``loader``; returns {"loss", "lr", "steps", "batches", "images", "seconds"}
+    plus "terms" ({"loss_dice": .., "loss_bce": ..}) when the loss has several terms.
 
     ``accumulate`` batches make one optimizer step (the scheduler and ``ema`` follow optimizer
     steps); ``max_steps`` caps optimizer steps (for --subset). ``loss`` is the image-weighted
@@ -155,6 +156,7 @@ def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer, *, scheduler=N
     optimizer.zero_grad(set_to_none=True)
     is_ddp = isinstance(model, nn.parallel.DistributedDataParallel)
     loss_sum, images, batches, steps, pending = 0.0, 0, 0, 0, 0
+    terms: dict = {}
     start = time.perf_counter()
     try:
         n_batches = len(loader)
@@ -189,6 +191,8 @@ def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer, *, scheduler=N
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
         loss_sum += value * x.shape[0]
         images += x.shape[0]
+        for name, part in getattr(loss_fn, "last", {}).items():  # per-term values, summed on device
+            terms[name] = terms.get(name, 0.0) + part.detach().float() * x.shape[0]
         if last_in_group:
             _optimizer_step(model, optimizer, scaler, clip, accumulate / pending)
             pending = 0
@@ -211,8 +215,11 @@ def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer, *, scheduler=N
     seconds = time.perf_counter() - start
     out = {"loss": loss_sum / max(1, images), "lr": float(optimizer.param_groups[0]["lr"]), "steps": steps,
            "batches": batches, "images": images, "seconds": seconds}
-    reduced = distributed.all_reduce_mean({"loss": out["loss"]})
-    out["loss"] = reduced["loss"]
+    means = {"loss": out["loss"], **{f"loss_{k}": float(v) / max(1, images) for k, v in terms.items()}}
+    means = distributed.all_reduce_mean(means)
+    out["loss"] = means.pop("loss")
+    if len(terms) > 1:  # a single term would only repeat "loss"
+        out["terms"] = means
     return out
 
 
