@@ -86,23 +86,37 @@ def preprocess(raw: np.ndarray) -> np.ndarray:
 
 
 def make_model(kind: str) -> nn.Module:
-    if kind == "tiny":  # predictor cost only: a 1x1 conv
-        return nn.Conv2d(3, 1, 1).eval()
+    torch.manual_seed(0)
+    if kind == "tiny":
+        # predictor cost only: a fixed 1x1 conv that finds the blobs of the blue channel (a realistic
+        # mask: ~1 run per object per column), so the RLE part is deterministic too
+        conv = nn.Conv2d(3, 1, 1)
+        with torch.no_grad():
+            conv.weight.copy_(torch.tensor([0.0, 0.0, 20.0]).reshape(1, 3, 1, 1))
+            conv.bias.fill_(-20.0 * 70 / 255)
+        return conv.eval()
     arch, encoder = kind.split(":")
     from segkit.models.factory import create_model
     return create_model(arch, encoder, None, in_channels=3, classes=1).eval()
 
 
-def run_predictor(model, raster, args, amp=True) -> float:
-    """Wall time of the full streaming path (predict -> threshold -> RLE)."""
-    enc = RleStripEncoder(raster.height, raster.width)
+def run_predictor(model, raster, args, amp=True, rle=True) -> tuple[float, int]:
+    """Wall time of the streaming path (predict -> threshold -> RLE string) and the number of runs
+    (rle=False: foreground pixels counted instead, the predictor alone)."""
+    enc = RleStripEncoder(raster.height, raster.width) if rle else None
+    count = 0
     t = time.perf_counter()
     for _, strip in predict_strips([(model, 1.0)], raster, fov_px=args.fov, size=args.size,
                                    overlap_px=args.overlap, preprocess=preprocess, blend="gaussian",
                                    batch_size=args.batch, amp=amp, progress=False):
-        enc.add(strip[0] > 0.5)
-    enc.finish()
-    return time.perf_counter() - t
+        if enc is not None:
+            enc.add(strip[0] > 0.5)
+        else:
+            count += int((strip[0] > 0.5).sum())
+    if enc is not None:
+        rle = enc.finish()
+        count = (rle.count(" ") + 1) // 2 if rle else 0
+    return time.perf_counter() - t, count
 
 
 def bare_forward(model, batches, channels_last: bool, amp: bool) -> float:
@@ -143,7 +157,7 @@ def timing(args) -> None:
                 layouts[(cl, amp)] = min(bare_forward(model, batches, cl, amp) for _ in range(args.repeats))
         pred = []
         for _ in range(args.repeats):
-            pred.append(run_predictor(model, raster, args))
+            pred.append(run_predictor(model, raster, args)[0])
         # the bare forward again after the predictor, so a change of machine load hits both
         layouts[(True, True)] = min(layouts[(True, True)], bare_forward(model, batches, True, True))
         for (cl, amp), s in layouts.items():
@@ -163,36 +177,43 @@ def rss_child(args) -> None:
     raster, _ = open_image(args.rss_child)
     model = make_model(args.rss_model)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    t = run_predictor(model, raster, args, amp=args.rss_model != "tiny")
+    t, count = run_predictor(model, raster, args, amp=args.rss_model != "tiny", rle=args.rss_sink == "rle")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     n = len(grid_windows(raster.height, raster.width, args.fov, args.overlap))
-    print(json.dumps({"peak_mb": peak, "before_mb": before, "seconds": t, "tiles": n}))
+    print(json.dumps({"peak_mb": peak, "before_mb": before, "seconds": t, "tiles": n, "count": count}))
 
 
 def rss(args) -> None:
     sizes = [int(s) for s in args.rss_sizes.split(",") if int(s) > 0]
     if not sizes:
         return
-    rows = []
+    sinks = ["count", "rle"] if args.rss_sink == "both" else [args.rss_sink]
+    rows: dict[str, list] = {}
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         for side in sizes:
             path = Path(tmp) / f"rss_{side}.tif"
             t = time.perf_counter()
             write_tiff(path, side, side)
             made = time.perf_counter() - t
-            cmd = [sys.executable, __file__, "--rss-child", str(path), "--rss-model", args.rss_model,
-                   "--fov", str(args.rss_fov), "--size", str(args.rss_fov), "--overlap", str(args.overlap),
-                   "--batch", str(args.batch)]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-            res = json.loads(out)
-            rows.append((side, res))
-            print(f"{side}x{side} RGB uint8 (tiff written in {made:.0f} s, {path.stat().st_size / 2**20:.0f} MB): "
-                  f"{res['tiles']} tiles of {args.rss_fov}, {res['seconds']:.1f} s, peak RSS {res['peak_mb']:.0f} MB "
-                  f"(after imports and model: {res['before_mb']:.0f} MB)", flush=True)
+            print(f"{side}x{side} RGB uint8: tiff written in {made:.0f} s, {path.stat().st_size / 2**20:.0f} MB",
+                  flush=True)
+            for sink in sinks:
+                cmd = [sys.executable, __file__, "--rss-child", str(path), "--rss-model", args.rss_model,
+                       "--fov", str(args.rss_fov), "--size", str(args.rss_fov), "--overlap", str(args.overlap),
+                       "--batch", str(args.batch), "--rss-sink", sink]
+                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+                res = json.loads(out)
+                rows.setdefault(sink, []).append((side, res))
+                what = "RLE runs" if sink == "rle" else "foreground px"
+                print(f"  {sink:5}: {res['tiles']} tiles of {args.rss_fov}, {res['seconds']:.1f} s, "
+                      f"peak RSS {res['peak_mb']:.0f} MB (after imports and model: {res['before_mb']:.0f} MB), "
+                      f"{what} {res['count']}", flush=True)
             path.unlink()
-    if len(rows) > 1:
-        print(f"peak RSS ratio {rows[-1][0]}^2 / {rows[0][0]}^2: {rows[-1][1]['peak_mb'] / rows[0][1]['peak_mb']:.3f} "
-              f"(model {args.rss_model}, {rows[-1][0] ** 2 / rows[0][0] ** 2:.0f}x the pixels)")
+    for sink, got in rows.items():
+        if len(got) > 1:
+            print(f"peak RSS ratio {got[-1][0]}^2 / {got[0][0]}^2 ({sink}): "
+                  f"{got[-1][1]['peak_mb'] / got[0][1]['peak_mb']:.3f} "
+                  f"(model {args.rss_model}, {got[-1][0] ** 2 / got[0][0] ** 2:.0f}x the pixels)")
 
 
 def main(argv=None) -> None:
@@ -210,6 +231,9 @@ def main(argv=None) -> None:
     ap.add_argument("--rss-sizes", default="10000,20000", help="comma-separated square sides for peak RSS; 0 = skip")
     ap.add_argument("--rss-fov", type=int, default=512, help="tile size for the RSS runs")
     ap.add_argument("--rss-model", default="tiny", help="model for the RSS runs: tiny or ARCH:ENCODER")
+    ap.add_argument("--rss-sink", default="both", choices=["count", "rle", "both"],
+                    help="what consumes the strips in the RSS runs: count foreground (predictor alone), "
+                         "RLE-encode (memory ~ number of runs), or both in separate processes")
     ap.add_argument("--skip-timing", action="store_true", help="only the RSS part")
     ap.add_argument("--tmp", default=None, help="folder for the synthetic TIFFs (default: system temp)")
     ap.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
