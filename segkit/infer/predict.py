@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import cv2
@@ -162,8 +163,10 @@ def predict_strips(
     average: "probs" (activate each view, then average) or "logits" (average, then activate).
     margin_px: context margin; each fov_px tile is predicted but only its centre
     (fov_px - 2 * margin_px) is kept and blended, the grid being laid out for the centres.
-    tissue: (bool mask, source px per mask px), e.g. from a thumbnail: tiles whose centre holds
+    tissue: (bool mask, source px per mask px), e.g. from a thumbnail: tiles whose kept part holds
     no True pixel of the mask are not run (their pixels stay 0 unless another tile covers them).
+    The models are switched to eval mode and channels_last on `device` while the generator runs;
+    their train/eval mode is restored when it finishes or is closed.
     """
     if not models:
         raise SegkitError("predict: no models given")
@@ -198,7 +201,7 @@ def predict_strips(
             return
         if progress:
             from tqdm.auto import tqdm
-            bar = tqdm(total=len(windows), unit="tile", desc=str(getattr(raster, "path", "predict")),
+            bar = tqdm(total=len(windows), unit="tile", desc=Path(str(getattr(raster, "path", "predict"))).name,
                        leave=False, dynamic_ncols=True)
         nxt = pool.submit(_read_batch, raster, reads[0], size, fov_px, preprocess)
         for i, batch in enumerate(batches):
