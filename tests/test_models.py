@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from segkit.errors import SegkitError
-from segkit.models.factory import ARCHITECTURES, architecture_names, create_model, freeze_encoder
+from segkit.models.factory import (ARCHITECTURES, architecture_names, check_input_size, create_model, freeze_encoder,
+                                   input_divisor)
 
 TINY = "tu-test_resnet"  # timm's test-size ResNet: the every-architecture test stays a few seconds
 # slim decoders for speed; each architecture is still built by name through create_model
@@ -144,3 +145,20 @@ def test_freeze_bn_stats_keeps_frozen_statistics():
     model(torch.rand(2, 3, 64, 64) * 5 + 3)
     assert not torch.equal(before[0], norms[0].running_mean)
     assert all(m.momentum == 0.1 for m in norms)
+
+
+def test_input_size_checks_before_training():
+    fpn = create_model("FPN", TINY, None, 3, 1, decoder_pyramid_channels=32, decoder_segmentation_channels=32)
+    assert input_divisor(fpn) == 32
+    check_input_size(fpn, 256)
+    with pytest.raises(SegkitError, match="data.size: 250x250 must be a multiple of 32 for FPN"):
+        check_input_size(fpn, 250)
+    with pytest.raises(RuntimeError):  # what the check saves the user from
+        fpn.eval()(torch.zeros(1, 3, 250, 250))
+    with pytest.raises(SegkitError, match="minimum 128"):
+        check_input_size(fpn, (64, 96), min_size=128)
+    unet = create_model("Unet", TINY, None, 3, 1, decoder_channels=(16, 16, 8, 8, 8))
+    assert input_divisor(unet) == 1  # smp 0.6 Unet takes any size
+    check_input_size(unet, 250)
+    with pytest.raises(SegkitError, match="aux_params"):
+        create_model("Unet", TINY, aux_params={"classes": 2})

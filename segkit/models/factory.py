@@ -103,6 +103,8 @@ def create_model(arch: str = "Unet", encoder: str = "resnet18", encoder_weights:
     cls = ARCHITECTURES.get(_key(arch))
     if cls is None:
         raise SegkitError(f"model.arch: unknown architecture {arch!r}; valid: {', '.join(architecture_names())}")
+    if kw.get("aux_params") is not None:  # the model would return (mask, label) tuples the loop cannot use
+        raise SegkitError("model: aux_params is not supported (use task: cls for a classifier)")
     if not str(encoder).startswith("tu-"):
         # smp forwards unknown keywords only to timm ("tu-") encoders and drops them otherwise
         known = set(inspect.signature(cls).parameters) - {"kwargs"}
@@ -111,6 +113,30 @@ def create_model(arch: str = "Unet", encoder: str = "resnet18", encoder_weights:
             raise SegkitError(f"model ({cls.__name__}): unknown options {unknown}; valid: {', '.join(sorted(known))}")
     return _build(f"{cls.__name__}/{encoder}", cls, encoder_name=encoder, encoder_weights=weights,
                   in_channels=int(in_channels), classes=int(classes), **kw)
+
+
+def input_divisor(model: nn.Module) -> int:
+    """The number the input height and width must be a multiple of (1 when any size works)."""
+    inner = getattr(model, "module", model)
+    if not getattr(inner, "requires_divisible_input_shape", True):
+        return 1
+    return int(getattr(getattr(inner, "encoder", None), "output_stride", 1) or 1)
+
+
+def check_input_size(model: nn.Module, size: int | tuple[int, int], min_size: int = 0) -> None:
+    """SegkitError naming data.size when the network input cannot go through ``model``.
+
+    Done before training starts, so a bad --size fails in one line instead of in the first
+    forward pass. ``min_size``: e.g. 128 for PAN (see the module doc).
+    """
+    h, w = (size, size) if isinstance(size, int) else size
+    div = input_divisor(model)
+    name = type(getattr(model, "module", model)).__name__
+    if h % div or w % div:
+        raise SegkitError(f"data.size: {h}x{w} must be a multiple of {div} for {name} "
+                          f"(e.g. {max(div, h // div * div)})")
+    if min(h, w) < min_size:
+        raise SegkitError(f"data.size: {h}x{w} is below the minimum {min_size} for {name}")
 
 
 def freeze_encoder(model: nn.Module, fraction: float, freeze_bn_stats: bool = False) -> int:
