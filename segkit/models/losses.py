@@ -24,7 +24,7 @@ from segkit.errors import SegkitError
 _L = smp.losses
 
 
-def _tensor(value, name: str):
+def _tensor(value):
     """A float tensor from a number or a list (config values), so it registers as a buffer."""
     if value is None or isinstance(value, torch.Tensor):
         return value
@@ -36,8 +36,8 @@ def _bce(mode, classes, p, task):
     # SoftBCE == BCEWithLogits plus ignore_index and label smoothing. Per-class pos_weight must
     # broadcast over the channel axis: shape (C,1,1) for (N,C,H,W) logits, (C,) for (N,C).
     p = dict(p)
-    pw = _tensor(p.pop("pos_weight", None), "pos_weight")
-    weight = _tensor(p.pop("weight", None), "weight")
+    pw = _tensor(p.pop("pos_weight", None))
+    weight = _tensor(p.pop("weight", None))
     if task == "seg":
         pw = None if pw is None else pw.view(-1, 1, 1)
         weight = None if weight is None else weight.view(-1, 1, 1)
@@ -48,7 +48,7 @@ def _ce(mode, classes, p, task):
     if classes < 2:
         raise SegkitError("loss.ce: needs classes >= 2 (use bce or soft_bce for one class)")
     p = dict(p)
-    weight = _tensor(p.pop("weight", None), "weight")
+    weight = _tensor(p.pop("weight", None))
     return nn.CrossEntropyLoss(weight=weight, **p), "index"
 
 
