@@ -117,7 +117,7 @@ def test_frozen_encoder_does_not_change_when_training():
     freeze_encoder(model, 1.0)
     before = [p.clone() for p in model.encoder.parameters()]
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    model(torch.randn(2, 3, 64, 64)).mean().backward()
+    model(torch.randn(2, 3, 32, 32)).mean().backward()
     opt.step()
     assert all(torch.equal(a, b) for a, b in zip(before, model.encoder.parameters()))
 
@@ -139,10 +139,10 @@ def test_freeze_bn_stats_keeps_frozen_statistics():
     norms = [m for m in model.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert norms
     before = [m.running_mean.clone() for m in norms]
-    model(torch.rand(2, 3, 64, 64) * 5 + 3)
+    model(torch.rand(2, 3, 32, 32) * 5 + 3)
     assert all(torch.equal(b, m.running_mean) for b, m in zip(before, norms))
     freeze_encoder(model, 0.0, freeze_bn_stats=True)  # unfrozen: statistics follow the data again
-    model(torch.rand(2, 3, 64, 64) * 5 + 3)
+    model(torch.rand(2, 3, 32, 32) * 5 + 3)
     assert not torch.equal(before[0], norms[0].running_mean)
     assert all(m.momentum == 0.1 for m in norms)
 
