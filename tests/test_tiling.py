@@ -3,7 +3,7 @@ import pytest
 
 from segkit.data.windows import Window, grid_windows
 from segkit.errors import SegkitError
-from segkit.infer.tiling import StripAccumulator, blend_weights
+from segkit.infer.tiling import StripAccumulator, blend_weights, iter_strips
 
 
 @pytest.mark.parametrize("mode", ["gaussian", "pyramid", "flat"])
@@ -101,3 +101,28 @@ def test_accumulator_matches_dense_blending_for_ragged_tiles():
     expected = np.divide(dense_s, dense_w, out=np.zeros_like(dense_s), where=dense_w > 0)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
     assert [r for r, _ in strips] == sorted({r for r, _ in strips}) and strips[0][0] == 0
+
+
+def test_wide_strips_are_split_and_iterators_match_lists():
+    h, w, fov, overlap = 40, 50, 16, 4
+    field = np.random.default_rng(7).random((1, h, w)).astype(np.float32)
+    weights = blend_weights(fov, fov, "gaussian")
+    tiles = []
+    for win in grid_windows(h, w, fov, overlap):
+        tile = np.zeros((1, fov, fov), np.float32)
+        tile[:, : min(fov, h - win.row), : min(fov, w - win.col)] = field[:, win.row:win.bottom, win.col:win.right]
+        tiles.append((win, tile, weights))
+    small = StripAccumulator(1, h, w, max_strip_values=3 * w + 7)  # 3 rows per strip
+    assert small.max_rows == 3
+    strips = list(iter_strips(small, tiles))
+    assert max(s.shape[1] for _, s in strips) == 3
+    assert strips[0][0] == 0 and all(r1 == r0 + s.shape[1] for (r0, s), (r1, _) in zip(strips, strips[1:]))
+    np.testing.assert_allclose(np.concatenate([s for _, s in strips], axis=1), field, atol=1e-6)
+    big = StripAccumulator(1, h, w)
+    listed = []
+    for t in tiles:
+        listed += big.add(*t)
+    listed += big.finish()
+    assert len(listed) < len(strips)
+    np.testing.assert_array_equal(np.concatenate([s for _, s in listed], axis=1),
+                                  np.concatenate([s for _, s in strips], axis=1))

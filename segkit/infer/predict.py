@@ -197,7 +197,7 @@ def predict_strips(
     try:
         if not batches:  # nothing to run (no tissue): all zeros
             channels = _output_channels(models, raster, size, preprocess, device, amp, activation)
-            yield from StripAccumulator(channels, reg.height, reg.width).finish()
+            yield from StripAccumulator(channels, reg.height, reg.width).finish_iter()
             return
         if progress:
             from tqdm.auto import tqdm
@@ -216,10 +216,10 @@ def predict_strips(
             for w, p in zip(batch, probs):
                 p = _resize(p, fov_px, fov_px)[:, keep, keep]
                 local = Window(w.row - reg.row, w.col - reg.col, w.height, w.width)
-                yield from acc.add(local, p, weights)
+                yield from acc.add_iter(local, p, weights)
             if bar is not None:
                 bar.update(len(batch))
-        yield from acc.finish()
+        yield from acc.finish_iter()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         if bar is not None:

@@ -58,11 +58,14 @@ class StripAccumulator:
     tile row at row r, no later tile can touch rows above r, so they are final: add() normalises
     them and returns them as (row0, probs (C, h, width)) strips. finish() returns the rest.
     Windows are in the accumulator's own coordinates (0..height, 0..width) and may extend past
-    them: only the inside part is accumulated.
+    them: only the inside part is accumulated. Strips hold at most max_strip_values floats
+    (rows = max_strip_values // (channels * width), at least 1), so on very wide images the
+    output and its temporaries stay small; add_iter/finish_iter produce them one at a time.
     """
 
-    def __init__(self, channels: int, height: int, width: int):
+    def __init__(self, channels: int, height: int, width: int, max_strip_values: int = 1 << 23):
         self.channels, self.height, self.width = int(channels), int(height), int(width)
+        self.max_rows = max(1, int(max_strip_values) // max(1, self.channels * self.width))
         self.top = 0  # first row not yet handed out
         self._row: int | None = None  # start row of the current tile row (may be < 0: padded tiles)
         self._held = 0  # rows [top, top + held) are in the buffers
@@ -77,23 +80,30 @@ class StripAccumulator:
 
     def add(self, window: Window, probs: np.ndarray, weights: np.ndarray) -> list[tuple[int, np.ndarray]]:
         """Blend probs (C, window.height, window.width) with weights (h, w); return strips now final."""
+        return list(self.add_iter(window, probs, weights))
+
+    def add_iter(self, window: Window, probs: np.ndarray, weights: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        """add() as a generator: yields the final strips one by one, then blends the tile.
+
+        It must be run to the end (e.g. ``yield from``), or the tile is not added.
+        """
         if probs.shape != (self.channels, window.height, window.width) or weights.shape != probs.shape[1:]:
             raise ValueError(f"tile {tuple(window)}: probs {probs.shape} / weights {weights.shape} do not match")
         if self._row is not None and window.row < self._row:
             raise ValueError(f"tile {tuple(window)} added after tile row {self._row}: tiles must come row-major")
-        done = self.flush(window.row) if self._row is None or window.row > self._row else []
+        if self._row is None or window.row > self._row:
+            yield from self.flush_iter(window.row)
         self._row = window.row
         r0, r1 = max(window.row, self.top), min(window.bottom, self.height)
         c0, c1 = max(window.col, 0), min(window.right, self.width)
         if r1 <= r0 or c1 <= c0:
-            return done
+            return
         self._grow(r1)
         tr, tc = slice(r0 - window.row, r1 - window.row), slice(c0 - window.col, c1 - window.col)
         w = weights[tr, tc]
         br = slice(r0 - self.top, r1 - self.top)
         self._sums[:, br, c0:c1] += probs[:, tr, tc] * w
         self._weights[br, c0:c1] += w
-        return done
 
     def _grow(self, bottom: int) -> None:
         need = bottom - self.top
@@ -107,15 +117,21 @@ class StripAccumulator:
 
     def flush(self, row: int) -> list[tuple[int, np.ndarray]]:
         """Normalise and hand out rows [top, row); pixels no tile covered are 0."""
+        return list(self.flush_iter(row))
+
+    def flush_iter(self, row: int) -> Iterator[tuple[int, np.ndarray]]:
+        """flush() as a generator of strips of at most max_rows rows (run it to the end)."""
         row = min(int(row), self.height)
         if row <= self.top:
-            return []
+            return
         self._grow(row)
         n = row - self.top
-        sums, weights = self._sums[:, :n], self._weights[:n]
-        strip = np.zeros_like(sums)
-        np.divide(sums, weights, out=strip, where=weights > 0)
-        out = [(self.top, strip)]
+        for a in range(0, n, self.max_rows):
+            b = min(a + self.max_rows, n)
+            sums, weights = self._sums[:, a:b], self._weights[a:b]
+            strip = np.zeros_like(sums)
+            np.divide(sums, weights, out=strip, where=weights > 0)
+            yield self.top + a, strip
         rest = self._held - n  # rows still in flight move to the top of the buffers
         self._sums[:, :rest] = self._sums[:, n:self._held]
         self._weights[:rest] = self._weights[n:self._held]
@@ -123,14 +139,16 @@ class StripAccumulator:
         self._weights[rest:self._held] = 0
         self._held = rest
         self.top = row
-        return out
 
     def finish(self) -> list[tuple[int, np.ndarray]]:
         return self.flush(self.height)
+
+    def finish_iter(self) -> Iterator[tuple[int, np.ndarray]]:
+        return self.flush_iter(self.height)
 
 
 def iter_strips(acc: StripAccumulator, tiles) -> Iterator[tuple[int, np.ndarray]]:
     """Feed (window, probs, weights) tiles into acc and yield every finished strip."""
     for window, probs, weights in tiles:
-        yield from acc.add(window, probs, weights)
-    yield from acc.finish()
+        yield from acc.add_iter(window, probs, weights)
+    yield from acc.finish_iter()
