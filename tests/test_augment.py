@@ -30,7 +30,7 @@ def window(h=23, w=31, c=3):
 
 
 def recipe(name):
-    return yaml.safe_load((CONFIGS / name).read_text())["augment"]
+    return yaml.safe_load((CONFIGS / name).read_text())["data"]["augment"]
 
 
 @pytest.mark.parametrize("name", RECIPES)

@@ -135,3 +135,10 @@ def test_rng_state_round_trip_through_a_checkpoint(tmp_path):
     ck.set_rng_state(ck.load_checkpoint(path)["rng"])
     again = (random.random(), np.random.rand(4).tolist(), np.random.randn(), torch.rand(4).tolist())
     assert first == again
+
+
+def test_prune_keeps_everything_while_fewer_than_keep_last(tmp_path):
+    for epoch in (1, 2):
+        ck.save_checkpoint(tmp_path / ck.checkpoint_name(epoch), {"epoch": epoch})
+    assert ck.prune_checkpoints(tmp_path, keep_last=3) == []
+    assert [p.name for p in ck.list_checkpoints(tmp_path)] == ["epoch_0001.pt", "epoch_0002.pt"]

@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     cv2.setNumThreads(args.threads)
 
     rng = np.random.default_rng(args.seed)
-    spec = yaml.safe_load(args.recipe.read_text())["augment"]
+    spec = yaml.safe_load(args.recipe.read_text())["data"]["augment"]
     image, mask = synthetic_image(args.image_side, args.channels, rng)
     bank = ObjectBank(seed=args.seed)
     t0 = time.perf_counter()

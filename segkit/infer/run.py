@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 
 from segkit.config import Config, load_config
@@ -23,8 +22,10 @@ from segkit.infer.ensemble import select_checkpoints
 from segkit.infer.predict import predict_strips
 from segkit.infer.tta import parse_tta
 from segkit.io.raster import open_raster
+from segkit.io.vector import PolygonStripWriter
 from segkit.io.writers import RleStripWriter, TiffStripWriter
 from segkit.models.factory import create_model
+from segkit.post.morphology import StripPostProcessor
 from segkit.post.morphology import threshold as threshold_probs
 from segkit.train import checkpoint as ckpt
 from segkit.train.rundir import read_run_info
@@ -154,7 +155,8 @@ def infer_images(
                 device=device, amp=settings.amp, activation=activation,
                 region=Window(0, 0, raster.height, raster.width), progress=settings.progress,
             )
-            written += _write_image(strips, raster, image_id, len(images), rle_writer, outputs, settings, ensemble.classes)
+            masks = _post_processed(strips, raster, ensemble.preprocess, settings, ensemble.classes)
+            written += _write_image(masks, raster, image_id, len(images), rle_writer, outputs, settings, ensemble.classes)
         if rle_writer is not None:
             written.insert(0, outputs.rle)
     return written
@@ -164,43 +166,49 @@ def _source_bands(preprocess: Preprocess) -> int:
     return max(spec.band for spec in preprocess.channels) + 1
 
 
+def _post_processed(strips, raster, preprocess: Preprocess, settings: Settings, classes: int):
+    """(row0, probs) strips -> (row0, mask, probs) strips: CRF, threshold, small objects, holes."""
+    if settings.crf is not None:
+        from segkit.post.crf import CrfStripProcessor
+
+        refine = CrfStripProcessor(
+            raster.height, raster.width, read_image=lambda window: preprocess.stack(raster.read(window)), **settings.crf
+        )
+        strips = refine(strips)
+    # Binary: probability >= threshold; multiclass: argmax over classes (channel 0 = background).
+    cut = settings.threshold if classes == 1 else None
+    masks = ((row0, threshold_probs(probs, cut), probs) for row0, probs in strips)
+    if settings.min_object_px > 1 or settings.fill_holes:
+        masks = StripPostProcessor(
+            raster.height, raster.width, min_px=settings.min_object_px, fill=settings.fill_holes
+        )(masks)
+    return masks
+
+
 def _write_image(strips, raster, image_id, n_images, rle_writer, outputs: Outputs, settings: Settings, classes: int):
     height, width = raster.height, raster.width
     geo = {"crs": raster.crs, "transform": raster.transform}
-    written = []
+    paths = {kind: outputs.per_image(getattr(outputs, kind), image_id, n_images) for kind in ("mask", "probs", "polygons")}
     with contextlib.ExitStack() as stack:
-        mask_path = outputs.per_image(outputs.mask, image_id, n_images)
-        probs_path = outputs.per_image(outputs.probs, image_id, n_images)
-        polygons_path = outputs.per_image(outputs.polygons, image_id, n_images)
-        mask_writer = probs_writer = polygon_writer = None
-        if mask_path:
-            mask_writer = stack.enter_context(TiffStripWriter(mask_path, height, width, 1, "uint8", overwrite=outputs.overwrite, **geo))
-        if probs_path:
-            probs_writer = stack.enter_context(
-                TiffStripWriter(probs_path, height, width, classes, "uint8", overwrite=outputs.overwrite, **geo)
-            )
-        if polygons_path:
-            from segkit.io.vector import PolygonStripWriter
-
-            polygon_writer = stack.enter_context(
-                PolygonStripWriter(polygons_path, height, width, overwrite=outputs.overwrite, **geo)
-            )
+        writers = []  # (writer, takes probs too)
+        if paths["mask"]:
+            writer = TiffStripWriter(paths["mask"], height, width, 1, "uint8", overwrite=outputs.overwrite, **geo)
+            writers.append((stack.enter_context(writer), lambda w, mask, probs: w.write(mask)))
+        if paths["probs"]:
+            writer = TiffStripWriter(paths["probs"], height, width, classes, "uint8", overwrite=outputs.overwrite, **geo)
+            writers.append((stack.enter_context(writer), lambda w, mask, probs: w.write(probs)))
+        if paths["polygons"]:
+            writer = PolygonStripWriter(paths["polygons"], height, width, overwrite=outputs.overwrite, **geo)
+            writers.append((stack.enter_context(writer), lambda w, mask, probs: w.write(mask, probs)))
         if rle_writer is not None:
             rle_writer.begin(image_id, height, width)
-        for _, probs in strips:
-            mask = threshold_probs(probs, settings.threshold)
-            if rle_writer is not None:
-                rle_writer.add(mask)
-            if mask_writer is not None:
-                mask_writer.write(mask)
-            if probs_writer is not None:
-                probs_writer.write(probs)
-            if polygon_writer is not None:
-                polygon_writer.add(mask, probs)
+            writers.append((rle_writer, lambda w, mask, probs: w.add(mask)))
+        for _, mask, probs in strips:
+            for writer, write in writers:
+                write(writer, mask, probs)
         if rle_writer is not None:
             rle_writer.end()
-        written += [p for p in (mask_path, probs_path, polygons_path) if p]
-    return written
+    return [path for path in paths.values() if path]
 
 
 def image_list(paths: list[Path]) -> list[tuple[str, Path]]:

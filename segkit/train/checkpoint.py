@@ -117,7 +117,7 @@ def prune_checkpoints(folder: str | Path, keep_last: int | None, best_path=None,
         protected.add(Path(best_path).resolve())
     elif best_path is not None:
         protected.update(Path(p).resolve() for p in best_path)
-    recent = set(files[len(files) - int(keep_last):]) if int(keep_last) > 0 else set()
+    recent = set(files[max(0, len(files) - int(keep_last)):])
     removed = []
     for p in files:
         if p in recent or p.resolve() in protected:

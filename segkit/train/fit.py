@@ -64,6 +64,8 @@ def fit(
     resume: Optional[Path] = None,
 ) -> Path:
     """Train one stage and return its run directory (new, or `resume` continued)."""
+    if config.task == "cls":
+        raise SegkitError("task cls: classification training is not built yet; this version trains task seg")
     runs_dir = Path(config.run.runs_dir)
     if resume is not None:
         run_dir = resume
@@ -140,7 +142,7 @@ def fit(
         config.train.scheduler, optimizer, total_steps=steps_per_epoch * config.train.epochs,
         warmup_steps=config.train.warmup_steps,
     )
-    loss_fn = create_loss(config.train.loss, classes=config.model.classes)
+    loss_fn = create_loss(config.train.loss, classes=config.model.classes, task=config.task)
     amp = config.train.amp
     scaler = torch.amp.GradScaler("cuda") if amp and device.type == "cuda" else None
 
@@ -164,7 +166,7 @@ def fit(
         fov_px=config.data.fov_px, size=config.data.size, overlap_px=min(config.infer.overlap_px, config.data.fov_px // 2),
         tta=config.infer.tta, blend=config.infer.blend, threshold=config.infer.threshold,
         batch_size=config.infer.batch_size, device=device, amp=amp,
-        activation=activation_for(config.model.classes),
+        activation=activation_for(config.model.classes), classes=config.model.classes,
     )
     stale = 0
     for epoch in range(start_epoch, config.train.epochs + 1):

@@ -27,11 +27,12 @@ def validate(
     device: torch.device,
     amp: bool,
     activation: str,
+    classes: int = 1,
 ) -> dict:
     """Dice over the validation rows (each row's region, or its whole image), predicted tile by tile."""
     for model, _ in models:
         model.eval()
-    accumulator = DiceAccumulator()
+    accumulator = DiceAccumulator(classes=classes)
     for pair in pairs:
         raster = pair.raster
         region = pair.row.region or Window(0, 0, raster.height, raster.width)
@@ -40,7 +41,7 @@ def validate(
             tta=parse_tta(tta), blend=blend, batch_size=batch_size, device=device, amp=amp,
             activation=activation, region=region,
         )
-        mask = threshold_probs(probs, threshold)
+        mask = threshold_probs(probs, threshold if classes == 1 else None)
         target = pair.labels.read(region)
         accumulator.add(mask, target, image_id=pair.row.id)
     for model, _ in models:

@@ -1,0 +1,163 @@
+"""The real `segkit` commands on a tiny dataset written to disk (seconds each)."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import yaml
+from click.testing import CliRunner
+
+from segkit.cli import cli
+from segkit.io.rle import decode
+
+HEIGHT, WIDTH = 90, 133  # deliberately not multiples of the tile
+
+
+def _discs(rng, height, width, count):
+    """A noisy grey image with bright discs and the matching 0/1 mask."""
+    yy, xx = np.mgrid[:height, :width]
+    mask = np.zeros((height, width), np.uint8)
+    for _ in range(count):
+        r, c, radius = rng.integers(0, height), rng.integers(0, width), rng.integers(4, 9)
+        mask[(yy - r) ** 2 + (xx - c) ** 2 <= radius**2] = 1
+    image = rng.normal(60, 12, (height, width)) + 120 * mask
+    return np.clip(image, 0, 255).astype(np.uint8), mask
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """Two images with masks, a manifest with explicit folds, and a tiny config."""
+    root = tmp_path_factory.mktemp("project")
+    rng = np.random.default_rng(0)
+    rows = []
+    for index in range(2):
+        image, mask = _discs(rng, HEIGHT, WIDTH, 12)
+        tifffile.imwrite(root / f"img{index}.tif", image, tile=(32, 32), compression="zlib")
+        tifffile.imwrite(root / f"img{index}_mask.tif", mask)
+        rows.append({"id": f"img{index}", "image": f"img{index}.tif", "label": f"img{index}_mask.tif", "fold": index})
+    with open(root / "manifest.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    config = {
+        "run": {"runs_dir": str(root / "runs"), "progress": False},
+        "data": {"manifest": str(root / "manifest.csv"), "fov_px": 48, "size": 32, "val_fold": 1, "stats_windows": 8},
+        "model": {"encoder": "resnet18"},
+        "train": {"epochs": 2, "windows_per_epoch": 8, "batch_size": 4},
+        "infer": {"overlap_px": 16, "epochs": "last:2", "batch_size": 4},
+    }
+    (root / "tiny.yaml").write_text(yaml.safe_dump(config))
+    return root
+
+
+def run(*args, expect=0):
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == expect, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(project):
+    run("train", "--config", project / "tiny.yaml", "--name", "stage1")
+    return project / "runs" / "stage1"
+
+
+def test_train_writes_a_complete_run_directory(trained):
+    assert (trained / "config.yaml").exists() and (trained / "preprocess.json").exists()
+    records = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert all(0.0 <= r["val_dice"] <= 1.0 and np.isfinite(r["train_loss"]) for r in records)
+    assert sorted(p.name for p in (trained / "checkpoints").glob("*.pt")) == ["epoch_0001.pt", "epoch_0002.pt"]
+    info = json.loads((trained / "run.json").read_text())
+    assert info["status"] == "finished" and info["command"] == "train" and info["parent"] is None
+    saved = yaml.safe_load((trained / "config.yaml").read_text())
+    assert saved["data"]["fov_px"] == 48 and saved["data"]["size"] == 32 and saved["run"]["name"] == "stage1"
+    assert list((trained / "plots").glob("*.png"))
+
+
+def test_finetune_keeps_the_field_of_view_and_records_its_parent(project, trained):
+    result = run("finetune", "--from", trained, "--size", 48, "--epochs", 1, "--name", "stage2",
+                 "--runs-dir", project / "runs")
+    child = project / "runs" / "stage2"
+    saved = yaml.safe_load((child / "config.yaml").read_text())
+    assert saved["data"]["fov_px"] == 48 and saved["data"]["size"] == 48
+    assert json.loads((child / "run.json").read_text())["parent"] == str(trained)
+    assert json.loads((child / "preprocess.json").read_text()) == json.loads((trained / "preprocess.json").read_text())
+    assert "val dice" in result.output
+
+
+def test_infer_writes_rle_of_every_image_and_refuses_to_overwrite(project, trained):
+    out = project / "sub.csv"
+    result = run("infer", "--run", trained, "--runs-dir", project / "runs", "--rle", out,
+                 project / "img0.tif", project / "img1.tif")
+    assert "epoch_0001.pt, epoch_0002.pt" in result.output
+    with open(out) as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["id", "rle"] and [r[0] for r in rows[1:]] == ["img0", "img1"]
+    for _, rle in rows[1:]:
+        assert decode(rle, (HEIGHT, WIDTH)).shape == (HEIGHT, WIDTH)
+    before = out.read_bytes()
+    result = run("infer", "--run", trained, "--rle", out, project / "img0.tif", expect=1)
+    assert "exists (use --overwrite)" in result.output and out.read_bytes() == before
+
+
+def test_infer_mask_tiff_matches_the_rle(project, trained):
+    mask_path, rle_path = project / "m_{id}.tif", project / "one.csv"
+    run("infer", "--run", trained, "--rle", rle_path, "--mask", mask_path, "--tta", "none", project / "img1.tif")
+    mask = tifffile.imread(project / "m_img1.tif")
+    rle = list(csv.reader(open(rle_path)))[1][1]
+    assert np.array_equal(decode(rle, (HEIGHT, WIDTH)), (mask > 0).astype(np.uint8))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--set", "data.sise=3"], "unknown config key data.sise (did you mean 'data.size'?)"),
+        (["train", "--set", "train.lr=fast"], "config key train.lr: expected float"),
+        (["infer", "--run", "no_such_run", "--rle", "x.csv"], "no_such_run: no such run"),
+        (["finetune", "--from", "nowhere", "--size", "64"], "nowhere: no such run"),
+    ],
+)
+def test_expected_mistakes_are_one_line_errors(args, message):
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code != 0
+    assert message in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_missing_manifest_file_is_named(tmp_path):
+    result = CliRunner().invoke(cli, ["train", "--set", f"data.manifest={tmp_path / 'nope.csv'}"])
+    assert result.exit_code != 0 and "nope.csv: manifest not found" in result.output
+
+
+def test_resume_of_a_finished_run_is_refused(project, trained):
+    result = CliRunner().invoke(cli, ["train", "--config", project / "tiny.yaml", "--resume", str(trained)])
+    assert result.exit_code != 0 and "run has finished" in result.output
+
+
+def test_every_option_of_every_command_is_explained():
+    assert run("--help").output.count("segkit") >= 3
+    for name, command in cli.commands.items():
+        run(name, "--help")
+        for param in command.params:
+            if param.param_type_name == "option":
+                assert param.help, f"{name} {param.opts} has no help text"
+
+
+def test_infer_polygons_probs_and_post_processing(project, trained):
+    polygons, probs = project / "p_{id}.geojson", project / "pr_{id}.tif"
+    run("infer", "--run", trained, "--polygons", polygons, "--probs", probs, "--crf",
+        "--set", "infer.min_object_px=10", "--set", "infer.fill_holes=true", project / "img0.tif")
+    collection = json.loads((project / "p_img0.geojson").read_text())
+    assert collection["type"] == "FeatureCollection"
+    assert all(f["properties"]["class"] == 1 for f in collection["features"])
+    assert tifffile.imread(project / "pr_img0.tif").shape == (HEIGHT, WIDTH)
+
+
+def test_infer_with_several_images_needs_id_in_per_image_paths(project, trained):
+    result = run("infer", "--run", trained, "--mask", project / "same.tif",
+                 project / "img0.tif", project / "img1.tif", expect=1)
+    assert "several images need '{id}'" in result.output
