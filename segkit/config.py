@@ -31,6 +31,7 @@ class RunConfig:
     seed: int = 42  # seeds windows, augmentation, weights and folds
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     progress: bool = True  # progress bars on long work
+    log: str = "none"  # extra epoch logging: none | tensorboard (needs pip install tensorboard)
 
 
 @dataclass
@@ -75,6 +76,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     scheduler: str = "cosine"  # cosine (with warmup) | onecycle | constant
     warmup_steps: int = 0
+    min_lr_ratio: float = 0.0  # cosine ends at min_lr_ratio * lr
+    momentum: float = 0.9  # SGD momentum (Nesterov when > 0)
     loss: list = field(default_factory=lambda: [{"name": "dice", "weight": 1.0}, {"name": "soft_bce", "weight": 1.0}])
     amp: bool = True  # bf16 autocast on CPU, fp16 + GradScaler on CUDA
     accumulate: int = 1  # gradient accumulation steps
@@ -203,6 +206,7 @@ def validate(config: Config) -> None:
         "data.rle_order": (config.data.rle_order, ("F", "C")),
         "infer.rle_order": (config.infer.rle_order, ("F", "C")),
         "infer.blend": (config.infer.blend, ("gaussian", "pyramid", "flat")),
+        "run.log": (config.run.log, ("none", "tensorboard")),
     }
     for key, (value, valid) in choices.items():
         if value not in valid:

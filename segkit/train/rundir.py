@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -94,3 +95,45 @@ def latest_run(runs_dir: Path, commands: tuple[str, ...]) -> Path:
     if not runs:
         raise SegkitError(f"{runs_dir}: no {' or '.join(commands)} run found (run `segkit train` first)")
     return max(runs)[1]
+
+
+def truncate_jsonl(path: Path, last_epoch: int) -> None:
+    """Drop records past ``last_epoch`` (written before a crash that lost their checkpoint)."""
+    if not path.exists():
+        return
+    records = [r for r in read_jsonl(path) if int(r.get("epoch", 0)) <= last_epoch]
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        handle.write("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, path)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def check_resumable(run_dir: Path, check_live: bool = True) -> dict:
+    """The run record of a run that may be resumed; one-line errors for finished or live runs."""
+    info = read_run_info(run_dir)
+    status = info.get("status")
+    if status == "finished":
+        raise SegkitError(f"{run_dir}: run has finished; nothing to resume (finetune it instead)")
+    if info.get("command") not in ("train", "finetune"):
+        raise SegkitError(f"{run_dir}: not a training run (command {info.get('command')!r})")
+    pid, host = info.get("pid"), info.get("host")
+    if check_live and status == "running" and pid and host == socket.gethostname() and pid != os.getpid() and _process_alive(pid):
+        raise SegkitError(f"{run_dir}: run is still running (pid {pid}); stop it before resuming")
+    return info
+
+
+def mark_running(run_dir: Path, **changes) -> dict:
+    """status running, with this process's pid and host (so a second resume can tell it is live)."""
+    return update_run_info(run_dir, status="running", pid=os.getpid(), host=socket.gethostname(), **changes)

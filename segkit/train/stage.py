@@ -1,0 +1,193 @@
+"""Pieces of one training stage that fit() assembles: the parent checkpoint of a finetune and
+its compatibility checks, per-item augmentation seeding, checkpoint contents for exact resume,
+TensorBoard logging, and the cross-rank weight check of a DDP run."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from segkit.config import Config, load_config
+from segkit.data.dataset import RandomWindowDataset
+from segkit.errors import SegkitError
+from segkit.train import checkpoint as ckpt
+from segkit.train import distributed
+from segkit.train.rundir import read_run_info
+
+
+class SeededWindowDataset(RandomWindowDataset):
+    """Reseeds the augmentation for every item from (seed, epoch, rank, index).
+
+    The augmentation otherwise draws from one generator whose state depends on every earlier
+    item, so a resumed run (fresh generator) would augment epoch 3 differently than the
+    uninterrupted one. Per-item seeding makes each item a pure function of its coordinates.
+    """
+
+    def __getitem__(self, index: int) -> dict:
+        if self.augment is not None and hasattr(self.augment, "reseed"):
+            self.augment.reseed([int(self.seed), int(self.epoch), int(self.rank), int(index), 1])
+        return super().__getitem__(index)
+
+
+# --- finetune parents -------------------------------------------------------------------------
+
+def select_checkpoint(run_dir: Path, which: str | int = "best") -> tuple[Path, int]:
+    """(path, epoch) of a run's checkpoint: "best" (the default), "last" or an epoch number."""
+    paths = ckpt.list_checkpoints(run_dir / "checkpoints")
+    if not paths:
+        raise SegkitError(f"{run_dir}: no checkpoints")
+    by_epoch = {ckpt.checkpoint_epoch(p): p for p in paths}
+    text = str(which).strip().lower()
+    if text == "last":
+        epoch = max(by_epoch)
+    elif text == "best":
+        best = read_run_info(run_dir).get("best_epoch")
+        epoch = best if best in by_epoch else max(by_epoch)
+    else:
+        try:
+            epoch = int(text)
+        except ValueError:
+            raise SegkitError(f"--epoch {which!r}: expected best, last or an epoch number") from None
+        if epoch not in by_epoch:
+            kept = ", ".join(str(e) for e in sorted(by_epoch))
+            raise SegkitError(f"{run_dir}: no checkpoint of epoch {epoch} (kept: {kept})")
+    return by_epoch[epoch], epoch
+
+
+def check_parent_compatible(parent: Path, config: Config) -> Config:
+    """The parent's config; one-line error when the child asks for other channels, classes or task."""
+    base = load_config(parent / "config.yaml")
+    for key, theirs, ours in (
+        ("task", base.task, config.task),
+        ("data.channels", base.data.channels, config.data.channels),
+        ("model.classes", base.model.classes, config.model.classes),
+        ("model.arch", base.model.arch, config.model.arch),
+        ("model.encoder", base.model.encoder, config.model.encoder),
+    ):
+        if theirs != ours:
+            raise SegkitError(f"{parent}: parent run has {key}={theirs!r} but this stage asks for {ours!r}; "
+                              "a finetune keeps the parent's model and inputs (start a new train run instead)")
+    return base
+
+
+def lineage(parent: Path, parent_epoch: int) -> list[dict]:
+    """The chain of stages up to this one's parent, oldest first: [{run, epoch, size}, ...]."""
+    info = read_run_info(parent)
+    size = load_config(parent / "config.yaml").data.size
+    return list(info.get("lineage") or []) + [{"run": str(parent), "epoch": int(parent_epoch), "size": size}]
+
+
+def load_model_weights(model: torch.nn.Module, state: dict, where: Path) -> None:
+    try:
+        distributed.unwrap(model).load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0][:200]
+        raise SegkitError(f"{where}: weights do not fit this model ({first})") from None
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+
+def training_state(epoch: int, model, optimizer, scheduler, scaler, ema, early, best, record) -> dict:
+    """Everything exact resume needs. "model" holds the weights that were validated (the EMA's when
+    train.ema is on: what infer and finetune use); "train_model" the raw weights the optimizer moves."""
+    raw = distributed.unwrap(model).state_dict()
+    state = {
+        "epoch": int(epoch),
+        "model": ema.module.state_dict() if ema is not None else raw,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": ckpt.rng_state(),
+        "early_stop": early.state_dict(),
+        "best": best,
+        "metrics": record,
+    }
+    if scaler is not None:
+        state["scaler"] = scaler.state_dict()
+    if ema is not None:
+        state["train_model"] = raw
+        state["ema"] = {"n_averaged": ema.averaged.n_averaged.clone(), "decay": ema.decay}
+    return state
+
+
+def restore_training_state(state: dict, model, optimizer, scheduler, scaler, ema, early) -> int:
+    """Load training_state() into freshly built objects; returns the checkpoint's epoch."""
+    distributed.unwrap(model).load_state_dict(state.get("train_model", state["model"]))
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    if ema is not None:
+        if "ema" in state:
+            ema.load_state_dict({"module": state["model"], "n_averaged": state["ema"]["n_averaged"]})
+        else:  # checkpoint written without EMA: start the average from the current weights
+            ema.module.load_state_dict(state["model"])
+    if state.get("early_stop"):
+        early.load_state_dict(state["early_stop"])
+    ckpt.set_rng_state(state["rng"])
+    return int(state["epoch"])
+
+
+# --- logging and checks -----------------------------------------------------------------------
+
+class TensorBoardLog:
+    """Epoch records as TensorBoard scalars under RUN/tensorboard (only when asked for)."""
+
+    def __init__(self, folder: Path):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise SegkitError("--log tensorboard: the tensorboard package is not installed "
+                              "(pip install tensorboard)") from None
+        self.writer = SummaryWriter(log_dir=str(folder))
+
+    def write(self, record: dict) -> None:
+        epoch = int(record["epoch"])
+        for key, value in record.items():
+            if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(key, value, epoch)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def require_tensorboard() -> None:
+    """Fail before any work starts when --log tensorboard cannot work."""
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        raise SegkitError("--log tensorboard: the tensorboard package is not installed "
+                          "(pip install tensorboard)") from None
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-1 of every parameter and buffer, in state-dict order (equal digests = equal weights)."""
+    digest = hashlib.sha1()
+    for key, value in distributed.unwrap(model).state_dict().items():
+        digest.update(key.encode())
+        if isinstance(value, torch.Tensor):
+            digest.update(value.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def broadcast(obj):
+    """Rank 0's ``obj`` on every rank (``obj`` itself when not distributed)."""
+    return distributed.all_gather_objects(obj)[0]
+
+
+def numeric(record: dict) -> dict:
+    """Flatten {"terms": {...}} into the record; keep plain numbers only."""
+    out: dict = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            out.update({k: float(v) for k, v in value.items() if k != "loss"})
+        elif value is not None:
+            out[key] = value
+    return out
+
+
+def parent_epoch_arg(value: Optional[str]) -> str:
+    return "best" if value in (None, "") else str(value)
