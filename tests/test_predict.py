@@ -206,7 +206,7 @@ def epochs_of(paths):
 
 @pytest.mark.parametrize("spec,expected", [
     ("last:3", [8, 9, 10]), ("last", [10]), ("last:1", [10]), ("8,9,10", [8, 9, 10]), ("10, 8", [8, 10]),
-    ("8-10", [8, 9, 10]), ("all", [1, 2, 3, 5, 8, 9, 10]), (3, [3]),
+    ("8-10", [8, 9, 10]), ("all", [1, 2, 3, 5, 8, 9, 10]), (3, [3]), ("last:9", [1, 2, 3, 5, 8, 9, 10]),
 ])
 def test_select_specs(spec, expected):
     assert epochs_of(select_checkpoints(CKPTS, spec)) == expected
@@ -221,7 +221,6 @@ def test_best():
 @pytest.mark.parametrize("spec,msg", [
     ("4", "no checkpoint for epoch 4; available epochs: 1, 2, 3, 5, 8, 9, 10"),
     ("1-4", "epoch 4"),
-    ("last:8", "only 7 checkpoints"),
     ("last:0", "K >= 1"),
     ("first", "expected last:K"),
 ])

@@ -39,10 +39,8 @@ def select_checkpoints(paths_by_epoch: Mapping[int, Path], spec: str | int = "la
         count = text.partition(":")[2] or "1"
         if not count.isdigit() or int(count) < 1:
             raise SegkitError(f"--epochs {spec}: expected last:K with K >= 1")
+        # A run shorter than K epochs (or pruned to fewer) ensembles what it has.
         chosen = epochs[-int(count):]
-        if int(count) > len(epochs):
-            raise SegkitError(f"--epochs {spec}: only {len(epochs)} checkpoints; "
-                              f"available epochs: {_available(paths_by_epoch)}")
     else:
         chosen = []
         for part in text.split(","):
