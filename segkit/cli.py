@@ -72,7 +72,9 @@ def cli():
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N.")
 @click.option("--resume", "resume_run", default=None, metavar="RUN",
               help="Continue an interrupted run (name or path) from its last checkpoint; other options are ignored.")
-def train(config_path, overrides, task, size, fov_px, epochs, name, val_fold, subset, device, resume_run):
+@click.option("--log", "log", type=click.Choice(["none", "tensorboard"]), default=None,
+              help="Also log epochs to TensorBoard in RUN/tensorboard (needs: pip install tensorboard).")
+def train(config_path, overrides, task, size, fov_px, epochs, name, val_fold, subset, device, resume_run, log):
     """Train a model on random windows cut from large images.
 
     Windows are drawn at a fresh random position every time (biased toward labelled objects),
@@ -86,7 +88,7 @@ def train(config_path, overrides, task, size, fov_px, epochs, name, val_fold, su
     config = build_config(
         config_path, overrides, task, **{
             "data.size": size, "data.fov_px": fov_px, "train.epochs": epochs, "run.name": name,
-            "data.val_fold": val_fold, "train.subset": subset, "run.device": device,
+            "data.val_fold": val_fold, "train.subset": subset, "run.device": device, "run.log": log,
         }
     )
     if resume_run is not None:
@@ -104,7 +106,11 @@ def train(config_path, overrides, task, size, fov_px, epochs, name, val_fold, su
 @click.option("--name", default=None, help="Run directory name (default finetune-<timestamp>).")
 @click.option("--runs-dir", default="runs", show_default=True, help="Where runs live.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
-def finetune(parent_run, size, epochs, lr, name, runs_dir, overrides):
+@click.option("--epoch", "parent_epoch", default="best", show_default=True, metavar="N|best|last",
+              help="Parent checkpoint to start from: best (by validation Dice), last, or an epoch number.")
+@click.option("--log", "log", type=click.Choice(["none", "tensorboard"]), default=None,
+              help="Also log epochs to TensorBoard in RUN/tensorboard (needs: pip install tensorboard).")
+def finetune(parent_run, size, epochs, lr, name, runs_dir, overrides, parent_epoch, log):
     """Continue a run at a new network size over the same field of view.
 
     The progressive schedule: `train --size 256` reads fov-pixel windows downscaled to 256;
@@ -117,11 +123,12 @@ def finetune(parent_run, size, epochs, lr, name, runs_dir, overrides):
     parent = resolve_run(parent_run, Path(runs_dir), commands=("train", "finetune"))
     base = load_config(parent / "config.yaml")
     extra = [f"data.size={size}", "run.name=null"]
-    extra += [f"{key}={value}" for key, value in (("train.epochs", epochs), ("train.lr", lr), ("run.name", name)) if value is not None]
+    extra += [f"{key}={value}" for key, value in (("train.epochs", epochs), ("train.lr", lr), ("run.name", name),
+                                                  ("run.log", log)) if value is not None]
     config = load_config(None, list(overrides) + extra, base=base)
     if config.data.fov_px != base.data.fov_px:
         raise SegkitError(f"finetune keeps the parent's field of view ({base.data.fov_px} px); do not change data.fov_px")
-    fit(config, command="finetune", parent=parent)
+    fit(config, command="finetune", parent=parent, parent_epoch=parent_epoch)
 
 
 @cli.command()
@@ -183,6 +190,53 @@ def infer(images, runs, runs_dir, epochs, soup, tta, rle_path, polygons, mask, p
     click.echo(f"predicted {len(images)} image(s) with {len(ensemble.models)} model(s) [{checkpoints}], tta {settings.tta}")
     for path in written:
         click.echo(f"wrote {path}")
+
+
+@cli.command()
+@config_options
+@click.option("--size", type=int, default=None, help="Network size of the windows sampled.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the statistics as JSON (atomically).")
+def stats(config_path, overrides, task, size, out_path):
+    """Per-channel mean/std of training windows after channel stacking.
+
+    Samples data.stats_windows random training windows, stacks the channels of data.channels and
+    prints mean and std per channel. `train` computes the same automatically at the start of a
+    run and stores them in runs/NAME/preprocess.json, which `infer` reuses.
+    """
+    from segkit.data.inputs import compute_preprocess, open_training_data
+    from segkit.data.stats import save_stats
+
+    config = build_config(config_path, overrides, task, **{"data.size": size, "data.normalize": True})
+    preprocess = compute_preprocess(config, open_training_data(config), config.run.seed)
+    for index, (spec, mean, std) in enumerate(zip(preprocess.channels, preprocess.mean, preprocess.std)):
+        click.echo(f"channel {index} (band {spec.band}): mean {mean:.6f}  std {std:.6f}")
+    if out_path:
+        save_stats(out_path, preprocess.mean, preprocess.std)
+        click.echo(f"wrote {out_path}")
+
+
+@cli.command()
+@config_options
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True, help="PNG file to write.")
+@click.option("--count", type=int, default=16, show_default=True, help="Windows in the grid.")
+@click.option("--columns", type=int, default=4, show_default=True, help="Windows per row of the grid.")
+@click.option("--size", type=int, default=None, help="Network size of the windows (default: data.size).")
+def preview(config_path, overrides, task, out_path, count, columns, size):
+    """Write a PNG grid of training windows as the network sees them.
+
+    Windows are drawn by the training sampler, stacked into channels (data.channels) and
+    augmented (data.augment, data.copy_paste), with mask outlines drawn in a colour per class.
+    One channel shows grey, three show RGB, more show the first three.
+    """
+    from segkit.data.inputs import preview_samples
+    from segkit.report.preview import write_preview
+
+    if count < 1:
+        raise SegkitError(f"--count must be >= 1, got {count}")
+    config = build_config(config_path, overrides, task, **{"data.size": size})
+    path = write_preview(preview_samples(config, count, config.run.seed), out_path, columns=columns)
+    click.echo(f"wrote {path}")
 
 
 def main(argv=None):
