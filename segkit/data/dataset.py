@@ -3,11 +3,27 @@
 The dataset holds only paths and small low-resolution grids; readers are opened lazily in
 each DataLoader worker, so nothing with an open file handle is pickled and a whole slide is
 never decoded to cut one window.
+
+Thumbnail cache. The usable-area grid (tissue mask) and the foreground grid come from a
+1024-px thumbnail, and building one decodes every tile of the slide (tens of seconds on a
+30000x40000 WSI). ``train``, ``finetune``, every fold and the stratified split all need the same
+grids, so they are cached twice: in memory for the life of the process, and on disk as a small
+bit-packed ``.npz`` (a few KB) under ``$SEGKIT_CACHE_DIR`` (default ``~/.cache/segkit``;
+``off`` disables the disk copy). The key is the file's absolute path, size and mtime plus
+everything the grid depends on (tissue method, label decoding options, thumbnail size), so an
+edited file or another method is a new entry, never a stale one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+import zipfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
@@ -16,6 +32,7 @@ from torch.utils.data import Dataset
 
 from segkit.data.manifest import ManifestRow
 from segkit.data.windows import RandomWindowSampler, SamplingArea, Window, tissue_mask
+from segkit.errors import SegkitError
 from segkit.io.masks import open_labels
 from segkit.io.raster import open_raster
 
@@ -23,6 +40,9 @@ if TYPE_CHECKING:
     from segkit.data.preprocess import Preprocess
 
 THUMB_SIDE = 1024  # low-resolution grid for tissue and foreground sampling
+CACHE_ENV = "SEGKIT_CACHE_DIR"
+_CACHE_VERSION = 1
+_MEMORY: dict[str, dict] = {}  # key -> packed grids, this process only
 
 
 @dataclass(frozen=True)
@@ -43,6 +63,11 @@ class SourcePair:
         self.options = options
         self._raster = None
         self._labels = None
+
+    @property
+    def name(self) -> str:
+        """How errors and warnings name this row: its id and image file."""
+        return f"manifest row {self.row.id!r} ({self.row.image})"
 
     @property
     def raster(self):
@@ -69,23 +94,169 @@ class SourcePair:
 
 
 def open_pairs(rows: list[ManifestRow], options: LabelOptions) -> list[SourcePair]:
-    """Open every image and label once up front, so a bad file fails before training starts."""
+    """Open every image and label once up front, so a bad file fails before training starts.
+
+    Also checked here: each row's region overlaps its image, and all images have the same
+    number of bands (the channel spec and the network input are fixed by the first image).
+    """
     pairs = [SourcePair(row, options) for row in rows]
+    first = None
     for pair in pairs:
-        pair.raster  # noqa: B018 - opening validates the file
-        pair.labels  # noqa: B018
+        raster = pair.raster
+        pair.labels  # noqa: B018 - opening validates the label file against the image
+        _region_cells((raster.height, raster.width), 1.0, pair)
+        if first is None:
+            first = pair
+        elif raster.channels != first.raster.channels:
+            raise SegkitError(
+                f"{raster.path}: {raster.channels} band(s), but {first.raster.path} has "
+                f"{first.raster.channels}; every image of a manifest needs the same bands"
+            )
     return pairs
 
 
-def sampling_area(pair: SourcePair, tissue: str) -> SamplingArea:
-    """Low-resolution usable-area and foreground grids of one manifest row."""
+# ---------------------------------------------------------------- cached low-resolution grids
+
+
+def cache_dir(explicit: str | Path | None = None) -> Optional[Path]:
+    """Folder of the on-disk thumbnail cache, or None when disabled ('off')."""
+    value = explicit if explicit is not None else os.environ.get(CACHE_ENV)
+    if value is not None and str(value).strip().lower() in ("", "off", "none", "0", "false"):
+        return None
+    if value is None:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "segkit"
+    else:
+        base = Path(os.path.expanduser(str(value)))
+    return base / "thumbs"
+
+
+def clear_memory_cache() -> None:
+    """Forget the grids held in this process (the disk copies stay)."""
+    _MEMORY.clear()
+
+
+def _stamp(path) -> list:
+    st = os.stat(path)
+    return [os.path.abspath(path), st.st_size, st.st_mtime_ns]
+
+
+def _key(kind: str, **parts) -> str:
+    text = json.dumps([_CACHE_VERSION, kind, parts], sort_keys=True, default=str)
+    return f"{kind}-{hashlib.sha1(text.encode()).hexdigest()}"
+
+
+def _pack(grid: np.ndarray) -> dict:
+    return {"bits": np.packbits(grid.astype(bool), axis=None), "shape": np.array(grid.shape, np.int64)}
+
+
+def _unpack(value: dict) -> np.ndarray:
+    shape = tuple(int(v) for v in value["shape"])
+    return np.unpackbits(value["bits"], count=int(np.prod(shape))).reshape(shape).astype(bool)
+
+
+def _load(file: Path) -> Optional[dict]:
+    try:
+        with np.load(file) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return None  # a truncated or foreign file is recomputed, not an error
+
+
+def _save(file: Path, value: dict) -> None:
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.stem}.", suffix=".npz")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                np.savez_compressed(handle, **value)
+            os.replace(tmp, file)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError:
+        pass  # a read-only or full cache folder only costs the recomputation next time
+
+
+def _cached(key: str, compute: Callable[[], dict], directory: Optional[Path]) -> dict:
+    value = _MEMORY.get(key)
+    if value is None and directory is not None:
+        value = _load(directory / f"{key}.npz")
+    if value is None:
+        value = compute()
+        if directory is not None:
+            _save(directory / f"{key}.npz", value)
+    _MEMORY[key] = value
+    return value
+
+
+def usable_grid(pair: SourcePair, tissue: str, *, cache: str | Path | None = None) -> tuple[np.ndarray, float]:
+    """(bool grid of the area worth sampling, source px per grid px) from the image thumbnail; cached."""
+    image = pair.row.image
+    key = _key("usable", image=_stamp(image), method=tissue, side=THUMB_SIDE)
+
+    def compute() -> dict:
+        thumb, scale = pair.raster.thumbnail(THUMB_SIDE)
+        return {**_pack(tissue_mask(thumb, method=tissue)), "scale": np.float64(scale)}
+
+    value = _cached(key, compute, cache_dir(cache))
+    return _unpack(value), float(value["scale"])
+
+
+def foreground_grid(pair: SourcePair, *, cache: str | Path | None = None) -> Optional[tuple[np.ndarray, float]]:
+    """(bool grid of labelled pixels, source px per grid px) from the label thumbnail; None without labels."""
+    if pair.row.label is None:
+        return None
+    o = pair.options
+    key = _key(
+        "foreground", label=_stamp(pair.row.label), image=_stamp(pair.row.image), id=pair.row.id,
+        rle_order=o.rle_order, class_map=o.class_map, class_property=o.class_property, side=THUMB_SIDE,
+    )
+
+    def compute() -> dict:
+        thumb, scale = pair.labels.thumbnail(THUMB_SIDE)
+        return {**_pack(thumb > 0), "scale": np.float64(scale)}
+
+    value = _cached(key, compute, cache_dir(cache))
+    return _unpack(value), float(value["scale"])
+
+
+def _region_cells(shape: tuple[int, int], scale: float, pair: SourcePair) -> tuple[slice, slice]:
+    """Grid rows/cols (as slices) covering the row's region, clipped to the image; the whole grid
+    without a region. A region outside its image is an error naming the row."""
     raster = pair.raster
-    thumb, scale = raster.thumbnail(THUMB_SIDE)
-    usable = tissue_mask(thumb, method=tissue)
+    region = pair.row.region
+    if region is None:
+        return slice(0, shape[0]), slice(0, shape[1])
+    r0, c0 = max(0, region.row), max(0, region.col)
+    r1, c1 = min(raster.height, region.bottom), min(raster.width, region.right)
+    if r1 <= r0 or c1 <= c0:
+        raise SegkitError(
+            f"{pair.name}: region {','.join(map(str, region))} lies outside the "
+            f"{raster.height}x{raster.width} image"
+        )
+    return (slice(int(np.floor(r0 / scale)), int(np.ceil(r1 / scale))),
+            slice(int(np.floor(c0 / scale)), int(np.ceil(c1 / scale))))
+
+
+def sampling_area(pair: SourcePair, tissue: str, *, cache: str | Path | None = None) -> SamplingArea:
+    """Low-resolution usable-area and foreground grids of one manifest row (cached, see above).
+
+    An image (or region) with no usable area is an error naming the row and file: it would
+    otherwise be silently left out of training.
+    """
+    raster = pair.raster
+    usable, scale = usable_grid(pair, tissue, cache=cache)
+    rows, cols = _region_cells(usable.shape, scale, pair)
+    if not usable[rows, cols].any():
+        where = f"region {','.join(map(str, pair.row.region))}" if pair.row.region else "image"
+        raise SegkitError(
+            f"{pair.name}: no usable area in the {where} (data.tissue={tissue} found no tissue); "
+            "check the image or use another data.tissue method"
+        )
     foreground = None
-    if pair.labels is not None:
-        label_thumb, _ = pair.labels.thumbnail(THUMB_SIDE)
-        foreground = label_thumb[: usable.shape[0], : usable.shape[1]] > 0
+    fg = foreground_grid(pair, cache=cache)
+    if fg is not None:
+        foreground = fg[0][: usable.shape[0], : usable.shape[1]]
     return SamplingArea(
         height=raster.height,
         width=raster.width,
@@ -96,11 +267,51 @@ def sampling_area(pair: SourcePair, tissue: str) -> SamplingArea:
     )
 
 
+def foreground_fraction(pair: SourcePair, *, cache: str | Path | None = None) -> float:
+    """Share of the row's region (or image) whose thumbnail pixel holds a label.
+
+    Measured on the 1024-px label thumbnail (a block max), so tiny objects count as whole
+    thumbnail pixels: good for ranking rows into strata, not an exact pixel count.
+    """
+    fg = foreground_grid(pair, cache=cache)
+    if fg is None:
+        raise SegkitError(f"{pair.name}: no label, so no foreground fraction")
+    grid, scale = fg
+    rows, cols = _region_cells(grid.shape, scale, pair)
+    cells = grid[rows, cols]
+    return float(cells.mean()) if cells.size else 0.0
+
+
+def create_sampler(
+    pairs: list[SourcePair],
+    areas: list[SamplingArea],
+    fov_px: int,
+    *,
+    foreground_share: float = 0.33,
+    jitter: float = 0.25,
+) -> RandomWindowSampler:
+    """RandomWindowSampler whose errors name the files; areas it drops are warned about."""
+    sampler = RandomWindowSampler(
+        areas, fov_px, foreground_share=foreground_share, jitter=jitter, names=[str(p.row.image) for p in pairs]
+    )
+    if sampler.dropped:
+        names = ", ".join(pairs[i].name for i in sampler.dropped[:5])
+        more = f" and {len(sampler.dropped) - 5} more" if len(sampler.dropped) > 5 else ""
+        warnings.warn(f"no usable area, left out of training: {names}{more}", UserWarning, stacklevel=2)
+    return sampler
+
+
+# ---------------------------------------------------------------- the training dataset
+
+
 class RandomWindowDataset(Dataset):
     """``length`` random windows per epoch; item i of epoch e is a pure function of (seed, epoch, rank, i).
 
     Seeding per item rather than per worker keeps an epoch identical whatever the number of
-    workers, which is what makes an interrupted run resume exactly.
+    workers, which is what makes an interrupted run resume exactly; different items draw from
+    independent streams, so workers never repeat each other's windows.
+    Items: ``image`` CHW float32, ``mask`` HW int64 (rows with a label) or ``target`` (class
+    rows without one), and ``window`` = (area index, row, col, height, width) in source pixels.
     """
 
     def __init__(
@@ -131,24 +342,43 @@ class RandomWindowDataset(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def read(self, index: int) -> tuple[np.ndarray, np.ndarray, Window]:
-        """The raw window (HWC, source dtype) and its mask at network size, before any transform."""
+    def draw(self, index: int) -> tuple[int, Window]:
+        """(area index, window) of item ``index`` in the current epoch; no I/O."""
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, index])
-        area_index, window = self.sampler.sample(rng)
+        return self.sampler.sample(rng)
+
+    def _read(self, index: int) -> tuple[int, np.ndarray, Optional[np.ndarray], Window]:
+        area_index, window = self.draw(index)
         pair = self.pairs[area_index]
         out_size = (self.size, self.size)
         image = pair.raster.read(window, out_size=out_size)
-        mask = pair.labels.read(window, out_size=out_size)
-        return image, mask, window
+        labels = pair.labels
+        mask = labels.read(window, out_size=out_size) if labels is not None else None
+        return area_index, image, mask, window
+
+    def read(self, index: int) -> tuple[np.ndarray, Optional[np.ndarray], Window]:
+        """The raw window (HWC, source dtype) and its mask at network size, before any transform."""
+        return self._read(index)[1:]
 
     def __getitem__(self, index: int) -> dict:
-        raw, mask, _ = self.read(index)
+        area_index, raw, mask, window = self._read(index)
         # Augment in [0, 1] (albumentations clips floats there), normalize afterwards.
         image = self.preprocess.stack(raw)
         if self.augment is not None:
-            image, mask = self.augment(image, mask)
+            if mask is None:  # class rows: the pipeline takes a mask, so give it a blank one
+                image, _ = self.augment(image, np.zeros(image.shape[:2], np.uint8))
+            else:
+                image, mask = self.augment(image, mask)
         image = self.preprocess.normalize(image)
-        return {
+        item = {
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)),
-            "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64)),
+            "window": torch.tensor([area_index, *window], dtype=torch.int64),
         }
+        if mask is not None:
+            item["mask"] = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))
+        else:
+            target = self.pairs[area_index].row.target
+            if target is None:
+                raise SegkitError(f"{self.pairs[area_index].name}: neither a label nor a class")
+            item["target"] = torch.tensor(int(target), dtype=torch.int64)
+        return item

@@ -1,13 +1,28 @@
-"""Which manifest rows train and which validate, from the data section of a Config."""
+"""Which manifest rows train and which validate, from the data section of a Config.
+
+Fold methods (data.fold_method; explicit ``fold`` cells of the manifest are always kept):
+- random: shuffled, balanced folds.
+- stratified: segmentation rows binned by foreground fraction (from each row's label
+  thumbnail, see segkit.data.dataset.foreground_fraction; bin 0 = no foreground), class rows
+  by their class, each bin spread evenly over the folds.
+- group: rows sharing the manifest's ``group`` never split; rows without a group are grouped
+  by image file, so several regions of one slide always land in the same fold.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from importlib import resources
 from pathlib import Path
+from typing import Optional
 
 from segkit.config import Config
-from segkit.data.manifest import ManifestRow, assign_folds, manifest_from_folder, read_manifest
+from segkit.data.dataset import LabelOptions, SourcePair, foreground_fraction
+from segkit.data.manifest import ManifestRow, assign_folds, foreground_bins, manifest_from_folder, read_manifest
 from segkit.errors import SegkitError
+
+FOREGROUND_BINS = 4  # strata for segmentation: empty + 3 quantile bins of the foreground fraction
 
 
 def sample_manifest_path() -> Path:
@@ -26,17 +41,59 @@ def load_rows(manifest: str) -> list[ManifestRow]:
     return read_manifest(path)
 
 
-def split_manifest(config: Config) -> tuple[list[ManifestRow], list[ManifestRow]]:
-    """(train rows, validation rows) for config.data.val_fold; folds are made when the CSV has none."""
+def label_options(config: Config) -> LabelOptions:
+    """How the data section says labels are decoded."""
+    d = config.data
+    return LabelOptions(d.rle_order, d.class_map, d.class_property, d.pad_mode)
+
+
+def fold_strata(rows: list[ManifestRow], task: str, options: LabelOptions, *, cache=None) -> list[int]:
+    """One stratum per row for stratified folds: class label (cls) or foreground-fraction bin (seg)."""
+    if task == "cls":
+        missing = [r.id for r in rows if r.target is None]
+        if missing:
+            raise SegkitError(
+                f"stratified folds: manifest row(s) {', '.join(map(repr, missing[:5]))} have no class "
+                "(task cls stratifies by the class column)"
+            )
+        return [int(r.target) for r in rows]
+    fractions = [foreground_fraction(SourcePair(r, options), cache=cache) for r in rows]
+    return foreground_bins(fractions, FOREGROUND_BINS)
+
+
+def make_folds(config: Config, rows: list[ManifestRow], *, cache=None) -> list[int]:
+    """The fold of every row under config.data (folds, fold_method) and run.seed."""
+    method = config.data.fold_method
+    strata = None
+    fold_rows = rows
+    if method == "group":
+        fold_rows = [dataclasses.replace(r, group=r.group or f"image:{r.image}") for r in rows]
+    elif method == "stratified":
+        strata = fold_strata(rows, config.task, label_options(config), cache=cache)
+    return assign_folds(fold_rows, config.data.folds, method=method, seed=config.run.seed, strata=strata)
+
+
+def split_manifest(config: Config, *, cache: Optional[str] = None) -> tuple[list[ManifestRow], list[ManifestRow]]:
+    """(train rows, validation rows) for config.data.val_fold; folds are made when the CSV has none.
+
+    ``cache``: thumbnail cache folder for stratified folds (default $SEGKIT_CACHE_DIR or
+    ~/.cache/segkit; 'off' keeps grids in memory only).
+    """
     rows = load_rows(config.data.manifest)
     if not rows:
         raise SegkitError(f"{config.data.manifest}: manifest has no rows")
-    folds = assign_folds(rows, config.data.folds, method=config.data.fold_method, seed=config.run.seed)
-    val = [row for row, fold in zip(rows, folds) if fold == config.data.val_fold]
-    train = [row for row, fold in zip(rows, folds) if fold != config.data.val_fold]
-    if not train:
-        raise SegkitError(f"{config.data.manifest}: no training rows outside validation fold {config.data.val_fold}")
-    unlabeled = [row.id for row in train + val if row.label is None]
+    val_fold = config.data.val_fold
+    if not 0 <= val_fold < config.data.folds:
+        raise SegkitError(f"config key data.val_fold: {val_fold} outside the {config.data.folds} folds (0..{config.data.folds - 1})")
+    unlabeled = [row.id for row in rows if row.label is None]
     if unlabeled and config.task == "seg":
         raise SegkitError(f"{config.data.manifest}: rows without a label: {', '.join(unlabeled[:5])}")
+    folds = make_folds(config, rows, cache=cache)
+    val = [row for row, fold in zip(rows, folds) if fold == val_fold]
+    train = [row for row, fold in zip(rows, folds) if fold != val_fold]
+    if not train:
+        raise SegkitError(f"{config.data.manifest}: no training rows outside validation fold {val_fold}")
+    if not val:
+        warnings.warn(f"{config.data.manifest}: validation fold {val_fold} has no rows; training without validation",
+                      UserWarning, stacklevel=2)
     return train, val
