@@ -281,6 +281,19 @@ def _case_bad_crs(root):
     return root / "m.csv", [], r"crs\.geojson: cannot transform polygons from CRS 'EPSG:999999'"
 
 
+def _case_crs_polygons_on_a_plain_image(root):
+    tifffile.imwrite(root / "plain.tif", np.full((H, W, 3), 90, np.uint8))
+    _geojson(root / "a.geojson", BOXES["a"])
+    _bad_manifest(root, {"image": "plain.tif", "label": "a.geojson"})
+    return root / "m.csv", [], r"a\.geojson: polygons are in CRS coordinates \(EPSG:32633\) but image .*plain\.tif"
+
+
+def _case_rle_id_missing(root):
+    (root / "other.csv").write_text("id,rle\nzzz,1 5\n")
+    _bad_manifest(root, {"id": "a", "image": "a.tif", "label": "other.csv"})
+    return root / "m.csv", [], r"other\.csv: no row with id 'a' \(image .*a\.tif\)"
+
+
 def _case_no_usable_area(root):
     tifffile.imwrite(root / "blank.tif", np.full((H, W, 3), 230, np.uint8))
     _write_manifest(root / "m.csv", [{"image": "blank.tif", "label": "a_mask.tif", "fold": 0},
@@ -303,8 +316,9 @@ def _case_folder_without_mask(root):
 
 
 CASES = [_case_missing_image, _case_missing_label, _case_unreadable_image, _case_label_size,
-         _case_rle_past_the_image, _case_rle_odd_count, _case_polygons_outside, _case_bad_crs,
-         _case_no_usable_area, _case_region_outside, _case_folder_without_mask]
+         _case_rle_past_the_image, _case_rle_odd_count, _case_rle_id_missing, _case_polygons_outside,
+         _case_bad_crs, _case_crs_polygons_on_a_plain_image, _case_no_usable_area, _case_region_outside,
+         _case_folder_without_mask]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__[6:] for c in CASES])
