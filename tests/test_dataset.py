@@ -26,6 +26,7 @@ from segkit.data.dataset import (
     clear_memory_cache,
     create_sampler,
     foreground_fraction,
+    image_thumbnail,
     open_pairs,
     sampling_area,
 )
@@ -209,8 +210,11 @@ def test_thumbnail_grids_are_cached_in_memory_and_on_disk(files, monkeypatch, tm
     cached = sorted(p.name.split("-")[0] for p in (tmp_path / "cache" / "thumbs").glob("*.npz"))
     assert cached == ["foreground", "usable"]
 
-    sampling_area(SourcePair(row, LabelOptions()), "otsu")  # another method: new usable grid only
-    assert (len(image_calls), len(label_calls)) == (2, 1)
+    otsu = sampling_area(SourcePair(row, LabelOptions()), "otsu")  # another method: a new usable grid
+    assert len(list((tmp_path / "cache" / "thumbs").glob("usable-*.npz"))) == 2
+    thumb, scale = image_thumbnail(SourcePair(row, LabelOptions()))  # the raw thumbnail read for it
+    assert (len(image_calls), len(label_calls)) == (2, 1) and scale == 1.0 and not thumb.flags.writeable
+    assert not np.array_equal(otsu.usable, first.usable)
     stat = os.stat(root / "labels.csv")
     os.utime(root / "labels.csv", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # edited labels
     sampling_area(SourcePair(row, LabelOptions()), "otsu")

@@ -22,6 +22,7 @@ import os
 import tempfile
 import warnings
 import zipfile
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
@@ -43,6 +44,10 @@ THUMB_SIDE = 1024  # low-resolution grid for tissue and foreground sampling
 CACHE_ENV = "SEGKIT_CACHE_DIR"
 _CACHE_VERSION = 1
 _MEMORY: dict[str, dict] = {}  # key -> packed grids, this process only
+# raw thumbnails (a few MB each) are kept in memory only, for the last few images: the channel
+# windows/statistics and the usable grid of the same image then share one whole-slide read
+_THUMBS: "OrderedDict[str, tuple[np.ndarray, float]]" = OrderedDict()
+_THUMBS_KEPT = 4
 
 
 @dataclass(frozen=True)
@@ -131,8 +136,9 @@ def cache_dir(explicit: str | Path | None = None) -> Optional[Path]:
 
 
 def clear_memory_cache() -> None:
-    """Forget the grids held in this process (the disk copies stay)."""
+    """Forget the grids and raw thumbnails held in this process (the disk copies stay)."""
     _MEMORY.clear()
+    _THUMBS.clear()
 
 
 def _stamp(path) -> list:
@@ -189,13 +195,28 @@ def _cached(key: str, compute: Callable[[], dict], directory: Optional[Path]) ->
     return value
 
 
+def image_thumbnail(pair: SourcePair) -> tuple[np.ndarray, float]:
+    """The image's THUMB_SIDE thumbnail (HWC raw dtype; source px per thumb px), kept in memory for
+    the last few images so that channel windows and the usable grid share one whole-slide read."""
+    key = json.dumps(_stamp(pair.row.image))
+    if key in _THUMBS:
+        _THUMBS.move_to_end(key)
+        return _THUMBS[key]
+    value = pair.raster.thumbnail(THUMB_SIDE)
+    value[0].setflags(write=False)  # shared between callers
+    _THUMBS[key] = value
+    while len(_THUMBS) > _THUMBS_KEPT:
+        _THUMBS.popitem(last=False)
+    return value
+
+
 def usable_grid(pair: SourcePair, tissue: str, *, cache: str | Path | None = None) -> tuple[np.ndarray, float]:
     """(bool grid of the area worth sampling, source px per grid px) from the image thumbnail; cached."""
     image = pair.row.image
     key = _key("usable", image=_stamp(image), method=tissue, side=THUMB_SIDE)
 
     def compute() -> dict:
-        thumb, scale = pair.raster.thumbnail(THUMB_SIDE)
+        thumb, scale = image_thumbnail(pair)
         return {**_pack(tissue_mask(thumb, method=tissue)), "scale": np.float64(scale)}
 
     value = _cached(key, compute, cache_dir(cache))
