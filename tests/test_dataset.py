@@ -286,3 +286,16 @@ def test_sampler_names_files_and_warns_about_dropped_areas(files):
         warnings.simplefilter("error")
         assert isinstance(create_sampler(pairs, [full, full], 16), RandomWindowSampler)
     assert ds_mod.cache_dir("off") is None
+
+
+@pytest.mark.slow
+def test_spawned_workers_reopen_the_readers_from_the_pickled_dataset(files):
+    """spawn (macOS/Windows default) pickles the dataset into each worker: same windows as in-process."""
+    root, _, _ = files
+    pairs = open_pairs([_row(root / "geo.tif", root / "pixels.geojson")], LabelOptions())
+    dataset = _dataset(pairs, fov=32, size=16, length=8)
+    serial = list(DataLoader(dataset, batch_size=2, num_workers=0))
+    spawned = list(DataLoader(dataset, batch_size=2, num_workers=2, multiprocessing_context="spawn"))
+    for a, b in zip(serial, spawned, strict=True):
+        assert torch.equal(a["window"], b["window"]) and torch.equal(a["image"], b["image"])
+        assert torch.equal(a["mask"], b["mask"])
