@@ -269,6 +269,8 @@ def test_images_with_different_bands_are_an_error(files):
     rows = [_row(root / "slide.tif", None), _row(root / "grey.tif", None, id="grey")]
     with pytest.raises(SegkitError, match=r"grey\.tif: 1 band\(s\), but .*slide\.tif has 3"):
         open_pairs(rows, LabelOptions())
+    with pytest.raises(SegkitError, match=r"grey\.tif: 1 band\(s\), but the training images have 3"):
+        open_pairs(rows[1:], LabelOptions(), bands=3)
 
 
 def test_sampler_names_files_and_warns_about_dropped_areas(files):

@@ -98,24 +98,27 @@ class SourcePair:
         return {"row": self.row, "options": self.options, "_raster": None, "_labels": None}
 
 
-def open_pairs(rows: list[ManifestRow], options: LabelOptions) -> list[SourcePair]:
+def open_pairs(rows: list[ManifestRow], options: LabelOptions, *, bands: Optional[int] = None) -> list[SourcePair]:
     """Open every image and label once up front, so a bad file fails before training starts.
 
     Also checked here: each row's region overlaps its image, and all images have the same
-    number of bands (the channel spec and the network input are fixed by the first image).
+    number of bands (the channel spec and the network input are fixed by the first image);
+    ``bands`` (e.g. the training images' count, when opening validation rows) fixes it up front.
     """
     pairs = [SourcePair(row, options) for row in rows]
-    first = None
+    reference = None
     for pair in pairs:
         raster = pair.raster
         pair.labels  # noqa: B018 - opening validates the label file against the image
         _region_cells((raster.height, raster.width), 1.0, pair)
-        if first is None:
-            first = pair
-        elif raster.channels != first.raster.channels:
+        if bands is not None and raster.channels != bands:
+            raise SegkitError(f"{raster.path}: {raster.channels} band(s), but the training images have {bands}")
+        if reference is None:
+            reference = raster
+        elif raster.channels != reference.channels:
             raise SegkitError(
-                f"{raster.path}: {raster.channels} band(s), but {first.raster.path} has "
-                f"{first.raster.channels}; every image of a manifest needs the same bands"
+                f"{raster.path}: {raster.channels} band(s), but {reference.path} has "
+                f"{reference.channels}; every image of a manifest needs the same bands"
             )
     return pairs
 
