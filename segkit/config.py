@@ -85,6 +85,7 @@ class TrainConfig:
     ema: Optional[float] = None  # EMA decay of weights (e.g. 0.999); null = off
     keep_last: int = 3  # checkpoints kept besides the best
     early_stop: int = 0  # stop after N epochs without improvement; 0 = off
+    early_stop_delta: float = 0.0  # an epoch counts as better only when it beats the best by more than this
     channels_last: bool = True
 
 
@@ -129,6 +130,8 @@ def _check_type(dotted: str, value: Any, annotation: Any) -> Any:
     base = origin or annotation
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if base is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # e.g. infer.epochs=7 or run.name=2024: YAML reads them as numbers
     if base is float and isinstance(value, str):
         # PyYAML reads 3e-4 (no dot) as a string; accept any spelling float() accepts.
         try:

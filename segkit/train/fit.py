@@ -99,7 +99,6 @@ def fit(
 def _setup_run(config, command, parent, resume, parent_epoch, train_pairs, sampler):
     """Rank 0: the run directory (created, or checked for resume) and its preprocess.json."""
     if resume is not None:
-        check_resumable(resume, check_live=True)
         mark_running(resume)
         return resume
     extra = {}
@@ -122,7 +121,7 @@ def _setup_run(config, command, parent, resume, parent_epoch, train_pairs, sampl
 def _fit(config, command, parent, resume, parent_epoch, dist_info) -> Path:
     main, world, rank = distributed.is_main(), distributed.world_size(), distributed.rank()
     if resume is not None:
-        run_info = check_resumable(resume, check_live=False)  # rank 0 checks for a live process
+        run_info = check_resumable(resume, check_live=main)  # only rank 0: it marks the run live itself
         config = load_config(resume / "config.yaml")
         command, parent = run_info["command"], (Path(run_info["parent"]) if run_info.get("parent") else None)
     if config.task == "cls":
@@ -192,7 +191,7 @@ def _fit(config, command, parent, resume, parent_epoch, dist_info) -> Path:
     loss_fn = create_loss(config.train.loss, classes=config.model.classes, task=config.task)
     amp = config.train.amp
     scaler = make_scaler(device, amp)
-    early = EarlyStopping(config.train.early_stop or None, mode="max")
+    early = EarlyStopping(config.train.early_stop or None, mode="max", min_delta=config.train.early_stop_delta)
 
     start_epoch, best = 1, None
     checkpoint_dir = run_dir / "checkpoints"
@@ -229,6 +228,7 @@ def _fit(config, command, parent, resume, parent_epoch, dist_info) -> Path:
                 ema=ema, progress=config.run.progress and main, desc=f"epoch {epoch}/{config.train.epochs}",
                 step_offset=(epoch - 1) * steps_per_epoch,
             )
+            st.sync_buffers(model, ema.module if ema is not None else None)
             record = st.numeric({"epoch": epoch, "train_loss": stats["loss"], "terms": stats.get("terms"),
                                  "lr": stats["lr"]})
             if main and val_pairs:  # the other ranks wait in the broadcast below
@@ -254,9 +254,14 @@ def _fit(config, command, parent, resume, parent_epoch, dist_info) -> Path:
                 _log(f"early stop: no improvement in {early.bad_epochs} epochs")
                 break
     except BaseException as exc:
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if main:
-            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            update_run_info(run_dir, status=status, error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            update_run_info(run_dir, status=status, error=message)
+        if isinstance(exc, SegkitError):  # e.g. a NaN loss: say which checkpoint is the last good one
+            kept = ckpt.list_checkpoints(checkpoint_dir)
+            where = f"last good checkpoint {kept[-1]}" if kept else "no checkpoint was written"
+            raise SegkitError(f"{message.removesuffix('; last good checkpoint kept')} ({where}; run status {status})") from None
         raise
     finally:
         if board is not None:

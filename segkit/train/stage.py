@@ -173,6 +173,23 @@ def weights_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def sync_buffers(*modules) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank.
+
+    DDP only broadcasts buffers at the start of a forward pass, so after the last batch each
+    rank holds statistics updated by its own windows; this makes the replicas equal again.
+    """
+    if not distributed.is_distributed():
+        return
+    import torch.distributed as dist
+
+    for module in modules:
+        if module is None:
+            continue
+        for buffer in distributed.unwrap(module).buffers():
+            dist.broadcast(buffer.data, src=0)
+
+
 def broadcast(obj):
     """Rank 0's ``obj`` on every rank (``obj`` itself when not distributed)."""
     return distributed.all_gather_objects(obj)[0]
