@@ -13,56 +13,13 @@ from click.testing import CliRunner
 from segkit.cli import cli
 from segkit.io.rle import decode
 
-HEIGHT, WIDTH = 90, 133  # deliberately not multiples of the tile
-
-
-def _discs(rng, height, width, count):
-    """A noisy grey image with bright discs and the matching 0/1 mask."""
-    yy, xx = np.mgrid[:height, :width]
-    mask = np.zeros((height, width), np.uint8)
-    for _ in range(count):
-        r, c, radius = rng.integers(0, height), rng.integers(0, width), rng.integers(4, 9)
-        mask[(yy - r) ** 2 + (xx - c) ** 2 <= radius**2] = 1
-    image = rng.normal(60, 12, (height, width)) + 120 * mask
-    return np.clip(image, 0, 255).astype(np.uint8), mask
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """Two images with masks, a manifest with explicit folds, and a tiny config."""
-    root = tmp_path_factory.mktemp("project")
-    rng = np.random.default_rng(0)
-    rows = []
-    for index in range(2):
-        image, mask = _discs(rng, HEIGHT, WIDTH, 12)
-        tifffile.imwrite(root / f"img{index}.tif", image, tile=(32, 32), compression="zlib")
-        tifffile.imwrite(root / f"img{index}_mask.tif", mask)
-        rows.append({"id": f"img{index}", "image": f"img{index}.tif", "label": f"img{index}_mask.tif", "fold": index})
-    with open(root / "manifest.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    config = {
-        "run": {"runs_dir": str(root / "runs"), "progress": False},
-        "data": {"manifest": str(root / "manifest.csv"), "fov_px": 48, "size": 32, "val_fold": 1, "stats_windows": 8},
-        "model": {"encoder": "resnet18"},
-        "train": {"epochs": 2, "windows_per_epoch": 8, "batch_size": 4},
-        "infer": {"overlap_px": 16, "epochs": "last:2", "batch_size": 4},
-    }
-    (root / "tiny.yaml").write_text(yaml.safe_dump(config))
-    return root
+from conftest import HEIGHT, WIDTH
 
 
 def run(*args, expect=0):
     result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
     assert result.exit_code == expect, result.output
     return result
-
-
-@pytest.fixture(scope="module")
-def trained(project):
-    run("train", "--config", project / "tiny.yaml", "--name", "stage1")
-    return project / "runs" / "stage1"
 
 
 def test_train_writes_a_complete_run_directory(trained):

@@ -26,8 +26,9 @@ def test_yaml_then_overrides(tmp_path):
     assert config.model.arch == "Unet"  # untouched default
 
 
-def test_int_is_accepted_for_float():
+def test_numbers_are_accepted_where_floats_or_strings_are_expected():
     assert load_config(None, ["train.lr=1"]).train.lr == 1.0
+    assert load_config(None, ["infer.epochs=7"]).infer.epochs == "7"
 
 
 @pytest.mark.parametrize(

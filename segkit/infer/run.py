@@ -134,6 +134,8 @@ def infer_images(
 ) -> list[Path]:
     """Predict every image and write the chosen outputs; returns the files written."""
     outputs.check([image_id for image_id, _ in images])
+    for _, path in images:  # every header before any prediction: a bad image fails in seconds
+        check_channels(open_raster(path), ensemble.preprocess)
     activation = "sigmoid" if ensemble.classes == 1 else "softmax"
     written: list[Path] = []
     with contextlib.ExitStack() as stack:
@@ -143,11 +145,6 @@ def infer_images(
             stack.enter_context(rle_writer)
         for image_id, path in images:
             raster = open_raster(path)
-            if raster.channels != _source_bands(ensemble.preprocess):
-                raise SegkitError(
-                    f"{path}: has {raster.channels} channel(s) but the run's channel spec reads "
-                    f"{_source_bands(ensemble.preprocess)}"
-                )
             strips = predict_strips(
                 ensemble.models, raster, fov_px=ensemble.fov_px, size=ensemble.size,
                 overlap_px=min(settings.overlap_px, ensemble.fov_px // 2), preprocess=ensemble.preprocess,
@@ -162,8 +159,11 @@ def infer_images(
     return written
 
 
-def _source_bands(preprocess: Preprocess) -> int:
-    return max(spec.band for spec in preprocess.channels) + 1
+def check_channels(raster, preprocess: Preprocess) -> None:
+    """The image must have the bands the run's channel spec reads (and no more)."""
+    bands = max(spec.band for spec in preprocess.channels) + 1
+    if raster.channels != bands:
+        raise SegkitError(f"{raster.path}: has {raster.channels} channel(s) but the run's channel spec reads {bands}")
 
 
 def _post_processed(strips, raster, preprocess: Preprocess, settings: Settings, classes: int):
