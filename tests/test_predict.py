@@ -320,3 +320,39 @@ def test_identity_through_a_real_tiff(tmp_path):
                               preprocess=to_unit, activation="identity",
                               tta=[("identity", 0.5), ("transpose", 0.5)], batch_size=5)
     np.testing.assert_allclose(probs, img.transpose(2, 0, 1) / 255.0, atol=1e-5)
+
+
+# ---- reading runs ahead on a background thread
+
+
+def test_next_batch_is_read_while_the_model_runs():
+    import threading
+
+    img = image(40, 40)
+    raster = ArrayRaster(img)
+    second_batch_read = threading.Event()
+    read_threads = set()
+    first_window_of_batch2 = Window(0, 24, 16, 16)  # grid 0/12/24 with batch_size 2: tile 3
+
+    original_read = raster.read
+
+    def read(window, out_size=None):
+        read_threads.add(threading.current_thread().name)
+        if tuple(window) == tuple(first_window_of_batch2):
+            second_batch_read.set()
+        return original_read(window, out_size)
+
+    raster.read = read
+    waited = []
+
+    class Waiting(LogitIdentity):
+        def forward(self, x):
+            if not waited:  # first batch: the reader must fetch the next one meanwhile
+                waited.append(second_batch_read.wait(timeout=10))
+            return super().forward(x)
+
+    probs = predict_probs([(Waiting(), 1.0)], raster, fov_px=16, size=16, overlap_px=4, preprocess=to_unit,
+                          batch_size=2)
+    assert waited == [True]
+    assert threading.current_thread().name not in read_threads
+    np.testing.assert_allclose(probs[0], img[:, :, 0] / 255.0, atol=1e-5)
