@@ -1,0 +1,122 @@
+"""Exact resume: a `segkit train` subprocess killed (SIGKILL) mid-epoch 2 of 3, then `--resume`,
+ends with the metrics and weights of the uninterrupted run with the same seed."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from segkit.cli import cli
+from segkit.train.rundir import append_jsonl, read_jsonl, truncate_jsonl
+from test_fit import info, make_project, records
+
+# EMA, early-stopping state, augmentation and a warm-up + cosine schedule all have to resume exactly
+TRAIN = {"epochs": 3, "windows_per_epoch": 12, "ema": 0.8, "early_stop": 5, "warmup_steps": 2}
+
+
+def _without_time(rows):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+def _kill_mid_epoch_two(project, name):
+    """Start `segkit train` in a subprocess and SIGKILL it shortly after epoch 1 is reported."""
+    command = [sys.executable, "-m", "segkit.cli", "train", "--config", str(project / "tiny.yaml"), "--name", name]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    seen = []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith("epoch 1:"):
+                time.sleep(0.3)
+                proc.send_signal(signal.SIGKILL)
+                break
+    finally:
+        proc.stdout.close()
+        proc.wait(timeout=120)
+    assert proc.returncode == -signal.SIGKILL, "".join(seen)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """The uninterrupted reference run."""
+    project = make_project(tmp_path_factory.mktemp("resume"), **TRAIN)
+    result = CliRunner().invoke(cli, ["train", "--config", str(project / "tiny.yaml"), "--name", "straight"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return project / "runs" / "straight"
+
+
+def _resume_and_compare(run_dir, straight, after_epoch):
+    result = CliRunner().invoke(cli, ["train", "--resume", str(run_dir)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert f"resuming {run_dir} after epoch {after_epoch}" in result.output
+
+    assert _without_time(records(run_dir)) == _without_time(records(straight))
+    assert [r["epoch"] for r in records(run_dir)] == [1, 2, 3]
+    assert info(run_dir)["status"] == "finished" and info(run_dir)["best_epoch"] == info(straight)["best_epoch"]
+    a = torch.load(run_dir / "checkpoints" / "epoch_0003.pt", weights_only=True)
+    b = torch.load(straight / "checkpoints" / "epoch_0003.pt", weights_only=True)
+    for key in ("model", "train_model"):  # EMA weights and raw weights, bit for bit
+        assert a[key].keys() == b[key].keys()
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+    assert a["early_stop"] == b["early_stop"] and a["best"] == b["best"]
+
+    # finished now: a second resume is refused in one line
+    again = CliRunner().invoke(cli, ["train", "--resume", str(run_dir)])
+    assert again.exit_code == 1 and "run has finished; nothing to resume" in again.output
+
+
+def test_resume_after_an_interrupt_mid_epoch_matches_the_uninterrupted_run(straight, monkeypatch):
+    """In-process: Ctrl-C (KeyboardInterrupt) after the first batch of epoch 2."""
+    import segkit.train.fit as fit_module
+
+    real = fit_module.train_one_epoch
+
+    def interrupted(model, loader, *args, **kwargs):
+        if loader.dataset.epoch == 2:
+            class Stop:  # one real batch trains, then the interrupt lands
+                def __len__(self):
+                    return len(loader)
+
+                def __iter__(self):
+                    yield next(iter(loader))
+                    raise KeyboardInterrupt
+
+            return real(model, Stop(), *args, **kwargs)
+        return real(model, loader, *args, **kwargs)
+
+    monkeypatch.setattr(fit_module, "train_one_epoch", interrupted)
+    project = straight.parent.parent
+    result = CliRunner().invoke(cli, ["train", "--config", str(project / "tiny.yaml"), "--name", "ctrl_c"])
+    run_dir = project / "runs" / "ctrl_c"
+    assert result.exit_code == 130 and "interrupted" in result.output
+    assert info(run_dir)["status"] == "interrupted"
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt")) == ["epoch_0001.pt"]
+    monkeypatch.setattr(fit_module, "train_one_epoch", real)
+    _resume_and_compare(run_dir, straight, 1)
+
+
+@pytest.mark.slow
+def test_resume_after_a_real_kill_matches_the_uninterrupted_run(straight):
+    project = straight.parent.parent
+    _kill_mid_epoch_two(project, "killed")
+    killed = project / "runs" / "killed"
+    assert info(killed)["status"] == "running"  # the process died without a word
+    assert sorted(p.name for p in (killed / "checkpoints").glob("*.pt")) == ["epoch_0001.pt"]  # mid-epoch 2
+    assert [r["epoch"] for r in records(killed)] == [1]
+    _resume_and_compare(killed, straight, 1)
+
+
+def test_records_past_the_last_checkpoint_are_dropped(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    for epoch in (1, 2, 3):
+        append_jsonl(path, {"epoch": epoch, "train_loss": 1.0 / epoch})
+    truncate_jsonl(path, 2)
+    assert read_jsonl(path) == [{"epoch": 1, "train_loss": 1.0}, {"epoch": 2, "train_loss": 0.5}]
