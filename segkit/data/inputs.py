@@ -14,11 +14,18 @@ from segkit.config import Config
 from segkit.data.augment import Augment, create_augment
 from segkit.data.channels import parse_channels, resolve_channels
 from segkit.data.copypaste import ObjectBank, split_copy_paste_config
-from segkit.data.dataset import LabelOptions, RandomWindowDataset, SourcePair, open_pairs, sampling_area
+from segkit.data.dataset import (
+    RandomWindowDataset,
+    SourcePair,
+    create_sampler,
+    image_thumbnail,
+    open_pairs,
+    sampling_area,
+)
 from segkit.data.preprocess import Preprocess
 from segkit.data.stats import channel_stats
 from segkit.data.windows import RandomWindowSampler
-from segkit.train.data_source import split_manifest
+from segkit.train.data_source import label_options, split_manifest
 
 BANK_WINDOWS = 64  # training windows scanned for copy-paste objects
 
@@ -38,11 +45,11 @@ def fov_of(config: Config) -> int:
 def open_training_data(config: Config) -> TrainingData:
     """Open every training and validation row (bad files fail here, before any training)."""
     train_rows, val_rows = split_manifest(config)
-    options = LabelOptions(config.data.rle_order, config.data.class_map, config.data.class_property, config.data.pad_mode)
+    options = label_options(config)
     train_pairs = open_pairs(train_rows, options)
-    val_pairs = open_pairs(val_rows, options)
+    val_pairs = open_pairs(val_rows, options, bands=train_pairs[0].raster.channels)
     areas = [sampling_area(pair, config.data.tissue) for pair in train_pairs]
-    sampler = RandomWindowSampler(areas, fov_of(config), foreground_share=config.data.foreground_share)
+    sampler = create_sampler(train_pairs, areas, fov_of(config), foreground_share=config.data.foreground_share)
     return TrainingData(train_pairs, val_pairs, sampler)
 
 
@@ -56,9 +63,9 @@ def window_dataset(config: Config, data: TrainingData, preprocess: Preprocess, *
 
 def compute_preprocess(config: Config, data: TrainingData, seed: int) -> Preprocess:
     """Channel spec resolved on the first training image, then mean/std over sampled windows."""
-    first = data.train_pairs[0].raster
-    specs = parse_channels(config.data.channels, bands=first.channels, dtype=first.dtype)
-    thumb, _ = first.thumbnail(1024)
+    first = data.train_pairs[0]
+    specs = parse_channels(config.data.channels, bands=first.raster.channels, dtype=first.raster.dtype)
+    thumb, _ = image_thumbnail(first)  # shared with the usable-area grid: one whole-slide read
     preprocess = Preprocess(resolve_channels(specs, thumb))
     if not config.data.normalize:
         return preprocess
