@@ -270,7 +270,7 @@ def _fit(config, command, parent, resume, parent_epoch, dist_info) -> Path:
     changes = {}
     if world > 1:  # DDP keeps replicas equal; check it rather than assume it
         digests = distributed.all_gather_objects(st.weights_digest(model))
-        changes["ddp"] = {"world_size": world, "backend": dist_info.backend,
+        changes["ddp"] = {"world_size": world, "backend": dist_info.backend, "windows_per_rank": length,
                           "weights_identical": len(set(digests)) == 1, "weights_sha1": digests[0]}
         if len(set(digests)) != 1:
             _log(f"warning: ranks ended with different weights ({', '.join(d[:8] for d in digests)})")
