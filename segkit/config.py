@@ -101,6 +101,9 @@ class InferConfig:
     fill_holes: bool = False
     rle_order: str = "F"  # F column-major 1-indexed (Kaggle HuBMAP) | C row-major
     crf: Optional[dict] = None  # dense CRF parameters used with --crf
+    skip_background: bool = False  # tiles that are background on the thumbnail are not run; output 0 (--skip-background)
+    tissue: str = "auto"  # for skip_background: auto (data.tissue, else saturation) | saturation | otsu
+    margin_px: int = 0  # context margin: each tile is predicted, only its centre (fov - 2 x margin) is kept (--margin)
 
 
 @dataclass
@@ -209,6 +212,7 @@ def validate(config: Config) -> None:
         "data.rle_order": (config.data.rle_order, ("F", "C")),
         "infer.rle_order": (config.infer.rle_order, ("F", "C")),
         "infer.blend": (config.infer.blend, ("gaussian", "pyramid", "flat")),
+        "infer.tissue": (config.infer.tissue, ("auto", "saturation", "otsu")),
         "run.log": (config.run.log, ("none", "tensorboard")),
     }
     for key, (value, valid) in choices.items():

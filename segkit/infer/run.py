@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 
 from segkit.config import Config, load_config
@@ -127,36 +128,95 @@ class Settings:
     fill_holes: bool = False
     crf: Optional[dict] = None
     progress: bool = True
+    margin_px: int = 0  # context margin: predict fov_px tiles, keep their centre
+    tissue: Optional[str] = None  # skip tiles that are background by this thumbnail method (None: run every tile)
+
+
+def tissue_method(config: Config) -> Optional[str]:
+    """The thumbnail method of `infer.skip_background` (None when off); `auto` follows the run's data.tissue."""
+    if not config.infer.skip_background:
+        return None
+    if config.infer.tissue != "auto":
+        return config.infer.tissue
+    return config.data.tissue if config.data.tissue != "none" else "saturation"
+
+
+def tissue_grid(raster, method: str) -> tuple:
+    """(bool mask of the thumbnail's tissue, source px per mask px) for predict_strips(tissue=...)."""
+    from segkit.data.dataset import THUMB_SIDE
+    from segkit.data.windows import tissue_mask
+
+    thumb, scale = raster.thumbnail(THUMB_SIDE)
+    return tissue_mask(thumb, method=method), float(scale)
 
 
 def infer_images(
     ensemble: Ensemble, images: list[tuple[str, Path]], outputs: Outputs, settings: Settings, device: torch.device
 ) -> list[Path]:
-    """Predict every image and write the chosen outputs; returns the files written."""
+    """Predict every image and write the chosen outputs; returns the files written (by every rank).
+
+    Under torchrun (segkit.train.distributed.setup() called), image i goes to rank i % world:
+    each rank writes its images' mask/probs/polygons files itself (atomically); the RLE rows are
+    gathered to rank 0, which writes the one CSV in input order. If any rank fails, every rank
+    removes the files it wrote and the error is raised on all of them.
+    """
+    from segkit.train import distributed as dist
+
     outputs.check([image_id for image_id, _ in images])
     for _, path in images:  # every header before any prediction: a bad image fails in seconds
         check_channels(open_raster(path), ensemble.preprocess)
-    activation = "sigmoid" if ensemble.classes == 1 else "softmax"
-    written: list[Path] = []
+    rank, world = dist.rank(), dist.world_size()
+    mine = [(index, image) for index, image in enumerate(images) if index % world == rank]
+    rows, written, failure = [], [], None
     with contextlib.ExitStack() as stack:
         rle_writer = None
-        if outputs.rle is not None:
-            rle_writer = RleStripWriter(outputs.rle, overwrite=outputs.overwrite, order=settings.rle_order)
-            stack.enter_context(rle_writer)
-        for image_id, path in images:
-            raster = open_raster(path)
-            strips = predict_strips(
-                ensemble.models, raster, fov_px=ensemble.fov_px, size=ensemble.size,
-                overlap_px=min(settings.overlap_px, ensemble.fov_px // 2), preprocess=ensemble.preprocess,
-                tta=parse_tta(settings.tta), blend=settings.blend, batch_size=settings.batch_size,
-                device=device, amp=settings.amp, activation=activation,
-                region=Window(0, 0, raster.height, raster.width), progress=settings.progress,
-            )
-            masks = _post_processed(strips, raster, ensemble.preprocess, settings, ensemble.classes)
-            written += _write_image(masks, raster, image_id, len(images), rle_writer, outputs, settings, ensemble.classes)
+        if outputs.rle is not None and rank == 0:  # opened first: an unwritable folder fails before any work
+            rle_writer = stack.enter_context(RleStripWriter(outputs.rle, overwrite=outputs.overwrite,
+                                                            order=settings.rle_order))
+        try:
+            for index, (image_id, path) in mine:
+                rle, paths = _infer_one(ensemble, image_id, path, len(images), outputs, settings, device)
+                rows.append((index, image_id, rle))
+                written += paths
+        except Exception as exc:
+            if world == 1:
+                raise
+            failure = f"rank {rank}: {exc}"
+        gathered = dist.all_gather_objects((rows, [str(p) for p in written], failure))
+        failures = [f for _, _, f in gathered if f]
+        if failures:
+            for path in written:
+                Path(path).unlink(missing_ok=True)
+            raise SegkitError(failures[0])
         if rle_writer is not None:
-            written.insert(0, outputs.rle)
-    return written
+            for _, image_id, rle in sorted((row for part, _, _ in gathered for row in part), key=lambda r: r[0]):
+                rle_writer.write_row(image_id, rle)
+    everything = [Path(p) for _, paths, _ in gathered for p in paths]
+    return ([outputs.rle] if outputs.rle is not None else []) + everything
+
+
+def _infer_one(ensemble: Ensemble, image_id: str, path: Path, n_images: int, outputs: Outputs,
+               settings: Settings, device: torch.device) -> tuple[Optional[str], list[Path]]:
+    """One image through the predictor into its own files; returns (its RLE or None, files written)."""
+    raster = open_raster(path)
+    activation = "sigmoid" if ensemble.classes == 1 else "softmax"
+    strips = predict_strips(
+        ensemble.models, raster, fov_px=ensemble.fov_px, size=ensemble.size,
+        overlap_px=min(settings.overlap_px, ensemble.fov_px // 2), preprocess=ensemble.preprocess,
+        tta=parse_tta(settings.tta), blend=settings.blend, batch_size=settings.batch_size,
+        device=device, amp=settings.amp, activation=activation,
+        region=Window(0, 0, raster.height, raster.width), progress=settings.progress,
+        margin_px=settings.margin_px,
+        tissue=tissue_grid(raster, settings.tissue) if settings.tissue else None,
+    )
+    masks = _post_processed(strips, raster, ensemble.preprocess, settings, ensemble.classes)
+    encoder = None
+    if outputs.rle is not None:
+        from segkit.io.rle import RleStripEncoder
+
+        encoder = RleStripEncoder(raster.height, raster.width, order=settings.rle_order)
+    paths = _write_image(masks, raster, image_id, n_images, encoder, outputs, settings, ensemble.classes)
+    return (encoder.finish() if encoder is not None else None), paths
 
 
 def check_channels(raster, preprocess: Preprocess) -> None:
@@ -185,7 +245,7 @@ def _post_processed(strips, raster, preprocess: Preprocess, settings: Settings, 
     return masks
 
 
-def _write_image(strips, raster, image_id, n_images, rle_writer, outputs: Outputs, settings: Settings, classes: int):
+def _write_image(strips, raster, image_id, n_images, rle_encoder, outputs: Outputs, settings: Settings, classes: int):
     height, width = raster.height, raster.width
     geo = {"crs": raster.crs, "transform": raster.transform}
     paths = {kind: outputs.per_image(getattr(outputs, kind), image_id, n_images) for kind in ("mask", "probs", "polygons")}
@@ -200,14 +260,11 @@ def _write_image(strips, raster, image_id, n_images, rle_writer, outputs: Output
         if paths["polygons"]:
             writer = PolygonStripWriter(paths["polygons"], height, width, overwrite=outputs.overwrite, **geo)
             writers.append((stack.enter_context(writer), lambda w, mask, probs: w.write(mask, probs)))
-        if rle_writer is not None:
-            rle_writer.begin(image_id, height, width)
-            writers.append((rle_writer, lambda w, mask, probs: w.add(mask)))
+        if rle_encoder is not None:
+            writers.append((rle_encoder, lambda w, mask, probs: w.add(np.asarray(mask) != 0)))
         for _, mask, probs in strips:
             for writer, write in writers:
                 write(writer, mask, probs)
-        if rle_writer is not None:
-            rle_writer.end()
     return [path for path in paths.values() if path]
 
 
