@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from segkit.io.writers import AtomicFile
+from segkit.io.writers import AtomicFile, StripOutput
 
 __all__ = ["mask_to_polygons", "PolygonStripWriter", "PolygonAssembler", "geojson_crs"]
 
@@ -227,7 +227,7 @@ def geojson_crs(crs) -> dict:
     return {"type": "name", "properties": {"name": name}}
 
 
-class PolygonStripWriter:
+class PolygonStripWriter(StripOutput):
     """GeoJSON FeatureCollection of the polygons of a mask arriving as row strips.
 
     ``write(mask, probs=None)`` (alias ``add``) takes (h, W) class-id strips in row order (and optionally the
@@ -285,13 +285,4 @@ class PolygonStripWriter:
     def abort(self) -> None:
         self._fh.close()
         self._atomic.discard()
-
-    def __enter__(self) -> "PolygonStripWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 

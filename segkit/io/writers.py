@@ -122,7 +122,26 @@ def write_rle_csv(path, rows: Iterable[tuple[str, str]], header=("id", "rle"), o
     return Path(path)
 
 
-class RleStripWriter:
+class StripOutput:
+    """Context manager of the streaming writers: commit on a clean exit, discard on any error."""
+
+    def close(self) -> Path:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class RleStripWriter(StripOutput):
     """RLE CSV written row by row, each image's RLE encoded from row strips as they finish.
 
     Usage::
@@ -176,22 +195,13 @@ class RleStripWriter:
         self._fh.close()
         self._atomic.discard()
 
-    def __enter__(self) -> "RleStripWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
 
 def probs_to_uint8(probs: np.ndarray) -> np.ndarray:
     """Probabilities in [0, 1] -> uint8 0..255 (rounded), the format of ``--probs out.tif``."""
     return np.clip(np.rint(np.asarray(probs, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
 
 
-class TiffStripWriter:
+class TiffStripWriter(StripOutput):
     """Tiled, compressed (Geo)TIFF written from row strips, holding at most one row of tiles.
 
     One backend on purpose: rasterio/GDAL writes both plain and georeferenced TIFFs (CRS and
@@ -312,12 +322,3 @@ class TiffStripWriter:
             self._ds.close()
         finally:
             self._atomic.discard()
-
-    def __enter__(self) -> "TiffStripWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
