@@ -133,8 +133,9 @@ def finetune(parent_run, size, epochs, lr, name, runs_dir, overrides, parent_epo
 
 @cli.command()
 @click.argument("images", nargs=-1, type=click.Path(dir_okay=False))
-@click.option("--run", "runs", multiple=True, metavar="RUN",
-              help="Run(s) to predict with (repeatable: several runs are averaged). Default: the newest run.")
+@click.option("--run", "-r", "runs", multiple=True, metavar="RUN",
+              help="Run(s) to predict with (repeatable: several runs are averaged). Default: the newest run. "
+                   "Under torchrun spell it -r: torchrun's own parser rejects --run as ambiguous.")
 @click.option("--runs-dir", default="runs", show_default=True, help="Where runs live.")
 @click.option("--epochs", default=None,
               help="Checkpoints averaged per run: last:K, best, all or a list like 8,9,10. Default: infer.epochs (last:3).")
