@@ -14,7 +14,9 @@ overlap (64 px), same batch of tiles per forward, each ending in a thresholded m
 
 The peers need the full image (and full-size float accumulators) in memory: they stitch in RAM.
 Every measurement runs in its own subprocess; peak RSS is that process's ru_maxrss (the
-"idle" column is its RSS after imports and model creation, before any image work). Wall time
+"idle" column is its RSS after imports and model creation, before any image work). The RLE
+string of the output is part of every method's peak; it grows with the image (the "RLE MB"
+column; the 1x1 model's mask has many short runs per column, so it is large). Wall time
 excludes imports; for the peers it includes decoding the whole TIFF into memory.
 
 Models: "tiny" is a 3x3 conv (3->8) + ReLU + 1x1 conv (8->1); "1x1" is a single 1x1 conv, so time
@@ -63,7 +65,7 @@ def _model(kind: str):
     return net.eval()
 
 
-def _worker(method: str, image: str, kind: str, threads: int) -> dict:
+def _worker(method: str, image: str, kind: str, threads: int, rle: bool = True) -> dict:
     import numpy as np
     import torch
 
@@ -84,7 +86,7 @@ def _worker(method: str, image: str, kind: str, threads: int) -> dict:
     with torch.inference_mode():
         if method == "segkit":
             raster = open_raster(image)
-            encoder = RleStripEncoder(raster.height, raster.width)
+            encoder = RleStripEncoder(raster.height, raster.width) if rle else None
             foreground = 0
             for _, probs in predict_strips(
                 [(net, 1.0)], raster, fov_px=TILE, size=TILE, overlap_px=OVERLAP,
@@ -93,8 +95,9 @@ def _worker(method: str, image: str, kind: str, threads: int) -> dict:
             ):
                 mask = probs[0] >= 0.5
                 foreground += int(mask.sum())
-                encoder.add(mask)
-            rle = encoder.finish()
+                if encoder is not None:
+                    encoder.add(mask)
+            text = encoder.finish() if encoder is not None else ""
         else:
             import tifffile
 
@@ -129,15 +132,15 @@ def _worker(method: str, image: str, kind: str, threads: int) -> dict:
                 merged = merger.merge_()[0].numpy()
                 mask = slicer.crop_to_orignal_size(merged) >= 0.5
             foreground = int(mask.sum())
-            rle = encode(mask)
+            text = encode(mask) if rle else ""
     wall = time.perf_counter() - start
     return {"method": method, "wall_s": wall, "rss_mb": _rss_mb(), "idle_mb": idle, "foreground": foreground,
-            "rle_chars": len(rle)}
+            "rle_chars": len(text)}
 
 
-def _measure(method: str, image: Path, kind: str, threads: int) -> dict:
+def _measure(method: str, image: Path, kind: str, threads: int, rle: bool = True) -> dict:
     cmd = [sys.executable, __file__, "--worker", method, "--image", str(image), "--model", kind,
-           "--threads", str(threads)]
+           "--threads", str(threads)] + ([] if rle else ["--no-rle"])
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         return {"method": method, "error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
@@ -147,7 +150,7 @@ def _measure(method: str, image: Path, kind: str, threads: int) -> dict:
 def _table(title: str, rows: list[dict]) -> str:
     base = next((r for r in rows if r["method"] == "segkit" and "error" not in r), None)
     lines = [title, f"{'method':<10} {'wall s':>8} {'peak RSS MB':>12} {'idle MB':>8} {'fg px':>12} "
-                    f"{'time ratio':>11} {'RSS ratio':>10}  (ratios: peer / segkit)"]
+                    f"{'RLE MB':>7} {'time ratio':>11} {'RSS ratio':>10}  (ratios: peer / segkit)"]
     for r in rows:
         if "error" in r:
             lines.append(f"{r['method']:<10} error: {r['error']}")
@@ -155,7 +158,7 @@ def _table(title: str, rows: list[dict]) -> str:
         t = r["wall_s"] / base["wall_s"] if base else float("nan")
         m = r["rss_mb"] / base["rss_mb"] if base else float("nan")
         lines.append(f"{r['method']:<10} {r['wall_s']:>8.2f} {r['rss_mb']:>12.0f} {r['idle_mb']:>8.0f} "
-                     f"{r['foreground']:>12d} {t:>11.2f} {m:>10.2f}")
+                     f"{r['foreground']:>12d} {r['rle_chars'] / 1e6:>7.0f} {t:>11.2f} {m:>10.2f}")
     return "\n".join(lines)
 
 
@@ -165,12 +168,14 @@ def main() -> None:
     parser.add_argument("--rss-size", type=int, default=10000, help="side of the memory image (1x1 model); 0 skips")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--no-rle", action="store_true",
+                        help="threshold and count only: peak RSS without the output's RLE string")
     parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--image", help=argparse.SUPPRESS)
     parser.add_argument("--model", default="tiny", choices=("tiny", "1x1"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(_worker(args.worker, args.image, args.model, args.threads)))
+        print(json.dumps(_worker(args.worker, args.image, args.model, args.threads, rle=not args.no_rle)))
         return
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_infer import write_tiff
@@ -188,7 +193,7 @@ def main() -> None:
             write_tiff(image, size, size)
             print(f"\nwrote {size}x{size} RGB tiled TIFF ({image.stat().st_size / 1e6:.0f} MB) "
                   f"in {time.perf_counter() - t:.0f} s", flush=True)
-            rows = [_measure(method, image, kind, args.threads) for method in methods]
+            rows = [_measure(method, image, kind, args.threads, rle=not args.no_rle) for method in methods]
             print(_table(f"{size}x{size}, model {kind}", rows), flush=True)
             image.unlink()
 
