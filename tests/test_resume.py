@@ -21,7 +21,7 @@ TRAIN = {"epochs": 3, "windows_per_epoch": 12, "ema": 0.8, "early_stop": 5, "war
 
 
 def _without_time(rows):
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+    return [{k: v for k, v in row.items() if k not in ("seconds", "cpu_seconds")} for row in rows]
 
 
 def _kill_mid_epoch_two(project, name):

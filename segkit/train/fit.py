@@ -161,7 +161,8 @@ def _fit(config, command, parent, resume, parent_epoch, dist_info) -> Path:
     _log(f"run {run_dir}  ({command}, fov {config.data.fov_px} px -> size {config.data.size} px){where}")
 
     model = build_model(config, preprocess.in_channels)
-    if parent is not None and resume is None:
+    if parent is not None and (resume is None or not ckpt.list_checkpoints(run_dir / "checkpoints")):
+        # a finetune starts from its parent's weights (also when it was killed before its first checkpoint)
         path = parent / "checkpoints" / run_info["parent_checkpoint"]
         st.load_model_weights(model, ckpt.load_checkpoint(path, required_keys=("model",))["model"], path)
     if config.model.freeze_fraction > 0:
@@ -221,7 +222,7 @@ def _fit(config, command, parent, resume, parent_epoch, dist_info) -> Path:
     try:
         for epoch in range(start_epoch, config.train.epochs + 1):
             dataset.set_epoch(epoch)
-            started = time.time()
+            started, started_cpu = time.time(), time.process_time()
             stats = train_one_epoch(
                 ddp_model, loader, loss_fn, optimizer, scheduler=scheduler, device=device, amp=amp, scaler=scaler,
                 accumulate=config.train.accumulate, clip=config.train.clip, channels_last=config.train.channels_last,
@@ -236,6 +237,7 @@ def _fit(config, command, parent, resume, parent_epoch, dist_info) -> Path:
                 record[BEST_METRIC] = validate([(evaluated, 1.0)], val_pairs, preprocess, **val_settings)["dice"]
                 model.train()
             record["seconds"] = round(time.time() - started, 2)
+            record["cpu_seconds"] = round(time.process_time() - started_cpu, 2)  # less sensitive to other load
             record = st.broadcast(record)
             stop = early.step(record[BEST_METRIC]) if BEST_METRIC in record else False
             if BEST_METRIC in record and early.improved:
