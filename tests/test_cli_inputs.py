@@ -82,3 +82,11 @@ def test_bad_channel_spec_is_a_one_line_error(ct_project):
     result = CliRunner().invoke(cli, ["train", "--config", str(ct_project / "ct.yaml"),
                                       "--set", "data.channels=[{band: 0, preset: lungs}]"])
     assert result.exit_code != 0 and "lungs" in result.output and "Traceback" not in result.output
+
+
+def test_training_with_copy_paste_and_an_augment_recipe(ct_project):
+    invoke("train", "--config", ct_project / "ct.yaml", "--name", "ct_cp",
+           "--set", "data.copy_paste={p: 1.0, count: [1, 2], min_px: 8}",
+           "--set", "data.augment={transform: {__class_fullname__: HorizontalFlip, p: 0.5}}")
+    records = (ct_project / "runs" / "ct_cp" / "metrics.jsonl").read_text().splitlines()
+    assert len(records) == 1 and np.isfinite(json.loads(records[0])["train_loss"])

@@ -23,12 +23,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from segkit.config import Config, load_config, save_config
-from segkit.data.augment import create_augment
-from segkit.data.channels import parse_channels, resolve_channels
-from segkit.data.dataset import LabelOptions, RandomWindowDataset, open_pairs, sampling_area
+from segkit.data.inputs import TrainingData, compute_preprocess, create_train_augment, open_training_data
 from segkit.data.preprocess import Preprocess
-from segkit.data.stats import channel_stats
-from segkit.data.windows import RandomWindowSampler
 from segkit.errors import SegkitError
 from segkit.models.factory import check_input_size, create_model, freeze_encoder
 from segkit.models.losses import create_loss
@@ -36,7 +32,6 @@ from segkit.report.plots import plot_metrics
 from segkit.train import checkpoint as ckpt
 from segkit.train import distributed
 from segkit.train import stage as st
-from segkit.train.data_source import split_manifest
 from segkit.train.ema import ModelEma
 from segkit.train.loop import EarlyStopping, make_scaler, pick_device, seed_everything, train_one_epoch
 from segkit.train.optim import create_optimizer, create_scheduler
@@ -51,21 +46,6 @@ BEST_METRIC = "val_dice"
 def _log(message: str) -> None:
     if distributed.is_main():
         print(message, flush=True)
-
-
-def compute_preprocess(config: Config, pairs, sampler, seed: int) -> Preprocess:
-    """Channel spec resolved on the first training image, then mean/std over sampled windows."""
-    first = pairs[0].raster
-    specs = parse_channels(config.data.channels, bands=first.channels, dtype=first.dtype)
-    thumb, _ = first.thumbnail(1024)
-    preprocess = Preprocess(resolve_channels(specs, thumb))
-    if not config.data.normalize:
-        return preprocess
-    dataset = RandomWindowDataset(
-        pairs, sampler, size=config.data.size, length=config.data.stats_windows, preprocess=preprocess, seed=seed + 1
-    )
-    mean, std = channel_stats(preprocess(dataset.read(i)[0]) for i in range(len(dataset)))
-    return preprocess.with_stats(list(map(float, mean)), list(map(float, std)))
 
 
 def build_model(config: Config, in_channels: int) -> torch.nn.Module:
@@ -96,7 +76,7 @@ def fit(
         distributed.cleanup()
 
 
-def _setup_run(config, command, parent, resume, parent_epoch, train_pairs, sampler):
+def _setup_run(config, command, parent, resume, parent_epoch, data: TrainingData):
     """Rank 0: the run directory (created, or checked for resume) and its preprocess.json."""
     if resume is not None:
         mark_running(resume)
@@ -107,7 +87,7 @@ def _setup_run(config, command, parent, resume, parent_epoch, train_pairs, sampl
         extra = {"parent_epoch": epoch, "parent_checkpoint": path.name, "lineage": st.lineage(parent, epoch)}
         preprocess = Preprocess.load(parent / "preprocess.json")
     else:
-        preprocess = compute_preprocess(config, train_pairs, sampler, config.run.seed)
+        preprocess = compute_preprocess(config, data, config.run.seed)
     build_model(config, preprocess.in_channels)  # a bad --size fails here, before anything is written
     run_dir = create_run_dir(Path(config.run.runs_dir), config.run.name, command)
     config = dataclasses.replace(config, run=dataclasses.replace(config.run, name=run_dir.name))
@@ -133,18 +113,14 @@ def _fit(config, command, parent, resume, parent_epoch, dist_info) -> Path:
     if parent is not None and resume is None:
         st.check_parent_compatible(parent, config)
 
-    train_rows, val_rows = split_manifest(config)
-    options = LabelOptions(config.data.rle_order, config.data.class_map, config.data.class_property, config.data.pad_mode)
-    train_pairs = open_pairs(train_rows, options)
-    val_pairs = open_pairs(val_rows, options)
-    areas = [sampling_area(pair, config.data.tissue) for pair in train_pairs]
-    sampler = RandomWindowSampler(areas, config.data.fov_px, foreground_share=config.data.foreground_share)
+    data = open_training_data(config)
+    train_pairs, val_pairs, sampler = data.train_pairs, data.val_pairs, data.sampler
 
     # Rank 0 names and creates the run directory; the others learn it (or rank 0's error) from it.
     outcome, failure = None, None
     if main:
         try:
-            outcome = ("ok", str(_setup_run(config, command, parent, resume, parent_epoch, train_pairs, sampler)))
+            outcome = ("ok", str(_setup_run(config, command, parent, resume, parent_epoch, data)))
         except Exception as exc:  # tell the other ranks instead of leaving them waiting
             outcome, failure = ("error", str(exc)), exc
     outcome = st.broadcast(outcome)
@@ -176,7 +152,7 @@ def _fit(config, command, parent, resume, parent_epoch, dist_info) -> Path:
     # Windows per epoch are split across ranks; each rank draws its own (dataset rank = dist rank).
     total = max(config.train.batch_size, int(config.train.windows_per_epoch * config.train.subset))
     length = max(config.train.batch_size, total // world)
-    augment = create_augment(config.data.augment)
+    augment = create_train_augment(config, data, preprocess, config.run.seed)
     dataset = st.SeededWindowDataset(
         train_pairs, sampler, size=config.data.size, length=length, preprocess=preprocess,
         augment=augment, seed=config.run.seed, rank=rank,
