@@ -224,9 +224,13 @@ def stats(config_path, overrides, task, size, out_path):
     from segkit.data.stats import save_stats
 
     config = build_config(config_path, overrides, task, **{"data.size": size, "data.normalize": True})
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, mean=None, std=None))
     preprocess = compute_preprocess(config, open_training_data(config), config.run.seed)
     for index, (spec, mean, std) in enumerate(zip(preprocess.channels, preprocess.mean, preprocess.std)):
         click.echo(f"channel {index} (band {spec.band}): mean {mean:.6f}  std {std:.6f}")
+    mean = ", ".join(f"{m:.6g}" for m in preprocess.mean)
+    std = ", ".join(f"{s:.6g}" for s in preprocess.std)
+    click.echo(f"to reuse: --set 'data.mean=[{mean}]' --set 'data.std=[{std}]'")
     if out_path:
         save_stats(out_path, preprocess.mean, preprocess.std)
         click.echo(f"wrote {out_path}")

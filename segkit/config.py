@@ -51,6 +51,8 @@ class DataConfig:
     channels: Optional[list] = None  # multi-contrast channel spec; null = one channel per band
     normalize: bool = True  # per-channel mean/std computed on training windows
     stats_windows: int = 64  # windows sampled for the normalization statistics
+    mean: Optional[list] = None  # per-channel mean; given with std, skips computing them
+    std: Optional[list] = None  # per-channel std (e.g. from `segkit stats`)
     augment: Optional[dict] = None  # albumentations serialized pipeline (A.to_dict form)
     copy_paste: Optional[dict] = None  # object copy-paste settings; null = off
     workers: int = 0  # DataLoader worker processes
@@ -230,6 +232,10 @@ def validate(config: Config) -> None:
             raise SegkitError(f"config key {key}: must be >= 1, got {value}")
     if config.data.fov_px is not None and config.data.fov_px < 1:
         raise SegkitError(f"config key data.fov_px: must be >= 1, got {config.data.fov_px}")
+    if (config.data.mean is None) != (config.data.std is None):
+        raise SegkitError("config keys data.mean and data.std: give both or neither")
+    if config.data.std is not None and any(not isinstance(v, (int, float)) or v <= 0 for v in config.data.std):
+        raise SegkitError(f"config key data.std: every value must be a number > 0, got {config.data.std}")
     if not 0 < config.train.subset <= 1:
         raise SegkitError(f"config key train.subset: must be in (0, 1], got {config.train.subset}")
     if not 0 <= config.data.foreground_share <= 1:

@@ -68,6 +68,18 @@ def test_stats_prints_one_line_per_channel(ct_project, tmp_path):
     assert len(lines) == 3
     saved = json.loads((tmp_path / "stats.json").read_text())
     assert len(saved["mean"]) == 3 and all(0 <= m <= 1 for m in saved["mean"])
+    reuse = next(line for line in result.output.splitlines() if line.startswith("to reuse:"))
+    assert "data.mean=[" in reuse and "data.std=[" in reuse
+
+
+def test_given_mean_and_std_are_used_as_is(ct_project):
+    invoke("train", "--config", ct_project / "ct.yaml", "--name", "ct_given", "--set", "data.mean=[0.5, 0.5, 0.25]",
+           "--set", "data.std=[0.2, 0.2, 0.1]")
+    spec = json.loads((ct_project / "runs" / "ct_given" / "preprocess.json").read_text())
+    assert spec["mean"] == [0.5, 0.5, 0.25] and spec["std"] == [0.2, 0.2, 0.1]
+    result = CliRunner().invoke(cli, ["train", "--config", str(ct_project / "ct.yaml"), "--set", "data.mean=[0.5]",
+                                      "--set", "data.std=[0.2]"])
+    assert result.exit_code != 0 and "data.mean: 1 values for 3 channel(s)" in result.output
 
 
 def test_preview_writes_a_grid_with_copy_paste(ct_project, tmp_path):

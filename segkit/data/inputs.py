@@ -25,6 +25,7 @@ from segkit.data.dataset import (
 from segkit.data.preprocess import Preprocess
 from segkit.data.stats import channel_stats
 from segkit.data.windows import RandomWindowSampler
+from segkit.errors import SegkitError
 from segkit.train.data_source import label_options, split_manifest
 
 BANK_WINDOWS = 64  # training windows scanned for copy-paste objects
@@ -69,6 +70,11 @@ def compute_preprocess(config: Config, data: TrainingData, seed: int) -> Preproc
     preprocess = Preprocess(resolve_channels(specs, thumb))
     if not config.data.normalize:
         return preprocess
+    if config.data.mean is not None:
+        for key, values in (("data.mean", config.data.mean), ("data.std", config.data.std)):
+            if len(values) != preprocess.in_channels:
+                raise SegkitError(f"config key {key}: {len(values)} values for {preprocess.in_channels} channel(s)")
+        return preprocess.with_stats([float(m) for m in config.data.mean], [float(s) for s in config.data.std])
     dataset = window_dataset(config, data, preprocess, length=config.data.stats_windows, seed=seed + 1)
     mean, std = channel_stats(preprocess.stack(dataset.read(i)[0]) for i in range(len(dataset)))
     return preprocess.with_stats([float(m) for m in mean], [float(s) for s in std])
