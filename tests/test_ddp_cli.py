@@ -53,21 +53,15 @@ def test_two_gloo_ranks_train_one_run(tmp_path):
 
 def test_ranks_draw_distinct_windows(tmp_path):
     from segkit.config import load_config
-    from segkit.data.dataset import LabelOptions, open_pairs, sampling_area
-    from segkit.data.preprocess import Preprocess
-    from segkit.data.windows import RandomWindowSampler
-    from segkit.train.data_source import split_manifest
-    from segkit.train.fit import compute_preprocess
+    from segkit.data.inputs import compute_preprocess, open_training_data
     from segkit.train.stage import SeededWindowDataset
 
     project = make_project(tmp_path)
     config = load_config(project / "tiny.yaml")
-    rows, _ = split_manifest(config)
-    pairs = open_pairs(rows, LabelOptions("F", None, None, "constant"))
-    sampler = RandomWindowSampler([sampling_area(p, "none") for p in pairs], 48)
-    preprocess = compute_preprocess(config, pairs, sampler, 0)
-    ranks = [SeededWindowDataset(pairs, sampler, size=32, length=4, preprocess=preprocess, seed=1, rank=r)
-             for r in (0, 1)]
+    data = open_training_data(config)
+    preprocess = compute_preprocess(config, data, 0)
+    ranks = [SeededWindowDataset(data.train_pairs, data.sampler, size=32, length=4, preprocess=preprocess, seed=1,
+                                 rank=r) for r in (0, 1)]
     for dataset in ranks:
         dataset.set_epoch(1)
     windows = [[dataset.read(i)[2] for i in range(4)] for dataset in ranks]

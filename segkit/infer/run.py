@@ -165,6 +165,7 @@ def infer_images(
     outputs.check([image_id for image_id, _ in images])
     for _, path in images:  # every header before any prediction: a bad image fails in seconds
         check_channels(open_raster(path), ensemble.preprocess)
+    dist.barrier()  # every rank has checked the outputs before any rank writes one
     rank, world = dist.rank(), dist.world_size()
     mine = [(index, image) for index, image in enumerate(images) if index % world == rank]
     rows, written, failure = [], [], None
