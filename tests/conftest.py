@@ -34,10 +34,9 @@ def _discs(rng, height, width, count):
     return np.clip(image, 0, 255).astype(np.uint8), mask
 
 
-@pytest.fixture(scope="session")
-def project(tmp_path_factory):
-    """Two images with masks, a manifest with explicit folds, and a tiny config."""
-    root = tmp_path_factory.mktemp("project")
+def write_tiny_project(root, *, data=None, train=None, infer=None):
+    """Two noisy disc images with masks (fold 0 trains, fold 1 validates), manifest.csv and tiny.yaml."""
+    root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     rows = []
     for index in range(2):
@@ -51,13 +50,19 @@ def project(tmp_path_factory):
         writer.writerows(rows)
     config = {
         "run": {"runs_dir": str(root / "runs"), "progress": False},
-        "data": {"manifest": str(root / "manifest.csv"), "fov_px": 48, "size": 32, "val_fold": 1, "stats_windows": 8},
+        "data": {"manifest": str(root / "manifest.csv"), "fov_px": 48, "size": 32, "val_fold": 1, "stats_windows": 8,
+                 **(data or {})},
         "model": {"encoder": "resnet18"},
-        "train": {"epochs": 2, "windows_per_epoch": 8, "batch_size": 4},
-        "infer": {"overlap_px": 16, "epochs": "last:2", "batch_size": 4},
+        "train": {"epochs": 2, "windows_per_epoch": 8, "batch_size": 4, **(train or {})},
+        "infer": {"overlap_px": 16, "epochs": "last:2", "batch_size": 4, **(infer or {})},
     }
     (root / "tiny.yaml").write_text(yaml.safe_dump(config))
     return root
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory):
+    return write_tiny_project(tmp_path_factory.mktemp("project"))
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from rasterio.transform import from_origin
 
 from segkit.cli import cli
 from segkit.config import load_config
-from segkit.data.dataset import clear_memory_cache
+from segkit.data.grids import clear_memory_cache
 from segkit.data.manifest import foreground_bins
 from segkit.errors import SegkitError
 from segkit.io import rle

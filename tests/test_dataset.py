@@ -17,19 +17,10 @@ from rasterio.features import shapes
 from rasterio.transform import from_origin
 from torch.utils.data import DataLoader
 
-from segkit.data import dataset as ds_mod
+from segkit.data import grids as grids_mod
 from segkit.data.channels import parse_channels, resolve_channels
-from segkit.data.dataset import (
-    LabelOptions,
-    RandomWindowDataset,
-    SourcePair,
-    clear_memory_cache,
-    create_sampler,
-    foreground_fraction,
-    image_thumbnail,
-    open_pairs,
-    sampling_area,
-)
+from segkit.data.dataset import LabelOptions, RandomWindowDataset, SourcePair, open_pairs
+from segkit.data.grids import clear_memory_cache, create_sampler, foreground_fraction, image_thumbnail, sampling_area
 from segkit.data.manifest import ManifestRow
 from segkit.data.preprocess import Preprocess
 from segkit.data.windows import RandomWindowSampler, SamplingArea, Window
@@ -287,7 +278,7 @@ def test_sampler_names_files_and_warns_about_dropped_areas(files):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert isinstance(create_sampler(pairs, [full, full], 16), RandomWindowSampler)
-    assert ds_mod.cache_dir("off") is None
+    assert grids_mod.cache_dir("off") is None
 
 
 @pytest.mark.slow

@@ -1,54 +1,28 @@
 """`segkit train` / `segkit finetune` stage features through the real CLI on a tiny project."""
 
-import csv
 import json
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile
 import torch
 import yaml
 from click.testing import CliRunner
 
 from segkit.cli import cli
 
-HEIGHT, WIDTH = 90, 133  # deliberately not multiples of the tile
+from conftest import write_tiny_project
+
 
 AUGMENT = {"transform": {"__class_fullname__": "Compose", "transforms": [
     {"__class_fullname__": "HorizontalFlip", "p": 0.5}, {"__class_fullname__": "RandomRotate90", "p": 0.5}]}}
 
 
 def make_project(root: Path, **train) -> Path:
-    """Two noisy disc images with masks (fold 0 trains, fold 1 validates) and tiny.yaml."""
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    rows = []
-    yy, xx = np.mgrid[:HEIGHT, :WIDTH]
-    for index in range(2):
-        mask = np.zeros((HEIGHT, WIDTH), np.uint8)
-        for _ in range(12):
-            r, c, radius = rng.integers(0, HEIGHT), rng.integers(0, WIDTH), rng.integers(4, 9)
-            mask[(yy - r) ** 2 + (xx - c) ** 2 <= radius**2] = 1
-        image = np.clip(rng.normal(60, 12, (HEIGHT, WIDTH)) + 120 * mask, 0, 255).astype(np.uint8)
-        tifffile.imwrite(root / f"img{index}.tif", image, tile=(32, 32), compression="zlib")
-        tifffile.imwrite(root / f"img{index}_mask.tif", mask)
-        rows.append({"id": f"img{index}", "image": f"img{index}.tif", "label": f"img{index}_mask.tif", "fold": index})
-    with open(root / "manifest.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    config = {
-        "run": {"runs_dir": str(root / "runs"), "progress": False},
-        "data": {"manifest": str(root / "manifest.csv"), "fov_px": 48, "size": 32, "val_fold": 1,
-                 "stats_windows": 8, "augment": AUGMENT},
-        "model": {"encoder": "resnet18"},
-        "train": {"epochs": 2, "windows_per_epoch": 8, "batch_size": 4, "amp": False, **train},
-        "infer": {"overlap_px": 16, "tta": "none", "batch_size": 4},
-    }
-    (root / "tiny.yaml").write_text(yaml.safe_dump(config))
-    return root
+    """The shared tiny project with augmentation, fp32 and no TTA (exact comparisons)."""
+    return write_tiny_project(root, data={"augment": AUGMENT}, train={"amp": False, **train},
+                              infer={"tta": "none", "epochs": "last:3"})
 
 
 def run(*args, expect=0):
@@ -92,7 +66,7 @@ def test_run_summary_line_and_status(grandparent):
     record = info(grandparent)
     assert record["status"] == "finished" and record["pid"] is None
     assert record["summary"].startswith(f"done: {grandparent}  2 epochs  final loss ")
-    assert f"best val dice" in record["summary"]
+    assert "best val dice" in record["summary"]
     rows = records(grandparent)
     assert [r["epoch"] for r in rows] == [1, 2]
     assert {"train_loss", "loss_dice", "loss_soft_bce", "lr", "val_dice", "seconds"} <= set(rows[0])

@@ -1,7 +1,6 @@
 """Exact resume: a `segkit train` subprocess killed (SIGKILL) mid-epoch 2 of 3, then `--resume`,
 ends with the metrics and weights of the uninterrupted run with the same seed."""
 
-import json
 import os
 import signal
 import subprocess

@@ -14,14 +14,8 @@ from segkit.config import Config
 from segkit.data.augment import Augment, create_augment
 from segkit.data.channels import parse_channels, resolve_channels
 from segkit.data.copypaste import ObjectBank, split_copy_paste_config
-from segkit.data.dataset import (
-    RandomWindowDataset,
-    SourcePair,
-    create_sampler,
-    image_thumbnail,
-    open_pairs,
-    sampling_area,
-)
+from segkit.data.dataset import RandomWindowDataset, SourcePair, open_pairs
+from segkit.data.grids import create_sampler, image_thumbnail, sampling_area
 from segkit.data.preprocess import Preprocess
 from segkit.data.stats import channel_stats
 from segkit.data.windows import RandomWindowSampler

@@ -143,7 +143,7 @@ def tissue_method(config: Config) -> Optional[str]:
 
 def tissue_grid(raster, method: str) -> tuple:
     """(bool mask of the thumbnail's tissue, source px per mask px) for predict_strips(tissue=...)."""
-    from segkit.data.dataset import THUMB_SIDE
+    from segkit.data.grids import THUMB_SIDE
     from segkit.data.windows import tissue_mask
 
     thumb, scale = raster.thumbnail(THUMB_SIDE)

@@ -3,7 +3,7 @@
 Fold methods (data.fold_method; explicit ``fold`` cells of the manifest are always kept):
 - random: shuffled, balanced folds.
 - stratified: segmentation rows binned by foreground fraction (from each row's label
-  thumbnail, see segkit.data.dataset.foreground_fraction; bin 0 = no foreground), class rows
+  thumbnail, see segkit.data.grids.foreground_fraction; bin 0 = no foreground), class rows
   by their class, each bin spread evenly over the folds.
 - group: rows sharing the manifest's ``group`` never split; rows without a group are grouped
   by image file, so several regions of one slide always land in the same fold.
@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Optional
 
 from segkit.config import Config
-from segkit.data.dataset import LabelOptions, SourcePair, foreground_fraction
+from segkit.data.dataset import LabelOptions, SourcePair
+from segkit.data.grids import foreground_fraction
 from segkit.data.manifest import ManifestRow, assign_folds, foreground_bins, manifest_from_folder, read_manifest
 from segkit.errors import SegkitError
 
