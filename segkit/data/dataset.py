@@ -183,6 +183,11 @@ class RandomWindowDataset(Dataset):
         # Augment in [0, 1] (albumentations clips floats there), normalize afterwards.
         image = self.preprocess.stack(raw)
         if self.augment is not None:
+            # The augmentation draws from its own generator; reseeding it from the item's
+            # coordinates keeps the item a pure function of (seed, epoch, rank, index), so a
+            # resumed run augments exactly as the uninterrupted one would have.
+            if hasattr(self.augment, "reseed"):
+                self.augment.reseed([int(self.seed), int(self.epoch), int(self.rank), int(index), 1])
             if mask is None:  # class rows: the pipeline takes a mask, so give it a blank one
                 image, _ = self.augment(image, np.zeros(image.shape[:2], np.uint8))
             else:

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from segkit.config import Config, load_config, save_config
+from segkit.data.dataset import RandomWindowDataset
 from segkit.data.inputs import TrainingData, compute_preprocess, create_train_augment, open_training_data
 from segkit.data.preprocess import Preprocess
 from segkit.errors import SegkitError
@@ -153,7 +154,7 @@ def _fit(config, command, parent, resume, parent_epoch, dist_info) -> Path:
     total = max(config.train.batch_size, int(config.train.windows_per_epoch * config.train.subset))
     length = max(config.train.batch_size, total // world)
     augment = create_train_augment(config, data, preprocess, config.run.seed)
-    dataset = st.SeededWindowDataset(
+    dataset = RandomWindowDataset(
         train_pairs, sampler, size=config.data.size, length=length, preprocess=preprocess,
         augment=augment, seed=config.run.seed, rank=rank,
     )
@@ -276,9 +277,3 @@ def _summary(run_dir: Path, epoch: int, record: dict, best, seconds: float) -> s
 def activation_for(classes: int) -> str:
     """Binary models end in a sigmoid, multiclass ones in a softmax over classes."""
     return "sigmoid" if classes == 1 else "softmax"
-
-
-def load_weights(run_dir: Path, which: str | int = "best") -> dict:
-    """Model weights (the validated ones, EMA when on) of a run's best, last or N-th checkpoint."""
-    path, _ = st.select_checkpoint(run_dir, which)
-    return ckpt.load_checkpoint(path, required_keys=("model",))["model"]

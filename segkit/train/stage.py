@@ -11,25 +11,10 @@ from typing import Optional
 import torch
 
 from segkit.config import Config, load_config
-from segkit.data.dataset import RandomWindowDataset
 from segkit.errors import SegkitError
 from segkit.train import checkpoint as ckpt
 from segkit.train import distributed
 from segkit.train.rundir import read_run_info
-
-
-class SeededWindowDataset(RandomWindowDataset):
-    """Reseeds the augmentation for every item from (seed, epoch, rank, index).
-
-    The augmentation otherwise draws from one generator whose state depends on every earlier
-    item, so a resumed run (fresh generator) would augment epoch 3 differently than the
-    uninterrupted one. Per-item seeding makes each item a pure function of its coordinates.
-    """
-
-    def __getitem__(self, index: int) -> dict:
-        if self.augment is not None and hasattr(self.augment, "reseed"):
-            self.augment.reseed([int(self.seed), int(self.epoch), int(self.rank), int(index), 1])
-        return super().__getitem__(index)
 
 
 # --- finetune parents -------------------------------------------------------------------------
