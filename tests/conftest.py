@@ -74,3 +74,24 @@ def trained(project):
     return project / "runs" / "stage1"
 
 
+
+
+@pytest.fixture
+def own_cache(tmp_path, monkeypatch):
+    """An empty thumbnail-grid cache of the test's own (memory and disk)."""
+    from segkit.data.grids import clear_memory_cache
+
+    monkeypatch.setenv("SEGKIT_CACHE_DIR", str(tmp_path / "cache"))
+    clear_memory_cache()
+    yield
+    clear_memory_cache()
+
+
+def row_strips(array, heights):
+    """(row0, rows) strips of ``array`` along axis -2, heights cycling through ``heights``."""
+    rows, row0, i = array.shape[-2], 0, 0
+    while row0 < rows:
+        h = heights[i % len(heights)]
+        yield row0, array[..., row0:row0 + h, :]
+        row0 += h
+        i += 1

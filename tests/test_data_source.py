@@ -16,7 +16,6 @@ from rasterio.transform import from_origin
 
 from segkit.cli import cli
 from segkit.config import load_config
-from segkit.data.grids import clear_memory_cache
 from segkit.data.manifest import foreground_bins
 from segkit.errors import SegkitError
 from segkit.io import rle
@@ -28,12 +27,7 @@ CRS = "EPSG:32633"
 BOXES = {"a": [(5, 8, 14, 20), (30, 40, 12, 15)], "b": [(0, 0, 10, 12), (20, 30, 25, 20)]}  # row, col, h, w
 
 
-@pytest.fixture(autouse=True)
-def own_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SEGKIT_CACHE_DIR", str(tmp_path / "cache"))
-    clear_memory_cache()
-    yield
-    clear_memory_cache()
+pytestmark = pytest.mark.usefixtures("own_cache")
 
 
 def _write_manifest(path, rows):

@@ -33,13 +33,7 @@ BRIGHT, DARK = 220, 40
 TRANSFORM = from_origin(500000, 4600000, 0.5, 0.5)
 
 
-@pytest.fixture(autouse=True)
-def own_cache(tmp_path, monkeypatch):
-    """Every test gets an empty thumbnail cache of its own (memory and disk)."""
-    monkeypatch.setenv("SEGKIT_CACHE_DIR", str(tmp_path / "cache"))
-    clear_memory_cache()
-    yield
-    clear_memory_cache()
+pytestmark = pytest.mark.usefixtures("own_cache")
 
 
 def _mask():

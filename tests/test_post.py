@@ -11,14 +11,7 @@ from segkit.post.morphology import (
     threshold,
 )
 
-
-def _strips(array, heights):
-    rows, row0, i = array.shape[-2], 0, 0
-    while row0 < rows:
-        h = heights[i % len(heights)]
-        yield row0, array[..., row0:row0 + h, :]
-        row0 += h
-        i += 1
+from conftest import row_strips
 
 
 def test_threshold_binary():
@@ -142,14 +135,14 @@ def test_strip_post_processor_equals_full_image(heights, min_px, max_hole, conn)
     expected = fill_holes(remove_small_objects(m, min_px, connectivity=conn), max_hole)
     proc = StripPostProcessor(*m.shape, min_px=min_px, max_hole_px=max_hole, fill=True, connectivity=conn)
     extra = np.stack([m, m * 2]).astype(np.float32)  # rides along, stays aligned
-    out = list(proc((r0, s, extra[:, r0:r0 + s.shape[0]]) for r0, s in _strips(m, heights)))
+    out = list(proc((r0, s, extra[:, r0:r0 + s.shape[0]]) for r0, s in row_strips(m, heights)))
     rows = [r0 for r0, _, _ in out]
     assert rows == sorted(rows) and rows[0] == 0
     np.testing.assert_array_equal(np.concatenate([s for _, s, _ in out]), expected)
     np.testing.assert_array_equal(np.concatenate([e for _, _, e in out], axis=1), extra)
     if min_px > 1 and heights != [61]:
         # cutting the strips without context would be wrong: the test data makes that visible
-        naive = np.concatenate([remove_small_objects(s, min_px, connectivity=conn) for _, s in _strips(m, heights)])
+        naive = np.concatenate([remove_small_objects(s, min_px, connectivity=conn) for _, s in row_strips(m, heights)])
         assert not np.array_equal(naive, remove_small_objects(m, min_px, connectivity=conn))
 
 
@@ -164,7 +157,7 @@ def test_strip_post_processor_random_multiclass_masks(seed):
         expected = remove_small_objects(m, min_px)
         expected = fill_holes(expected, max_hole) if fill else expected
         proc = StripPostProcessor(h, w, min_px=min_px, fill=fill, max_hole_px=max_hole)
-        got = np.concatenate([s for _, s in proc(_strips(m, heights))])
+        got = np.concatenate([s for _, s in proc(row_strips(m, heights))])
         np.testing.assert_array_equal(got, expected)
 
 
@@ -181,14 +174,14 @@ def test_strip_post_processor_ring_around_the_image_holds_its_rows():
     got = np.concatenate([s for _, s in first + rest])
     np.testing.assert_array_equal(got, fill_holes(m))
     m[10, 10] = 0
-    got = np.concatenate([s for _, s in StripPostProcessor(30, 20, fill=True)(_strips(m, [5]))])
+    got = np.concatenate([s for _, s in StripPostProcessor(30, 20, fill=True)(row_strips(m, [5]))])
     assert got[2:28, 2:18].all() and np.array_equal(got, fill_holes(m))
 
 
 def test_strip_post_processor_without_stages_passes_through_and_checks_order():
     m = _strip_mask()
     proc = StripPostProcessor(*m.shape)
-    out = list(proc(_strips(m, [10])))
+    out = list(proc(row_strips(m, [10])))
     assert [r0 for r0, _ in out] == list(range(0, 61, 10))
     proc = StripPostProcessor(10, 4, min_px=3, fill=True)
     proc.push(0, np.zeros((3, 4), np.uint8))

@@ -11,14 +11,7 @@ from shapely.geometry import Point, shape
 from segkit.errors import SegkitError
 from segkit.io.vector import PolygonStripWriter, geojson_crs, mask_to_polygons
 
-
-def _strips(array, heights):
-    rows, row0, i = array.shape[-2], 0, 0
-    while row0 < rows:
-        h = heights[i % len(heights)]
-        yield row0, array[..., row0:row0 + h, :]
-        row0 += h
-        i += 1
+from conftest import row_strips
 
 
 def _objects(mask):
@@ -73,7 +66,7 @@ def test_full_mask_polygons_match_connected_components():
 def _strip_features(tmp_path, m, heights, probs=None, name="p.geojson", **kw):
     out = tmp_path / name
     with PolygonStripWriter(out, *m.shape, **kw) as writer:
-        for row0, s in _strips(m, heights):
+        for row0, s in row_strips(m, heights):
             writer.write(s, None if probs is None else probs[:, row0:row0 + s.shape[0]])
     return json.loads(out.read_text())
 
