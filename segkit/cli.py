@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 
 from segkit import __version__
-from segkit.config import TASKS, Config, load_config
-from segkit.errors import SegkitError
+from segkit.ground.config import TASKS, Config, load_config
+from segkit.ground.errors import SegkitError
 
 CONFIG_HELP = "YAML config; every key is listed with a comment in configs/default.yaml."
 SET_HELP = "Override one config key, e.g. --set train.lr=3e-4 (repeatable; value parsed as YAML)."
@@ -82,8 +82,8 @@ def train(config_path, overrides, task, size, fov_px, epochs, name, val_fold, su
     Every epoch is validated on the held-out fold with the same tiled predictor `infer` uses,
     and checkpointed atomically in runs/NAME/checkpoints/.
     """
+    from segkit.runs.rundir import resolve_run
     from segkit.train.fit import fit
-    from segkit.train.rundir import resolve_run
 
     config = build_config(
         config_path, overrides, task, **{
@@ -117,8 +117,8 @@ def finetune(parent_run, size, epochs, lr, name, runs_dir, overrides, parent_epo
     `finetune --size 512` reads the same windows at 512, starting from the parent's best
     checkpoint with its channel spec and normalization. The new run records its parent.
     """
+    from segkit.runs.rundir import resolve_run
     from segkit.train.fit import fit
-    from segkit.train.rundir import resolve_run
 
     parent = resolve_run(parent_run, Path(runs_dir), commands=("train", "finetune"))
     base = load_config(parent / "config.yaml")
@@ -170,10 +170,17 @@ def infer(images, runs, runs_dir, epochs, soup, tta, rle_path, polygons, mask, p
     one strip whatever the image size. Without IMAGES, the run's manifest images are predicted.
     Under `torchrun --nproc_per_node=N -m segkit.cli infer ...` the images are split across ranks.
     """
-    from segkit.infer.run import Outputs, Settings, image_list, infer_images, load_ensemble, tissue_method
-    from segkit.train import distributed
-    from segkit.train.loop import pick_device
-    from segkit.train.rundir import resolve_run
+    from segkit.infer.run import (
+        Outputs,
+        Settings,
+        image_list,
+        infer_images,
+        load_ensemble,
+        tissue_method,
+    )
+    from segkit.runs import distributed
+    from segkit.runs.device import pick_device
+    from segkit.runs.rundir import resolve_run
 
     run_dirs = [resolve_run(spec, Path(runs_dir)) for spec in runs] or [resolve_run(None, Path(runs_dir))]
     base = load_config(run_dirs[0] / "config.yaml")
@@ -189,7 +196,7 @@ def infer(images, runs, runs_dir, epochs, soup, tta, rle_path, polygons, mask, p
         margin_px=config.infer.margin_px, tissue=tissue_method(config),
     )
     if not images:
-        from segkit.train.data_source import load_rows
+        from segkit.data.split import load_rows
 
         images = sorted({str(row.image) for row in load_rows(config.data.manifest)})
     dist_info = distributed.setup(device)  # a no-op outside torchrun

@@ -12,7 +12,7 @@ import yaml
 
 from segkit.data.augment import augment_to_dict, create_augment, load_pipeline
 from segkit.data.copypaste import ObjectBank
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RECIPES = ["augment_baseline.yaml", "augment_heavy_noise.yaml"]

@@ -14,7 +14,7 @@ from segkit.data.channels import (
     resolve_channels,
     stack_channels,
 )
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
 
 
 def hu(values):

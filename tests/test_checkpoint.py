@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from segkit.errors import SegkitError
-from segkit.train import checkpoint as ck
+from segkit.ground.errors import SegkitError
+from segkit.runs import checkpoint as ck
 from segkit.train.optim import create_optimizer, create_scheduler
 
 

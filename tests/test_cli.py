@@ -8,11 +8,10 @@ import pytest
 import tifffile
 import yaml
 from click.testing import CliRunner
+from conftest import HEIGHT, WIDTH
 
 from segkit.cli import cli
 from segkit.io.rle import decode
-
-from conftest import HEIGHT, WIDTH
 
 
 def run(*args, expect=0):

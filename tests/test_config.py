@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from segkit.config import Config, load_config, parse_override, save_config, to_dict
-from segkit.errors import SegkitError
+from segkit.ground.config import Config, load_config, parse_override, to_dict
+from segkit.ground.errors import SegkitError
+from segkit.runs.rundir import save_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

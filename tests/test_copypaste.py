@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from segkit.data.copypaste import CopyPaste, ObjectBank, create_copy_paste
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
 
 
 def source_window():

@@ -6,9 +6,15 @@ import cv2
 import numpy as np
 import pytest
 
-from segkit.data.windows import Window
-from segkit.errors import SegkitError
-from segkit.post.crf import CRF_INSTALL_HINT, CrfStripProcessor, RowContextStream, dense_crf, tiled_crf
+from segkit.ground.errors import SegkitError
+from segkit.ground.geometry import Window
+from segkit.post.crf import (
+    CRF_INSTALL_HINT,
+    CrfStripProcessor,
+    RowContextStream,
+    dense_crf,
+    tiled_crf,
+)
 
 try:  # the crf extra is optional; only the install-hint test runs without it
     import pydensecrf.densecrf  # noqa: F401

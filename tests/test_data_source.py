@@ -15,11 +15,11 @@ from click.testing import CliRunner
 from rasterio.transform import from_origin
 
 from segkit.cli import cli
-from segkit.config import load_config
 from segkit.data.manifest import foreground_bins
-from segkit.errors import SegkitError
+from segkit.data.split import split_manifest
+from segkit.ground.config import load_config
+from segkit.ground.errors import SegkitError
 from segkit.io import rle
-from segkit.train.data_source import split_manifest
 
 H, W = 45, 61
 TRANSFORM = from_origin(500000, 4600000, 0.5, 0.5)

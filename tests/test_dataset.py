@@ -19,12 +19,24 @@ from torch.utils.data import DataLoader
 
 from segkit.data import grids as grids_mod
 from segkit.data.channels import parse_channels, resolve_channels
-from segkit.data.dataset import LabelOptions, RandomWindowDataset, SourcePair, open_pairs
-from segkit.data.grids import clear_memory_cache, create_sampler, foreground_fraction, image_thumbnail, sampling_area
+from segkit.data.dataset import (
+    LabelOptions,
+    RandomWindowDataset,
+    SourcePair,
+    open_pairs,
+)
+from segkit.data.grids import (
+    clear_memory_cache,
+    create_sampler,
+    foreground_fraction,
+    image_thumbnail,
+    sampling_area,
+)
 from segkit.data.manifest import ManifestRow
 from segkit.data.preprocess import Preprocess
-from segkit.data.windows import RandomWindowSampler, SamplingArea, Window
-from segkit.errors import SegkitError
+from segkit.data.windows import RandomWindowSampler, SamplingArea
+from segkit.ground.errors import SegkitError
+from segkit.ground.geometry import Window
 from segkit.io import rle
 from segkit.io.raster import Raster
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from test_fit import info, make_project, records
 
 
@@ -43,8 +42,8 @@ def test_two_gloo_ranks_train_one_run(tmp_path):
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["epoch_0001.pt", "epoch_0002.pt"]
     assert done.stdout.count("epoch 1:") == 1 and done.stdout.count("done: ") == 1  # rank 0 speaks
 
-    from segkit.train.stage import weights_digest
     from segkit.models.factory import create_model
+    from segkit.train.stage import weights_digest
 
     model = create_model("Unet", "resnet18", None, in_channels=1, classes=1)
     model.load_state_dict(torch.load(run_dir / "checkpoints" / "epoch_0002.pt", weights_only=True)["model"])
@@ -52,9 +51,9 @@ def test_two_gloo_ranks_train_one_run(tmp_path):
 
 
 def test_ranks_draw_distinct_windows(tmp_path):
-    from segkit.config import load_config
-    from segkit.data.inputs import compute_preprocess, open_training_data
     from segkit.data.dataset import RandomWindowDataset
+    from segkit.data.inputs import compute_preprocess, open_training_data
+    from segkit.ground.config import load_config
 
     project = make_project(tmp_path)
     config = load_config(project / "tiny.yaml")

@@ -7,8 +7,8 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from segkit.errors import SegkitError
-from segkit.train import distributed as d
+from segkit.ground.errors import SegkitError
+from segkit.runs import distributed as d
 from segkit.train.loop import evaluate, train_one_epoch
 
 WORLD = 2

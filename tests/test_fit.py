@@ -9,11 +9,9 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-
-from segkit.cli import cli
-
 from conftest import write_tiny_project
 
+from segkit.cli import cli
 
 AUGMENT = {"transform": {"__class_fullname__": "Compose", "transforms": [
     {"__class_fullname__": "HorizontalFlip", "p": 0.5}, {"__class_fullname__": "RandomRotate90", "p": 0.5}]}}

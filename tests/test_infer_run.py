@@ -12,7 +12,7 @@ import tifffile
 from click.testing import CliRunner
 
 from segkit.cli import cli
-from segkit.train.rundir import read_run_info
+from segkit.runs.rundir import read_run_info
 
 
 def infer(*args, expect=0):

@@ -12,8 +12,8 @@ from rasterio.features import shapes
 from rasterio.transform import from_origin
 from rasterio.warp import transform_geom
 
-from segkit.data.windows import Window
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
+from segkit.ground.geometry import Window
 from segkit.io import rle
 from segkit.io.masks import open_labels
 from segkit.io.raster import open_raster

@@ -10,8 +10,8 @@ import rasterio
 import tifffile
 from rasterio.transform import from_origin
 
-from segkit.data.windows import Window
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
+from segkit.ground.geometry import Window
 from segkit.io import raster as raster_mod
 from segkit.io.raster import open_raster
 

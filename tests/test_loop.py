@@ -7,11 +7,17 @@ import pytest
 import torch
 from torch import nn
 
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
 from segkit.models.losses import create_loss
-from segkit.train.checkpoint import load_checkpoint, make_state, restore_state, save_checkpoint
+from segkit.runs.checkpoint import (
+    load_checkpoint,
+    make_state,
+    restore_state,
+    save_checkpoint,
+)
+from segkit.runs.device import pick_device, seed_everything
 from segkit.train.ema import ModelEma
-from segkit.train.loop import EarlyStopping, evaluate, pick_device, seed_everything, train_one_epoch
+from segkit.train.loop import EarlyStopping, evaluate, train_one_epoch
 from segkit.train.optim import create_optimizer, create_scheduler
 
 

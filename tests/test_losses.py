@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
 from segkit.models.losses import CLS_LOSSES, SEG_LOSSES, create_loss, loss_names
 
 BINARY_ONLY = {"mcc"}

@@ -16,8 +16,8 @@ from segkit.data.manifest import (
     read_manifest,
     write_manifest,
 )
-from segkit.data.windows import Window
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
+from segkit.ground.geometry import Window
 
 
 def _image(path: Path, h=13, w=17):

@@ -4,9 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from segkit.errors import SegkitError
-from segkit.train.metrics import (ConfusionAccumulator, DiceAccumulator, accuracy, confusion_matrix, dice_score,
-                                  iou_score, macro_f1)
+from segkit.ground.errors import SegkitError
+from segkit.metrics.cls import (
+    ConfusionAccumulator,
+    accuracy,
+    confusion_matrix,
+    macro_f1,
+)
+from segkit.metrics.seg import DiceAccumulator, dice_score, iou_score
 
 
 def test_dice_and_iou_exact():

@@ -3,9 +3,15 @@
 import pytest
 import torch
 
-from segkit.errors import SegkitError
-from segkit.models.factory import (ARCHITECTURES, architecture_names, check_input_size, create_model, freeze_encoder,
-                                   input_divisor)
+from segkit.ground.errors import SegkitError
+from segkit.models.factory import (
+    ARCHITECTURES,
+    architecture_names,
+    check_input_size,
+    create_model,
+    freeze_encoder,
+    input_divisor,
+)
 
 TINY = "tu-test_resnet"  # timm's test-size ResNet: the every-architecture test stays a few seconds
 # slim decoders for speed; each architecture is still built by name through create_model

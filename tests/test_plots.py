@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from segkit.errors import SegkitError
-from segkit.report.plots import plot_metrics, read_metrics
+from segkit.ground.errors import SegkitError
+from segkit.runs.plots import plot_metrics, read_metrics
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import row_strips
 from scipy import ndimage
 
 from segkit.post.morphology import (
@@ -10,8 +11,6 @@ from segkit.post.morphology import (
     remove_small_objects,
     threshold,
 )
-
-from conftest import row_strips
 
 
 def test_threshold_binary():

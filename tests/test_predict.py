@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from segkit.data.windows import Window
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
+from segkit.ground.geometry import Window
 from segkit.infer.ensemble import combine_runs, normalise_weights, select_checkpoints
 from segkit.infer.predict import predict_batch, predict_probs, predict_strips
 

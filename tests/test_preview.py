@@ -4,8 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
+from segkit.ground.errors import SegkitError
 from segkit.report.preview import PALETTE, preview_grid, write_preview
-from segkit.errors import SegkitError
 
 
 def sample(h, w, c, value=0.5):

@@ -10,10 +10,10 @@ import time
 import pytest
 import torch
 from click.testing import CliRunner
+from test_fit import info, make_project, records
 
 from segkit.cli import cli
-from segkit.train.rundir import append_jsonl, read_jsonl, truncate_jsonl
-from test_fit import info, make_project, records
+from segkit.runs.rundir import append_jsonl, read_jsonl, truncate_jsonl
 
 # EMA, early-stopping state, augmentation and a warm-up + cosine schedule all have to resume exactly
 TRAIN = {"epochs": 3, "windows_per_epoch": 12, "ema": 0.8, "early_stop": 5, "warmup_steps": 2}

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
 from segkit.io.rle import RleStripEncoder, decode, encode
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from segkit.data.stats import channel_stats, load_stats, normalize, save_stats
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
 
 
 def test_streaming_stats_match_numpy_over_all_pixels():

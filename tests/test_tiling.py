@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from segkit.data.windows import Window, grid_windows
-from segkit.errors import SegkitError
+from segkit.data.windows import grid_windows
+from segkit.ground.errors import SegkitError
+from segkit.ground.geometry import Window
 from segkit.infer.tiling import StripAccumulator, blend_weights, iter_strips
 
 

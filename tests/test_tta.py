@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
 from segkit.infer.tta import TTA_SETS, VIEWS, augment, deaugment, parse_tta
 
 

@@ -4,14 +4,13 @@ import json
 
 import numpy as np
 import pytest
+from conftest import row_strips
 from rasterio.transform import from_origin
 from scipy import ndimage
 from shapely.geometry import Point, shape
 
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
 from segkit.io.vector import PolygonStripWriter, geojson_crs, mask_to_polygons
-
-from conftest import row_strips
 
 
 def _objects(mask):

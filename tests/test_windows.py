@@ -6,13 +6,13 @@ import pytest
 from segkit.data.windows import (
     RandomWindowSampler,
     SamplingArea,
-    Window,
     grid_starts,
     grid_windows,
     tissue_mask,
     worker_rng,
 )
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
+from segkit.ground.geometry import Window
 
 # ---------------------------------------------------------------- grid
 

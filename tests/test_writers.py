@@ -11,12 +11,12 @@ import tifffile
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
+from segkit.io.atomic import atomic_path
 from segkit.io.rle import decode, encode
 from segkit.io.writers import (
     RleStripWriter,
     TiffStripWriter,
-    atomic_path,
     probs_to_uint8,
     write_rle_csv,
 )
@@ -251,12 +251,16 @@ def test_strip_pipeline_equals_full_image(tmp_path):
     import json
 
     import cv2
+    from rasterio.features import rasterize
     from shapely.geometry import shape
 
-    from rasterio.features import rasterize
-
     from segkit.io.vector import PolygonStripWriter, mask_to_polygons
-    from segkit.post.morphology import StripPostProcessor, fill_holes, remove_small_objects, threshold
+    from segkit.post.morphology import (
+        StripPostProcessor,
+        fill_holes,
+        remove_small_objects,
+        threshold,
+    )
 
     h, w = 53, 41
     rng = np.random.default_rng(5)

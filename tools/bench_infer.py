@@ -31,8 +31,8 @@ import tifffile  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from segkit.data.windows import grid_windows  # noqa: E402
 import segkit.infer.predict as _predict  # noqa: E402
+from segkit.data.windows import grid_windows  # noqa: E402
 from segkit.infer.predict import predict_strips  # noqa: E402
 from segkit.io.rle import RleStripEncoder  # noqa: E402
 

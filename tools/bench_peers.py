@@ -78,7 +78,7 @@ def _worker(method: str, image: str, kind: str, threads: int, rle: bool = True) 
     elif method == "toolbelt":
         from pytorch_toolbelt.inference.tiles import ImageSlicer, TileMerger
     else:
-        from segkit.data.windows import Window
+        from segkit.ground.geometry import Window
         from segkit.infer.predict import predict_strips
         from segkit.io.raster import open_raster
     idle = _rss_mb()

@@ -121,11 +121,10 @@ def _peak_rss_mb() -> float:
 def measure(mode: str, image: str, label: str, image_id: str, fov: int, size: int, seconds: float,
             windows: int) -> dict:
     """Runs in a child process; returns figures as a dict."""
-    from segkit.data.windows import Window
-
     import cv2
     import tifffile
 
+    from segkit.ground.geometry import Window
     from segkit.io.masks import open_labels
     from segkit.io.raster import open_raster
     from segkit.io.rle import decode

@@ -30,7 +30,7 @@ import numpy as np
 from albumentations.core.serialization import SERIALIZABLE_REGISTRY, shorten_class_name
 
 from segkit.data.copypaste import CopyPaste, ObjectBank, split_copy_paste_config
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
 
 
 def _one_line(exc: Exception) -> str:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
 
 # Named CT windows as (width, level) in Hounsfield units (common radiology settings).
 CT_PRESETS: dict[str, tuple[float, float]] = {

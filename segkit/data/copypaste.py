@@ -20,7 +20,7 @@ from typing import Iterable
 import cv2
 import numpy as np
 
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
 
 
 @dataclass

@@ -18,8 +18,9 @@ import torch
 from torch.utils.data import Dataset
 
 from segkit.data.manifest import ManifestRow
-from segkit.data.windows import RandomWindowSampler, Window
-from segkit.errors import SegkitError
+from segkit.data.windows import RandomWindowSampler
+from segkit.ground.errors import SegkitError
+from segkit.ground.geometry import Window, clip_region
 from segkit.io.masks import open_labels
 from segkit.io.raster import open_raster
 
@@ -83,13 +84,8 @@ def region_cells(shape: tuple[int, int], scale: float, pair: SourcePair) -> tupl
     region = pair.row.region
     if region is None:
         return slice(0, shape[0]), slice(0, shape[1])
-    r0, c0 = max(0, region.row), max(0, region.col)
-    r1, c1 = min(raster.height, region.bottom), min(raster.width, region.right)
-    if r1 <= r0 or c1 <= c0:
-        raise SegkitError(
-            f"{pair.name}: region {','.join(map(str, region))} lies outside the "
-            f"{raster.height}x{raster.width} image"
-        )
+    reg = clip_region(raster.height, raster.width, region, what=pair.name)
+    r0, c0, r1, c1 = reg.row, reg.col, reg.bottom, reg.right
     return (slice(int(np.floor(r0 / scale)), int(np.ceil(r1 / scale))),
             slice(int(np.floor(c0 / scale)), int(np.ceil(c1 / scale))))
 

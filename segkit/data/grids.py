@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 import zipfile
 from collections import OrderedDict
@@ -26,7 +25,8 @@ import numpy as np
 
 from segkit.data.dataset import SourcePair, region_cells
 from segkit.data.windows import RandomWindowSampler, SamplingArea, tissue_mask
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
+from segkit.io.atomic import atomic_path
 
 THUMB_SIDE = 1024  # low-resolution grid for tissue and foreground sampling
 CACHE_ENV = "SEGKIT_CACHE_DIR"
@@ -88,15 +88,8 @@ def _load(file: Path) -> Optional[dict]:
 
 def _save(file: Path, value: dict) -> None:
     try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.stem}.", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez_compressed(handle, **value)
-            os.replace(tmp, file)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(file, overwrite=True, make_parents=True) as tmp, open(tmp, "wb") as handle:
+            np.savez_compressed(handle, **value)
     except OSError:
         pass  # a read-only or full cache folder only costs the recomputation next time
 

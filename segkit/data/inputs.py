@@ -10,17 +10,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from segkit.config import Config
 from segkit.data.augment import Augment, create_augment
 from segkit.data.channels import parse_channels, resolve_channels
 from segkit.data.copypaste import ObjectBank, split_copy_paste_config
 from segkit.data.dataset import RandomWindowDataset, SourcePair, open_pairs
 from segkit.data.grids import create_sampler, image_thumbnail, sampling_area
 from segkit.data.preprocess import Preprocess
+from segkit.data.split import label_options, split_manifest
 from segkit.data.stats import channel_stats
 from segkit.data.windows import RandomWindowSampler
-from segkit.errors import SegkitError
-from segkit.train.data_source import label_options, split_manifest
+from segkit.ground.config import Config
+from segkit.ground.errors import SegkitError
 
 BANK_WINDOWS = 64  # training windows scanned for copy-paste objects
 

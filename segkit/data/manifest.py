@@ -15,14 +15,14 @@ from __future__ import annotations
 import csv
 import difflib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from segkit.data.windows import Window
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
+from segkit.ground.geometry import Window
+from segkit.io.atomic import atomic_path
 
 COLUMNS = ("id", "image", "label", "class", "group", "region", "fold")
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".jp2", ".svs", ".ndpi", ".vrt")
@@ -210,27 +210,20 @@ def write_manifest(rows: list[ManifestRow], path: str | Path) -> Path:
     """Write rows as a manifest CSV (paths relative to its folder), atomically."""
     path = Path(path)
     base = path.parent
-    base.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=base)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(COLUMNS)
-            for r in rows:
-                writer.writerow([
-                    r.id,
-                    _cell(r.image, base),
-                    _cell(r.label, base) if r.label else "",
-                    "" if r.target is None else int(r.target),
-                    r.group or "",
-                    ",".join(str(int(v)) for v in r.region) if r.region else "",
-                    "" if r.fold is None else int(r.fold),
-                ])
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path, overwrite=True, make_parents=True) as tmp, \
+            open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(COLUMNS)
+        for r in rows:
+            writer.writerow([
+                r.id,
+                _cell(r.image, base),
+                _cell(r.label, base) if r.label else "",
+                "" if r.target is None else int(r.target),
+                r.group or "",
+                ",".join(str(int(v)) for v in r.region) if r.region else "",
+                "" if r.fold is None else int(r.fold),
+            ])
     return path
 
 

@@ -7,16 +7,20 @@ directory (preprocess.json) so that `infer` reproduces exactly what the network 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from segkit.data.channels import ChannelSpec, specs_from_dicts, specs_to_dicts, stack_channels
+from segkit.data.channels import (
+    ChannelSpec,
+    specs_from_dicts,
+    specs_to_dicts,
+    stack_channels,
+)
 from segkit.data.stats import normalize
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
+from segkit.io.atomic import write_json
 
 
 class Preprocess:
@@ -52,10 +56,7 @@ class Preprocess:
         return cls(specs_from_dicts(data["channels"]), data.get("mean"), data.get("std"))
 
     def save(self, path: Path) -> None:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(self.to_dict(), handle, indent=2)
-        os.replace(tmp, path)
+        write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: Path) -> "Preprocess":

@@ -8,14 +8,13 @@ a running sum of squares does. The std is the population std (ddof=0) over all p
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
+from segkit.io.atomic import write_json
 
 
 def channel_stats(samples: Iterable[np.ndarray]) -> tuple[list[float], list[float]]:
@@ -66,22 +65,12 @@ def normalize(image: np.ndarray, mean, std) -> np.ndarray:
 
 
 def save_stats(path: str | Path, mean, std, **extra) -> Path:
-    """Write {"mean": [...], "std": [...], **extra} as JSON, atomically (temp file + os.replace)."""
+    """Write {"mean": [...], "std": [...], **extra} as JSON, atomically."""
     path = Path(path)
     if len(mean) != len(std):
         raise SegkitError(f"{path}: mean has {len(mean)} values but std has {len(std)}")
     payload = {"mean": [float(v) for v in mean], "std": [float(v) for v in std], **extra}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_json(path, payload, make_parents=True)
 
 
 def load_stats(path: str | Path) -> tuple[list[float], list[float]]:

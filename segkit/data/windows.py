@@ -6,34 +6,12 @@ One Window type is used everywhere in segkit; all values are source pixels.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import cv2
 import numpy as np
 
-from segkit.errors import SegkitError
-
-
-class Window(NamedTuple):
-    """A rectangle in source pixels; may extend past the image border (readers pad)."""
-
-    row: int
-    col: int
-    height: int
-    width: int
-
-    @property
-    def bottom(self) -> int:
-        return self.row + self.height
-
-    @property
-    def right(self) -> int:
-        return self.col + self.width
-
-    @property
-    def slices(self) -> tuple[slice, slice]:
-        return slice(self.row, self.bottom), slice(self.col, self.right)
-
+from segkit.ground.errors import SegkitError
+from segkit.ground.geometry import Window, clip_region
 
 # ---------------------------------------------------------------------------
 # Grid windows (evaluation / inference)
@@ -63,17 +41,6 @@ def grid_starts(length: int, tile: int, overlap: int) -> list[int]:
     return [i * span // n_steps for i in range(n_steps + 1)]
 
 
-def _region_in_image(height: int, width: int, region: Window | None) -> Window:
-    """The region clipped to the image (pixels outside the image do not exist)."""
-    if region is None:
-        return Window(0, 0, int(height), int(width))
-    r0, c0 = max(0, int(region.row)), max(0, int(region.col))
-    r1, c1 = min(int(height), int(region.bottom)), min(int(width), int(region.right))
-    if r1 <= r0 or c1 <= c0:
-        raise SegkitError(f"region {tuple(region)}: does not overlap the {height}x{width} image")
-    return Window(r0, c0, r1 - r0, c1 - c0)
-
-
 def grid_windows(
     height: int, width: int, tile: int, overlap: int, region: Window | None = None
 ) -> list[Window]:
@@ -84,7 +51,7 @@ def grid_windows(
     """
     if height <= 0 or width <= 0:
         raise SegkitError(f"image size: must be positive, got {height}x{width}")
-    reg = _region_in_image(height, width, region)
+    reg = clip_region(height, width, region)
     rows = grid_starts(reg.height, tile, overlap)
     cols = grid_starts(reg.width, tile, overlap)
     return [Window(reg.row + r, reg.col + c, int(tile), int(tile)) for r in rows for c in cols]
@@ -204,7 +171,7 @@ class _Prepared:
 
     def __init__(self, index: int, area: SamplingArea):
         self.index = index
-        self.region = _region_in_image(area.height, area.width, area.region)
+        self.region = clip_region(area.height, area.width, area.region)
         self.scale = float(area.scale)
         if not self.scale > 0:
             raise SegkitError(f"sampling area {index}: scale must be > 0, got {area.scale}")

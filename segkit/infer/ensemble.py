@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
 
 
 def _available(paths_by_epoch: Mapping[int, Path]) -> str:

@@ -8,7 +8,6 @@ can touch them. Reading runs one batch ahead on a background thread.
 
 from __future__ import annotations
 
-import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -18,10 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from segkit.data.windows import Window, grid_windows
-from segkit.errors import SegkitError
+from segkit.data.windows import grid_windows
+from segkit.ground.errors import SegkitError
+from segkit.ground.geometry import Window, clip_region, normalise_weights
 from segkit.infer.tiling import StripAccumulator, blend_weights
 from segkit.infer.tta import augment, deaugment, parse_tta
+from segkit.runs.device import autocast
 
 ACTIVATIONS = ("sigmoid", "softmax", "identity")
 
@@ -45,20 +46,6 @@ def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _normalised(pairs: Sequence[tuple[object, float]], what: str) -> list[tuple[object, float]]:
-    total = float(sum(w for _, w in pairs))
-    if not pairs or total <= 0 or any(w < 0 for _, w in pairs):
-        raise SegkitError(f"{what}: weights must be >= 0 and sum to a positive number")
-    return [(m, float(w) / total) for m, w in pairs]
-
-
-def _autocast(device: torch.device, amp: bool):
-    if not amp:
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
-
-
 def predict_batch(models, x: torch.Tensor, tta, *, activation="sigmoid", amp=False,
                   average="probs") -> torch.Tensor:
     """Weighted average over models x views of one NCHW batch -> probs float32 (N, C, H, W).
@@ -69,7 +56,7 @@ def predict_batch(models, x: torch.Tensor, tta, *, activation="sigmoid", amp=Fal
     if average not in ("probs", "logits"):
         raise SegkitError(f"tta average {average!r}: valid: probs, logits")
     total = None
-    with torch.inference_mode(), _autocast(x.device, amp):
+    with torch.inference_mode(), autocast(x.device, amp):
         for model, m_weight in models:
             for view, v_weight in tta:
                 out = deaugment(_forward(model, augment(x, view)), view).float()
@@ -82,6 +69,12 @@ def predict_batch(models, x: torch.Tensor, tta, *, activation="sigmoid", amp=Fal
     return total.float()
 
 
+def _weighted(pairs: Sequence[tuple[object, float]], what: str) -> list[tuple[object, float]]:
+    """(item, weight) pairs with the weights normalised to sum to 1."""
+    weights = normalise_weights([w for _, w in pairs], len(pairs), what) if pairs else []
+    return [(item, w) for (item, _), w in zip(pairs, weights)]
+
+
 def _resize(probs: np.ndarray, height: int, width: int) -> np.ndarray:
     """(C, h, w) -> (C, height, width), bilinear; cv2 resizes HWC with up to 512 channels at once."""
     if probs.shape[1:] == (height, width):
@@ -90,16 +83,6 @@ def _resize(probs: np.ndarray, height: int, width: int) -> np.ndarray:
     out = [cv2.resize(np.ascontiguousarray(c), (width, height), interpolation=cv2.INTER_LINEAR) for c in chans]
     out = [o[:, :, None] if o.ndim == 2 else o for o in out]
     return np.concatenate(out, axis=2).transpose(2, 0, 1)
-
-
-def _clip_region(height: int, width: int, region: Window | None) -> Window:
-    if region is None:
-        return Window(0, 0, height, width)
-    r0, c0 = max(0, int(region.row)), max(0, int(region.col))
-    r1, c1 = min(height, int(region.bottom)), min(width, int(region.right))
-    if r1 <= r0 or c1 <= c0:
-        raise SegkitError(f"region {tuple(region)}: does not overlap the {height}x{width} image")
-    return Window(r0, c0, r1 - r0, c1 - c0)
 
 
 def _read_batch(raster, windows: list[Window], size: int, fov_px: int, preprocess) -> np.ndarray:
@@ -173,10 +156,10 @@ def predict_strips(
     fov_px, size, overlap_px, batch_size = int(fov_px), int(size), int(overlap_px), int(batch_size)
     if size <= 0 or batch_size <= 0:
         raise SegkitError(f"predict: size ({size}) and batch_size ({batch_size}) must be positive")
-    models = _normalised(list(models), "models")
-    tta = _normalised(parse_tta(tta) if tta is None or isinstance(tta, str) else list(tta), "tta")
+    models = _weighted(list(models), "models")
+    tta = _weighted(parse_tta(tta) if tta is None or isinstance(tta, str) else list(tta), "tta")
     device = torch.device(device)
-    reg = _clip_region(int(raster.height), int(raster.width), region)
+    reg = clip_region(int(raster.height), int(raster.width), region)
     margin_px = int(margin_px)
     core = fov_px - 2 * margin_px
     if margin_px < 0 or core <= 0:

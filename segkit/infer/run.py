@@ -15,10 +15,10 @@ from typing import Optional
 import numpy as np
 import torch
 
-from segkit.config import Config, load_config
 from segkit.data.preprocess import Preprocess
-from segkit.data.windows import Window
-from segkit.errors import SegkitError
+from segkit.ground.config import Config, load_config
+from segkit.ground.errors import SegkitError
+from segkit.ground.geometry import Window
 from segkit.infer.ensemble import select_checkpoints
 from segkit.infer.predict import predict_strips
 from segkit.infer.tta import parse_tta
@@ -28,8 +28,8 @@ from segkit.io.writers import RleStripWriter, TiffStripWriter
 from segkit.models.factory import create_model
 from segkit.post.morphology import StripPostProcessor
 from segkit.post.morphology import threshold as threshold_probs
-from segkit.train import checkpoint as ckpt
-from segkit.train.rundir import read_run_info
+from segkit.runs import checkpoint as ckpt
+from segkit.runs.rundir import read_run_info
 
 
 @dataclass
@@ -155,12 +155,12 @@ def infer_images(
 ) -> list[Path]:
     """Predict every image and write the chosen outputs; returns the files written (by every rank).
 
-    Under torchrun (segkit.train.distributed.setup() called), image i goes to rank i % world:
+    Under torchrun (segkit.runs.distributed.setup() called), image i goes to rank i % world:
     each rank writes its images' mask/probs/polygons files itself (atomically); the RLE rows are
     gathered to rank 0, which writes the one CSV in input order. If any rank fails, every rank
     removes the files it wrote and the error is raised on all of them.
     """
-    from segkit.train import distributed as dist
+    from segkit.runs import distributed as dist
 
     outputs.check([image_id for image_id, _ in images])
     for _, path in images:  # every header before any prediction: a bad image fails in seconds

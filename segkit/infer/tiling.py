@@ -12,8 +12,8 @@ from typing import Iterator
 
 import numpy as np
 
-from segkit.data.windows import Window
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
+from segkit.ground.geometry import Window
 
 BLEND_MODES = ("gaussian", "pyramid", "flat")
 # gaussian weights at a tile's corners are ~exp(-32) of the centre; the floor keeps every weight

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
+from segkit.ground.geometry import normalise_weights
 
 # view -> (augment, deaugment); H and W are dims 2 and 3
 _H, _W = 2, 3
@@ -54,14 +55,10 @@ def deaugment(y: torch.Tensor, view: str) -> torch.Tensor:
 
 
 def _normalise(pairs: list[tuple[str, float]], spec) -> list[tuple[str, float]]:
-    for view, weight in pairs:
+    for view, _ in pairs:
         _view(view)
-        if not weight >= 0:
-            raise SegkitError(f"tta {spec!r}: weight of {view!r} must be >= 0, got {weight}")
-    total = sum(w for _, w in pairs)
-    if not pairs or total <= 0:
-        raise SegkitError(f"tta {spec!r}: weights must sum to a positive number")
-    return [(v, w / total) for v, w in pairs]
+    weights = normalise_weights([w for _, w in pairs], len(pairs), f"tta {spec!r}")
+    return [(v, w) for (v, _), w in zip(pairs, weights)]
 
 
 def parse_tta(spec) -> list[tuple[str, float]]:

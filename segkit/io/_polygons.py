@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from segkit.data.windows import Window
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
+from segkit.ground.geometry import Window
 from segkit.io.masks import LabelSource
 from segkit.io.raster import Raster
 

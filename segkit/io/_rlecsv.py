@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
 
 RLE_COLUMNS = ("rle", "encoding", "encodedpixels", "predicted", "annotation", "mask")
 _CACHE: dict = {}

@@ -11,7 +11,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from segkit.data.windows import Window
+from segkit.ground.geometry import Window
 
 PAD_MODES = ("constant", "reflect")
 

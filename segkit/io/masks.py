@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from segkit.data.windows import Window
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
+from segkit.ground.geometry import Window
 from segkit.io._rlecsv import rle_fields
 from segkit.io._runs import LineIntervals, parse_pairs
 from segkit.io._window import block_edges, read_padded, resize_nearest, thumb_shape

@@ -18,9 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from segkit.data.windows import Window
-from segkit.errors import SegkitError
-from segkit.io._window import block_edges, check_pad_mode, read_padded, resize, thumb_shape
+from segkit.ground.errors import SegkitError
+from segkit.ground.geometry import Window
+from segkit.io._window import (
+    block_edges,
+    check_pad_mode,
+    read_padded,
+    resize,
+    thumb_shape,
+)
 
 TIFF_SUFFIXES = {".tif", ".tiff", ".btf", ".tf8", ".tf2", ".svs", ".ndpi", ".scn", ".qptiff", ".bif"}
 OPENCV_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}

@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
 
 ORDERS = ("F", "C")
 

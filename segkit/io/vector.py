@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
 import cv2
 import numpy as np
 
-from segkit.io.writers import AtomicFile, StripOutput
+from segkit.io.atomic import AtomicFile
+from segkit.io.writers import StripOutput
 
 __all__ = ["mask_to_polygons", "PolygonStripWriter", "PolygonAssembler", "geojson_crs"]
 

@@ -1,9 +1,9 @@
 """Output writers for the inference path: RLE CSV and tiled TIFF, all atomic and streaming.
 
-Every writer goes through :class:`AtomicFile`: the data is written to a temporary file in the
-destination folder and moved over the final name with ``os.replace`` only when the writer is
-closed without an error. An exception (KeyboardInterrupt included) removes the temporary file,
-so an interrupted ``segkit infer`` never leaves a partial output behind.
+Every writer goes through :class:`segkit.io.atomic.AtomicFile`: the data is written to a
+temporary file in the destination folder and committed under the final name only when the
+writer is closed without an error. An exception (KeyboardInterrupt included) removes the
+temporary file, so an interrupted ``segkit infer`` never leaves a partial output behind.
 
 Strip writers receive finished row strips in row order (what ``predict_strips`` yields) and never
 hold the whole image: :class:`TiffStripWriter` keeps at most one row of tiles in memory and
@@ -13,102 +13,20 @@ hold the whole image: :class:`TiffStripWriter` keeps at most one row of tiles in
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 
-from segkit.errors import SegkitError
+from segkit.io.atomic import AtomicFile, atomic_path
 
 __all__ = [
-    "AtomicFile",
-    "atomic_path",
     "write_rle_csv",
     "RleStripWriter",
     "TiffStripWriter",
     "probs_to_uint8",
 ]
-
-
-def _read_umask() -> int:
-    mask = os.umask(0)  # the only portable way to read it; done once, at import
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
-
-
-class AtomicFile:
-    """A temporary file next to ``path`` that becomes ``path`` on :meth:`commit`.
-
-    Refuses an existing ``path`` unless ``overwrite`` and checks that the folder is writable
-    up front, so a bad output path fails before any (slow) inference work starts. Only a hard
-    kill (SIGKILL, power loss) can leave the hidden ``.NAME.*.tmp`` file behind; SIGTERM
-    cleans up only if the caller turns it into an exception.
-    """
-
-    def __init__(self, path: str | os.PathLike, overwrite: bool = False):
-        self.path = Path(path)
-        if self.path.exists() and not overwrite:
-            raise SegkitError(f"{self.path}: exists (use --overwrite)")
-        if self.path.is_dir():
-            raise SegkitError(f"{self.path}: is a folder, expected a file path")
-        folder = self.path.parent
-        if not folder.is_dir():
-            raise SegkitError(f"{folder}: output folder does not exist")
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=folder)
-        except OSError as exc:
-            raise SegkitError(f"{folder}: output folder is not writable ({exc.strerror})") from None
-        os.close(fd)
-        self.tmp = Path(tmp)
-        self.done = False
-
-    def commit(self) -> Path:
-        if not self.done:
-            # mkstemp creates 0600 files; give the output the usual umask-based mode
-            os.chmod(self.tmp, 0o666 & ~_UMASK)
-            os.replace(self.tmp, self.path)
-            self.done = True
-        return self.path
-
-    def discard(self) -> None:
-        if not self.done:
-            self.done = True
-            try:
-                self.tmp.unlink()
-            except FileNotFoundError:
-                pass
-
-    def __enter__(self) -> "AtomicFile":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.discard()
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary path in the destination folder; it replaces ``path`` on success.
-
-    Any exception (KeyboardInterrupt included: ``BaseException``) removes the temporary file
-    and leaves an existing ``path`` untouched.
-    """
-    atomic = AtomicFile(path, overwrite)
-    try:
-        yield atomic.tmp
-    except BaseException:
-        atomic.discard()
-        raise
-    atomic.commit()
 
 
 def write_rle_csv(path, rows: Iterable[tuple[str, str]], header=("id", "rle"), overwrite: bool = False) -> Path:

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import inspect
 
-import torch
-from torch import nn
-
 import segmentation_models_pytorch as smp
+import torch
 from segmentation_models_pytorch.base import ClassificationHead
 from segmentation_models_pytorch.encoders import get_encoder
+from torch import nn
 
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
 
 TASKS = ("seg", "cls")
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from typing import Callable
 
-import torch
-from torch import nn
-import torch.nn.functional as F
 import segmentation_models_pytorch as smp
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
 
 # target kinds a term needs: "index" = long class ids without the channel axis,
 # "float" = float of the logits' shape (binary), "onehot" = float one-hot (N,C,...) for the BCE family

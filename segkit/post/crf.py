@@ -14,8 +14,8 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from segkit.data.windows import Window
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
+from segkit.ground.geometry import Window
 
 __all__ = ["dense_crf", "tiled_crf", "CrfStripProcessor", "RowContextStream", "CRF_INSTALL_HINT"]
 

@@ -9,15 +9,14 @@ own min..max instead, e.g. for normalized inputs). Each class id > 0 gets an out
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import cv2
 import numpy as np
 
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
+from segkit.io.atomic import write_bytes
 
 # RGB outline colours for class ids 1, 2, 3, ... (class 0 is background: no outline)
 PALETTE = [
@@ -94,13 +93,4 @@ def write_preview(samples: Sequence[tuple[np.ndarray, np.ndarray | None]], path:
     ok, data = cv2.imencode(suffix, cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
     if not ok:
         raise SegkitError(f"{path}: could not encode the preview image")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_bytes(path, data.tobytes(), make_parents=True)

@@ -22,23 +22,36 @@ from typing import Optional
 import torch
 from torch.utils.data import DataLoader
 
-from segkit.config import Config, load_config, save_config
 from segkit.data.dataset import RandomWindowDataset
-from segkit.data.inputs import TrainingData, compute_preprocess, create_train_augment, open_training_data
+from segkit.data.inputs import (
+    TrainingData,
+    compute_preprocess,
+    create_train_augment,
+    open_training_data,
+)
 from segkit.data.preprocess import Preprocess
-from segkit.errors import SegkitError
+from segkit.ground.config import Config, load_config
+from segkit.ground.errors import SegkitError
 from segkit.models.factory import check_input_size, create_model, freeze_encoder
 from segkit.models.losses import create_loss
-from segkit.report.plots import plot_metrics
-from segkit.train import checkpoint as ckpt
-from segkit.train import distributed
+from segkit.runs import checkpoint as ckpt
+from segkit.runs import distributed
+from segkit.runs.device import make_scaler, pick_device, seed_everything
+from segkit.runs.plots import plot_metrics
+from segkit.runs.rundir import (
+    append_jsonl,
+    check_resumable,
+    create_run_dir,
+    mark_running,
+    read_run_info,
+    save_config,
+    truncate_jsonl,
+    update_run_info,
+)
 from segkit.train import stage as st
 from segkit.train.ema import ModelEma
-from segkit.train.loop import EarlyStopping, make_scaler, pick_device, seed_everything, train_one_epoch
+from segkit.train.loop import EarlyStopping, train_one_epoch
 from segkit.train.optim import create_optimizer, create_scheduler
-from segkit.train.rundir import (
-    append_jsonl, check_resumable, create_run_dir, mark_running, read_run_info, truncate_jsonl, update_run_info,
-)
 from segkit.train.validate import validate
 
 BEST_METRIC = "val_dice"

@@ -12,7 +12,7 @@ from typing import Iterable
 import torch
 from torch.optim.lr_scheduler import LambdaLR, OneCycleLR
 
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
 
 OPTIMIZERS = ("adamw", "sgd", "adam")
 SCHEDULERS = ("cosine", "onecycle", "constant")

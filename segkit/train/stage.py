@@ -10,12 +10,11 @@ from typing import Optional
 
 import torch
 
-from segkit.config import Config, load_config
-from segkit.errors import SegkitError
-from segkit.train import checkpoint as ckpt
-from segkit.train import distributed
-from segkit.train.rundir import read_run_info
-
+from segkit.ground.config import Config, load_config
+from segkit.ground.errors import SegkitError
+from segkit.runs import checkpoint as ckpt
+from segkit.runs import distributed
+from segkit.runs.rundir import read_run_info
 
 # --- finetune parents -------------------------------------------------------------------------
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from segkit.data.windows import Window
+from segkit.ground.geometry import Window
 from segkit.infer.predict import predict_probs
 from segkit.infer.tta import parse_tta
+from segkit.metrics.seg import DiceAccumulator
 from segkit.post.morphology import threshold as threshold_probs
-from segkit.train.metrics import DiceAccumulator
 
 
 def validate(

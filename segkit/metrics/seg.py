@@ -1,4 +1,4 @@
-"""Dice / IoU for masks and accuracy / macro F1 for classes, with per-image and per-class views.
+"""Dice / IoU for masks, with per-image and per-class views.
 
 Conventions: a prediction and a target that are both empty score 1.0 (nothing to find, nothing
 found). ``DiceAccumulator.mean()`` is the mean over images of the per-image Dice (the Kaggle
@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
 
 
-def _np(x) -> np.ndarray:
+def as_numpy(x) -> np.ndarray:
+    """A numpy view of a numpy array or a (detached, CPU) torch tensor."""
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
     return np.asarray(x)
 
 
-def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+def safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den elementwise, 1.0 where den is 0 (both empty: nothing to find, nothing found)."""
     num = np.asarray(num, dtype=np.float64)
     den = np.asarray(den, dtype=np.float64)
     out = np.ones_like(den)
@@ -28,19 +30,19 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 def dice_score(pred, target) -> float:
     """2|P & T| / (|P| + |T|) for boolean masks (numpy or torch); both empty -> 1.0."""
-    p, t = _np(pred).astype(bool), _np(target).astype(bool)
+    p, t = as_numpy(pred).astype(bool), as_numpy(target).astype(bool)
     if p.shape != t.shape:
         raise SegkitError(f"dice_score: shapes differ {p.shape} vs {t.shape}")
     inter = np.count_nonzero(p & t)
-    return float(_ratio(2 * inter, np.count_nonzero(p) + np.count_nonzero(t)))
+    return float(safe_ratio(2 * inter, np.count_nonzero(p) + np.count_nonzero(t)))
 
 
 def iou_score(pred, target) -> float:
     """|P & T| / |P | T| for boolean masks; both empty -> 1.0."""
-    p, t = _np(pred).astype(bool), _np(target).astype(bool)
+    p, t = as_numpy(pred).astype(bool), as_numpy(target).astype(bool)
     if p.shape != t.shape:
         raise SegkitError(f"iou_score: shapes differ {p.shape} vs {t.shape}")
-    return float(_ratio(np.count_nonzero(p & t), np.count_nonzero(p | t)))
+    return float(safe_ratio(np.count_nonzero(p & t), np.count_nonzero(p | t)))
 
 
 class DiceAccumulator:
@@ -67,7 +69,7 @@ class DiceAccumulator:
 
     def update(self, pred, target, image_ids=None) -> None:
         """Add one image (H,W) or a batch (N,H,W) of class-id (or boolean for binary) maps."""
-        p, t = _np(pred), _np(target)
+        p, t = as_numpy(pred), as_numpy(target)
         if p.shape != t.shape and p.squeeze().shape == t.squeeze().shape and p.ndim != t.ndim:
             p, t = p.reshape(max(p.shape, t.shape, key=len)), t.reshape(max(p.shape, t.shape, key=len))
         if p.shape != t.shape:
@@ -108,7 +110,7 @@ class DiceAccumulator:
         return len(self._rows)
 
     def _dice(self, c: np.ndarray) -> np.ndarray:
-        return _ratio(2 * c[..., 0], c[..., 1] + c[..., 2])
+        return safe_ratio(2 * c[..., 0], c[..., 1] + c[..., 2])
 
     def per_image(self) -> np.ndarray:
         """(images,) Dice of each image, averaged over the scored classes."""
@@ -140,59 +142,7 @@ class DiceAccumulator:
         c = self.counts()
         if not self._rows:
             return np.zeros(0)
-        return _ratio(c[..., 0], c[..., 1] + c[..., 2] - c[..., 0]).mean(axis=1)
+        return safe_ratio(c[..., 0], c[..., 1] + c[..., 2] - c[..., 0]).mean(axis=1)
 
     def iou_mean(self) -> float:
         return float(self.iou_per_image().mean()) if self._rows else 0.0
-
-
-def confusion_matrix(pred, target, classes: int) -> np.ndarray:
-    """(classes, classes) int64 counts, rows = target, columns = prediction."""
-    p, t = _np(pred).reshape(-1).astype(np.int64), _np(target).reshape(-1).astype(np.int64)
-    if p.shape != t.shape:
-        raise SegkitError(f"confusion_matrix: {p.shape} predictions vs {t.shape} targets")
-    if p.size and (min(p.min(), t.min()) < 0 or max(p.max(), t.max()) >= classes):
-        raise SegkitError(f"confusion_matrix: class ids outside 0..{classes - 1}")
-    return np.bincount(t * classes + p, minlength=classes * classes).reshape(classes, classes)
-
-
-def accuracy(pred, target) -> float:
-    p, t = _np(pred).reshape(-1), _np(target).reshape(-1)
-    return float((p == t).mean()) if t.size else 0.0
-
-
-def _f1_from_confusion(conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    tp = np.diag(conf).astype(np.float64)
-    support = conf.sum(axis=1)
-    predicted = conf.sum(axis=0)
-    f1 = _ratio(2 * tp, support + predicted)
-    present = (support + predicted) > 0
-    return f1, present
-
-
-def macro_f1(pred, target, classes: int) -> float:
-    """Unweighted mean F1 over the classes that occur in target or prediction (as sklearn does)."""
-    f1, present = _f1_from_confusion(confusion_matrix(pred, target, classes))
-    return float(f1[present].mean()) if present.any() else 0.0
-
-
-class ConfusionAccumulator:
-    """Accumulates a confusion matrix over batches: accuracy(), macro_f1(), per_class_f1()."""
-
-    def __init__(self, classes: int):
-        self.classes = max(2, int(classes))  # binary (one logit) scores as two classes
-        self.matrix = np.zeros((self.classes, self.classes), dtype=np.int64)
-
-    def update(self, pred, target) -> None:
-        self.matrix += confusion_matrix(pred, target, self.classes)
-
-    def accuracy(self) -> float:
-        total = self.matrix.sum()
-        return float(np.trace(self.matrix) / total) if total else 0.0
-
-    def per_class_f1(self) -> np.ndarray:
-        return _f1_from_confusion(self.matrix)[0]
-
-    def macro_f1(self) -> float:
-        f1, present = _f1_from_confusion(self.matrix)
-        return float(f1[present].mean()) if present.any() else 0.0

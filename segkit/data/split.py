@@ -17,11 +17,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Optional
 
-from segkit.config import Config
 from segkit.data.dataset import LabelOptions, SourcePair
 from segkit.data.grids import foreground_fraction
-from segkit.data.manifest import ManifestRow, assign_folds, foreground_bins, manifest_from_folder, read_manifest
-from segkit.errors import SegkitError
+from segkit.data.manifest import (
+    ManifestRow,
+    assign_folds,
+    foreground_bins,
+    manifest_from_folder,
+    read_manifest,
+)
+from segkit.ground.config import Config
+from segkit.ground.errors import SegkitError
 
 FOREGROUND_BINS = 4  # strata for segmentation: empty + 3 quantile bins of the foreground fraction
 

@@ -18,7 +18,8 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
+from segkit.io.atomic import atomic_path
 
 _EPOCH_RE = re.compile(r"^epoch_(\d+)\.pt$")
 
@@ -34,37 +35,14 @@ def checkpoint_epoch(path: str | Path) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. Windows: directories cannot be opened
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(path: str | Path, state: dict) -> Path:
-    """Write ``state`` to ``path`` atomically: temp file in the same folder, fsync, os.replace.
+    """Write ``state`` to ``path`` atomically and durably (temp file, fsync, rename).
 
     A crash at any moment leaves either the old file or the complete new one, never a torn file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
+    with atomic_path(path, overwrite=True, durable=True, make_parents=True) as tmp:
+        torch.save(state, tmp)
     return path
 
 

@@ -16,7 +16,8 @@ import re
 from collections import OrderedDict
 from pathlib import Path
 
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
+from segkit.io.atomic import atomic_path
 
 _SKIP = {"epoch", "step", "steps", "global_step", "seconds", "time", "wall", "images", "batches", "rank",
          "world_size", "timestamp"}
@@ -66,13 +67,8 @@ def _safe(name: str) -> str:
 
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path, overwrite=True) as tmp:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def plot_metrics(metrics_jsonl_path: str | Path, out_dir: str | Path) -> list[Path]:

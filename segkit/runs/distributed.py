@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
 
 
 class DistInfo(NamedTuple):

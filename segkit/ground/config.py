@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import os
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,7 +17,7 @@ from typing import Any, Optional
 
 import yaml
 
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
 
 TASKS = ("seg", "cls")
 
@@ -244,12 +242,3 @@ def validate(config: Config) -> None:
 
 def to_dict(config: Config) -> dict:
     return dataclasses.asdict(config)
-
-
-def save_config(config: Config, path: Path) -> None:
-    """Write the resolved config atomically, so a run directory never holds half a config."""
-    text = yaml.safe_dump(to_dict(config), sort_keys=False)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)

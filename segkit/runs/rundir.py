@@ -6,30 +6,28 @@ from __future__ import annotations
 import json
 import os
 import socket
-import tempfile
 import time
 from pathlib import Path
 from typing import Optional
 
-from segkit.errors import SegkitError
+import yaml
+
+from segkit.ground.config import Config, to_dict
+from segkit.ground.errors import SegkitError
+from segkit.io.atomic import write_json, write_text
 
 RUN_FILE = "run.json"
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2)
-    os.replace(tmp, path)
+def save_config(config: Config, path: Path) -> None:
+    """The resolved config as YAML, atomically, so a run directory never holds half a config."""
+    write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
 def append_jsonl(path: Path, record: dict) -> None:
     """Rewrite the whole file atomically: a crash never leaves half a line behind."""
     text = path.read_text() if path.exists() else ""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text + json.dumps(record) + "\n")
-    os.replace(tmp, path)
+    write_text(path, text + json.dumps(record) + "\n")
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -69,7 +67,7 @@ def update_run_info(run_dir: Path, **changes) -> dict:
     path = run_dir / RUN_FILE
     info = json.loads(path.read_text()) if path.exists() else {}
     info.update(changes)
-    write_json_atomic(path, info)
+    write_json(path, info)
     return info
 
 
@@ -102,10 +100,7 @@ def truncate_jsonl(path: Path, last_epoch: int) -> None:
     if not path.exists():
         return
     records = [r for r in read_jsonl(path) if int(r.get("epoch", 0)) <= last_epoch]
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(tmp, path)
+    write_text(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def _process_alive(pid: int) -> bool:

@@ -1,0 +1,172 @@
+"""The one way segkit writes a file: a temporary file next to the target, committed in one step.
+
+Every output (RLE CSV, GeoJSON, TIFF, PNG), every run-directory file (config.yaml, run.json,
+metrics.jsonl, preprocess.json, plots) and every checkpoint is written through
+:class:`AtomicFile`, so a reader never sees half a file and an error or Ctrl-C leaves the old
+file (or nothing) behind.
+
+- The temporary file is ``.NAME.PID.XXXX.tmp`` in the target's folder (same filesystem, so the
+  commit is a rename); the pid says which process owns it, so a later start can tell a stale
+  temporary file (its owner is gone) from one still being written.
+- ``overwrite=True`` commits with ``os.replace``. ``overwrite=False`` refuses an existing
+  target up front (before slow work starts) and commits with ``os.link``, which fails if the
+  target appeared meanwhile: two processes writing one path cannot both "win".
+- ``durable=True`` also fsyncs the file and its folder (checkpoints: survive a power cut).
+- Files get the mode the umask gives (mkstemp alone would leave them 0600).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from segkit.ground.errors import SegkitError
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it; done once, at import
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+TEMP_SUFFIX = ".tmp"
+
+
+def temp_prefix(path: Path) -> str:
+    """The name prefix of the temporary files that :class:`AtomicFile` makes for ``path``."""
+    return f".{path.name}.{os.getpid()}."
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows: folders cannot be opened
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class AtomicFile:
+    """A temporary file next to ``path`` that becomes ``path`` on :meth:`commit`.
+
+    Refuses an existing ``path`` unless ``overwrite``, and checks that the folder exists and is
+    writable up front, so a bad output path fails before any (slow) work starts.
+    ``make_parents`` creates missing folders (run directories, caches) instead of refusing.
+    Only a hard kill (SIGKILL, power loss) can leave the temporary file behind.
+    """
+
+    def __init__(self, path: str | os.PathLike, overwrite: bool = False, *, durable: bool = False,
+                 make_parents: bool = False):
+        self.path = Path(path)
+        self.overwrite, self.durable = bool(overwrite), bool(durable)
+        if self.path.is_dir():
+            raise SegkitError(f"{self.path}: is a folder, expected a file path")
+        if self.path.exists() and not self.overwrite:
+            raise SegkitError(f"{self.path}: exists (use --overwrite)")
+        folder = self.path.parent
+        if make_parents:
+            folder.mkdir(parents=True, exist_ok=True)
+        if not folder.is_dir():
+            raise SegkitError(f"{folder}: output folder does not exist")
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=temp_prefix(self.path), suffix=TEMP_SUFFIX, dir=folder)
+        except OSError as exc:
+            raise SegkitError(f"{folder}: output folder is not writable ({exc.strerror})") from None
+        os.close(fd)
+        self.tmp = Path(tmp)
+        self.done = False
+
+    def commit(self) -> Path:
+        if self.done:
+            return self.path
+        os.chmod(self.tmp, 0o666 & ~_UMASK)
+        if self.durable:
+            with open(self.tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+        try:
+            if self.overwrite:
+                os.replace(self.tmp, self.path)
+            else:
+                self._link_exclusive()
+        except BaseException:
+            self.discard()
+            raise
+        self.done = True
+        if self.durable:
+            _fsync_dir(self.path.parent)
+        return self.path
+
+    def _link_exclusive(self) -> None:
+        """Create ``path`` only if it does not exist (a rename would silently replace it)."""
+        try:
+            os.link(self.tmp, self.path)
+        except FileExistsError:
+            raise SegkitError(f"{self.path}: appeared while segkit was writing it (another process?); "
+                              "not replaced (use --overwrite)") from None
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                raise
+            # filesystems without hard links: the existence check and the rename are two steps
+            if self.path.exists():
+                raise SegkitError(f"{self.path}: appeared while segkit was writing it; not replaced "
+                                  "(use --overwrite)") from None
+            os.replace(self.tmp, self.path)
+            return
+        self.tmp.unlink()
+
+    def discard(self) -> None:
+        if not self.done:
+            self.done = True
+            self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "AtomicFile":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, overwrite: bool = False, **options) -> Iterator[Path]:
+    """Yield a temporary path in the destination folder; it becomes ``path`` on success.
+
+    Any exception (KeyboardInterrupt included) removes the temporary file and leaves an
+    existing ``path`` untouched. ``options``: ``durable``, ``make_parents`` of AtomicFile.
+    """
+    atomic = AtomicFile(path, overwrite, **options)
+    try:
+        yield atomic.tmp
+    except BaseException:
+        atomic.discard()
+        raise
+    atomic.commit()
+
+
+def write_bytes(path: str | os.PathLike, data: bytes, *, overwrite: bool = True, **options) -> Path:
+    """``data`` as the whole content of ``path``, atomically (run files overwrite by default)."""
+    with atomic_path(path, overwrite, **options) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text(path: str | os.PathLike, text: str, *, overwrite: bool = True, **options) -> Path:
+    """``text`` (UTF-8) as the whole content of ``path``, atomically."""
+    return write_bytes(path, text.encode("utf-8"), overwrite=overwrite, **options)
+
+
+def write_json(path: str | os.PathLike, data, *, overwrite: bool = True, **options) -> Path:
+    """``data`` as indented JSON with a final newline, atomically."""
+    return write_text(path, json.dumps(data, indent=2) + "\n", overwrite=overwrite, **options)
