@@ -1,0 +1,38 @@
+"""The `segkit` command: thin flags -> Config -> one library call per command.
+
+One module per command family (train.py: train, finetune; infer.py; data.py: stats, preview);
+each defines plain click commands that are registered on the group here. Library imports happen
+inside the commands, so `segkit --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import click
+
+from segkit import __version__
+from segkit.cli.data import preview, stats
+from segkit.cli.infer import infer
+from segkit.cli.options import SegkitGroup
+from segkit.cli.train import finetune, train
+
+
+@click.group(cls=SegkitGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="segkit")
+def cli():
+    """segkit: segment very large images the way competition winners do.
+
+    \b
+    Progressive training and stitched inference in three commands:
+      segkit train --size 256      random windows, low-resolution stage
+      segkit finetune --size 512   same field of view at full resolution, from the 256 run
+      segkit infer --rle sub.csv   overlapping tiles, blended, TTA + checkpoint ensemble
+    Each run lives in runs/NAME/ (config.yaml, metrics.jsonl, checkpoints/, plots/).
+    """
+
+
+for command in (train, finetune, infer, stats, preview):
+    cli.add_command(command)
+
+
+def main(argv=None):
+    cli.main(args=argv, prog_name="segkit")

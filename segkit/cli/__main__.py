@@ -1,0 +1,5 @@
+"""`python -m segkit.cli ...` (what torchrun runs)."""
+
+from segkit.cli import main
+
+main()

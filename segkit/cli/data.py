@@ -1,0 +1,61 @@
+"""`segkit stats` and `segkit preview`: look at the training inputs before training."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import click
+
+from segkit.cli.options import build_config, config_options
+from segkit.ground.errors import SegkitError
+
+
+@click.command()
+@config_options
+@click.option("--size", type=int, default=None, help="Network size of the windows sampled.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the statistics as JSON (atomically).")
+def stats(config_path, overrides, task, size, out_path):
+    """Per-channel mean/std of training windows after channel stacking.
+
+    Samples data.stats_windows random training windows, stacks the channels of data.channels and
+    prints mean and std per channel. `train` computes the same automatically at the start of a
+    run and stores them in runs/NAME/preprocess.json, which `infer` reuses.
+    """
+    from segkit.data.inputs import compute_preprocess, open_training_data
+    from segkit.data.stats import save_stats
+
+    config = build_config(config_path, overrides, task, **{"data.size": size, "data.normalize": True})
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, mean=None, std=None))
+    preprocess = compute_preprocess(config, open_training_data(config), config.run.seed)
+    for index, (spec, mean, std) in enumerate(zip(preprocess.channels, preprocess.mean, preprocess.std)):
+        click.echo(f"channel {index} (band {spec.band}): mean {mean:.6f}  std {std:.6f}")
+    mean = ", ".join(f"{m:.6g}" for m in preprocess.mean)
+    std = ", ".join(f"{s:.6g}" for s in preprocess.std)
+    click.echo(f"to reuse: --set 'data.mean=[{mean}]' --set 'data.std=[{std}]'")
+    if out_path:
+        save_stats(out_path, preprocess.mean, preprocess.std)
+        click.echo(f"wrote {out_path}")
+
+
+@click.command()
+@config_options
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True, help="PNG file to write.")
+@click.option("--count", type=int, default=16, show_default=True, help="Windows in the grid.")
+@click.option("--columns", type=int, default=4, show_default=True, help="Windows per row of the grid.")
+@click.option("--size", type=int, default=None, help="Network size of the windows (default: data.size).")
+def preview(config_path, overrides, task, out_path, count, columns, size):
+    """Write a PNG grid of training windows as the network sees them.
+
+    Windows are drawn by the training sampler, stacked into channels (data.channels) and
+    augmented (data.augment, data.copy_paste), with mask outlines drawn in a colour per class.
+    One channel shows grey, three show RGB, more show the first three.
+    """
+    from segkit.data.inputs import preview_samples
+    from segkit.report.preview import write_preview
+
+    if count < 1:
+        raise SegkitError(f"--count must be >= 1, got {count}")
+    config = build_config(config_path, overrides, task, **{"data.size": size})
+    path = write_preview(preview_samples(config, count, config.run.seed), out_path, columns=columns)
+    click.echo(f"wrote {path}")
