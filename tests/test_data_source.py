@@ -16,10 +16,10 @@ from rasterio.transform import from_origin
 
 from segkit.cli import cli
 from segkit.data.manifest import foreground_bins
-from segkit.data.split import split_manifest
 from segkit.ground.config import load_config
 from segkit.ground.errors import SegkitError
 from segkit.io import rle
+from segkit.train.from_config import split_rows
 
 H, W = 45, 61
 TRANSFORM = from_origin(500000, 4600000, 0.5, 0.5)
@@ -66,7 +66,7 @@ def test_stratified_segmentation_folds_spread_each_foreground_bin(tmp_path):
     assert sorted(set(strata.values())) == [0, 1, 2, 3]
     folds = {}
     for k in range(3):
-        train, val = split_manifest(_config(manifest, "data.folds=3", "data.fold_method=stratified", f"data.val_fold={k}"))
+        train, val = split_rows(_config(manifest, "data.folds=3", "data.fold_method=stratified", f"data.val_fold={k}"))
         assert len(train) + len(val) == 12
         for row in val:
             folds[row.id] = k
@@ -82,12 +82,12 @@ def test_stratified_classification_folds_follow_the_class(tmp_path):
         r["class"] = i % 2
         r.pop("label")
     manifest = _write_manifest(tmp_path / "m.csv", rows)
-    train, val = split_manifest(_config(manifest, "task=cls", "data.folds=4", "data.fold_method=stratified"))
+    train, val = split_rows(_config(manifest, "task=cls", "data.folds=4", "data.fold_method=stratified"))
     assert len(val) == 2 and sorted(r.target for r in val) == [0, 1]
     rows[3]["class"] = ""
     _write_manifest(tmp_path / "m.csv", rows)
     with pytest.raises(SegkitError, match=r"row\(s\) 'im3' have no class"):
-        split_manifest(_config(manifest, "task=cls", "data.folds=4", "data.fold_method=stratified"))
+        split_rows(_config(manifest, "task=cls", "data.folds=4", "data.fold_method=stratified"))
 
 
 def test_group_folds_keep_groups_and_regions_of_one_image_together(tmp_path):
@@ -102,7 +102,7 @@ def test_group_folds_keep_groups_and_regions_of_one_image_together(tmp_path):
     manifest = _write_manifest(tmp_path / "m.csv", rows)
     fold_of = {}
     for k in range(3):
-        _, val = split_manifest(_config(manifest, "data.folds=3", "data.fold_method=group", f"data.val_fold={k}"))
+        _, val = split_rows(_config(manifest, "data.folds=3", "data.fold_method=group", f"data.val_fold={k}"))
         fold_of.update({r.id: k for r in val})
     assert len(fold_of) == 9
     for p in range(3):
@@ -115,18 +115,18 @@ def test_explicit_folds_are_kept(tmp_path, method):
     rows = _seg_rows(tmp_path, [0, 0.2, 0.4, 0.6, 0.8, 1.0])
     rows[0]["fold"], rows[5]["fold"] = 2, 2
     manifest = _write_manifest(tmp_path / "m.csv", rows)
-    _, val = split_manifest(_config(manifest, "data.folds=3", f"data.fold_method={method}", "data.val_fold=2"))
+    _, val = split_rows(_config(manifest, "data.folds=3", f"data.fold_method={method}", "data.val_fold=2"))
     assert {"im0", "im5"} <= {r.id for r in val}
 
 
 def test_validation_fold_outside_the_folds_and_empty_folds(tmp_path):
     manifest = _write_manifest(tmp_path / "m.csv", [{**r, "fold": 0} for r in _seg_rows(tmp_path, [0.2, 0.5])])
     with pytest.raises(SegkitError, match="data.val_fold: 5 outside the 5 folds"):
-        split_manifest(_config(manifest, "data.val_fold=5"))
+        split_rows(_config(manifest, "data.val_fold=5"))
     with pytest.raises(SegkitError, match="no training rows outside validation fold 0"):
-        split_manifest(_config(manifest))
+        split_rows(_config(manifest))
     with pytest.warns(UserWarning, match="validation fold 1 has no rows"):
-        train, val = split_manifest(_config(manifest, "data.val_fold=1"))
+        train, val = split_rows(_config(manifest, "data.val_fold=1"))
     assert len(train) == 2 and val == []
 
 

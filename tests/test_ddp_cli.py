@@ -52,13 +52,13 @@ def test_two_gloo_ranks_train_one_run(tmp_path):
 
 def test_ranks_draw_distinct_windows(tmp_path):
     from segkit.data.dataset import RandomWindowDataset
-    from segkit.data.inputs import compute_preprocess, open_training_data
     from segkit.ground.config import load_config
+    from segkit.train.from_config import preprocess_for, training_data
 
     project = make_project(tmp_path)
     config = load_config(project / "tiny.yaml")
-    data = open_training_data(config)
-    preprocess = compute_preprocess(config, data, 0)
+    data = training_data(config)
+    preprocess = preprocess_for(config, data, seed=0)
     ranks = [RandomWindowDataset(data.train_pairs, data.sampler, size=32, length=4, preprocess=preprocess, seed=1,
                                  rank=r) for r in (0, 1)]
     for dataset in ranks:

@@ -140,7 +140,7 @@ def test_finetune_epoch_choice_and_three_stage_lineage(project, grandparent):
 
 
 def test_parent_checkpoint_choice(grandparent):
-    from segkit.train.stage import select_checkpoint
+    from segkit.runs.checkpoint import select_checkpoint
 
     best = info(grandparent)["best_epoch"]
     checkpoints = grandparent / "checkpoints"

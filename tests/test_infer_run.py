@@ -129,3 +129,17 @@ def test_polygons_of_a_georeferenced_image_land_at_the_map_position(tmp_path, tr
         assert tuple(round(float(v), 6) for v in bounds) in boxes
         assert 500000.0 <= bounds[0] < bounds[2] <= 500000.0 + 0.5 * data.shape[1]
         assert 4600000.0 - 0.5 * data.shape[0] <= bounds[1] < bounds[3] <= 4600000.0
+
+
+def test_each_run_weighs_the_same_whatever_its_checkpoint_count(tmp_path, trained):
+    """Two runs, one with two checkpoints and one with one: 1/4, 1/4 and 1/2, not 1/3 each."""
+    import torch
+
+    from segkit.infer.run import load_ensemble
+
+    single = tmp_path / "single"
+    shutil.copytree(trained, single)
+    (single / "checkpoints" / "epoch_0001.pt").unlink()
+    ensemble = load_ensemble([trained, single], "last:2", torch.device("cpu"))
+    assert [p.parent.parent.name for p in ensemble.checkpoints] == [trained.name, trained.name, "single"]
+    assert [w for _, w in ensemble.models] == pytest.approx([0.25, 0.25, 0.5])

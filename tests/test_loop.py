@@ -9,16 +9,12 @@ from torch import nn
 
 from segkit.ground.errors import SegkitError
 from segkit.models.losses import create_loss
-from segkit.runs.checkpoint import (
-    load_checkpoint,
-    make_state,
-    restore_state,
-    save_checkpoint,
-)
+from segkit.runs.checkpoint import load_checkpoint, save_checkpoint
 from segkit.runs.device import pick_device, seed_everything
 from segkit.train.ema import ModelEma
 from segkit.train.loop import EarlyStopping, evaluate, train_one_epoch
 from segkit.train.optim import create_optimizer, create_scheduler
+from segkit.train.stage import Parts, restore_training_state, training_state
 
 
 def _net(out=1, seed=0):
@@ -214,6 +210,11 @@ def _parts():
     return model, opt, sched, ModelEma(model, decay=0.9)
 
 
+def _stage(model, opt, sched, ema) -> Parts:
+    return Parts(model=model, ddp_model=model, ema=ema, dataset=None, loader=None, optimizer=opt, scheduler=sched,
+                 scaler=None, loss_fn=None, early=EarlyStopping(None), steps_per_epoch=1)
+
+
 def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):
     loss = create_loss(["dice", "bce"], classes=1)
     kw = dict(device="cpu", amp=False, progress=False)
@@ -227,11 +228,12 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):
     seed_everything(7)
     model, opt, sched, ema = _parts()
     train_one_epoch(model, _epoch_data(), loss, opt, scheduler=sched, ema=ema, **kw)
-    path = save_checkpoint(tmp_path / "epoch_0001.pt", make_state(1, model, opt, sched, None, ema, best=0.5))
+    best = {"epoch": 1, "value": 0.5}
+    path = save_checkpoint(tmp_path / "epoch_0001.pt", training_state(_stage(model, opt, sched, ema), 1, best, {}))
     seed_everything(999)  # "a new process": different RNG state, fresh objects
     model, opt, sched, ema = _parts()
     state = load_checkpoint(path)
-    assert restore_state(state, model, opt, sched, None, ema) == 1 and state["best"] == 0.5
+    assert restore_training_state(state, _stage(model, opt, sched, ema)) == 1 and state["best"] == best
     for _ in range(2):
         train_one_epoch(model, _epoch_data(), loss, opt, scheduler=sched, ema=ema, **kw)
     for k, v in model.state_dict().items():

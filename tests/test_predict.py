@@ -7,9 +7,10 @@ import torch
 from torch import nn
 
 from segkit.ground.errors import SegkitError
-from segkit.ground.geometry import Window
-from segkit.infer.ensemble import combine_runs, normalise_weights, select_checkpoints
-from segkit.infer.predict import predict_batch, predict_probs, predict_strips
+from segkit.ground.geometry import Window, normalise_weights
+from segkit.infer.ensemble import predict_batch
+from segkit.infer.predict import predict_probs, predict_strips
+from segkit.runs.checkpoint import select_checkpoints
 
 
 class ArrayRaster:
@@ -195,7 +196,7 @@ def test_bad_arguments():
         predict_probs([(Identity(), 1.0)], raster, blend="cosine", **kw)
 
 
-# ---- ensemble selection (segkit/infer/ensemble.py)
+# ---- checkpoint selection (segkit/runs/checkpoint.py)
 
 CKPTS = {e: Path(f"ckpt/epoch_{e:03d}.pt") for e in (1, 2, 3, 5, 8, 9, 10)}
 
@@ -241,11 +242,6 @@ def test_weights():
         normalise_weights([1, 1], 3)
     with pytest.raises(SegkitError, match=">= 0"):
         normalise_weights([1, -1], 2)
-    runs = [[("a1", 1.0), ("a2", 1.0), ("a3", 2.0)], [("b", 1.0)]]
-    combined = combine_runs(runs, [3, 1])
-    assert [m for m, _ in combined] == ["a1", "a2", "a3", "b"]
-    assert [w for _, w in combined] == pytest.approx([0.1875, 0.1875, 0.375, 0.25])
-    assert sum(w for _, w in combine_runs(runs)) == pytest.approx(1.0)
 
 
 # ---- context margin and tissue skipping

@@ -13,7 +13,7 @@ from rasterio.transform import from_origin
 
 from segkit.ground.errors import SegkitError
 from segkit.io.atomic import atomic_path
-from segkit.io.rle import decode, encode
+from segkit.io.rle import RleStripEncoder, decode, encode
 from segkit.io.writers import (
     RleStripWriter,
     TiffStripWriter,
@@ -145,10 +145,10 @@ def test_rle_strip_writer_equals_full_mask_rle(tmp_path, order):
     out = tmp_path / "sub.csv"
     with RleStripWriter(out, order=order) as writer:
         for image_id, mask in masks.items():
-            writer.begin(image_id, *mask.shape)
+            encoder = RleStripEncoder(*mask.shape, order=order)
             for _, strip in _strips(mask, [7, 3, 11]):
-                writer.add(strip)
-            writer.end()
+                encoder.add(strip != 0)
+            writer.write_row(image_id, encoder.finish())
     with open(out, newline="") as fh:
         rows = list(csv.reader(fh))
     assert rows[0] == ["id", "rle"]
@@ -160,8 +160,7 @@ def test_rle_strip_writer_equals_full_mask_rle(tmp_path, order):
 def test_rle_strip_writer_interrupted_leaves_nothing(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         with RleStripWriter(tmp_path / "sub.csv") as writer:
-            writer.begin("a", 4, 4)
-            writer.add(np.ones((2, 4), np.uint8))
+            writer.write_row("a", "1 4")
             raise KeyboardInterrupt
     assert _leftovers(tmp_path) == []
 
@@ -273,14 +272,14 @@ def test_strip_pipeline_equals_full_image(tmp_path):
     with RleStripWriter(tmp_path / "sub.csv") as rle, \
             TiffStripWriter(tmp_path / "mask.tif", h, w, tile=16) as tif, \
             PolygonStripWriter(tmp_path / "p.geojson", h, w) as polys:
-        rle.begin("img", h, w)
+        encoder = RleStripEncoder(h, w)
         for row0, p in _strips(probs, [8, 13]):
             for _, mask, p_out in post.push(row0, threshold(p, 0.5), p):
-                rle.add(mask)
+                encoder.add(mask != 0)
                 tif.write(mask)
                 polys.write(mask, p_out)
         post.finish()
-        rle.end()
+        rle.write_row("img", encoder.finish())
     with open(tmp_path / "sub.csv", newline="") as fh:
         assert list(csv.reader(fh))[1] == ["img", encode(full)]
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "mask.tif"), full)

@@ -31,27 +31,26 @@ import tifffile  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-import segkit.infer.predict as _predict  # noqa: E402
+from segkit.infer.ensemble import EnsemblePredictor  # noqa: E402
 from segkit.data.windows import grid_windows  # noqa: E402
 from segkit.infer.predict import predict_strips  # noqa: E402
 from segkit.io.rle import RleStripEncoder  # noqa: E402
 
-# seconds spent inside the model call (predict_batch) by the predictor: the rest of its wall time
-# is its own work (waiting for reads, resizing, blending, RLE); this split barely depends on the
-# machine's load, unlike the ratio of two separate wall times
+# seconds spent inside the model call by the predictor: the rest of its wall time is its own
+# work (waiting for reads, resizing, blending, RLE); this split barely depends on the machine's
+# load, unlike the ratio of two separate wall times
 _MODEL_SECONDS = [0.0]
-_predict_batch = _predict.predict_batch
 
 
-def _timed_predict_batch(*a, **k):
-    t = time.perf_counter()
-    try:
-        return _predict_batch(*a, **k)
-    finally:
-        _MODEL_SECONDS[0] += time.perf_counter() - t
+class TimedPredictor(EnsemblePredictor):
+    """The default predictor, timing its model calls (predict_strips takes any predictor)."""
 
-
-_predict.predict_batch = _timed_predict_batch
+    def __call__(self, x):
+        t = time.perf_counter()
+        try:
+            return super().__call__(x)
+        finally:
+            _MODEL_SECONDS[0] += time.perf_counter() - t
 
 
 def write_tiff(path: Path, height: int, width: int, tile: int = 256) -> None:
@@ -124,9 +123,10 @@ def run_predictor(model, raster, args, amp=True, rle=True) -> tuple[float, int]:
     enc = RleStripEncoder(raster.height, raster.width) if rle else None
     count = 0
     t = time.perf_counter()
-    for _, strip in predict_strips([(model, 1.0)], raster, fov_px=args.fov, size=args.size,
+    predictor = TimedPredictor([(model, 1.0)], "none", amp=amp)
+    for _, strip in predict_strips(predictor, raster, fov_px=args.fov, size=args.size,
                                    overlap_px=args.overlap, preprocess=preprocess, blend="gaussian",
-                                   batch_size=args.batch, amp=amp, progress=False):
+                                   batch_size=args.batch, progress=False):
         if enc is not None:
             enc.add(strip[0] > 0.5)
         else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from segkit import __version__
+from segkit.ground import __version__
 from segkit.cli.data import preview, stats
 from segkit.cli.infer import infer
 from segkit.cli.options import SegkitGroup

@@ -22,12 +22,12 @@ def stats(config_path, overrides, task, size, out_path):
     prints mean and std per channel. `train` computes the same automatically at the start of a
     run and stores them in runs/NAME/preprocess.json, which `infer` reuses.
     """
-    from segkit.data.inputs import compute_preprocess, open_training_data
     from segkit.data.stats import save_stats
+    from segkit.train.from_config import preprocess_for, training_data
 
     config = build_config(config_path, overrides, task, **{"data.size": size, "data.normalize": True})
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, mean=None, std=None))
-    preprocess = compute_preprocess(config, open_training_data(config), config.run.seed)
+    preprocess = preprocess_for(config, training_data(config))
     for index, (spec, mean, std) in enumerate(zip(preprocess.channels, preprocess.mean, preprocess.std)):
         click.echo(f"channel {index} (band {spec.band}): mean {mean:.6f}  std {std:.6f}")
     mean = ", ".join(f"{m:.6g}" for m in preprocess.mean)
@@ -51,11 +51,11 @@ def preview(config_path, overrides, task, out_path, count, columns, size):
     augmented (data.augment, data.copy_paste), with mask outlines drawn in a colour per class.
     One channel shows grey, three show RGB, more show the first three.
     """
-    from segkit.data.inputs import preview_samples
     from segkit.report.preview import write_preview
+    from segkit.train.from_config import preview_samples
 
     if count < 1:
         raise SegkitError(f"--count must be >= 1, got {count}")
     config = build_config(config_path, overrides, task, **{"data.size": size})
-    path = write_preview(preview_samples(config, count, config.run.seed), out_path, columns=columns)
+    path = write_preview(preview_samples(config, count), out_path, columns=columns)
     click.echo(f"wrote {path}")

@@ -1,25 +1,33 @@
-"""What the network sees, assembled from a Config: training rows, sampler, preprocessing, augmentation.
+"""What the network sees: training rows, sampler, preprocessing, augmentation, sample windows.
 
-`fit`, `segkit stats` and `segkit preview` all start here, so a preview shows exactly the
-windows training draws.
+`fit`, `segkit stats` and `segkit preview` all start here (through the training stage's
+segkit.train.from_config), so a preview shows exactly the windows training draws. Every
+function takes explicit arguments; the Config is unpacked by the caller.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
 from segkit.data.augment import Augment, create_augment
 from segkit.data.channels import parse_channels, resolve_channels
 from segkit.data.copypaste import ObjectBank, split_copy_paste_config
-from segkit.data.dataset import RandomWindowDataset, SourcePair, open_pairs
+from segkit.data.dataset import (
+    LabelOptions,
+    RandomWindowDataset,
+    SourcePair,
+    open_pairs,
+)
 from segkit.data.grids import create_sampler, image_thumbnail, sampling_area
+from segkit.data.manifest import ManifestRow
 from segkit.data.preprocess import Preprocess
-from segkit.data.split import label_options, split_manifest
+from segkit.data.split import FoldSpec, split_manifest
 from segkit.data.stats import channel_stats
 from segkit.data.windows import RandomWindowSampler
-from segkit.ground.config import Config
 from segkit.ground.errors import SegkitError
 
 BANK_WINDOWS = 64  # training windows scanned for copy-paste objects
@@ -32,73 +40,109 @@ class TrainingData:
     sampler: RandomWindowSampler
 
 
-def fov_of(config: Config) -> int:
-    """The field of view in source pixels: data.fov_px, or the network size when unset."""
-    return config.data.fov_px or config.data.size
+def open_training_data(manifest: str, folds: FoldSpec, labels: LabelOptions, *, task: str, tissue: str,
+                       fov_px: int, foreground_share: float) -> TrainingData:
+    """Open every training and validation row (bad files fail here, before any training).
 
-
-def open_training_data(config: Config) -> TrainingData:
-    """Open every training and validation row (bad files fail here, before any training)."""
-    train_rows, val_rows = split_manifest(config)
-    options = label_options(config)
-    train_pairs = open_pairs(train_rows, options)
-    val_pairs = open_pairs(val_rows, options, bands=train_pairs[0].raster.channels)
-    areas = [sampling_area(pair, config.data.tissue) for pair in train_pairs]
-    sampler = create_sampler(train_pairs, areas, fov_of(config), foreground_share=config.data.foreground_share)
+    ``tissue``: usable-area method on the thumbnail (none, saturation, otsu); ``fov_px``: source
+    pixels a window covers; ``foreground_share``: share of windows centred on labelled pixels.
+    """
+    train_rows, val_rows = split_manifest(manifest, folds, task=task, options=labels)
+    train_pairs = open_pairs(train_rows, labels)
+    val_pairs = open_pairs(val_rows, labels, bands=train_pairs[0].raster.channels)
+    areas = [sampling_area(pair, tissue) for pair in train_pairs]
+    sampler = create_sampler(train_pairs, areas, fov_px, foreground_share=foreground_share)
     return TrainingData(train_pairs, val_pairs, sampler)
 
 
-def window_dataset(config: Config, data: TrainingData, preprocess: Preprocess, *, length: int, seed: int,
-                   augment: Augment | None = None) -> RandomWindowDataset:
+def window_dataset(data: TrainingData, preprocess: Preprocess, *, size: int, length: int, seed: int,
+                   augment: Augment | None = None, rank: int = 0) -> RandomWindowDataset:
+    """``length`` random training windows per epoch, read at ``size`` x ``size`` network pixels."""
     return RandomWindowDataset(
-        data.train_pairs, data.sampler, size=config.data.size, length=length, preprocess=preprocess,
-        augment=augment, seed=seed,
+        data.train_pairs, data.sampler, size=size, length=length, preprocess=preprocess,
+        augment=augment, seed=seed, rank=rank,
     )
 
 
-def compute_preprocess(config: Config, data: TrainingData, seed: int) -> Preprocess:
-    """Channel spec resolved on the first training image, then mean/std over sampled windows."""
+def compute_preprocess(data: TrainingData, *, channels: Optional[list], normalize: bool, mean: Optional[list],
+                       std: Optional[list], stats_windows: int, size: int, seed: int) -> Preprocess:
+    """Channel spec resolved on the first training image, then mean/std over sampled windows.
+
+    ``channels``: the data.channels spec (None: one channel per band); ``mean``/``std`` given are
+    used as is; otherwise, with ``normalize``, they are measured on ``stats_windows`` windows.
+    """
     first = data.train_pairs[0]
-    specs = parse_channels(config.data.channels, bands=first.raster.channels, dtype=first.raster.dtype)
+    specs = parse_channels(channels, bands=first.raster.channels, dtype=first.raster.dtype)
     thumb, _ = image_thumbnail(first)  # shared with the usable-area grid: one whole-slide read
     preprocess = Preprocess(resolve_channels(specs, thumb))
-    if not config.data.normalize:
+    if not normalize:
         return preprocess
-    if config.data.mean is not None:
-        for key, values in (("data.mean", config.data.mean), ("data.std", config.data.std)):
+    if mean is not None:
+        for key, values in (("data.mean", mean), ("data.std", std)):
             if len(values) != preprocess.in_channels:
                 raise SegkitError(f"config key {key}: {len(values)} values for {preprocess.in_channels} channel(s)")
-        return preprocess.with_stats([float(m) for m in config.data.mean], [float(s) for s in config.data.std])
-    dataset = window_dataset(config, data, preprocess, length=config.data.stats_windows, seed=seed + 1)
+        return preprocess.with_stats([float(m) for m in mean], [float(s) for s in std])
+    dataset = window_dataset(data, preprocess, size=size, length=stats_windows, seed=seed + 1)
     mean, std = channel_stats(preprocess.stack(dataset.read(i)[0]) for i in range(len(dataset)))
     return preprocess.with_stats([float(m) for m in mean], [float(s) for s in std])
 
 
-def build_object_bank(config: Config, data: TrainingData, preprocess: Preprocess, seed: int) -> ObjectBank:
+def build_object_bank(data: TrainingData, preprocess: Preprocess, copy_paste: dict, *, size: int,
+                      seed: int) -> ObjectBank:
     """Objects (connected components per class) cut from random training windows."""
-    _, bank_kwargs = split_copy_paste_config(dict(config.data.copy_paste))
+    _, bank_kwargs = split_copy_paste_config(dict(copy_paste))
     bank_kwargs.setdefault("seed", seed)
-    dataset = window_dataset(config, data, preprocess, length=BANK_WINDOWS, seed=seed + 2)
+    dataset = window_dataset(data, preprocess, size=size, length=BANK_WINDOWS, seed=seed + 2)
     samples = ((preprocess.stack(raw), mask) for raw, mask, _ in (dataset.read(i) for i in range(len(dataset))))
     return ObjectBank.from_samples(samples, **bank_kwargs)
 
 
-def create_train_augment(config: Config, data: TrainingData, preprocess: Preprocess, seed: int) -> Augment:
-    """The albumentations pipeline of the config, with object copy-paste when configured."""
-    if not config.data.copy_paste:
-        return create_augment(config.data.augment, seed=seed)
-    bank = build_object_bank(config, data, preprocess, seed)
-    return create_augment(config.data.augment, copy_paste=dict(config.data.copy_paste), bank=bank, seed=seed)
+def create_train_augment(data: TrainingData, preprocess: Preprocess, *, augment: Optional[dict],
+                         copy_paste: Optional[dict], size: int, seed: int) -> Augment:
+    """The albumentations pipeline (data.augment), with object copy-paste (data.copy_paste) when set."""
+    if not copy_paste:
+        return create_augment(augment, seed=seed)
+    bank = build_object_bank(data, preprocess, copy_paste, size=size, seed=seed)
+    return create_augment(augment, copy_paste=dict(copy_paste), bank=bank, seed=seed)
 
 
-def preview_samples(config: Config, count: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """`count` training windows after channels and augmentation, in [0, 1] (before normalization)."""
-    data = open_training_data(config)
-    preprocess = compute_preprocess(config, data, seed)
-    augment = create_train_augment(config, data, preprocess, seed)
-    dataset = window_dataset(config, data, preprocess, length=count, seed=seed)
+def draw_samples(data: TrainingData, preprocess: Preprocess, augment: Augment, *, size: int, count: int,
+                 seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``count`` training windows after channels and augmentation, in [0, 1] (before normalization)."""
+    dataset = window_dataset(data, preprocess, size=size, length=count, seed=seed)
     samples = []
     for index in range(count):
         raw, mask, _ = dataset.read(index)
         samples.append(augment(preprocess.stack(raw), mask))
     return samples
+
+
+def random_windows(images, labels=None, *, fov_px: int, size: int | None = None, length: int = 256,
+                   preprocess: Preprocess | None = None, augment: Augment | None = None,
+                   foreground_share: float = 0.33, tissue: str = "none", seed: int = 0,
+                   labels_options: LabelOptions | None = None) -> RandomWindowDataset:
+    """A torch Dataset of random windows from image files, for your own training loop (no Config).
+
+    images: image paths; labels: one label source per image (mask raster, RLE CSV or GeoJSON;
+    None for unlabelled images); fov_px: source pixels a window covers; size: pixels returned
+    (default fov_px); length: windows per epoch (call ``set_epoch(e)`` for fresh ones);
+    preprocess: raw HWC -> float32 HWC (default: each band scaled by its dtype range, no
+    normalization); augment: ``augment(image, mask) -> (image, mask)`` on [0, 1] images;
+    foreground_share: share of windows centred on labelled pixels; tissue: none, saturation or
+    otsu (where windows may fall); seed: item i of epoch e is a pure function of (seed, e, i).
+    Items are dicts: ``image`` CHW float32, ``mask`` HW int64 (labelled images), ``window``.
+    """
+    labels = list(labels) if labels is not None else [None] * len(images)
+    if len(labels) != len(images):
+        raise SegkitError(f"random_windows: {len(labels)} label sources for {len(images)} images")
+    rows = [ManifestRow(id=Path(image).stem, image=Path(image), label=str(label) if label is not None else None)
+            for image, label in zip(images, labels)]
+    options = labels_options or LabelOptions()
+    pairs = open_pairs(rows, options)
+    sampler = create_sampler(pairs, [sampling_area(pair, tissue) for pair in pairs], int(fov_px),
+                             foreground_share=foreground_share)
+    data = TrainingData(pairs, [], sampler)
+    if preprocess is None:
+        preprocess = compute_preprocess(data, channels=None, normalize=False, mean=None, std=None, stats_windows=0,
+                                        size=int(size or fov_px), seed=seed)
+    return window_dataset(data, preprocess, size=int(size or fov_px), length=length, seed=seed, augment=augment)

@@ -24,7 +24,19 @@ from segkit.io.atomic import write_json
 
 
 class Preprocess:
-    """Picklable callable: HWC raw dtype -> HWC float32 normalized network input."""
+    """The preprocess contract: ``preprocess(raw) -> image``, used identically in training,
+    validation and inference.
+
+    raw: an H x W x C numpy array of the raster's own dtype (uint8, uint16, int16 HU, float32,
+    ...), exactly as ``Raster.read(window, out_size)`` returns it, C = the image's bands.
+    image: an H x W x C' float32 array, C' = ``in_channels`` (one per channel spec), the
+    network input before the NCHW transpose. Two steps, usable apart: ``stack(raw)`` maps each
+    channel spec's intensity window (band, low..high or a CT preset, gamma) to [0, 1] (what
+    augmentations see); ``normalize(image)`` subtracts the per-channel mean and divides by the
+    std (identity when no statistics are set). Picklable (DataLoader workers) and saved in the
+    run directory as preprocess.json, so `infer` reproduces exactly what the network saw. Any
+    callable honouring the same contract can replace it in predict_strips / predict_image.
+    """
 
     def __init__(self, channels: list[ChannelSpec], mean: Optional[list] = None, std: Optional[list] = None):
         self.channels = channels

@@ -1,4 +1,4 @@
-"""Which manifest rows train and which validate, from the data section of a Config.
+"""Which manifest rows train and which validate.
 
 Fold methods (data.fold_method; explicit ``fold`` cells of the manifest are always kept):
 - random: shuffled, balanced folds.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Optional
@@ -26,7 +27,6 @@ from segkit.data.manifest import (
     manifest_from_folder,
     read_manifest,
 )
-from segkit.ground.config import Config
 from segkit.ground.errors import SegkitError
 
 FOREGROUND_BINS = 4  # strata for segmentation: empty + 3 quantile bins of the foreground fraction
@@ -48,10 +48,15 @@ def load_rows(manifest: str) -> list[ManifestRow]:
     return read_manifest(path)
 
 
-def label_options(config: Config) -> LabelOptions:
-    """How the data section says labels are decoded."""
-    d = config.data
-    return LabelOptions(d.rle_order, d.class_map, d.class_property, d.pad_mode)
+@dataclass(frozen=True)
+class FoldSpec:
+    """How rows are dealt into folds and which fold validates (data.folds, data.fold_method,
+    data.val_fold and run.seed of a config)."""
+
+    folds: int = 5
+    method: str = "random"  # random | stratified | group
+    val_fold: int = 0
+    seed: int = 42
 
 
 def fold_strata(rows: list[ManifestRow], task: str, options: LabelOptions, *, cache=None) -> list[int]:
@@ -68,39 +73,41 @@ def fold_strata(rows: list[ManifestRow], task: str, options: LabelOptions, *, ca
     return foreground_bins(fractions, FOREGROUND_BINS)
 
 
-def make_folds(config: Config, rows: list[ManifestRow], *, cache=None) -> list[int]:
-    """The fold of every row under config.data (folds, fold_method) and run.seed."""
-    method = config.data.fold_method
+def make_folds(rows: list[ManifestRow], spec: FoldSpec, *, task: str, options: LabelOptions,
+               cache=None) -> list[int]:
+    """The fold of every row under ``spec``; ``task`` and ``options`` serve stratification."""
     strata = None
     fold_rows = rows
-    if method == "group":
+    if spec.method == "group":
         fold_rows = [dataclasses.replace(r, group=r.group or f"image:{r.image}") for r in rows]
-    elif method == "stratified":
-        strata = fold_strata(rows, config.task, label_options(config), cache=cache)
-    return assign_folds(fold_rows, config.data.folds, method=method, seed=config.run.seed, strata=strata)
+    elif spec.method == "stratified":
+        strata = fold_strata(rows, task, options, cache=cache)
+    return assign_folds(fold_rows, spec.folds, method=spec.method, seed=spec.seed, strata=strata)
 
 
-def split_manifest(config: Config, *, cache: Optional[str] = None) -> tuple[list[ManifestRow], list[ManifestRow]]:
-    """(train rows, validation rows) for config.data.val_fold; folds are made when the CSV has none.
+def split_manifest(manifest: str, spec: FoldSpec, *, task: str, options: LabelOptions,
+                   cache: Optional[str] = None) -> tuple[list[ManifestRow], list[ManifestRow]]:
+    """(train rows, validation rows) for ``spec.val_fold``; folds are made when the CSV has none.
 
-    ``cache``: thumbnail cache folder for stratified folds (default $SEGKIT_CACHE_DIR or
-    ~/.cache/segkit; 'off' keeps grids in memory only).
+    ``manifest``: a CSV, a folder with images/ + masks/, or "sample". ``cache``: thumbnail cache
+    folder for stratified folds (default $SEGKIT_CACHE_DIR or ~/.cache/segkit; 'off' keeps grids
+    in memory only).
     """
-    rows = load_rows(config.data.manifest)
+    rows = load_rows(manifest)
     if not rows:
-        raise SegkitError(f"{config.data.manifest}: manifest has no rows")
-    val_fold = config.data.val_fold
-    if not 0 <= val_fold < config.data.folds:
-        raise SegkitError(f"config key data.val_fold: {val_fold} outside the {config.data.folds} folds (0..{config.data.folds - 1})")
+        raise SegkitError(f"{manifest}: manifest has no rows")
+    val_fold = spec.val_fold
+    if not 0 <= val_fold < spec.folds:
+        raise SegkitError(f"config key data.val_fold: {val_fold} outside the {spec.folds} folds (0..{spec.folds - 1})")
     unlabeled = [row.id for row in rows if row.label is None]
-    if unlabeled and config.task == "seg":
-        raise SegkitError(f"{config.data.manifest}: rows without a label: {', '.join(unlabeled[:5])}")
-    folds = make_folds(config, rows, cache=cache)
+    if unlabeled and task == "seg":
+        raise SegkitError(f"{manifest}: rows without a label: {', '.join(unlabeled[:5])}")
+    folds = make_folds(rows, spec, task=task, options=options, cache=cache)
     val = [row for row, fold in zip(rows, folds) if fold == val_fold]
     train = [row for row, fold in zip(rows, folds) if fold != val_fold]
     if not train:
-        raise SegkitError(f"{config.data.manifest}: no training rows outside validation fold {val_fold}")
+        raise SegkitError(f"{manifest}: no training rows outside validation fold {val_fold}")
     if not val:
-        warnings.warn(f"{config.data.manifest}: validation fold {val_fold} has no rows; training without validation",
+        warnings.warn(f"{manifest}: validation fold {val_fold} has no rows; training without validation",
                       UserWarning, stacklevel=2)
     return train, val

@@ -1,88 +1,109 @@
-"""Which checkpoints make an ensemble, and with what weights.
+"""The default predictor: a weighted ensemble of models x test-time views on one batch.
 
-Epoch ensembles: the predictions of several checkpoints of one run (e.g. the last 3 epochs)
-averaged by predict_strips; run ensembles: several runs, each with its own weight.
+`predict_strips` takes any callable ``predictor(x: NCHW float) -> NCHW probs float32`` (as
+MONAI's sliding window takes one); :class:`EnsemblePredictor` is the one segkit builds from
+checkpoints: the probabilities (or logits) of every model under every TTA view, deaugmented
+and averaged with weights (epoch ensembles, run ensembles and weighted TTA all meet here).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Mapping, Sequence
+import contextlib
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
 
 from segkit.ground.errors import SegkitError
+from segkit.ground.geometry import normalise_weights
+from segkit.infer.tta import augment, deaugment, parse_tta
+from segkit.runs.device import autocast
+
+ACTIVATIONS = ("sigmoid", "softmax", "identity")
 
 
-def _available(paths_by_epoch: Mapping[int, Path]) -> str:
-    return ", ".join(str(e) for e in sorted(paths_by_epoch)) or "none"
+def _activate(out: torch.Tensor, activation: str | None) -> torch.Tensor:
+    if activation == "sigmoid":
+        return torch.sigmoid(out)
+    if activation == "softmax":
+        return torch.softmax(out, dim=1)
+    if activation in (None, "identity", "none"):
+        return out
+    raise SegkitError(f"activation {activation!r}: valid: {', '.join(ACTIVATIONS)}")
 
 
-def select_checkpoints(paths_by_epoch: Mapping[int, Path], spec: str | int = "last:1",
-                       best_epoch: int | None = None) -> list[Path]:
-    """Checkpoint paths for `spec`, in epoch order.
-
-    spec: "last" / "last:K" (the K latest epochs), "8,9,10" (those epochs), "8-10" (a range),
-    "best" (best_epoch), "all". Asking for an epoch that was not saved is a SegkitError that
-    lists the available epochs.
-    """
-    if not paths_by_epoch:
-        raise SegkitError("checkpoints: the run has no checkpoints")
-    epochs = sorted(int(e) for e in paths_by_epoch)
-    text = str(spec).strip().replace(" ", "")
-    if text == "all":
-        chosen = epochs
-    elif text == "best":
-        if best_epoch is None:
-            raise SegkitError("--epochs best: the run records no best epoch (no validation score); "
-                              f"available epochs: {_available(paths_by_epoch)}")
-        chosen = [int(best_epoch)]
-    elif text == "last" or text.startswith("last:"):
-        count = text.partition(":")[2] or "1"
-        if not count.isdigit() or int(count) < 1:
-            raise SegkitError(f"--epochs {spec}: expected last:K with K >= 1")
-        # A run shorter than K epochs (or pruned to fewer) ensembles what it has.
-        chosen = epochs[-int(count):]
-    else:
-        chosen = []
-        for part in text.split(","):
-            lo, dash, hi = part.partition("-")
-            try:
-                chosen += list(range(int(lo), int(hi) + 1)) if dash else [int(part)]
-            except ValueError:
-                raise SegkitError(f"--epochs {spec}: expected last:K, best, all, a list like 8,9,10 "
-                                  "or a range like 8-10") from None
-        chosen = sorted(set(chosen))
-    missing = [e for e in chosen if e not in paths_by_epoch]
-    if missing:
-        raise SegkitError(f"--epochs {spec}: no checkpoint for epoch {', '.join(map(str, missing))}; "
-                          f"available epochs: {_available(paths_by_epoch)}")
-    return [Path(paths_by_epoch[e]) for e in chosen]
-
-
-def normalise_weights(weights: Sequence[float] | None, count: int, what: str = "ensemble") -> list[float]:
-    """count weights summing to 1 (equal when weights is None)."""
-    if count <= 0:
-        raise SegkitError(f"{what}: nothing to ensemble")
-    if weights is None:
-        return [1.0 / count] * count
-    weights = [float(w) for w in weights]
-    if len(weights) != count:
-        raise SegkitError(f"{what}: {len(weights)} weights for {count} members")
-    total = sum(weights)
-    if any(w < 0 for w in weights) or total <= 0:
-        raise SegkitError(f"{what}: weights must be >= 0 and sum to a positive number, got {weights}")
-    return [w / total for w in weights]
-
-
-def combine_runs(runs: Sequence[Sequence[tuple[object, float]]],
-                 run_weights: Sequence[float] | None = None) -> list[tuple[object, float]]:
-    """One (model, weight) list from several runs' (model, weight) lists.
-
-    Each run's members share that run's weight in proportion to their own weights, so a run
-    with 3 checkpoints counts as much as a run with 1.
-    """
-    shares = normalise_weights(run_weights, len(runs), "runs")
-    out = []
-    for members, share in zip(runs, shares):
-        weights = normalise_weights([w for _, w in members], len(members), "run members")
-        out += [(m, share * w) for (m, _), w in zip(members, weights)]
+def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = model(x)
+    if isinstance(out, dict):  # torchvision-style {"out": ...}
+        out = out["out"]
+    elif isinstance(out, (tuple, list)):  # smp aux heads: (mask, label)
+        out = out[0]
     return out
+
+
+def predict_batch(models, x: torch.Tensor, tta, *, activation="sigmoid", amp=False,
+                  average="probs") -> torch.Tensor:
+    """Weighted average over models x views of one NCHW batch -> probs float32 (N, C, H, W).
+
+    models and tta are (item, weight) lists with normalised weights. average="probs" averages
+    after the activation (default); "logits" averages raw outputs and activates once.
+    """
+    if average not in ("probs", "logits"):
+        raise SegkitError(f"tta average {average!r}: valid: probs, logits")
+    total = None
+    with torch.inference_mode(), autocast(x.device, amp):
+        for model, m_weight in models:
+            for view, v_weight in tta:
+                out = deaugment(_forward(model, augment(x, view)), view).float()
+                if average == "probs":
+                    out = _activate(out, activation)
+                out = out * (m_weight * v_weight)
+                total = out if total is None else total + out
+    if average == "logits":
+        total = _activate(total, activation)
+    return total.float()
+
+
+
+
+def weighted(pairs: Sequence[tuple[object, float]], what: str) -> list[tuple[object, float]]:
+    """(item, weight) pairs with the weights normalised to sum to 1."""
+    if not pairs:
+        raise SegkitError(f"{what}: no {what} given")
+    weights = normalise_weights([w for _, w in pairs], len(pairs), what)
+    return [(item, w) for (item, _), w in zip(pairs, weights)]
+
+
+class EnsemblePredictor:
+    """``predictor(x)``: the weighted mean over ``models`` x ``tta`` views of one NCHW batch.
+
+    models: (module, weight) pairs; tta: (view, weight) pairs or a parse_tta spec ("hflip",
+    "d4", "identity:0.6,hflip:0.4", ...); both weight lists are normalised. activation:
+    sigmoid, softmax or identity; amp: bf16 autocast on CPU, fp16 on CUDA; average: "probs"
+    (activate each view, then average) or "logits" (average, then activate once).
+    """
+
+    def __init__(self, models: Sequence[tuple[nn.Module, float]], tta="none", *, activation: str | None = "sigmoid",
+                 amp: bool = False, average: str = "probs"):
+        self.models = weighted(list(models), "models")
+        self.tta = weighted(parse_tta(tta) if tta is None or isinstance(tta, str) else list(tta), "tta")
+        if average not in ("probs", "logits"):
+            raise SegkitError(f"tta average {average!r}: valid: probs, logits")
+        _activate(torch.zeros(1, 1, 1, 1), activation)  # an unknown activation fails now, not mid-image
+        self.activation, self.amp, self.average = activation, bool(amp), average
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return predict_batch(self.models, x, self.tta, activation=self.activation, amp=self.amp,
+                             average=self.average)
+
+    @contextlib.contextmanager
+    def prepared(self, device: torch.device) -> Iterator["EnsemblePredictor"]:
+        """Models in eval mode, channels_last on ``device`` while in use; train/eval modes restored after."""
+        was_training = [m.training for m, _ in self.models]
+        for m, _ in self.models:
+            m.eval().to(device=device, memory_format=torch.channels_last)
+        try:
+            yield self
+        finally:
+            for (m, _), training in zip(self.models, was_training):
+                m.train(training)

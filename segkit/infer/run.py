@@ -1,5 +1,8 @@
 """`segkit infer`: run directories + images -> RLE CSV / GeoJSON / mask and probability TIFFs.
 
+The infer entry (a composition root): it reads run configs; everything it calls takes explicit
+arguments.
+
 Each image streams through the predictor as finished row strips; every output consumes the
 strips as they come, so no full-resolution float image is ever held. All outputs are atomic:
 an error or Ctrl-C leaves none of them behind.
@@ -19,9 +22,8 @@ from segkit.data.preprocess import Preprocess
 from segkit.ground.config import Config, load_config
 from segkit.ground.errors import SegkitError
 from segkit.ground.geometry import Window
-from segkit.infer.ensemble import select_checkpoints
+from segkit.infer.ensemble import EnsemblePredictor
 from segkit.infer.predict import predict_strips
-from segkit.infer.tta import parse_tta
 from segkit.io.raster import open_raster
 from segkit.io.vector import PolygonStripWriter
 from segkit.io.writers import RleStripWriter, TiffStripWriter
@@ -34,14 +36,18 @@ from segkit.runs.rundir import read_run_info
 
 @dataclass
 class Ensemble:
-    """Models (with weights summing to 1) that share one preprocessing and one geometry."""
+    """Models with weights summing to 1 that share one preprocessing and one geometry.
+
+    Each run given to `infer` weighs the same whatever its number of checkpoints: a run with
+    three averaged checkpoints counts as much as a run with one (within a run the checkpoints
+    share its weight equally).
+    """
 
     models: list[tuple[torch.nn.Module, float]]
-    preprocess: Preprocess
+    preprocess: Preprocess  # or any callable raw HWC -> float32 HWC (see Preprocess)
     fov_px: int
     size: int
     classes: int
-    config: Config
     checkpoints: list[Path] = field(default_factory=list)
 
 
@@ -55,8 +61,12 @@ def _run_model(config: Config, in_channels: int, state: dict, device: torch.devi
 
 
 def load_ensemble(run_dirs: list[Path], epochs: str, device: torch.device, soup: bool = False) -> Ensemble:
-    """The chosen checkpoints of one or more runs; `soup` averages their weights into one model."""
-    members, reference = [], None
+    """The chosen checkpoints (``epochs``: last:K, best, all, 8,9,10) of one or more runs.
+
+    ``soup`` averages the weights of all chosen checkpoints into one model instead of averaging
+    their predictions. Runs must agree on field of view, size, classes and channels.
+    """
+    members, reference = [], None  # (checkpoint, config, in_channels, weight)
     for run_dir in run_dirs:
         info = read_run_info(run_dir)
         config = load_config(run_dir / "config.yaml")
@@ -66,22 +76,17 @@ def load_ensemble(run_dirs: list[Path], epochs: str, device: torch.device, soup:
             reference = (config, preprocess, geometry)
         elif geometry != reference[2]:
             raise SegkitError(f"{run_dir}: field of view, size, classes or channels differ from {run_dirs[0]}")
-        available = ckpt.list_checkpoints(run_dir / "checkpoints")
-        if not available:
-            raise SegkitError(f"{run_dir}: no checkpoints in {run_dir / 'checkpoints'}")
-        by_epoch = {ckpt.checkpoint_epoch(path): path for path in available}
-        for path in select_checkpoints(by_epoch, epochs, best_epoch=info.get("best_epoch")):
-            members.append((path, config, info["in_channels"]))
+        chosen = ckpt.run_checkpoints(run_dir, epochs)
+        members += [(path, config, info["in_channels"], 1.0 / (len(run_dirs) * len(chosen))) for path in chosen]
     config, preprocess, _ = reference
-    states = [ckpt.load_checkpoint(path)["model"] for path, _, _ in members]
+    states = [ckpt.load_checkpoint(path)["model"] for path, _, _, _ in members]
     if soup:
         models = [(_run_model(config, members[0][2], ckpt.average_state_dicts(states), device), 1.0)]
     else:
-        models = [(_run_model(cfg, ch, state, device), 1.0 / len(states)) for (_, cfg, ch), state in zip(members, states)]
-    return Ensemble(
-        models, preprocess, config.data.fov_px, config.data.size, config.model.classes, config,
-        [path for path, _, _ in members],
-    )
+        models = [(_run_model(cfg, ch, state, device), weight)
+                  for (_, cfg, ch, weight), state in zip(members, states)]
+    return Ensemble(models, preprocess, config.data.fov_px, config.data.size, config.model.classes,
+                    [path for path, _, _, _ in members])
 
 
 @dataclass
@@ -172,8 +177,7 @@ def infer_images(
     with contextlib.ExitStack() as stack:
         rle_writer = None
         if outputs.rle is not None and rank == 0:  # opened first: an unwritable folder fails before any work
-            rle_writer = stack.enter_context(RleStripWriter(outputs.rle, overwrite=outputs.overwrite,
-                                                            order=settings.rle_order))
+            rle_writer = stack.enter_context(RleStripWriter(outputs.rle, overwrite=outputs.overwrite))
         try:
             for index, (image_id, path) in mine:
                 rle, paths = _infer_one(ensemble, image_id, path, len(images), outputs, settings, device)
@@ -201,11 +205,10 @@ def _infer_one(ensemble: Ensemble, image_id: str, path: Path, n_images: int, out
     """One image through the predictor into its own files; returns (its RLE or None, files written)."""
     raster = open_raster(path)
     activation = "sigmoid" if ensemble.classes == 1 else "softmax"
+    predictor = EnsemblePredictor(ensemble.models, settings.tta, activation=activation, amp=settings.amp)
     strips = predict_strips(
-        ensemble.models, raster, fov_px=ensemble.fov_px, size=ensemble.size,
-        overlap_px=min(settings.overlap_px, ensemble.fov_px // 2), preprocess=ensemble.preprocess,
-        tta=parse_tta(settings.tta), blend=settings.blend, batch_size=settings.batch_size,
-        device=device, amp=settings.amp, activation=activation,
+        predictor, raster, fov_px=ensemble.fov_px, size=ensemble.size, overlap_px=settings.overlap_px,
+        preprocess=ensemble.preprocess, blend=settings.blend, batch_size=settings.batch_size, device=device,
         region=Window(0, 0, raster.height, raster.width), progress=settings.progress,
         margin_px=settings.margin_px,
         tissue=tissue_grid(raster, settings.tissue) if settings.tissue else None,
@@ -220,8 +223,12 @@ def _infer_one(ensemble: Ensemble, image_id: str, path: Path, n_images: int, out
     return (encoder.finish() if encoder is not None else None), paths
 
 
-def check_channels(raster, preprocess: Preprocess) -> None:
-    """The image must have the bands the run's channel spec reads (and no more)."""
+def check_channels(raster, preprocess) -> None:
+    """The image must have the bands the run's channel spec reads (and no more).
+
+    A preprocess that is not a segkit Preprocess (your own callable) is trusted as is."""
+    if not isinstance(preprocess, Preprocess):
+        return
     bands = max(spec.band for spec in preprocess.channels) + 1
     if raster.channels != bands:
         raise SegkitError(f"{raster.path}: has {raster.channels} channel(s) but the run's channel spec reads {bands}")

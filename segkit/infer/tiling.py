@@ -145,10 +145,3 @@ class StripAccumulator:
 
     def finish_iter(self) -> Iterator[tuple[int, np.ndarray]]:
         return self.flush_iter(self.height)
-
-
-def iter_strips(acc: StripAccumulator, tiles) -> Iterator[tuple[int, np.ndarray]]:
-    """Feed (window, probs, weights) tiles into acc and yield every finished strip."""
-    for window, probs, weights in tiles:
-        yield from acc.add_iter(window, probs, weights)
-    yield from acc.finish_iter()

@@ -19,7 +19,7 @@ import numpy as np
 
 from segkit.ground.errors import SegkitError
 from segkit.ground.geometry import Window
-from segkit.io.masks import LabelSource
+from segkit.io.labels import LabelSource
 from segkit.io.raster import Raster
 
 POLYGONAL = ("Polygon", "MultiPolygon")

@@ -60,52 +60,29 @@ class StripOutput:
 
 
 class RleStripWriter(StripOutput):
-    """RLE CSV written row by row, each image's RLE encoded from row strips as they finish.
+    """A Kaggle RLE CSV written one ``id,rle`` row at a time, committed on a clean exit.
 
     Usage::
 
         with RleStripWriter("sub.csv", overwrite=True) as out:
-            out.begin("img1", height, width)
+            encoder = RleStripEncoder(height, width)   # segkit.io.rle: encodes strips as they finish
             for row0, mask in strips:
-                out.add(mask)          # nonzero = foreground
-            out.end()
+                encoder.add(mask != 0)
+            out.write_row("img1", encoder.finish())
 
-    Encoding uses ``segkit.io.rle.RleStripEncoder`` (column-major by default, the Kaggle order),
-    so no full-size mask is built. The CSV is committed on a clean ``close``/context exit.
+    The folder and an existing file are checked when the writer opens (before slow work).
     """
 
-    def __init__(self, path, header=("id", "rle"), overwrite: bool = False, order: str = "F"):
+    def __init__(self, path, header=("id", "rle"), overwrite: bool = False):
         self._atomic = AtomicFile(path, overwrite)
         self._fh = open(self._atomic.tmp, "w", newline="")
         self._csv = csv.writer(self._fh)
         self._csv.writerow(header)
-        self.order = order
-        self._id = None
-        self._encoder = None
 
     def write_row(self, image_id: str, rle: str) -> None:
         self._csv.writerow([image_id, rle])
 
-    def begin(self, image_id: str, height: int, width: int) -> None:
-        from segkit.io.rle import RleStripEncoder  # owned by the inference helper
-
-        if self._encoder is not None:
-            raise RuntimeError(f"begin({image_id!r}) before end() of {self._id!r}")
-        self._id = image_id
-        self._encoder = RleStripEncoder(height, width, order=self.order)
-
-    def add(self, strip: np.ndarray) -> None:
-        self._encoder.add(np.asarray(strip) != 0)
-
-    def end(self) -> str:
-        rle = self._encoder.finish()
-        self.write_row(self._id, rle)
-        self._id, self._encoder = None, None
-        return rle
-
     def close(self) -> Path:
-        if self._encoder is not None:
-            raise RuntimeError(f"close() while image {self._id!r} is still open")
         self._fh.close()
         return self._atomic.commit()
 

@@ -13,13 +13,14 @@ import random
 import re
 import zipfile
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import numpy as np
 import torch
 
 from segkit.ground.errors import SegkitError
 from segkit.io.atomic import atomic_path
+from segkit.runs.rundir import read_run_info
 
 _EPOCH_RE = re.compile(r"^epoch_(\d+)\.pt$")
 
@@ -105,6 +106,73 @@ def prune_checkpoints(folder: str | Path, keep_last: int | None, best_path=None,
     return removed
 
 
+def _available(paths_by_epoch: Mapping[int, Path]) -> str:
+    return ", ".join(str(e) for e in sorted(paths_by_epoch)) or "none"
+
+
+def select_checkpoints(paths_by_epoch: Mapping[int, Path], spec: str | int = "last:1",
+                       best_epoch: int | None = None, what: str = "--epochs") -> list[Path]:
+    """Checkpoint paths for `spec`, in epoch order.
+
+    spec: "last" / "last:K" (the K latest epochs), "8,9,10" (those epochs), "8-10" (a range),
+    "best" (best_epoch), "all". Asking for an epoch that was not saved is a SegkitError that
+    lists the available epochs. The one rule for "best": the epoch the run recorded as best
+    (training records its last epoch when it has no validation rows); a run that recorded none
+    is an error, never a silent fallback.
+    """
+    if not paths_by_epoch:
+        raise SegkitError("checkpoints: the run has no checkpoints")
+    epochs = sorted(int(e) for e in paths_by_epoch)
+    text = str(spec).strip().replace(" ", "")
+    if text == "all":
+        chosen = epochs
+    elif text == "best":
+        if best_epoch is None:
+            raise SegkitError(f"{what} best: the run records no best epoch (no validation score); "
+                              f"available epochs: {_available(paths_by_epoch)}")
+        chosen = [int(best_epoch)]
+    elif text == "last" or text.startswith("last:"):
+        count = text.partition(":")[2] or "1"
+        if not count.isdigit() or int(count) < 1:
+            raise SegkitError(f"{what} {spec}: expected last:K with K >= 1")
+        # A run shorter than K epochs (or pruned to fewer) ensembles what it has.
+        chosen = epochs[-int(count):]
+    else:
+        chosen = []
+        for part in text.split(","):
+            lo, dash, hi = part.partition("-")
+            try:
+                chosen += list(range(int(lo), int(hi) + 1)) if dash else [int(part)]
+            except ValueError:
+                raise SegkitError(f"{what} {spec}: expected last:K, best, all, a list like 8,9,10 "
+                                  "or a range like 8-10") from None
+        chosen = sorted(set(chosen))
+    missing = [e for e in chosen if e not in paths_by_epoch]
+    if missing:
+        raise SegkitError(f"{what} {spec}: no checkpoint for epoch {', '.join(map(str, missing))}; "
+                          f"available epochs: {_available(paths_by_epoch)}")
+    return [Path(paths_by_epoch[e]) for e in chosen]
+
+
+def run_checkpoints(run_dir: Path, spec: str | int = "last:1", what: str = "--epochs") -> list[Path]:
+    """The checkpoints of a run directory chosen by ``spec`` (see select_checkpoints)."""
+    available = list_checkpoints(Path(run_dir) / "checkpoints")
+    if not available:
+        raise SegkitError(f"{run_dir}: no checkpoints in {Path(run_dir) / 'checkpoints'}")
+    by_epoch = {checkpoint_epoch(path): path for path in available}
+    best = read_run_info(Path(run_dir)).get("best_epoch")
+    return select_checkpoints(by_epoch, spec, best_epoch=best, what=what)
+
+
+def select_checkpoint(run_dir: Path, which: str | int = "best") -> tuple[Path, int]:
+    """(path, epoch) of one checkpoint of a run: "best" (the default), "last" or an epoch number."""
+    text = str(which).strip().lower()
+    if text not in ("best", "last") and not text.isdigit():
+        raise SegkitError(f"--epoch {which!r}: expected best, last or an epoch number")
+    (path,) = run_checkpoints(run_dir, text, what="--epoch")
+    return path, checkpoint_epoch(path)
+
+
 def average_state_dicts(states: list[dict]) -> dict:
     """Mean of several state dicts (a weight soup / SWA of the last K epochs).
 
@@ -134,12 +202,6 @@ def average_state_dicts(states: list[dict]) -> dict:
     return out
 
 
-def soup_checkpoints(paths: Iterable[str | Path], key: str = "model") -> dict:
-    """Average ``state[key]`` over checkpoint files (loads one at a time into the running list)."""
-    states = [load_checkpoint(p, required_keys=(key,))[key] for p in paths]
-    return average_state_dicts(states)
-
-
 def rng_state() -> dict:
     """Python, NumPy (legacy global), torch and CUDA RNG states, in weights_only-loadable form."""
     version, internal, gauss = random.getstate()
@@ -165,36 +227,3 @@ def set_rng_state(state: dict) -> None:
         cuda = state["cuda"]
         if len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda)
-
-
-def _unwrap(model):
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-
-
-def make_state(epoch: int, model, optimizer=None, scheduler=None, scaler=None, ema=None, **extra) -> dict:
-    """The checkpoint dict for exact resume: weights, optimizer/scheduler/scaler/EMA state, RNG, epoch.
-
-    ``extra`` keys (metrics, best score, stage name, ...) must be plain data/tensors (weights_only).
-    """
-    state = {"epoch": int(epoch), "model": _unwrap(model).state_dict(), "rng": rng_state()}
-    for key, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler), ("ema", ema)):
-        if obj is not None:
-            state[key] = obj.state_dict()
-    state.update(extra)
-    return state
-
-
-def restore_state(state: dict, model, optimizer=None, scheduler=None, scaler=None, ema=None,
-                  rng: bool = True) -> int:
-    """Load what make_state saved into fresh objects; returns the saved epoch.
-
-    A piece passed here but absent from the checkpoint (e.g. a scaler when the run had no AMP)
-    is left as constructed. ``rng=False`` skips the RNG (e.g. fine-tuning from a parent run).
-    """
-    _unwrap(model).load_state_dict(state["model"])
-    for key, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler), ("ema", ema)):
-        if obj is not None and key in state:
-            obj.load_state_dict(state[key])
-    if rng and "rng" in state:
-        set_rng_state(state["rng"])
-    return int(state.get("epoch", 0))

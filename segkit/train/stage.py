@@ -1,67 +1,42 @@
-"""Pieces of one training stage that fit() assembles: the parent checkpoint of a finetune and
-its compatibility checks, per-item augmentation seeding, checkpoint contents for exact resume,
-TensorBoard logging, and the cross-rank weight check of a DDP run."""
+"""Pieces of one training stage that fit() assembles: the built training objects (Parts), the
+one checkpoint-state API for exact resume (training_state / restore_training_state),
+TensorBoard logging, and the cross-rank checks of a DDP run."""
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from segkit.ground.config import Config, load_config
 from segkit.ground.errors import SegkitError
 from segkit.runs import checkpoint as ckpt
 from segkit.runs import distributed
-from segkit.runs.rundir import read_run_info
 
-# --- finetune parents -------------------------------------------------------------------------
+# --- the objects of a stage -----------------------------------------------------------------
 
-def select_checkpoint(run_dir: Path, which: str | int = "best") -> tuple[Path, int]:
-    """(path, epoch) of a run's checkpoint: "best" (the default), "last" or an epoch number."""
-    paths = ckpt.list_checkpoints(run_dir / "checkpoints")
-    if not paths:
-        raise SegkitError(f"{run_dir}: no checkpoints")
-    by_epoch = {ckpt.checkpoint_epoch(p): p for p in paths}
-    text = str(which).strip().lower()
-    if text == "last":
-        epoch = max(by_epoch)
-    elif text == "best":
-        best = read_run_info(run_dir).get("best_epoch")
-        epoch = best if best in by_epoch else max(by_epoch)
-    else:
-        try:
-            epoch = int(text)
-        except ValueError:
-            raise SegkitError(f"--epoch {which!r}: expected best, last or an epoch number") from None
-        if epoch not in by_epoch:
-            kept = ", ".join(str(e) for e in sorted(by_epoch))
-            raise SegkitError(f"{run_dir}: no checkpoint of epoch {epoch} (kept: {kept})")
-    return by_epoch[epoch], epoch
+@dataclass
+class Parts:
+    """What fit() builds for one stage and the epoch loop drives.
 
+    model: the network; ddp_model: the same wrapped for DDP (model itself when not distributed);
+    ema: the weight average (None when train.ema is off); early: early stopping (its state is
+    checkpointed); steps_per_epoch: optimizer steps of one epoch (scheduler length).
+    """
 
-def check_parent_compatible(parent: Path, config: Config) -> Config:
-    """The parent's config; one-line error when the child asks for other channels, classes or task."""
-    base = load_config(parent / "config.yaml")
-    for key, theirs, ours in (
-        ("task", base.task, config.task),
-        ("data.channels", base.data.channels, config.data.channels),
-        ("model.classes", base.model.classes, config.model.classes),
-        ("model.arch", base.model.arch, config.model.arch),
-        ("model.encoder", base.model.encoder, config.model.encoder),
-    ):
-        if theirs != ours:
-            raise SegkitError(f"{parent}: parent run has {key}={theirs!r} but this stage asks for {ours!r}; "
-                              "a finetune keeps the parent's model and inputs (start a new train run instead)")
-    return base
-
-
-def lineage(parent: Path, parent_epoch: int) -> list[dict]:
-    """The chain of stages up to this one's parent, oldest first: [{run, epoch, size}, ...]."""
-    info = read_run_info(parent)
-    size = load_config(parent / "config.yaml").data.size
-    return list(info.get("lineage") or []) + [{"run": str(parent), "epoch": int(parent_epoch), "size": size}]
+    model: torch.nn.Module
+    ddp_model: torch.nn.Module
+    ema: Optional[object]
+    dataset: object
+    loader: object
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: Optional[object]
+    loss_fn: object
+    early: object
+    steps_per_epoch: int
 
 
 def load_model_weights(model: torch.nn.Module, state: dict, where: Path) -> None:
@@ -74,10 +49,11 @@ def load_model_weights(model: torch.nn.Module, state: dict, where: Path) -> None
 
 # --- checkpoints ------------------------------------------------------------------------------
 
-def training_state(epoch: int, model, optimizer, scheduler, scaler, ema, early, best, record) -> dict:
+def training_state(parts: Parts, epoch: int, best, record) -> dict:
     """Everything exact resume needs. "model" holds the weights that were validated (the EMA's when
     train.ema is on: what infer and finetune use); "train_model" the raw weights the optimizer moves."""
-    raw = distributed.unwrap(model).state_dict()
+    optimizer, scheduler, scaler, ema, early = parts.optimizer, parts.scheduler, parts.scaler, parts.ema, parts.early
+    raw = distributed.unwrap(parts.model).state_dict()
     state = {
         "epoch": int(epoch),
         "model": ema.module.state_dict() if ema is not None else raw,
@@ -96,9 +72,10 @@ def training_state(epoch: int, model, optimizer, scheduler, scaler, ema, early, 
     return state
 
 
-def restore_training_state(state: dict, model, optimizer, scheduler, scaler, ema, early) -> int:
+def restore_training_state(state: dict, parts: Parts) -> int:
     """Load training_state() into freshly built objects; returns the checkpoint's epoch."""
-    distributed.unwrap(model).load_state_dict(state.get("train_model", state["model"]))
+    optimizer, scheduler, scaler, ema, early = parts.optimizer, parts.scheduler, parts.scaler, parts.ema, parts.early
+    distributed.unwrap(parts.model).load_state_dict(state.get("train_model", state["model"]))
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state.get("scaler"):
@@ -188,7 +165,3 @@ def numeric(record: dict) -> dict:
         elif value is not None:
             out[key] = value
     return out
-
-
-def parent_epoch_arg(value: Optional[str]) -> str:
-    return "best" if value in (None, "") else str(value)
