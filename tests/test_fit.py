@@ -150,7 +150,7 @@ def test_parent_checkpoint_choice(grandparent):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--epoch", "7"], "no checkpoint of epoch 7 (kept: 1, 2)"),
+    (["--epoch", "7"], "--epoch 7: no checkpoint for epoch 7; available epochs: 1, 2"),
     (["--epoch", "soon"], "--epoch 'soon': expected best, last or an epoch number"),
     (["--set", "model.classes=3"], "parent run has model.classes=1 but this stage asks for 3"),
     (["--set", "data.channels=[{band: 0}, {band: 0, window: [0, 100]}]"], "parent run has data.channels=None"),

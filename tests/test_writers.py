@@ -143,7 +143,7 @@ def _blob_mask(h, w):
 def test_rle_strip_writer_equals_full_mask_rle(tmp_path, order):
     masks = {"a": _blob_mask(37, 23), "b": np.zeros((5, 9), np.uint8)}
     out = tmp_path / "sub.csv"
-    with RleStripWriter(out, order=order) as writer:
+    with RleStripWriter(out) as writer:
         for image_id, mask in masks.items():
             encoder = RleStripEncoder(*mask.shape, order=order)
             for _, strip in _strips(mask, [7, 3, 11]):
