@@ -171,7 +171,10 @@ def test_ensemble_weights_in_prob_and_logit_space():
     np.testing.assert_allclose(probs, expected, atol=1e-6)
 
 
-def test_models_restored_to_their_mode_and_amp_runs():
+def test_models_restored_to_their_mode_and_amp_runs(monkeypatch):
+    import segkit.runs.device as device
+
+    monkeypatch.setattr(device, "cpu_bf16_is_fast", lambda: True)  # the bf16 path, whatever this CPU
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Conv2d(4, 1, 1))
     model.train()
     raster = ArrayRaster(image(30, 25))

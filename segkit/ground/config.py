@@ -79,7 +79,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.0  # cosine ends at min_lr_ratio * lr
     momentum: float = 0.9  # SGD momentum (Nesterov when > 0)
     loss: list = field(default_factory=lambda: [{"name": "dice", "weight": 1.0}, {"name": "soft_bce", "weight": 1.0}])
-    amp: bool = True  # bf16 autocast on CPU, fp16 + GradScaler on CUDA
+    amp: bool = True  # mixed precision where it helps: fp16 + GradScaler on CUDA, bf16 on CPUs with native bf16
     accumulate: int = 1  # gradient accumulation steps
     clip: Optional[float] = None  # gradient-norm clipping
     ema: Optional[float] = None  # EMA decay of weights (e.g. 0.999); null = off
