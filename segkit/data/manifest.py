@@ -22,6 +22,7 @@ import numpy as np
 
 from segkit.ground.errors import SegkitError
 from segkit.ground.geometry import Window
+from segkit.io._rlecsv import allow_long_fields
 from segkit.io.atomic import atomic_path
 
 COLUMNS = ("id", "image", "label", "class", "group", "region", "fold")
@@ -81,6 +82,7 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
     Paths are resolved against the CSV's folder and must exist.  Ids must be unique.
     """
     path = Path(path)
+    allow_long_fields()
     try:
         handle = open(path, newline="", encoding="utf-8-sig")
     except OSError as exc:

@@ -71,16 +71,19 @@ class RleStripWriter(StripOutput):
             out.write_row("img1", encoder.finish())
 
     The folder and an existing file are checked when the writer opens (before slow work).
+    ``header`` names the two columns (contests differ: ``id,rle``, ``id,predicted``,
+    ``ImageId,EncodedPixels``); ``empty`` is the cell of an image without foreground.
     """
 
-    def __init__(self, path, header=("id", "rle"), overwrite: bool = False):
+    def __init__(self, path, header=("id", "rle"), overwrite: bool = False, empty: str = ""):
+        self.empty = empty  # written for an image with no foreground: "" (default) or "-"
         self._atomic = AtomicFile(path, overwrite)
         self._fh = open(self._atomic.tmp, "w", newline="")
         self._csv = csv.writer(self._fh)
         self._csv.writerow(header)
 
     def write_row(self, image_id: str, rle: str) -> None:
-        self._csv.writerow([image_id, rle])
+        self._csv.writerow([image_id, rle or self.empty])
 
     def close(self) -> Path:
         self._fh.close()
