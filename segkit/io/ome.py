@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from segkit.io.writers import AtomicFile, StripOutput, TiffStripWriter
+from segkit.io.atomic import TEMP_SUFFIX, AtomicFile, temp_prefix
+from segkit.io.writers import StripOutput, TiffStripWriter
 
 __all__ = ["OmeTiffStripWriter", "is_ome_path"]
 
@@ -54,7 +55,9 @@ class OmeTiffStripWriter(StripOutput):
         self.tile, self.channels = int(tile), int(channels)
         self.channel_names = list(channel_names) if channel_names else None
         self.description = description
-        fd, scratch = tempfile.mkstemp(prefix=f".{Path(path).name}.", suffix=".levels.tif", dir=Path(path).parent)
+        # named like AtomicFile's temporary files, so a stale one is recognised the same way
+        fd, scratch = tempfile.mkstemp(prefix=temp_prefix(Path(path)), suffix=".levels" + TEMP_SUFFIX,
+                                       dir=Path(path).parent)
         os.close(fd)
         self._scratch = Path(scratch)
         try:
