@@ -1,8 +1,8 @@
 """Configuration: one dataclass per section, loaded from YAML plus ``--set`` overrides.
 
-Every key has a default here; ``configs/default.yaml`` documents them all. Unknown keys
-and values of the wrong type are one-line errors that name the key (and the nearest
-valid key), raised before any work starts.
+Every key has a default here; ``segkit/configs/default.yaml`` documents them all (``segkit
+config`` prints it). Unknown keys and values of the wrong type are one-line errors that name
+the key (and the nearest valid key), raised before any work starts.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import yaml
 from segkit.ground.errors import SegkitError
 
 TASKS = ("seg", "cls")
+# Recipes shipped in the wheel: `--config sample` is segkit/configs/sample.yaml.
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 @dataclass
@@ -192,17 +194,42 @@ def parse_override(text: str) -> dict:
     return nested
 
 
+def recipe_names() -> list[str]:
+    """The config recipes shipped inside the package (segkit/configs/NAME.yaml)."""
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def find_config(spec: str | Path) -> Path:
+    """A config file path, or the bare name of a shipped recipe (``sample``, ``default``, ...)."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    name = path.name[:-len(".yaml")] if path.name.endswith(".yaml") else path.name
+    if path.parent == Path(".") and name in recipe_names():
+        return RECIPES_DIR / f"{name}.yaml"
+    raise SegkitError(f"{spec}: no such config file or recipe (recipes: {', '.join(recipe_names())})")
+
+
+def read_config_file(spec: str | Path) -> dict:
+    """The YAML mapping of a config file or recipe (``find_config``), unchecked."""
+    path = find_config(spec)
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise SegkitError(f"{path}: cannot read config ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise SegkitError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+    if not isinstance(loaded, dict):
+        raise SegkitError(f"{path}: expected a mapping of sections (run:, data:, ...), got {type(loaded).__name__}")
+    return loaded
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (), base: Config | None = None) -> Config:
-    """Defaults (or ``base``) <- YAML file <- ``--set`` overrides, each checked against the dataclasses."""
+    """Defaults (or ``base``) <- YAML file or recipe name <- ``--set`` overrides, each checked."""
     config = base or Config()
     if path is not None:
-        path = Path(path)
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except OSError as exc:
-            raise SegkitError(f"{path}: cannot read config ({exc.strerror})") from None
-        except yaml.YAMLError as exc:
-            raise SegkitError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+        loaded = read_config_file(path)
+        path = find_config(path)
         try:
             config = _merge(config, loaded)
         except SegkitError as exc:
