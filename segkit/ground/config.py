@@ -207,7 +207,8 @@ def find_config(spec: str | Path) -> Path:
     name = path.name[:-len(".yaml")] if path.name.endswith(".yaml") else path.name
     if path.parent == Path(".") and name in recipe_names():
         return RECIPES_DIR / f"{name}.yaml"
-    raise SegkitError(f"{spec}: no such config file or recipe (recipes: {', '.join(recipe_names())})")
+    raise SegkitError(f"{spec}: cannot read config (no such file; recipes shipped with segkit: "
+                      f"{', '.join(recipe_names())})")
 
 
 def read_config_file(spec: str | Path) -> dict:
