@@ -16,6 +16,7 @@ from segkit.cli import cli
 from segkit.ground.config import Config, RECIPES_DIR, load_config, recipe_names, to_dict
 
 COMMANDS = ["train", "finetune", "infer", "stats", "preview", "config"]
+PROGRESS = {"SEGKIT_PROGRESS_SECONDS": "0"}  # a progress line at every update
 
 
 def run_cli(*args, expect=0, env=None):
@@ -47,12 +48,16 @@ def test_a_command_refuses_a_key_it_does_not_read(tmp_path, trained, command, ke
     assert list(tmp_path.iterdir()) == []
 
 
-def test_infer_takes_config_set_runs_dir_and_device(tmp_path, trained, project):
+def test_infer_takes_config_set_runs_dir_and_device_and_prints_progress_lines(tmp_path, trained, project):
     (tmp_path / "infer.yaml").write_text(yaml.safe_dump({"infer": {"tta": "none", "epochs": "last:1"}}))
     out = tmp_path / "sub.csv"
     result = run_cli("infer", "--config", tmp_path / "infer.yaml", "--set", "infer.threshold=0.4", "--runs-dir",
-                     project / "runs", "--device", "cpu", "-r", "stage1", "--rle", out, project / "img0.tif")
-    assert "tta none" in result.output and "[epoch_0002.pt]" in result.output and out.exists()
+                     project / "runs", "--device", "cpu", "-r", "stage1", "--rle", out, "--set", "run.progress=true",
+                     project / "img0.tif", env=PROGRESS)
+    assert "tta none" in result.stdout and "[epoch_0002.pt]" in result.stdout and out.exists()
+    # off a terminal: plain progress lines with a rate, no carriage returns
+    assert "\r" not in result.stderr
+    assert any(line.startswith("img0.tif: ") and "tiles/s" in line for line in result.stderr.splitlines())
 
 
 def test_finetune_takes_the_grammar_and_from_is_an_alias_of_run(tmp_path, trained, project):
@@ -61,10 +66,16 @@ def test_finetune_takes_the_grammar_and_from_is_an_alias_of_run(tmp_path, traine
     (tmp_path / "ft.yaml").write_text(yaml.safe_dump({"train": {"windows_per_epoch": 4}}))
     runs = tmp_path / "runs"
     result = run_cli("finetune", "--run", trained, "--size", 48, "--epochs", 1, "--config", tmp_path / "ft.yaml",
-                     "--set", "train.batch_size=2", "--runs-dir", runs, "--device", "cpu", "--name", "ft")
+                     "--set", "train.batch_size=2", "--runs-dir", runs, "--device", "cpu", "--name", "ft",
+                     "--set", "run.progress=true", env=PROGRESS)
     config = load_config(runs / "ft" / "config.yaml")
     assert (config.data.size, config.train.windows_per_epoch, config.train.batch_size) == (48, 4, 2)
     assert config.run.runs_dir == str(runs) and config.run.device == "cpu" and config.data.fov_px == 48
+    # off a terminal, training and validation print plain progress lines (rate, ETA)
+    lines = result.stderr.splitlines()
+    assert "\r" not in result.stderr
+    assert any(line.startswith("epoch 1/1: 1/2 batches (50%), ") and "ETA" in line for line in lines), lines
+    assert any(line.startswith("validate img1: ") and " tiles/s" in line for line in lines), lines
 
 
 def test_stats_takes_the_grammar_and_a_fold(tmp_path, project):
@@ -122,19 +133,6 @@ def test_config_prints_commented_defaults_a_run_or_a_resolved_file(trained, proj
 def test_python_m_segkit():
     done = subprocess.run([sys.executable, "-m", "segkit", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "Commands:" in done.stdout and "config" in done.stdout
-
-
-def test_progress_lines_off_a_terminal(tmp_path, project):
-    env = {"SEGKIT_PROGRESS_SECONDS": "0"}
-    result = run_cli("train", "--config", project / "tiny.yaml", "--set", "run.progress=true", "--set",
-                     "train.epochs=1", "--runs-dir", tmp_path / "runs", "--name", "p", env=env)
-    lines = result.stderr.splitlines()
-    assert "\r" not in result.stderr
-    assert any(line.startswith("epoch 1/1: 1/2 batches (50%), ") and "ETA" in line for line in lines), lines
-    assert any(line.startswith("validate img1: ") and " tiles/s" in line for line in lines), lines
-    result = run_cli("infer", "-r", tmp_path / "runs" / "p", "--set", "run.progress=true", "--tta", "none",
-                     "--rle", tmp_path / "sub.csv", project / "img0.tif", env=env)
-    assert any(line.startswith("img0.tif: ") and "tiles/s" in line for line in result.stderr.splitlines())
 
 
 def test_narrow_uint16_gets_a_percentile_window_by_default(tmp_path):
