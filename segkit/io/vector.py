@@ -232,8 +232,12 @@ class PolygonStripWriter(StripOutput):
         self._assembler = PolygonAssembler(height, width, background_channel=background_channel)
         self._with_probs: bool | None = None
         self._atomic = AtomicFile(path, overwrite)
-        self._fh = open(self._atomic.tmp, "w")
-        self._fh.write(json.dumps(self.frame.header())[:-1] + ', "features": [\n')
+        try:  # a Ctrl-C while the writer opens (before any `with` can clean up) must not leave the temp file
+            self._fh = open(self._atomic.tmp, "w")
+            self._fh.write(json.dumps(self.frame.header())[:-1] + ', "features": [\n')
+        except BaseException:
+            self._atomic.discard()
+            raise
         self.count = 0
 
     def _emit(self, found: list[tuple]) -> None:

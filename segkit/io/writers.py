@@ -78,9 +78,13 @@ class RleStripWriter(StripOutput):
     def __init__(self, path, header=("id", "rle"), overwrite: bool = False, empty: str = ""):
         self.empty = empty  # written for an image with no foreground: "" (default) or "-"
         self._atomic = AtomicFile(path, overwrite)
-        self._fh = open(self._atomic.tmp, "w", newline="")
-        self._csv = csv.writer(self._fh)
-        self._csv.writerow(header)
+        try:  # a Ctrl-C while the writer opens (before any `with` can clean up) must not leave the temp file
+            self._fh = open(self._atomic.tmp, "w", newline="")
+            self._csv = csv.writer(self._fh)
+            self._csv.writerow(header)
+        except BaseException:
+            self._atomic.discard()
+            raise
 
     def write_row(self, image_id: str, rle: str) -> None:
         self._csv.writerow([image_id, rle or self.empty])
