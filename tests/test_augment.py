@@ -14,7 +14,7 @@ from segkit.data.augment import augment_to_dict, create_augment, load_pipeline
 from segkit.data.copypaste import ObjectBank
 from segkit.ground.errors import SegkitError
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "segkit" / "configs"
 RECIPES = ["augment_baseline.yaml", "augment_heavy_noise.yaml"]
 
 

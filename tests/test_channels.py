@@ -7,6 +7,7 @@ import pytest
 
 from segkit.data.channels import (
     CT_PRESETS,
+    DEFAULT_PERCENTILES,
     ChannelSpec,
     channel_specs_from_dicts,
     channel_specs_to_dicts,
@@ -97,18 +98,35 @@ def test_percentiles_ignore_nan_in_float_images():
     "dtype, values, expected",
     [
         (np.uint8, [0, 51, 255], [0, 0.2, 1]),
-        (np.uint16, [0, 13107, 65535], [0, 0.2, 1]),
-        (np.int16, [-32768, 0, 32767], [0, 32768 / 65535, 1]),
+        (np.bool_, [False, True, True], [0, 1, 1]),
         (np.float32, [-0.5, 0.25, 1.5], [0, 0.25, 1]),
     ],
 )
-def test_default_is_one_channel_per_band_over_the_dtype_range(dtype, values, expected):
+def test_default_of_8_bit_and_float_is_the_dtype_range(dtype, values, expected):
     raw = np.stack([np.array([values], dtype=dtype)] * 2, axis=-1)
     specs = parse_channels(None, bands=2, dtype=dtype)
     assert [s.band for s in specs] == [0, 1]
     out = stack_channels(raw, specs)
     assert out.shape == (1, 3, 2)
     np.testing.assert_allclose(out[0, :, 1], expected, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.int32, np.uint32])
+def test_default_of_wider_integers_is_a_percentile_window_of_the_thumbnail(dtype):
+    # an aerial-like uint16 band filling ~2% of its dtype range: 1000..2300
+    rng = np.random.default_rng(0)
+    thumb = rng.integers(1000, 2300, size=(64, 64, 2)).astype(dtype)
+    specs = parse_channels(None, bands=2, dtype=dtype)
+    assert [s.percentiles for s in specs] == [DEFAULT_PERCENTILES] * 2 and not specs[0].resolved
+    assert parse_channels([{"band": 1}], bands=2, dtype=dtype)[0].percentiles == DEFAULT_PERCENTILES
+    resolved = resolve_channels(specs, thumb)
+    low, high = np.percentile(thumb[..., 0], DEFAULT_PERCENTILES)
+    assert (resolved[0].low, resolved[0].high) == (low, high)
+    out = stack_channels(thumb, resolved)
+    assert out.min() == 0 and out.max() == 1 and 0.4 < out.mean() < 0.6   # not a nearly black image
+    saved = channel_specs_to_dicts(resolved)                                # recorded in the run like any spec
+    assert saved[0] == {"band": 0, "percentiles": list(DEFAULT_PERCENTILES), "resolved": [low, high]}
+    assert channel_specs_from_dicts(json.loads(json.dumps(saved))) == resolved
 
 
 @pytest.mark.parametrize(

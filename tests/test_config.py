@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_default_yaml_lists_every_key_with_its_default():
-    assert yaml.safe_load((ROOT / "configs" / "default.yaml").read_text()) == to_dict(Config())
+    assert yaml.safe_load((ROOT / "segkit" / "configs" / "default.yaml").read_text()) == to_dict(Config())
 
 
 def test_yaml_then_overrides(tmp_path):

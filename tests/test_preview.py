@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from segkit.ground.errors import SegkitError
-from segkit.report.preview import PALETTE, preview_grid, write_preview
+from segkit.io.classes import PALETTE
+from segkit.report.preview import preview_grid, write_preview
 
 
 def sample(h, w, c, value=0.5):

@@ -10,7 +10,9 @@ from scipy import ndimage
 from shapely.geometry import Point, shape
 
 from segkit.ground.errors import SegkitError
-from segkit.io.vector import PolygonStripWriter, geojson_crs, mask_to_polygons
+from segkit.io.geojson import geojson_crs
+from segkit.io.vector import PolygonStripWriter, mask_to_polygons
+from qupath_import import read_qupath_objects
 
 
 def _objects(mask):
@@ -165,3 +167,68 @@ def test_geojson_writer_atomic_and_refuses_existing(tmp_path):
 
 def test_geojson_crs_from_wkt_like_input():
     assert geojson_crs(4326)["properties"]["name"] == "urn:ogc:def:crs:EPSG::4326"
+
+
+def _binary_with_probs():
+    m = np.zeros((12, 9), np.uint8)
+    m[1:10, 1:3] = 1                 # crosses the seams
+    m[4:6, 5:8] = 1
+    probs = np.where(m[None] > 0, 0.8, 0.1).astype(np.float32)
+    return m, probs
+
+
+@pytest.mark.parametrize("object_type", ["annotation", "detection"])
+def test_features_import_into_qupath(tmp_path, object_type):
+    m, probs = _binary_with_probs()
+    out = tmp_path / "q.geojson"
+    with PolygonStripWriter(out, *m.shape, object_type=object_type, class_names=["background", "nucleus"]) as w:
+        for row0, s in row_strips(m, [5]):
+            w.write(s, probs[:, row0:row0 + s.shape[0]])
+    objects = read_qupath_objects(out)
+    assert len(objects) == 2 and {o["type"] for o in objects} == {object_type}
+    assert {o["class_name"] for o in objects} == {"nucleus"}
+    assert {o["color"] & 0xFFFFFF for o in objects} == {(255 << 16) | (64 << 8) | 64}
+    areas = sorted(o["measurements"]["Area px^2"] for o in objects)
+    assert areas == [6.0, 18.0] == sorted(shape(o["geometry"]).area for o in objects)
+    assert all(o["measurements"]["Mean probability"] == pytest.approx(0.8) for o in objects)
+    doc = json.loads(out.read_text())   # segkit's own properties are kept for GIS users
+    assert {f["properties"]["class"] for f in doc["features"]} == {1}
+    assert all(f["properties"]["mean_prob"] == pytest.approx(0.8) for f in doc["features"])
+
+
+def test_georeferenced_raster_in_pixel_frame_has_map_area(tmp_path):
+    m, _ = _binary_with_probs()
+    transform = from_origin(500000, 4000000, 0.5, 0.5)
+    doc = _strip_features(tmp_path, m, [4], transform=transform, crs="EPSG:32633", geojson_crs="pixel")
+    assert "crs" not in doc
+    bounds = sorted(shape(f["geometry"]).bounds for f in doc["features"])
+    assert bounds == [(1.0, 1.0, 3.0, 10.0), (5.0, 4.0, 8.0, 6.0)]   # pixel corners, origin top left
+    (small,) = [o for o in read_qupath_objects(tmp_path / "p.geojson") if o["measurements"]["Area px^2"] == 6]
+    assert small["measurements"]["Area m^2"] == 1.5 and "Mean probability" not in small["measurements"]
+
+
+def test_wgs84_file_round_trips_to_the_raster_crs_within_a_pixel(tmp_path):
+    from rasterio.warp import transform as reproject
+
+    m, _ = _binary_with_probs()
+    transform = from_origin(500000, 4000000, 10, 10)
+    ref = _strip_features(tmp_path, m, [5], transform=transform, crs="EPSG:32633", name="utm.geojson")
+    doc = _strip_features(tmp_path, m, [5], transform=transform, crs="EPSG:32633", geojson_crs="wgs84")
+    assert "crs" not in doc                               # RFC 7946: WGS 84 implied
+    assert len(doc["features"]) == len(ref["features"]) == 2
+    for f, r in zip(doc["features"], ref["features"]):
+        ring = np.asarray(f["geometry"]["coordinates"][0])
+        assert np.all(np.abs(ring[:, 0] - 15) < 0.01) and np.all(np.abs(ring[:, 1] - 36.1) < 0.1)  # lon, lat
+        assert all(round(v, 7) == v for v in ring.ravel().tolist())      # 7 decimals
+        assert shape(f["geometry"]).exterior.is_ccw
+        x, y = reproject("EPSG:4326", "EPSG:32633", ring[:, 0], ring[:, 1])
+        back, expected = np.column_stack([x, y]), np.asarray(r["geometry"]["coordinates"][0])
+        assert np.abs(back - expected).max() < 0.05 * 10                     # within 1/20 of a 10 m pixel
+
+
+def test_wgs84_needs_a_georeferenced_raster(tmp_path):
+    with pytest.raises(SegkitError, match="wgs84 needs a georeferenced image"):
+        PolygonStripWriter(tmp_path / "w.geojson", 4, 4, geojson_crs="wgs84")
+    with pytest.raises(SegkitError, match="expected one of raster, pixel, wgs84"):
+        PolygonStripWriter(tmp_path / "w.geojson", 4, 4, geojson_crs="utm")
+    assert list(tmp_path.iterdir()) == []

@@ -6,7 +6,7 @@ Only augmentation is timed (windows are cut beforehand), single-threaded OpenCV 
 worker; the two settings alternate over 3 rounds and each keeps its best round. Goal: copy-paste keeps at least half the throughput (ratio >= 0.5).
 
     python tools/bench_augment.py                     # baseline recipe, sizes 256 and 512
-    python tools/bench_augment.py --recipe configs/augment_heavy_noise.yaml --windows 100
+    python tools/bench_augment.py --recipe segkit/configs/augment_heavy_noise.yaml --windows 100
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def rates(augs, pool, n: int, rounds: int = 3) -> list[float]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", type=Path, default=ROOT / "configs" / "augment_baseline.yaml",
+    parser.add_argument("--recipe", type=Path, default=ROOT / "segkit" / "configs" / "augment_baseline.yaml",
                         help="YAML with an albumentations pipeline under `augment:`")
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help="window sides (pixels)")
     parser.add_argument("--windows", type=int, default=300, help="windows timed per setting (3 rounds, best kept)")

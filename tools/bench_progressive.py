@@ -1,6 +1,6 @@
 """Progressive training vs direct training at full resolution: wall time to a validation Dice.
 
-On the bundled nuclei sample (configs/sample.yaml: field of view 256 px) this runs, through the
+On the bundled nuclei sample (segkit/configs/sample.yaml, `--config sample`: field of view 256 px) this runs, through the
 real CLI in subprocesses, one after the other in one invocation:
 
   direct:       segkit train --size 256                     (full resolution from the start)
@@ -58,7 +58,7 @@ def time_to(records: list[dict], target: float, offset: float = 0.0, key: str = 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(ROOT / "configs" / "sample.yaml"))
+    parser.add_argument("--config", default="sample")
     parser.add_argument("--target", type=float, default=0.90, help="Validation Dice to reach.")
     parser.add_argument("--windows", type=int, default=64, help="Windows per epoch (every stage).")
     parser.add_argument("--direct-epochs", type=int, default=6, help="Epochs of the direct 256 run.")

@@ -1,19 +1,21 @@
 """The `segkit` command: thin flags -> Config -> one library call per command.
 
-One module per command family (train.py: train, finetune; infer.py; data.py: stats, preview);
-each defines plain click commands that are registered on the group here. Library imports happen
-inside the commands, so `segkit --help` stays fast.
+One module per command family (train.py: train, finetune; infer.py; data.py: stats, preview;
+config.py); each defines plain click commands that are registered on the group here and
+applies the shared grammar of options.py (--config, --set, --runs-dir, --device, --run).
+Library imports happen inside the commands, so `segkit --help` stays fast.
 """
 
 from __future__ import annotations
 
 import click
 
-from segkit.ground import __version__
+from segkit.cli.config import config_command
 from segkit.cli.data import preview, stats
 from segkit.cli.infer import infer
 from segkit.cli.options import SegkitGroup
 from segkit.cli.train import finetune, train
+from segkit.ground import __version__
 
 
 @click.group(cls=SegkitGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -27,10 +29,12 @@ def cli():
       segkit finetune --size 512   same field of view at full resolution, from the 256 run
       segkit infer --rle sub.csv   overlapping tiles, blended, TTA + checkpoint ensemble
     Each run lives in runs/NAME/ (config.yaml, metrics.jsonl, checkpoints/, plots/).
+    Every command takes --config FILE|RECIPE (e.g. --config sample), --set KEY=VALUE,
+    --runs-dir and --device; `segkit config` prints every key with its default.
     """
 
 
-for command in (train, finetune, infer, stats, preview):
+for command in (train, finetune, infer, stats, preview, config_command):
     cli.add_command(command)
 
 

@@ -6,30 +6,39 @@ import dataclasses
 
 import click
 
-from segkit.cli.options import build_config, config_options
+from segkit.cli.options import command_config, common_options, task_option
 from segkit.ground.errors import SegkitError
+
+READS = ("task", "run", "data")  # what stats and preview read; model/train/infer keys are refused
+FOLD_HELP = "Validation fold K: the windows come from the other folds, as `train --fold K` draws them."
 
 
 @click.command()
-@config_options
+@common_options
+@task_option
 @click.option("--size", type=int, default=None, help="Network size of the windows sampled.")
+@click.option("--fold", "val_fold", type=int, default=None, help=FOLD_HELP)
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the statistics as JSON (atomically).")
-def stats(config_path, overrides, task, size, out_path):
+def stats(config_path, overrides, runs_dir, device, task, size, val_fold, out_path):
     """Per-channel mean/std of training windows after channel stacking.
 
-    Samples data.stats_windows random training windows, stacks the channels of data.channels and
-    prints mean and std per channel. `train` computes the same automatically at the start of a
-    run and stores them in runs/NAME/preprocess.json, which `infer` reuses.
+    Samples data.stats_windows random training windows, stacks the channels of data.channels
+    (integer images wider than 8 bits: their 1-99th percentile window by default) and prints
+    mean and std per channel. `train` computes the same automatically at the start of a run and
+    stores them in RUN/preprocess.json, which `infer` reuses.
     """
     from segkit.data.stats import save_stats
     from segkit.train.from_config import preprocess_for, training_data
 
-    config = build_config(config_path, overrides, task, **{"data.size": size, "data.normalize": True})
+    config = command_config("stats", READS, config_path, overrides, runs_dir=runs_dir, device=device, task=task,
+                            **{"data.size": size, "data.val_fold": val_fold, "data.normalize": True})
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, mean=None, std=None))
     preprocess = preprocess_for(config, training_data(config))
     for index, (spec, mean, std) in enumerate(zip(preprocess.channels, preprocess.mean, preprocess.std)):
-        click.echo(f"channel {index} (band {spec.band}): mean {mean:.6f}  std {std:.6f}")
+        window = f", window {spec.low:g}..{spec.high:g}" + (f" (percentiles {spec.percentiles[0]:g}-"
+                                                             f"{spec.percentiles[1]:g})" if spec.percentiles else "")
+        click.echo(f"channel {index} (band {spec.band}{window}): mean {mean:.6f}  std {std:.6f}")
     mean = ", ".join(f"{m:.6g}" for m in preprocess.mean)
     std = ", ".join(f"{s:.6g}" for s in preprocess.std)
     click.echo(f"to reuse: --set 'data.mean=[{mean}]' --set 'data.std=[{std}]'")
@@ -39,12 +48,14 @@ def stats(config_path, overrides, task, size, out_path):
 
 
 @click.command()
-@config_options
+@common_options
+@task_option
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True, help="PNG file to write.")
 @click.option("--count", type=int, default=16, show_default=True, help="Windows in the grid.")
 @click.option("--columns", type=int, default=4, show_default=True, help="Windows per row of the grid.")
 @click.option("--size", type=int, default=None, help="Network size of the windows (default: data.size).")
-def preview(config_path, overrides, task, out_path, count, columns, size):
+@click.option("--fold", "val_fold", type=int, default=None, help=FOLD_HELP)
+def preview(config_path, overrides, runs_dir, device, task, out_path, count, columns, size, val_fold):
     """Write a PNG grid of training windows as the network sees them.
 
     Windows are drawn by the training sampler, stacked into channels (data.channels) and
@@ -56,6 +67,7 @@ def preview(config_path, overrides, task, out_path, count, columns, size):
 
     if count < 1:
         raise SegkitError(f"--count must be >= 1, got {count}")
-    config = build_config(config_path, overrides, task, **{"data.size": size})
+    config = command_config("preview", READS, config_path, overrides, runs_dir=runs_dir, device=device, task=task,
+                            **{"data.size": size, "data.val_fold": val_fold})
     path = write_preview(preview_samples(config, count), out_path, columns=columns)
     click.echo(f"wrote {path}")

@@ -6,15 +6,19 @@ from pathlib import Path
 
 import click
 
+from segkit.cli.options import command_config, common_options, run_option, runs_folder
 from segkit.ground.config import load_config
+
+# What infer reads of a config: its own section, the run section, where the images and class
+# names come from, and AMP; the rest belongs to the trained run and cannot change here.
+READS = ("infer", "run", "data.manifest", "data.class_names", "train.amp")
 
 
 @click.command()
 @click.argument("images", nargs=-1, type=click.Path(dir_okay=False))
-@click.option("--run", "-r", "runs", multiple=True, metavar="RUN",
-              help="Run(s) to predict with (repeatable: several runs are averaged). Default: the newest run. "
-                   "Under torchrun spell it -r: torchrun's own parser rejects --run as ambiguous.")
-@click.option("--runs-dir", default="runs", show_default=True, help="Where runs live.")
+@common_options
+@run_option(multiple=True, help="Run(s) to predict with (repeatable: several runs are averaged). Default: the "
+                                "newest run. Under torchrun spell it -r: torchrun's parser rejects --run.")
 @click.option("--epochs", default=None,
               help="Checkpoints averaged per run: last:K, best, all or a list like 8,9,10. Default: infer.epochs (last:3).")
 @click.option("--soup", is_flag=True, help="Average the checkpoints' weights into one model instead of their predictions.")
@@ -22,12 +26,31 @@ from segkit.ground.config import load_config
               help="Test-time augmentation: none, hflip (original 0.6 + hflip 0.4), flips, d4, or view:weight,... "
                    "Default: infer.tta (hflip).")
 @click.option("--rle", "rle_path", type=click.Path(dir_okay=False), default=None,
-              help="Write a Kaggle CSV `id,rle`: 'start length' pairs, column-major (top to bottom, then left to "
-                   "right), 1-indexed, as in HuBMAP. infer.rle_order=C switches to row-major.")
-@click.option("--polygons", default=None, help="Write GeoJSON polygons (CRS coordinates when the image has one). "
-                                                 "With several images, put {id} in the path.")
-@click.option("--mask", default=None, help="Write a tiled, compressed class-id mask TIFF ({id} for several images).")
-@click.option("--probs", default=None, help="Write probabilities as a tiled uint8 TIFF (0..255; {id} for several images).")
+              help="Write a Kaggle CSV: 'start length' pairs, column-major (top to bottom, then left to right), "
+                   "1-indexed, as in HuBMAP (infer.rle_order=C: row-major).")
+@click.option("--rle-header", default=None, metavar="ID,RLE",
+              help="Column names of the --rle CSV, e.g. ImageId,EncodedPixels or id,predicted. Default: id,rle.")
+@click.option("--rle-empty", type=click.Choice(["", "-"]), default=None,
+              help="RLE cell of an image without foreground: '' (empty, the default) or '-'.")
+@click.option("--polygons", default=None,
+              help="Write GeoJSON polygons with QuPath's objectType, classification and measurements "
+                   "({id} in the path for several images).")
+@click.option("--geojson-crs", type=click.Choice(["raster", "pixel", "wgs84"]), default=None,
+              help="--polygons coordinates: raster (the image's CRS with a crs member; pixels without one), "
+                   "pixel (always pixels, origin top left: QuPath), wgs84 (RFC 7946 longitude/latitude). "
+                   "Default: infer.geojson_crs (raster).")
+@click.option("--object-type", type=click.Choice(["annotation", "detection"]), default=None,
+              help="QuPath objectType of the polygons (detection for nuclei and cells). Default: annotation.")
+@click.option("--simplify", type=float, default=None, metavar="PX",
+              help="Simplify polygons with this tolerance in pixels (topology kept). Default: infer.simplify (0).")
+@click.option("--min-polygon-area", type=int, default=None, metavar="PX",
+              help="Do not write polygons of fewer pixels. Default: infer.min_polygon_area (0).")
+@click.option("--mask", default=None,
+              help="Write class ids as a tiled TIFF with overviews and a colour table; a *.ome.tif path writes "
+                   "a pyramidal OME-TIFF ({id} for several images).")
+@click.option("--probs", default=None,
+              help="Write probabilities as a tiled uint8 TIFF (0..255, scale 1/255 in the metadata; "
+                   "*.ome.tif: OME-TIFF; {id} for several images).")
 @click.option("--crf", is_flag=True, help="Dense-CRF post-processing (needs the crf extra: pip install 'segkit[crf]').")
 @click.option("--threshold", type=float, default=None, help="Probability threshold. Default: infer.threshold (0.5).")
 @click.option("--overlap", "overlap_px", type=int, default=None, help="Tile overlap in source pixels. Default: infer.overlap_px.")
@@ -37,49 +60,41 @@ from segkit.ground.config import load_config
 @click.option("--skip-background", is_flag=True, default=None,
               help="Do not run tiles that are background on the thumbnail (output 0 there); method: infer.tissue.")
 @click.option("--batch-size", type=int, default=None, help="Tiles per forward pass.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override infer.* keys of the run's config.")
-def infer(images, runs, runs_dir, epochs, soup, tta, rle_path, polygons, mask, probs, crf, threshold, overlap_px,
-          margin_px, skip_background, batch_size, device, overwrite, overrides):
+def infer(images, config_path, overrides, runs_dir, device, run, epochs, soup, tta, rle_path, rle_header, rle_empty,
+          polygons, geojson_crs, object_type, simplify, min_polygon_area, mask, probs, crf, threshold, overlap_px,
+          margin_px, skip_background, batch_size, overwrite):
     """Predict large images tile by tile and write RLE, polygons or TIFFs.
 
     Tiles overlap and are blended with gaussian weights in row strips, so memory stays at about
     one strip whatever the image size. Without IMAGES, the run's manifest images are predicted.
-    Under `torchrun --nproc_per_node=N -m segkit.cli infer ...` the images are split across ranks.
+    --config and --set apply on top of the run's config (infer.*, run.*, data.manifest,
+    data.class_names, train.amp). Under `torchrun --nproc_per_node=N -m segkit.cli infer ...`
+    the images are split across ranks.
     """
-    from segkit.infer.run import (
-        Outputs,
-        Settings,
-        image_list,
-        infer_images,
-        load_ensemble,
-        tissue_method,
-    )
+    from segkit.infer.run import Outputs, image_list, infer_images, infer_settings, load_ensemble
     from segkit.runs import distributed
     from segkit.runs.device import pick_device
     from segkit.runs.rundir import resolve_run
 
-    run_dirs = [resolve_run(spec, Path(runs_dir)) for spec in runs] or [resolve_run(None, Path(runs_dir))]
-    base = load_config(run_dirs[0] / "config.yaml")
-    shortcuts = {"infer.epochs": epochs, "infer.tta": tta, "infer.threshold": threshold,
-                 "infer.overlap_px": overlap_px, "infer.batch_size": batch_size, "infer.margin_px": margin_px,
-                 "infer.skip_background": True if skip_background else None}
-    config = load_config(None, list(overrides) + [f"{k}={v}" for k, v in shortcuts.items() if v is not None], base=base)
-    settings = Settings(
-        overlap_px=config.infer.overlap_px, blend=config.infer.blend, tta=config.infer.tta,
-        threshold=config.infer.threshold, batch_size=config.infer.batch_size, amp=config.train.amp,
-        rle_order=config.infer.rle_order, min_object_px=config.infer.min_object_px,
-        fill_holes=config.infer.fill_holes, crf=(config.infer.crf or {}) if crf else None, progress=config.run.progress,
-        margin_px=config.infer.margin_px, tissue=tissue_method(config),
-    )
+    folder = runs_folder(config_path, overrides, runs_dir)
+    run_dirs = [resolve_run(spec, folder) for spec in run] or [resolve_run(None, folder)]
+    config = command_config("infer", READS, config_path, overrides, runs_dir=runs_dir, device=device,
+                            base=load_config(run_dirs[0] / "config.yaml"), **{
+                                "infer.epochs": epochs, "infer.tta": tta, "infer.threshold": threshold,
+                                "infer.overlap_px": overlap_px, "infer.batch_size": batch_size,
+                                "infer.margin_px": margin_px, "infer.skip_background": True if skip_background else None,
+                                "infer.rle_header": rle_header, "infer.rle_empty": _quoted(rle_empty),
+                                "infer.geojson_crs": geojson_crs, "infer.object_type": object_type,
+                                "infer.simplify": simplify, "infer.min_polygon_area": min_polygon_area})
+    settings = infer_settings(config, crf=crf)
     if not images:
         from segkit.data.split import load_rows
 
         images = sorted({str(row.image) for row in load_rows(config.data.manifest)})
-    dist_info = distributed.setup(device)  # a no-op outside torchrun
+    dist_info = distributed.setup(config.run.device)  # a no-op outside torchrun
     try:
-        device_obj = dist_info.device if dist_info.world_size > 1 else pick_device(device)
+        device_obj = dist_info.device if dist_info.world_size > 1 else pick_device(config.run.device)
         ensemble = load_ensemble(run_dirs, config.infer.epochs, device_obj, soup=soup)
         outputs = Outputs(Path(rle_path) if rle_path else None, polygons, mask, probs, overwrite)
         written = infer_images(ensemble, image_list([Path(p) for p in images]), outputs, settings, device_obj)
@@ -91,3 +106,8 @@ def infer(images, runs, runs_dir, epochs, soup, tta, rle_path, polygons, mask, p
                    f"tta {settings.tta}" + (f", {dist_info.world_size} ranks" if dist_info.world_size > 1 else ""))
         for path in written:
             click.echo(f"wrote {path}")
+
+
+def _quoted(value):
+    """A flag value passed through --set parsing as a YAML string ('' and '-' stay strings)."""
+    return None if value is None else repr(value)

@@ -13,9 +13,13 @@ form, an optional ``gamma`` (> 0, applied after scaling) and an optional free-te
     percentiles: [p_lo, p_hi]    (of the image's band, computed once on a thumbnail)
     preset: lung                 (named CT window, see CT_PRESETS)
 
-No window -> the band's dtype range (see ``dtype_range``). ``spec=None`` -> one channel per band
-with the dtype range: uint8 [0, 255], uint16 [0, 65535], int16 [-32768, 32767] (any integer type:
-its full range), bool [0, 1], float: assumed already in [0, 1] (values outside are clipped).
+No window -> the default window of the band's dtype (``default_window``): integers wider than
+8 bits (uint16, int16, int32, ...) get the ``DEFAULT_PERCENTILES`` window of the image (on its
+thumbnail, like an explicit ``percentiles``), because such data rarely fills its dtype: an 11-bit
+satellite band or a 12-bit camera scaled by 0..65535 is nearly black. uint8 keeps [0, 255], bool
+[0, 1], float is assumed already in [0, 1] (values outside are clipped). ``spec=None`` -> one
+channel per band with that default. The resolved low/high are saved with the run, so ``infer``
+applies the same window to every image.
 """
 
 from __future__ import annotations
@@ -40,6 +44,10 @@ CT_PRESETS: dict[str, tuple[float, float]] = {
     "stroke": (40, 40),
     "temporal_bone": (2800, 600),
 }
+
+# Default window of integer images wider than 8 bits: the 1st-99th percentile (cellpose's
+# normalize99; robust to a few hot pixels and to a black border).
+DEFAULT_PERCENTILES = (1.0, 99.0)
 
 _KEYS = ("band", "window", "low", "high", "center", "width", "percentiles", "preset", "gamma", "name")
 
@@ -74,6 +82,16 @@ def dtype_range(dtype) -> tuple[float, float]:
     if dtype.kind in "bf":
         return 0.0, 1.0
     raise SegkitError(f"channels: unsupported image dtype {dtype}")
+
+
+def default_window(dtype) -> dict:
+    """The window of a channel that names none: ``{"percentiles": DEFAULT_PERCENTILES}`` for
+    integers wider than 8 bits, else ``{"low": .., "high": ..}`` = ``dtype_range(dtype)``."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "ui" and dtype.itemsize > 1:
+        return {"percentiles": DEFAULT_PERCENTILES}
+    low, high = dtype_range(dtype)
+    return {"low": low, "high": high}
 
 
 def _pair(value, what: str, where: str) -> tuple[float, float]:
@@ -140,7 +158,8 @@ def _parse_one(item: dict, index: int, bands: int, dtype) -> ChannelSpec:
         width, level = CT_PRESETS[preset]
         low, high = level - width / 2, level + width / 2
     else:
-        low, high = dtype_range(dtype)
+        default = default_window(dtype)
+        low, high, percentiles = default.get("low"), default.get("high"), default.get("percentiles")
     if low is not None and high <= low:
         raise SegkitError(f"{where}: high ({high:g}) <= low ({low:g})")
     gamma = _number(item.get("gamma", 1.0), "gamma", where)
@@ -151,10 +170,9 @@ def _parse_one(item: dict, index: int, bands: int, dtype) -> ChannelSpec:
 
 
 def parse_channels(spec: list[dict] | None, *, bands: int, dtype) -> list[ChannelSpec]:
-    """Validate a channel list from the config; None -> one channel per band over its dtype range."""
+    """Validate a channel list from the config; None -> one channel per band with its default window."""
     if spec is None:
-        low, high = dtype_range(dtype)
-        return [ChannelSpec(band=b, low=low, high=high) for b in range(bands)]
+        return [_parse_one({"band": b}, b, bands, dtype) for b in range(bands)]
     if not isinstance(spec, (list, tuple)) or not spec:
         raise SegkitError(f"channels: expected a non-empty list of channel mappings, got {spec!r}")
     return [_parse_one(item, i, bands, dtype) for i, item in enumerate(spec)]

@@ -15,13 +15,15 @@ from __future__ import annotations
 import csv
 import difflib
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from segkit.ground.errors import SegkitError
 from segkit.ground.geometry import Window
+from segkit.io._rlecsv import allow_long_fields
 from segkit.io.atomic import atomic_path
 
 COLUMNS = ("id", "image", "label", "class", "group", "region", "fold")
@@ -81,6 +83,7 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
     Paths are resolved against the CSV's folder and must exist.  Ids must be unique.
     """
     path = Path(path)
+    allow_long_fields()
     try:
         handle = open(path, newline="", encoding="utf-8-sig")
     except OSError as exc:
@@ -194,6 +197,29 @@ def manifest_from_folder(folder: str | Path) -> list[ManifestRow]:
         ManifestRow(id=stem, image=image, label=str(masks[stem]) if stem in masks else None)
         for stem, image in by_stem.items()
     ]
+
+
+def apply_group_pattern(rows: list[ManifestRow], pattern: str | None) -> list[ManifestRow]:
+    """Rows without a group take it from their image file's stem through ``pattern`` (data.group_pattern).
+
+    ``pattern`` is a regular expression searched in the stem; the group is its first capture
+    group, or the whole match when it has none: ``'^(.+)_slice\\d+$'`` puts ``scan7_slice012.tif``
+    in group ``scan7``, so every slice of a scan lands in one fold. A stem that does not match is
+    an error naming the file (a silent fallback would let a scan span two folds).
+    """
+    if not pattern:
+        return rows
+    regex = re.compile(pattern)
+    out = []
+    for row in rows:
+        if row.group is None:
+            stem = _stem(row.image)
+            match = regex.search(stem)
+            if match is None:
+                raise SegkitError(f"{row.image}: file name {stem!r} does not match data.group_pattern {pattern!r}")
+            row = replace(row, group=match.group(1) if regex.groups else match.group(0))
+        out.append(row)
+    return out
 
 
 # ---------------------------------------------------------------- writing

@@ -22,6 +22,7 @@ from segkit.data.dataset import LabelOptions, SourcePair
 from segkit.data.grids import foreground_fraction
 from segkit.data.manifest import (
     ManifestRow,
+    apply_group_pattern,
     assign_folds,
     foreground_bins,
     manifest_from_folder,
@@ -51,12 +52,13 @@ def load_rows(manifest: str) -> list[ManifestRow]:
 @dataclass(frozen=True)
 class FoldSpec:
     """How rows are dealt into folds and which fold validates (data.folds, data.fold_method,
-    data.val_fold and run.seed of a config)."""
+    data.val_fold, run.seed and data.group_pattern of a config)."""
 
     folds: int = 5
     method: str = "random"  # random | stratified | group
     val_fold: int = 0
     seed: int = 42
+    group_pattern: Optional[str] = None  # regex over image stems giving rows without a group one (group folds)
 
 
 def fold_strata(rows: list[ManifestRow], task: str, options: LabelOptions, *, cache=None) -> list[int]:
@@ -93,7 +95,7 @@ def split_manifest(manifest: str, spec: FoldSpec, *, task: str, options: LabelOp
     folder for stratified folds (default $SEGKIT_CACHE_DIR or ~/.cache/segkit; 'off' keeps grids
     in memory only).
     """
-    rows = load_rows(manifest)
+    rows = apply_group_pattern(load_rows(manifest), spec.group_pattern)
     if not rows:
         raise SegkitError(f"{manifest}: manifest has no rows")
     val_fold = spec.val_fold

@@ -1,14 +1,15 @@
 """Configuration: one dataclass per section, loaded from YAML plus ``--set`` overrides.
 
-Every key has a default here; ``configs/default.yaml`` documents them all. Unknown keys
-and values of the wrong type are one-line errors that name the key (and the nearest
-valid key), raised before any work starts.
+Every key has a default here; ``segkit/configs/default.yaml`` documents them all (``segkit
+config`` prints it). Unknown keys and values of the wrong type are one-line errors that name
+the key (and the nearest valid key), raised before any work starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ import yaml
 from segkit.ground.errors import SegkitError
 
 TASKS = ("seg", "cls")
+# Recipes shipped in the wheel: `--config sample` is segkit/configs/sample.yaml.
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 @dataclass
@@ -54,6 +57,8 @@ class DataConfig:
     augment: Optional[dict] = None  # albumentations serialized pipeline (A.to_dict form)
     copy_paste: Optional[dict] = None  # object copy-paste settings; null = off
     workers: int = 0  # DataLoader worker processes
+    class_names: Optional[list] = None  # names by class id (seg: background first); null = "class K"
+    group_pattern: Optional[str] = None  # regex over the image stem giving rows without a group their group
 
 
 @dataclass
@@ -104,6 +109,14 @@ class InferConfig:
     skip_background: bool = False  # tiles that are background on the thumbnail are not run; output 0 (--skip-background)
     tissue: str = "auto"  # for skip_background: auto (data.tissue, else saturation) | saturation | otsu
     margin_px: int = 0  # context margin: each tile is predicted, only its centre (fov - 2 x margin) is kept (--margin)
+    simplify: float = 0.0  # --polygons: simplification tolerance in pixels (topology kept); 0 = exact pixel edges
+    min_polygon_area: int = 0  # --polygons: polygons with fewer pixels are not written
+    geojson_crs: str = "raster"  # --polygons coordinates: raster (its CRS, else pixels) | pixel (QuPath) | wgs84 (RFC 7946)
+    object_type: str = "annotation"  # --polygons QuPath objectType: annotation | detection (nuclei, cells)
+    overviews: bool = True  # --mask/--probs TIFFs get internal overviews (fast in QGIS and QuPath)
+    mask_nodata: Optional[int] = 0  # nodata value declared in --mask TIFFs (0: background transparent); null = none
+    rle_header: str = "id,rle"  # --rle column names, e.g. "ImageId,EncodedPixels" or "id,predicted"
+    rle_empty: str = ""  # --rle cell of an image without foreground: "" (empty) | "-"
 
 
 @dataclass
@@ -181,17 +194,43 @@ def parse_override(text: str) -> dict:
     return nested
 
 
+def recipe_names() -> list[str]:
+    """The config recipes shipped inside the package (segkit/configs/NAME.yaml)."""
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def find_config(spec: str | Path) -> Path:
+    """A config file path, or the bare name of a shipped recipe (``sample``, ``default``, ...)."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    name = path.name[:-len(".yaml")] if path.name.endswith(".yaml") else path.name
+    if path.parent == Path(".") and name in recipe_names():
+        return RECIPES_DIR / f"{name}.yaml"
+    raise SegkitError(f"{spec}: cannot read config (no such file; recipes shipped with segkit: "
+                      f"{', '.join(recipe_names())})")
+
+
+def read_config_file(spec: str | Path) -> dict:
+    """The YAML mapping of a config file or recipe (``find_config``), unchecked."""
+    path = find_config(spec)
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise SegkitError(f"{path}: cannot read config ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise SegkitError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+    if not isinstance(loaded, dict):
+        raise SegkitError(f"{path}: expected a mapping of sections (run:, data:, ...), got {type(loaded).__name__}")
+    return loaded
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (), base: Config | None = None) -> Config:
-    """Defaults (or ``base``) <- YAML file <- ``--set`` overrides, each checked against the dataclasses."""
+    """Defaults (or ``base``) <- YAML file or recipe name <- ``--set`` overrides, each checked."""
     config = base or Config()
     if path is not None:
-        path = Path(path)
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except OSError as exc:
-            raise SegkitError(f"{path}: cannot read config ({exc.strerror})") from None
-        except yaml.YAMLError as exc:
-            raise SegkitError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+        loaded = read_config_file(path)
+        path = find_config(path)
         try:
             config = _merge(config, loaded)
         except SegkitError as exc:
@@ -238,6 +277,46 @@ def validate(config: Config) -> None:
         raise SegkitError(f"config key train.subset: must be in (0, 1], got {config.train.subset}")
     if not 0 <= config.data.foreground_share <= 1:
         raise SegkitError(f"config key data.foreground_share: must be in [0, 1], got {config.data.foreground_share}")
+    _validate_outputs(config.infer)
+    _validate_names(config)
+
+
+def _validate_outputs(infer: "InferConfig") -> None:
+    choices = {
+        "infer.geojson_crs": (infer.geojson_crs, ("raster", "pixel", "wgs84")),
+        "infer.object_type": (infer.object_type, ("annotation", "detection")),
+        "infer.rle_empty": (infer.rle_empty, ("", "-")),
+    }
+    for key, (value, valid) in choices.items():
+        if value not in valid:
+            raise SegkitError(f"config key {key}: {value!r} is not one of {', '.join(map(repr, valid))}")
+    names = [name.strip() for name in infer.rle_header.split(",")]
+    if len(names) != 2 or not all(names):
+        raise SegkitError(f"config key infer.rle_header: expected two column names like 'id,rle', got {infer.rle_header!r}")
+    if infer.simplify < 0 or infer.min_polygon_area < 0:
+        raise SegkitError("config keys infer.simplify and infer.min_polygon_area: must be >= 0")
+    if infer.mask_nodata is not None and not 0 <= infer.mask_nodata <= 255:
+        raise SegkitError(f"config key infer.mask_nodata: must be 0..255 or null, got {infer.mask_nodata}")
+
+
+def _validate_names(config: "Config") -> None:
+    data = config.data
+    if data.group_pattern is not None:
+        try:
+            re.compile(data.group_pattern)
+        except re.error as exc:
+            raise SegkitError(f"config key data.group_pattern: not a regular expression ({exc})") from None
+        if data.fold_method != "group":
+            raise SegkitError(f"config key data.group_pattern: used by data.fold_method=group only "
+                              f"(it is {data.fold_method!r}); set both")
+    names = data.class_names
+    if names is not None:
+        if not all(isinstance(n, (str, int)) and str(n) for n in names):
+            raise SegkitError(f"config key data.class_names: expected a list of names, got {names!r}")
+        expected = max(2, config.model.classes)
+        if config.task == "seg" and len(names) != expected:
+            raise SegkitError(f"config key data.class_names: {len(names)} names for {expected} mask values "
+                              f"(background first, then one per class)")
 
 
 def to_dict(config: Config) -> dict:

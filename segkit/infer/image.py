@@ -12,7 +12,8 @@ from typing import Optional, Sequence
 import numpy as np
 from torch import nn
 
-from segkit.data.channels import parse_channels
+from segkit.data.channels import parse_channels, resolve_channels
+from segkit.data.grids import THUMB_SIDE
 from segkit.data.preprocess import Preprocess
 from segkit.ground.errors import SegkitError
 from segkit.infer.ensemble import EnsemblePredictor
@@ -40,9 +41,10 @@ def _as_ensemble(model, preprocess, fov_px, size, classes, image_path: Path) -> 
         pairs = [(model, 1.0)]
     else:
         pairs = [m if isinstance(m, tuple) else (m, 1.0) for m in model]
-    if preprocess is None:  # each band scaled by its dtype range to [0, 1], as segkit's default channels
+    if preprocess is None:  # segkit's default channels: each band's default window, resolved on the thumbnail
         raster = open_raster(image_path)
-        preprocess = Preprocess(parse_channels(None, bands=raster.channels, dtype=raster.dtype))
+        specs = parse_channels(None, bands=raster.channels, dtype=raster.dtype)
+        preprocess = Preprocess(resolve_channels(specs, raster.thumbnail(THUMB_SIDE)[0]))
     return Ensemble(pairs, preprocess, int(fov_px), int(size or fov_px), int(classes))
 
 
@@ -77,7 +79,8 @@ def predict_image(
         unless ``overwrite``. With none of them, returns the (C, H, W) float32 probabilities
         (for images that fit in memory).
     preprocess: raw HWC tile -> float32 HWC network input (see Preprocess); default each band
-        scaled by its dtype range. fov_px: source pixels per tile; size: pixels the model sees
+        scaled by its default window (the dtype range; integers wider than 8 bits: the 1st-99th
+        percentile of the image's thumbnail). fov_px: source pixels per tile; size: pixels the model sees
         (default fov_px); classes: 1 = sigmoid output, N > 1 = softmax over N classes.
     tta, threshold, overlap_px, blend, batch_size, amp: as `segkit infer` (its --help).
     """

@@ -24,6 +24,7 @@ from segkit.ground.errors import SegkitError
 from segkit.ground.geometry import Window, clip_region
 from segkit.infer.ensemble import EnsemblePredictor
 from segkit.infer.tiling import StripAccumulator, blend_weights
+from segkit.runs.progress import Progress
 
 # x: float32 NCHW batch of preprocessed tiles -> float32 NCHW probabilities, same H and W
 Predictor = Callable[[torch.Tensor], torch.Tensor]
@@ -85,6 +86,7 @@ def predict_strips(
     device="cpu",
     region: Window | None = None,
     progress: bool = False,
+    progress_desc: str | None = None,
     margin_px: int = 0,
     tissue: tuple[np.ndarray, float] | None = None,
     tta="none",
@@ -108,7 +110,8 @@ def predict_strips(
     batch_size: tiles per predictor call; device: where the batch goes.
     region: the part of the image to predict (clipped to the image; None: all of it); strips
         cover exactly the clipped region.
-    progress: a progress bar (a terminal) per image.
+    progress: per image, a bar on a terminal, plain lines with rate and ETA in logs
+        (segkit.runs.progress), named ``progress_desc`` (default: the image's file name).
     margin_px: context margin; each fov_px tile is predicted but only its centre
         (fov_px - 2 * margin_px) is kept and blended, the grid being laid out for the centres.
     tissue: (bool mask, source px per mask px), e.g. from a thumbnail: tiles whose kept part holds
@@ -145,9 +148,8 @@ def predict_strips(
                 yield from StripAccumulator(channels, reg.height, reg.width).finish_iter()
                 return
             if progress:
-                from tqdm.auto import tqdm
-                bar = tqdm(total=len(windows), unit="tile", leave=False, dynamic_ncols=True,
-                           desc=Path(str(getattr(raster, "path", "predict"))).name)
+                name = progress_desc or Path(str(getattr(raster, "path", "predict"))).name
+                bar = Progress(len(windows), desc=name, unit="tiles")
             acc = None
             nxt = pool.submit(_read_batch, raster, reads[0], size, fov_px, preprocess)
             for i, batch in enumerate(batches):

@@ -24,9 +24,9 @@ from segkit.ground.errors import SegkitError
 from segkit.ground.geometry import Window
 from segkit.infer.ensemble import EnsemblePredictor
 from segkit.infer.predict import predict_strips
+from segkit.infer.outputs import WriterOptions, check_georeferenced, open_image_writers
 from segkit.io.raster import open_raster
-from segkit.io.vector import PolygonStripWriter
-from segkit.io.writers import RleStripWriter, TiffStripWriter
+from segkit.io.writers import RleStripWriter
 from segkit.models.factory import create_model
 from segkit.post.morphology import StripPostProcessor
 from segkit.post.morphology import threshold as threshold_probs
@@ -135,6 +135,23 @@ class Settings:
     progress: bool = True
     margin_px: int = 0  # context margin: predict fov_px tiles, keep their centre
     tissue: Optional[str] = None  # skip tiles that are background by this thumbnail method (None: run every tile)
+    writing: WriterOptions = field(default_factory=WriterOptions)  # how the files are written
+
+
+def infer_settings(config: Config, *, crf: bool = False) -> Settings:
+    """The settings of `segkit infer` from a run's config with the command's overrides."""
+    i = config.infer
+    writing = WriterOptions(
+        class_names=config.data.class_names, geojson_crs=i.geojson_crs, object_type=i.object_type,
+        simplify=i.simplify, min_polygon_area=i.min_polygon_area, overviews=i.overviews, mask_nodata=i.mask_nodata,
+        rle_header=tuple(name.strip() for name in i.rle_header.split(",")), rle_empty=i.rle_empty,
+    )
+    return Settings(
+        overlap_px=i.overlap_px, blend=i.blend, tta=i.tta, threshold=i.threshold, batch_size=i.batch_size,
+        amp=config.train.amp, rle_order=i.rle_order, min_object_px=i.min_object_px, fill_holes=i.fill_holes,
+        crf=(i.crf or {}) if crf else None, progress=config.run.progress, margin_px=i.margin_px,
+        tissue=tissue_method(config), writing=writing,
+    )
 
 
 def tissue_method(config: Config) -> Optional[str]:
@@ -169,7 +186,10 @@ def infer_images(
 
     outputs.check([image_id for image_id, _ in images])
     for _, path in images:  # every header before any prediction: a bad image fails in seconds
-        check_channels(open_raster(path), ensemble.preprocess)
+        raster = open_raster(path)
+        check_channels(raster, ensemble.preprocess)
+        if outputs.polygons:
+            check_georeferenced(raster, settings.writing)
     dist.barrier()  # every rank has checked the outputs before any rank writes one
     rank, world = dist.rank(), dist.world_size()
     mine = [(index, image) for index, image in enumerate(images) if index % world == rank]
@@ -177,7 +197,9 @@ def infer_images(
     with contextlib.ExitStack() as stack:
         rle_writer = None
         if outputs.rle is not None and rank == 0:  # opened first: an unwritable folder fails before any work
-            rle_writer = stack.enter_context(RleStripWriter(outputs.rle, overwrite=outputs.overwrite))
+            rle_writer = stack.enter_context(RleStripWriter(
+                outputs.rle, header=settings.writing.rle_header, overwrite=outputs.overwrite,
+                empty=settings.writing.rle_empty))
         try:
             for index, (image_id, path) in mine:
                 rle, paths = _infer_one(ensemble, image_id, path, len(images), outputs, settings, device)
@@ -254,20 +276,9 @@ def _post_processed(strips, raster, preprocess: Preprocess, settings: Settings, 
 
 
 def _write_image(strips, raster, image_id, n_images, rle_encoder, outputs: Outputs, settings: Settings, classes: int):
-    height, width = raster.height, raster.width
-    geo = {"crs": raster.crs, "transform": raster.transform}
     paths = {kind: outputs.per_image(getattr(outputs, kind), image_id, n_images) for kind in ("mask", "probs", "polygons")}
     with contextlib.ExitStack() as stack:
-        writers = []  # (writer, takes probs too)
-        if paths["mask"]:
-            writer = TiffStripWriter(paths["mask"], height, width, 1, "uint8", overwrite=outputs.overwrite, **geo)
-            writers.append((stack.enter_context(writer), lambda w, mask, probs: w.write(mask)))
-        if paths["probs"]:
-            writer = TiffStripWriter(paths["probs"], height, width, classes, "uint8", overwrite=outputs.overwrite, **geo)
-            writers.append((stack.enter_context(writer), lambda w, mask, probs: w.write(probs)))
-        if paths["polygons"]:
-            writer = PolygonStripWriter(paths["polygons"], height, width, overwrite=outputs.overwrite, **geo)
-            writers.append((stack.enter_context(writer), lambda w, mask, probs: w.write(mask, probs)))
+        writers = open_image_writers(stack, paths, raster, classes, settings.writing, outputs.overwrite)
         if rle_encoder is not None:
             writers.append((rle_encoder, lambda w, mask, probs: w.add(np.asarray(mask) != 0)))
         for _, mask, probs in strips:

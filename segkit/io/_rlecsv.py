@@ -67,9 +67,17 @@ class _Fallback(Exception):
     pass
 
 
+def allow_long_fields() -> None:
+    """Let Python's csv module read fields of any length (its default limit is 131072 characters).
+
+    A whole-slide RLE is megabytes long; every CSV reader in segkit calls this first.
+    """
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
 def rle_fields(path: Path, ids: set[str]) -> list[tuple[int, str]]:
     """(line number, RLE text) of the rows of `path` whose id is in ids."""
-    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a whole-slide RLE is megabytes long
+    allow_long_fields()
     stat = os.stat(path)
     key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
     index = _CACHE.get(key)

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from segkit.io.rle import EMPTY_MARKERS
+
 
 def parse_pairs(text) -> np.ndarray:
-    """The integers of one RLE field ("" / None / NaN -> none). ValueError on a non-integer token."""
-    if text is None or (isinstance(text, float) and text != text):
+    """The integers of one RLE field (None / NaN / rle.EMPTY_MARKERS "" and "-" -> none).
+
+    ValueError on a non-integer token.
+    """
+    if text is None or (isinstance(text, float) and text != text) or str(text).strip() in EMPTY_MARKERS:
         return np.zeros(0, np.int64)
     return np.array(str(text).split(), dtype=np.int64)
 

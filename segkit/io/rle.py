@@ -18,6 +18,9 @@ import numpy as np
 from segkit.ground.errors import SegkitError
 
 ORDERS = ("F", "C")
+# How a CSV row says "no foreground": an empty cell (segkit's default, most Kaggle contests) or
+# "-" (contests whose scorer rejects empty cells); decode() reads both as an empty mask.
+EMPTY_MARKERS = ("", "-")
 
 
 def _check_order(order: str) -> str:
@@ -62,11 +65,13 @@ def encode(mask: np.ndarray, order: str = "F") -> str:
 
 
 def _parse(rle) -> np.ndarray:
-    """The integers of an RLE string (None, NaN and "" are empty)."""
+    """The integers of an RLE string (None, NaN and the EMPTY_MARKERS "" and "-" are empty)."""
     if rle is None or (isinstance(rle, float) and math.isnan(rle)):
         return np.zeros(0, dtype=np.int64)
     if not isinstance(rle, str):
         raise SegkitError(f"rle: expected a string of integers, got {type(rle).__name__}")
+    if rle.strip() in EMPTY_MARKERS:
+        return np.zeros(0, dtype=np.int64)
     tokens = rle.split()
     try:
         values = np.array(tokens, dtype=np.int64)

@@ -3,7 +3,8 @@
 Polygons are 4-connected regions of one class (GDAL polygonize through
 ``rasterio.features.shapes``), holes kept. Geometry is built in pixel coordinates (x = column,
 y = row, pixel corners on integers, so pieces from neighbouring strips share exact edges) and
-mapped to the raster's CRS through its affine transform only when written.
+mapped to the output frame (``segkit.io.geojson``: pixels, the raster's CRS or WGS 84) only
+when written, with QuPath's properties (``segkit.io.qupath``) next to segkit's own.
 
 Seams: each strip is polygonized alone. The last row of component labels of the previous strip
 is kept; a component of the new strip whose first-row pixel sits under a pixel of the same
@@ -22,9 +23,11 @@ import cv2
 import numpy as np
 
 from segkit.io.atomic import AtomicFile
+from segkit.io.geojson import CoordinateFrame
+from segkit.io.qupath import qupath_properties
 from segkit.io.writers import StripOutput
 
-__all__ = ["mask_to_polygons", "PolygonStripWriter", "PolygonAssembler", "geojson_crs"]
+__all__ = ["mask_to_polygons", "polygon_rings", "PolygonStripWriter", "PolygonAssembler"]
 
 
 def _label_strip(mask: np.ndarray, probs: np.ndarray | None, background_channel: bool):
@@ -169,39 +172,21 @@ def _union(geoms: list):
     return geoms[0] if len(geoms) == 1 else unary_union([_as_shapely(g) for g in geoms])
 
 
-def _dict_to_output(geom: dict, transform) -> dict:
-    """Fast path for an unmerged, unsimplified GDAL polygon: numpy affine + ring orientation.
+def polygon_rings(geom, simplify: float = 0.0) -> list[list[np.ndarray]]:
+    """The polygons of a GDAL dict or shapely geometry as lists of (n, 2) rings, in pixel units.
 
-    Most polygons never touch a seam; building shapely objects for them only to dump them
-    again took most of the writer's time.
+    An unmerged, unsimplified GDAL polygon is read straight from its dict: most polygons never
+    touch a seam, and building shapely objects for them only to dump them again took most of the
+    writer's time. ``simplify`` is a tolerance in pixels (topology kept, so the result stays valid).
     """
-    rings = []
-    for i, ring in enumerate(geom["coordinates"]):
-        xy = np.asarray(ring, dtype=np.float64)
-        if transform is not None:
-            t = transform
-            xy = np.column_stack([t.a * xy[:, 0] + t.b * xy[:, 1] + t.c, t.d * xy[:, 0] + t.e * xy[:, 1] + t.f])
-        signed = np.dot(xy[:-1, 0], xy[1:, 1]) - np.dot(xy[1:, 0], xy[:-1, 1])
-        if (signed < 0) == (i == 0):  # exterior counter-clockwise, holes clockwise (RFC 7946)
-            xy = xy[::-1]
-        rings.append(xy.tolist())
-    return {"type": "Polygon", "coordinates": rings}
-
-
-def _to_output(geom, transform, simplify: float):
-    """Simplify in pixel units, map to the CRS, orient exterior rings counter-clockwise (RFC 7946)."""
-    from shapely.affinity import affine_transform
-    from shapely.geometry.polygon import orient
-
+    if isinstance(geom, dict) and not simplify and geom["type"] == "Polygon":
+        return [[np.asarray(ring, dtype=np.float64) for ring in geom["coordinates"]]]
     geom = _as_shapely(geom)
     if simplify > 0:
         geom = geom.simplify(simplify, preserve_topology=True)
-    if transform is not None:
-        t = transform
-        geom = affine_transform(geom, [t.a, t.b, t.d, t.e, t.c, t.f])
-    if geom.geom_type == "Polygon":
-        geom = orient(geom, 1.0)
-    return geom
+    parts = [geom] if geom.geom_type == "Polygon" else list(getattr(geom, "geoms", []))
+    return [[np.asarray(p.exterior.coords), *(np.asarray(r.coords) for r in p.interiors)]
+            for p in parts if p.geom_type == "Polygon" and not p.is_empty]
 
 
 def mask_to_polygons(mask: np.ndarray, transform=None, simplify: float = 0.0, min_area: float = 0) -> list[tuple]:
@@ -211,57 +196,59 @@ def mask_to_polygons(mask: np.ndarray, transform=None, simplify: float = 0.0, mi
     pixel coordinates (x = column, y = row, corners on integers). ``simplify`` is a tolerance in
     pixels; regions with fewer than ``min_area`` pixels are dropped.
     """
+    from shapely.geometry import shape
+
     mask = np.asarray(mask)
     if mask.dtype == bool:
         mask = mask.astype(np.uint8)
     assembler = PolygonAssembler(*mask.shape)
-    found = assembler.push(mask) + assembler.finish()
-    return [(_to_output(g, transform, simplify), cls) for g, cls, _, count in found if count >= min_area]
-
-
-def geojson_crs(crs) -> dict:
-    """The (pre-RFC 7946, still read by GDAL/QGIS) ``crs`` member for a CRS-like value."""
-    from rasterio.crs import CRS
-
-    crs = CRS.from_user_input(crs)
-    epsg = crs.to_epsg()
-    name = f"urn:ogc:def:crs:EPSG::{epsg}" if epsg else crs.to_string()
-    return {"type": "name", "properties": {"name": name}}
+    found = [item for item in assembler.push(mask) + assembler.finish() if item[3] >= min_area]
+    frame = CoordinateFrame("raster", transform=transform)
+    geometries = frame.geometries([polygon_rings(g, simplify) for g, _, _, _ in found])
+    return [(shape(geometry), cls) for geometry, (_, cls, _, _) in zip(geometries, found)]
 
 
 class PolygonStripWriter(StripOutput):
     """GeoJSON FeatureCollection of the polygons of a mask arriving as row strips.
 
-    ``write(mask, probs=None)`` (alias ``add``) takes (h, W) class-id strips in row order (and optionally the
-    (C, h, W) probabilities for the ``mean_prob`` property); finished polygons are streamed into
-    a temporary file which becomes ``path`` on a clean ``close``. Properties: ``class`` and
-    ``mean_prob`` (null without probs). ``simplify`` in pixels, ``min_area`` in pixels.
+    ``write(mask, probs=None)`` (alias ``add``) takes (h, W) class-id strips in row order (and
+    optionally the (C, h, W) probabilities for the mean probability); finished polygons are
+    streamed into a temporary file which becomes ``path`` on a clean ``close``.
+
+    Properties of each feature: ``class`` (id) and ``mean_prob`` (null without probs) for GIS
+    users, and QuPath's ``objectType`` (``object_type``), ``classification`` (name from
+    ``class_names``, fixed colour per class) and ``measurements`` (``segkit.io.qupath``).
+    ``geojson_crs`` picks the coordinate frame (``segkit.io.geojson``: raster, pixel, wgs84).
+    ``simplify`` in pixels, ``min_area`` in pixels.
     """
 
     def __init__(self, path, height: int, width: int, *, transform=None, crs=None, simplify: float = 0.0,
-                 min_area: float = 0, background_channel: bool = True, overwrite: bool = False):
-        self.transform, self.simplify, self.min_area = transform, float(simplify), min_area
+                 min_area: float = 0, background_channel: bool = True, overwrite: bool = False,
+                 geojson_crs: str = "raster", object_type: str = "annotation", class_names=None):
+        self.frame = CoordinateFrame(geojson_crs, crs=crs, transform=transform, source=str(path))
+        self.simplify, self.min_area = float(simplify), min_area
+        self.object_type, self.class_names = object_type, class_names
+        qupath_properties(1, object_type=object_type)  # an unknown object type fails before any work
         self._assembler = PolygonAssembler(height, width, background_channel=background_channel)
         self._with_probs: bool | None = None
-        header = {"type": "FeatureCollection"}
-        if crs is not None:
-            header["crs"] = geojson_crs(crs)
         self._atomic = AtomicFile(path, overwrite)
-        self._fh = open(self._atomic.tmp, "w")
-        self._fh.write(json.dumps(header)[:-1] + ', "features": [\n')
+        try:  # a Ctrl-C while the writer opens (before any `with` can clean up) must not leave the temp file
+            self._fh = open(self._atomic.tmp, "w")
+            self._fh.write(json.dumps(self.frame.header())[:-1] + ', "features": [\n')
+        except BaseException:
+            self._atomic.discard()
+            raise
         self.count = 0
 
     def _emit(self, found: list[tuple]) -> None:
-        from shapely.geometry import mapping
-
-        for geom, cls, psum, count in found:
-            if count < self.min_area:
-                continue
-            if isinstance(geom, dict) and not self.simplify:
-                geometry = _dict_to_output(geom, self.transform)
-            else:
-                geometry = mapping(_to_output(geom, self.transform, self.simplify))
-            props = {"class": int(cls), "mean_prob": round(psum / count, 6) if self._with_probs else None}
+        found = [item for item in found if item[3] >= self.min_area]
+        geometries = self.frame.geometries([polygon_rings(g, self.simplify) for g, _, _, _ in found])
+        for geometry, (_, cls, psum, count) in zip(geometries, found):
+            mean_prob = round(psum / count, 6) if self._with_probs else None
+            props = {"class": int(cls), "mean_prob": mean_prob}
+            props.update(qupath_properties(cls, class_names=self.class_names, object_type=self.object_type,
+                                           mean_prob=mean_prob, area_px=count, pixel_area=self.frame.pixel_area,
+                                           area_unit=self.frame.area_unit))
             feature = {"type": "Feature", "properties": props, "geometry": geometry}
             self._fh.write((",\n" if self.count else "") + json.dumps(feature))
             self.count += 1

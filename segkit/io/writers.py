@@ -71,16 +71,23 @@ class RleStripWriter(StripOutput):
             out.write_row("img1", encoder.finish())
 
     The folder and an existing file are checked when the writer opens (before slow work).
+    ``header`` names the two columns (contests differ: ``id,rle``, ``id,predicted``,
+    ``ImageId,EncodedPixels``); ``empty`` is the cell of an image without foreground.
     """
 
-    def __init__(self, path, header=("id", "rle"), overwrite: bool = False):
+    def __init__(self, path, header=("id", "rle"), overwrite: bool = False, empty: str = ""):
+        self.empty = empty  # written for an image with no foreground: "" (default) or "-"
         self._atomic = AtomicFile(path, overwrite)
-        self._fh = open(self._atomic.tmp, "w", newline="")
-        self._csv = csv.writer(self._fh)
-        self._csv.writerow(header)
+        try:  # a Ctrl-C while the writer opens (before any `with` can clean up) must not leave the temp file
+            self._fh = open(self._atomic.tmp, "w", newline="")
+            self._csv = csv.writer(self._fh)
+            self._csv.writerow(header)
+        except BaseException:
+            self._atomic.discard()
+            raise
 
     def write_row(self, image_id: str, rle: str) -> None:
-        self._csv.writerow([image_id, rle])
+        self._csv.writerow([image_id, rle or self.empty])
 
     def close(self) -> Path:
         self._fh.close()
@@ -110,11 +117,19 @@ class TiffStripWriter(StripOutput):
     to a uint8 writer is taken as probabilities and scaled 0..255 (the ``--probs`` output).
     ``overviews="nearest"`` (or "average", ...) adds internal 2x, 4x, ... overviews at close,
     built by GDAL from the file (bounded memory), so huge outputs open quickly in viewers.
+
+    Metadata for viewers, all optional: ``colormap`` ({value: (r, g, b[, a])}, one band of
+    uint8 only: a palette TIFF that QGIS draws in those colours), ``nodata``, per-band ``scales``
+    and ``offsets`` (GDAL's unscaled value = raw * scale + offset, e.g. 1/255 for uint8
+    probabilities), per-band ``descriptions`` and free ``tags``. GDAL stores them in the TIFF
+    (colour map, GDAL_NODATA, GDAL_METADATA tags).
     """
 
     def __init__(self, path, height: int, width: int, channels: int = 1, dtype="uint8", *, crs=None,
                  transform=None, tile: int = 256, compression: str = "deflate", overwrite: bool = False,
-                 overviews: str | None = None):
+                 overviews: str | None = None, colormap: dict | None = None, nodata: float | None = None,
+                 scales: list | None = None, offsets: list | None = None, descriptions: list | None = None,
+                 tags: dict | None = None):
         import rasterio
         from rasterio.errors import NotGeoreferencedWarning
 
@@ -135,17 +150,32 @@ class TiffStripWriter(StripOutput):
             profile["crs"] = crs
         if transform is not None:
             profile["transform"] = transform
+        if nodata is not None:
+            profile["nodata"] = nodata
         try:
             with warnings.catch_warnings():
                 # a plain (non-geo) TIFF is what the caller asked for when crs/transform are None
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 self._ds = rasterio.open(self._atomic.tmp, "w", **profile)
+                self._describe(colormap, scales, offsets, descriptions, tags)
         except BaseException:
             self._atomic.discard()
             raise
         self._pending: list[np.ndarray] = []
         self._pending_rows = 0
         self._next_row = 0  # first row not yet written to the file
+
+    def _describe(self, colormap, scales, offsets, descriptions, tags) -> None:
+        if colormap:
+            self._ds.write_colormap(1, {int(k): tuple(int(c) for c in v) for k, v in colormap.items()})
+        if scales is not None:
+            self._ds.scales = tuple(float(v) for v in scales)
+        if offsets is not None:
+            self._ds.offsets = tuple(float(v) for v in offsets)
+        if descriptions is not None:
+            self._ds.descriptions = tuple(str(v) for v in descriptions)
+        if tags:
+            self._ds.update_tags(**{str(k): str(v) for k, v in tags.items()})
 
     @property
     def rows_received(self) -> int:

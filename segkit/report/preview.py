@@ -3,7 +3,8 @@
 Display of a window's channels: 3 -> RGB, 1 -> grey, 2 -> red/green (blue 0), more -> the first 3
 as RGB. Values are clipped to [0, 1] (``rescale=True`` stretches each window's channels to their
 own min..max instead, e.g. for normalized inputs). Each class id > 0 gets an outline colour
-(class 1 red, 2 green, 3 blue, ... cycling through ``PALETTE``).
+(class 1 red, 2 green, 3 blue, ...: ``segkit.io.classes.class_colour``, the colours of the
+``--mask`` colour table and of QuPath classifications too).
 """
 
 from __future__ import annotations
@@ -17,12 +18,8 @@ import numpy as np
 
 from segkit.ground.errors import SegkitError
 from segkit.io.atomic import write_bytes
+from segkit.io.classes import class_colour
 
-# RGB outline colours for class ids 1, 2, 3, ... (class 0 is background: no outline)
-PALETTE = [
-    (255, 64, 64), (64, 255, 64), (64, 128, 255), (255, 255, 0), (255, 0, 255),
-    (0, 255, 255), (255, 140, 0), (160, 90, 255), (255, 255, 255), (128, 255, 160),
-]
 
 
 def _display(image: np.ndarray, rescale: bool) -> np.ndarray:
@@ -50,7 +47,7 @@ def _outline(rgb: np.ndarray, mask: np.ndarray, thickness: int) -> None:
         if cls == 0:
             continue
         contours, _ = cv2.findContours((mask == cls).astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
-        cv2.drawContours(rgb, contours, -1, PALETTE[(int(cls) - 1) % len(PALETTE)], thickness)
+        cv2.drawContours(rgb, contours, -1, class_colour(cls), thickness)
 
 
 def preview_grid(samples: Sequence[tuple[np.ndarray, np.ndarray | None]], columns: int = 4, *, gap: int = 2,

@@ -245,7 +245,8 @@ def _run_epochs(config: Config, parts: st.Parts, run_dir: Path, data: TrainingDa
                                  "lr": stats["lr"]})
             if main and data.val_pairs:  # the other ranks wait in the broadcast below
                 evaluated = parts.ema.module if parts.ema is not None else parts.model
-                record[BEST_METRIC] = validate([(evaluated, 1.0)], data.val_pairs, preprocess, settings, device)["dice"]
+                record[BEST_METRIC] = validate([(evaluated, 1.0)], data.val_pairs, preprocess, settings, device,
+                                              progress=config.run.progress and main)["dice"]
             record["seconds"] = round(time.time() - started, 2)
             record["cpu_seconds"] = round(time.process_time() - started_cpu, 2)  # less sensitive to other load
             record = st.broadcast(record)

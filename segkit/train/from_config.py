@@ -47,7 +47,8 @@ def label_options(config: Config) -> LabelOptions:
 
 
 def fold_spec(config: Config) -> FoldSpec:
-    return FoldSpec(config.data.folds, config.data.fold_method, config.data.val_fold, config.run.seed)
+    d = config.data
+    return FoldSpec(d.folds, d.fold_method, d.val_fold, config.run.seed, d.group_pattern)
 
 
 def split_rows(config: Config, *, cache=None):

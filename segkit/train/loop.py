@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 import time
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from segkit.ground.errors import SegkitError
 from segkit.metrics.cls import ConfusionAccumulator
 from segkit.metrics.seg import DiceAccumulator
 from segkit.runs import distributed
 from segkit.runs.device import autocast, make_scaler
+from segkit.runs.progress import Progress
 
 
 class EarlyStopping:
@@ -68,10 +67,10 @@ def _split(batch):
     return batch[0], batch[1]
 
 
-def _bar(loader, progress: bool, desc: str):
-    show = bool(progress) and sys.stderr.isatty()
+def _bar(loader, progress: bool, desc: str) -> Progress:
+    """A bar on a terminal, plain lines every few seconds in logs (segkit.runs.progress)."""
     total = len(loader) if hasattr(loader, "__len__") else None
-    return tqdm(loader, total=total, desc=desc, disable=not show, leave=False, dynamic_ncols=True)
+    return Progress(total, desc=desc, unit="batches", enabled=bool(progress))
 
 
 def _optimizer_step(model, optimizer, scaler, clip, grad_scale: float):
@@ -122,7 +121,7 @@ def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer, *, scheduler=N
     except TypeError:
         n_batches = None
     bar = _bar(loader, progress, desc)
-    for batch in bar:
+    for batch in bar.iterate(loader):
         x, y = _split(batch)
         x = x.to(device, non_blocking=True).float()
         if channels_last and x.dim() == 4:
@@ -160,7 +159,7 @@ def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer, *, scheduler=N
                 scheduler.step()
             if ema is not None:
                 ema.update(model)
-            bar.set_postfix(loss=f"{loss_sum / images:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+            bar.set_info(loss=f"{loss_sum / images:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
             if max_steps is not None and steps >= max_steps:
                 break
     if pending:  # iterable without len(): the last short group still steps
@@ -196,7 +195,8 @@ def evaluate(model: nn.Module, loader, loss_fn=None, *, device, amp: bool = Fals
     model.eval()
     acc = DiceAccumulator(classes) if task == "seg" else ConfusionAccumulator(classes)
     loss_sum, images = 0.0, 0
-    for i, batch in enumerate(_bar(loader, progress, desc)):
+    bar = _bar(loader, progress, desc)
+    for i, batch in enumerate(bar.iterate(loader)):
         if max_batches is not None and i >= max_batches:
             break
         x, y = _split(batch)

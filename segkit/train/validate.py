@@ -42,11 +42,12 @@ class ValidationSettings:
 
 
 def validate(models: list[tuple[torch.nn.Module, float]], pairs, preprocess, settings: ValidationSettings,
-             device: torch.device) -> dict:
+             device: torch.device, progress: bool = False) -> dict:
     """Dice over the validation rows (each row's region, or its whole image), predicted tile by tile.
 
     Returns {"dice": mean over rows, "per_image": {row id: dice}}; the models' train/eval modes
-    are restored afterwards.
+    are restored afterwards. ``progress``: per row, a bar on a terminal or plain lines in logs
+    (``validate ROW_ID``).
     """
     s = settings
     predictor = EnsemblePredictor(models, s.tta, activation=s.activation, amp=s.amp)
@@ -57,6 +58,7 @@ def validate(models: list[tuple[torch.nn.Module, float]], pairs, preprocess, set
         probs = predict_probs(
             predictor, raster, fov_px=s.fov_px, size=s.size, overlap_px=s.overlap_px, preprocess=preprocess,
             blend=s.blend, batch_size=s.batch_size, device=device, region=region, margin_px=s.margin_px,
+            progress=progress, progress_desc=f"validate {pair.row.id}",
         )
         mask = threshold_probs(probs, s.threshold if s.classes == 1 else None)
         target = pair.labels.read(region)
