@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
 from segkit.io.rle import encode
 from segkit.report.evaluate import compare
 from segkit.report.files import LabelReading, evaluate_files, open_specs, pred_opener, truth_opener

@@ -5,7 +5,7 @@ import pytest
 
 from segkit.report.evaluate import score_masks
 from segkit.report.scores import mean_scores, pixel_counts, pixel_scores
-from segkit.train.metrics import DiceAccumulator
+from segkit.metrics.seg import DiceAccumulator
 
 
 def test_binary_scores_hand_computed():

@@ -5,7 +5,7 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
 from segkit.report.runs_table import collect_runs, format_table, plot_curves, select_rows, sort_rows
 
 

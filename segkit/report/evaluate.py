@@ -19,7 +19,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from segkit.data.windows import Window
+from segkit.ground.geometry import Window
 from segkit.io.raster import open_raster
 from segkit.metrics.objects import label_components, object_scores
 from segkit.report.scores import SCORES, mean_scores, object_f1_from_counts, pixel_counts, pixel_scores, scored_labels

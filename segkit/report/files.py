@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
 from segkit.io.masks import open_labels
 from segkit.report.evaluate import DEFAULT_TILE_PX, Evaluation, evaluate_images
 from segkit.report.sources import EvalImage, LabelSpec

@@ -144,10 +144,3 @@ def render_seg_report(evaluation: Evaluation, pictures: Pictures, *, worst: int 
     body += f"<p style='color:#888'>written {time.strftime('%Y-%m-%d %H:%M:%S')}</p>"
     return page(title, body)
 
-
-def write_text_atomic(path: Path, text: str, overwrite: bool = True) -> Path:
-    from segkit.io.writers import atomic_path
-
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        Path(tmp).write_text(text, encoding="utf-8")
-    return Path(path)

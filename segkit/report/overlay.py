@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import cv2
 import numpy as np
 
-from segkit.data.windows import Window
+from segkit.ground.geometry import Window
 from segkit.io.raster import open_raster
 from segkit.report.sources import EmptyLabels, EvalImage
 

@@ -16,9 +16,9 @@ from typing import Optional
 
 import yaml
 
-from segkit.config import Config, to_dict
-from segkit.errors import SegkitError
-from segkit.train.rundir import RUN_FILE, _process_alive, read_jsonl
+from segkit.ground.config import Config, to_dict
+from segkit.ground.errors import SegkitError
+from segkit.runs.rundir import RUN_FILE, _process_alive, read_jsonl
 
 COLUMNS = ("name", "parent", "task", "size", "fov", "changed", "best", "epoch", "time", "status")
 METRICS = ("val_dice", "val_f1", "val_accuracy")  # the first one a run's metrics.jsonl has is its score
@@ -143,7 +143,7 @@ def plot_curves(rows: list[dict], out_path: Path, metric: Optional[str] = None) 
     """The validation curve of every row in one PNG (x: epoch), written atomically."""
     from matplotlib.figure import Figure
 
-    from segkit.io.writers import atomic_path
+    from segkit.io.atomic import atomic_path
 
     metric = metric or next((r["metric"] for r in rows if r["metric"]), None)
     if metric is None:

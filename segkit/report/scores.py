@@ -16,7 +16,7 @@ scores 0, so an empty prediction is never rewarded where there was something to 
 
 ``classes`` follows the model: 1 = binary (any non-zero value is foreground), C > 1 = class ids
 with classes 1..C-1 scored (0 is background). The mean per-image Dice over the scored classes is
-the number training reports as val_dice (segkit.train.metrics.DiceAccumulator), so
+the number training reports as val_dice (segkit.metrics.seg.DiceAccumulator), so
 ``segkit evaluate`` and the training log agree on the same predictions.
 """
 

@@ -19,8 +19,8 @@ from typing import Optional
 import numpy as np
 
 from segkit.data.manifest import IMAGE_SUFFIXES, LABEL_SUFFIXES, ManifestRow
-from segkit.data.windows import Window
-from segkit.errors import SegkitError
+from segkit.ground.geometry import Window
+from segkit.ground.errors import SegkitError
 from segkit.io._rlecsv import rle_ids
 from segkit.io.masks import _stem, open_labels
 

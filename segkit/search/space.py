@@ -23,8 +23,8 @@ from typing import Any, Optional
 
 import yaml
 
-from segkit.config import Config, load_config
-from segkit.errors import SegkitError
+from segkit.ground.config import Config, load_config
+from segkit.ground.errors import SegkitError
 
 RANGE_KEYS = {"low", "high", "log", "step"}
 

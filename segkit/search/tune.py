@@ -22,11 +22,11 @@ from typing import Callable, Optional
 
 import yaml
 
-from segkit.config import Config, load_config, to_dict
-from segkit.errors import SegkitError
+from segkit.ground.config import Config, load_config, to_dict
+from segkit.ground.errors import SegkitError
 from segkit.report.runs_table import _score, differences, flatten
 from segkit.search.space import Dimension, override
-from segkit.train.rundir import _process_alive, read_jsonl, read_run_info
+from segkit.runs.rundir import _process_alive, read_jsonl, read_run_info
 
 DEFAULT_STORAGE = "optuna.db"  # in the runs folder
 PRUNER_STARTUP_TRIALS = 2  # trials that always run to the end before the median pruner may stop one

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
-from segkit.errors import SegkitError
+from segkit.ground.errors import SegkitError
 
 TRACKERS = ("none", "tensorboard", "mlflow")
 MLFLOW_DB = "mlflow.db"  # default store, in the runs folder
