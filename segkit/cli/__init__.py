@@ -13,6 +13,7 @@ from segkit.ground import __version__
 from segkit.cli.data import preview, stats
 from segkit.cli.infer import infer
 from segkit.cli.options import SegkitGroup
+from segkit.cli.study import evaluate, runs, tune
 from segkit.cli.train import finetune, train
 
 
@@ -30,7 +31,7 @@ def cli():
     """
 
 
-for command in (train, finetune, infer, stats, preview):
+for command in (train, finetune, infer, stats, preview, evaluate, runs, tune):
     cli.add_command(command)
 
 

@@ -48,14 +48,7 @@ def infer(images, runs, runs_dir, epochs, soup, tta, rle_path, polygons, mask, p
     one strip whatever the image size. Without IMAGES, the run's manifest images are predicted.
     Under `torchrun --nproc_per_node=N -m segkit.cli infer ...` the images are split across ranks.
     """
-    from segkit.infer.run import (
-        Outputs,
-        Settings,
-        image_list,
-        infer_images,
-        load_ensemble,
-        tissue_method,
-    )
+    from segkit.infer.run import Outputs, image_list, infer_images, infer_settings, load_ensemble
     from segkit.runs import distributed
     from segkit.runs.device import pick_device
     from segkit.runs.rundir import resolve_run
@@ -66,13 +59,7 @@ def infer(images, runs, runs_dir, epochs, soup, tta, rle_path, polygons, mask, p
                  "infer.overlap_px": overlap_px, "infer.batch_size": batch_size, "infer.margin_px": margin_px,
                  "infer.skip_background": True if skip_background else None}
     config = load_config(None, list(overrides) + [f"{k}={v}" for k, v in shortcuts.items() if v is not None], base=base)
-    settings = Settings(
-        overlap_px=config.infer.overlap_px, blend=config.infer.blend, tta=config.infer.tta,
-        threshold=config.infer.threshold, batch_size=config.infer.batch_size, amp=config.train.amp,
-        rle_order=config.infer.rle_order, min_object_px=config.infer.min_object_px,
-        fill_holes=config.infer.fill_holes, crf=(config.infer.crf or {}) if crf else None, progress=config.run.progress,
-        margin_px=config.infer.margin_px, tissue=tissue_method(config),
-    )
+    settings = infer_settings(config, crf=crf)
     if not images:
         from segkit.data.split import load_rows
 

@@ -35,6 +35,16 @@ def config_options(function):
     return function
 
 
+def tracking_options(function):
+    """--log and --tracking-uri, shared by the training commands."""
+    function = click.option("--tracking-uri", "tracking_uri", default=None, metavar="URI",
+                            help="MLflow tracking URI (default: sqlite:///RUNS/mlflow.db).")(function)
+    function = click.option("--log", "log", type=click.Choice(["none", "tensorboard", "mlflow"]), default=None,
+                            help="Also log epochs to TensorBoard (RUN/tensorboard; pip install tensorboard) or "
+                                 "MLflow (params, metrics, artifacts; pip install 'segkit[mlflow]').")(function)
+    return function
+
+
 def build_config(config_path, overrides, task=None, **shortcuts) -> Config:
     """Config file <- --set <- dedicated flags (a flag given explicitly wins)."""
     extra = [f"{key}={value}" for key, value in shortcuts.items() if value is not None]

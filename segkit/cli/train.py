@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from segkit.cli.options import SET_HELP, build_config, config_options
+from segkit.cli.options import SET_HELP, build_config, config_options, tracking_options
 from segkit.ground.config import load_config
 from segkit.ground.errors import SegkitError
 
@@ -23,9 +23,9 @@ from segkit.ground.errors import SegkitError
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N.")
 @click.option("--resume", "resume_run", default=None, metavar="RUN",
               help="Continue an interrupted run (name or path) from its last checkpoint; other options are ignored.")
-@click.option("--log", "log", type=click.Choice(["none", "tensorboard"]), default=None,
-              help="Also log epochs to TensorBoard in RUN/tensorboard (needs: pip install tensorboard).")
-def train(config_path, overrides, task, size, fov_px, epochs, name, val_fold, subset, device, resume_run, log):
+@tracking_options
+def train(config_path, overrides, task, size, fov_px, epochs, name, val_fold, subset, device, resume_run, log,
+          tracking_uri):
     """Train a model on random windows cut from large images.
 
     Windows are drawn at a fresh random position every time (biased toward labelled objects),
@@ -40,6 +40,7 @@ def train(config_path, overrides, task, size, fov_px, epochs, name, val_fold, su
         config_path, overrides, task, **{
             "data.size": size, "data.fov_px": fov_px, "train.epochs": epochs, "run.name": name,
             "data.val_fold": val_fold, "train.subset": subset, "run.device": device, "run.log": log,
+            "run.tracking_uri": tracking_uri,
         }
     )
     if resume_run is not None:
@@ -59,9 +60,8 @@ def train(config_path, overrides, task, size, fov_px, epochs, name, val_fold, su
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--epoch", "parent_epoch", default="best", show_default=True, metavar="N|best|last",
               help="Parent checkpoint to start from: best (by validation Dice), last, or an epoch number.")
-@click.option("--log", "log", type=click.Choice(["none", "tensorboard"]), default=None,
-              help="Also log epochs to TensorBoard in RUN/tensorboard (needs: pip install tensorboard).")
-def finetune(parent_run, size, epochs, lr, name, runs_dir, overrides, parent_epoch, log):
+@tracking_options
+def finetune(parent_run, size, epochs, lr, name, runs_dir, overrides, parent_epoch, log, tracking_uri):
     """Continue a run at a new network size over the same field of view.
 
     The progressive schedule: `train --size 256` reads fov-pixel windows downscaled to 256;
@@ -75,7 +75,8 @@ def finetune(parent_run, size, epochs, lr, name, runs_dir, overrides, parent_epo
     base = load_config(parent / "config.yaml")
     extra = [f"data.size={size}", "run.name=null"]
     extra += [f"{key}={value}" for key, value in (("train.epochs", epochs), ("train.lr", lr), ("run.name", name),
-                                                  ("run.log", log)) if value is not None]
+                                                  ("run.log", log), ("run.tracking_uri", tracking_uri))
+              if value is not None]
     config = load_config(None, list(overrides) + extra, base=base)
     if config.data.fov_px != base.data.fov_px:
         raise SegkitError(f"finetune keeps the parent's field of view ({base.data.fov_px} px); do not change data.fov_px")

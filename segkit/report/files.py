@@ -37,13 +37,20 @@ def pred_opener(pred: LabelSpec):
     return lambda image, raster: pred.open(image.id, raster)
 
 
+def pred_spec(pred: str, reading: LabelReading) -> LabelSpec:
+    return LabelSpec(pred, "--pred", rle_order=reading.pred_rle_order)
+
+
+def truth_spec(truth: Optional[str], reading: LabelReading) -> Optional[LabelSpec]:
+    """--truth as a label source (None: each image's own label file is the truth)."""
+    if truth is None:
+        return None
+    return LabelSpec(truth, "--truth", rle_order=reading.rle_order, class_map=reading.class_map,
+                     class_property=reading.class_property)
+
+
 def open_specs(pred: str, truth: Optional[str], reading: LabelReading) -> tuple[LabelSpec, Optional[LabelSpec]]:
-    pred_spec = LabelSpec(pred, "--pred", rle_order=reading.pred_rle_order)
-    truth_spec = None
-    if truth is not None:
-        truth_spec = LabelSpec(truth, "--truth", rle_order=reading.rle_order, class_map=reading.class_map,
-                               class_property=reading.class_property)
-    return pred_spec, truth_spec
+    return pred_spec(pred, reading), truth_spec(truth, reading)
 
 
 def evaluate_files(images: list[EvalImage], pred: LabelSpec, truth: Optional[LabelSpec], reading: LabelReading, *,

@@ -16,25 +16,13 @@ from typing import Optional
 
 import yaml
 
-from segkit.ground.config import Config, to_dict
+from segkit.ground.config import Config, flatten_config, to_dict
 from segkit.ground.errors import SegkitError
 from segkit.runs.rundir import RUN_FILE, _process_alive, read_jsonl
 
 COLUMNS = ("name", "parent", "task", "size", "fov", "changed", "best", "epoch", "time", "status")
 METRICS = ("val_dice", "val_f1", "val_accuracy")  # the first one a run's metrics.jsonl has is its score
 IGNORED = {"run.name", "run.runs_dir", "run.progress"}  # bookkeeping, not settings
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-    """{"train": {"lr": 1}} -> {"train.lr": 1}; lists and free-form mappings stay values."""
-    out = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and value and dotted.count(".") == 0:
-            out.update(flatten(value, dotted + "."))
-        else:
-            out[dotted] = value
-    return out
 
 
 def _compact(value) -> str:
@@ -49,7 +37,7 @@ def differences(config: dict, reference: dict) -> dict:
 def _read_config(run_dir: Path) -> dict:
     path = run_dir / "config.yaml"
     try:
-        return flatten(yaml.safe_load(path.read_text()) or {})
+        return flatten_config(yaml.safe_load(path.read_text()) or {})
     except (OSError, yaml.YAMLError):
         return {}
 
@@ -79,7 +67,7 @@ def collect_runs(runs_dir: Path) -> list[dict]:
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise SegkitError(f"{runs_dir}: runs folder not found")
-    defaults = flatten(to_dict(Config()))
+    defaults = flatten_config(to_dict(Config()))
     rows = []
     for info_path in sorted(runs_dir.glob(f"*/{RUN_FILE}")):
         run_dir = info_path.parent

@@ -22,9 +22,9 @@ from typing import Callable, Optional
 
 import yaml
 
-from segkit.ground.config import Config, load_config, to_dict
+from segkit.ground.config import Config, flatten_config, load_config, to_dict
 from segkit.ground.errors import SegkitError
-from segkit.report.runs_table import _score, differences, flatten
+from segkit.report.runs_table import _score, differences
 from segkit.search.space import Dimension, override
 from segkit.runs.rundir import _process_alive, read_jsonl, read_run_info
 
@@ -87,8 +87,8 @@ def _fail_stale_trials(study) -> int:
 
 def best_config_yaml(run_dir: Path) -> str:
     """The settings of a run that differ from the defaults, as YAML for `--config`."""
-    config = flatten(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
-    changed = differences(config, flatten(to_dict(Config())))
+    config = flatten_config(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
+    changed = differences(config, flatten_config(to_dict(Config())))
     nested: dict = {}
     for key, value in sorted(changed.items()):
         section, _, name = key.partition(".")

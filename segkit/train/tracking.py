@@ -21,7 +21,6 @@ from typing import Optional
 
 from segkit.ground.errors import SegkitError
 
-TRACKERS = ("none", "tensorboard", "mlflow")
 MLFLOW_DB = "mlflow.db"  # default store, in the runs folder
 PARAM_CHARS = 6000  # MLflow's limit on a parameter value
 
@@ -60,14 +59,19 @@ def _experiment_id(client, experiment: str, artifacts: Path) -> str:
     return client.create_experiment(experiment, artifact_location=artifacts.resolve().as_uri())
 
 
-def check_tracking(tracker: str, tracking_uri: str, experiment: str, runs_dir: Path) -> None:
+def _require_tensorboard() -> None:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        raise SegkitError("--log tensorboard: the tensorboard package is not installed (pip install tensorboard)") from None
+
+
+def check_tracking(tracker: str, *, tracking_uri: str, experiment: str, runs_dir: Path) -> None:
     """Fail before any work when the tracker cannot work (package missing, store unreachable)."""
+    if tracker not in TRACKERS:
+        raise SegkitError(f"--log {tracker}: unknown tracker; valid: {', '.join(TRACKERS)}")
     if tracker == "tensorboard":
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError:
-            raise SegkitError("--log tensorboard: the tensorboard package is not installed "
-                              "(pip install tensorboard)") from None
+        _require_tensorboard()
     if tracker != "mlflow":
         return
     _require_mlflow()
@@ -142,5 +146,37 @@ class MlflowTracker:
         self.client.set_tag(self.run_id, "segkit.status", status)
         self.client.set_terminated(self.run_id, status=RunStatus.to_string(getattr(RunStatus, mlflow_status)))
 
-    def close(self) -> None:
-        pass
+
+
+class TensorBoardTracker:
+    """Epoch records as TensorBoard scalars under RUN/tensorboard."""
+
+    def __init__(self, run_dir: Path, **_):
+        _require_tensorboard()
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+        self.run_id = None
+
+    def write(self, record: dict) -> None:
+        for key, value in _numbers(record).items():
+            self.writer.add_scalar(key, value, int(record["epoch"]))
+        self.writer.flush()
+
+    def finish(self, status: str, best_checkpoint: Optional[Path] = None) -> None:
+        self.writer.close()
+
+
+TRACKERS = {"none": None, "tensorboard": TensorBoardTracker, "mlflow": MlflowTracker}
+
+
+def create_tracker(name: str, run_dir: Path, *, tracking_uri: str, experiment: str, params: dict,
+                   run_id: Optional[str] = None, tags: Optional[dict] = None):
+    """The tracker `name` for a run (None for "none"); `run_id` continues an earlier MLflow run."""
+    try:
+        factory = TRACKERS[name]
+    except KeyError:
+        raise SegkitError(f"--log {name}: unknown tracker; valid: {', '.join(TRACKERS)}") from None
+    if factory is None:
+        return None
+    return factory(run_dir, tracking_uri=tracking_uri, experiment=experiment, params=params, run_id=run_id, tags=tags)
