@@ -55,9 +55,9 @@ def _reading(config: Config) -> LabelReading:
 class _Subject:
     """One prediction to score: a run (predicted on the fly) or files."""
 
-    def __init__(self, spec: str, runs_dir: Path, reading: LabelReading, stack: ExitStack, device):
+    def __init__(self, spec: str, runs_dir: Path, reading: LabelReading, stack: ExitStack, device, run: bool = False):
         self.spec, self.run_dir, self.predictions, self.files = spec, None, None, None
-        if _is_run(spec, runs_dir):
+        if run or _is_run(spec, runs_dir):
             self.run_dir = resolve_run(spec, runs_dir)
             self.label = f"run {self.run_dir.name}"
             self._stack, self._device = stack, device
@@ -101,9 +101,8 @@ def evaluate(request: EvaluateRequest, echo: Callable[[str], None] = print) -> d
     runs_dir = Path(request.config.run.runs_dir)
     reading = _reading(request.config)
     with ExitStack() as stack:
-        subject = _Subject(request.run or request.pred, runs_dir, reading, stack, request.device)
-        if request.run is not None and subject.run_dir is None:
-            raise SegkitError(f"{request.run}: no such run (looked in {Path(request.run)} and {runs_dir / request.run})")
+        subject = _Subject(request.run or request.pred, runs_dir, reading, stack, request.device,
+                           run=request.run is not None)
         images, config = _images(request, subject)
         reading = _reading(config)
         truth = truth_spec(request.truth, reading)

@@ -77,8 +77,9 @@ class RunPredictions:
             for view, _ in views:
                 path = self.workdir / f"{index:05d}.{view}.tif"
                 with TiffStripWriter(path, region.height, region.width, 1, "float32") as writer:
+                    # [(view, 1.0)], not the name: "hflip" alone names the original + flip set
                     for _, probs in predict_image(self.ensemble, raster, self.settings, self.device, region=region,
-                                                  tta=view):
+                                                  tta=[(view, 1.0)]):
                         writer.write(probs.astype(np.float32))
                 self.views[image.id][view] = path
         return views
