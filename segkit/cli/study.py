@@ -105,11 +105,12 @@ def tune(config_path, overrides, task, space_path, trials, storage, study_name, 
     """
     from segkit.io.atomic import write_text
     from segkit.search.space import load_space
+
+    config = build_config(config_path, overrides, task, **{"run.progress": False})
+    space = load_space(space_path, base=config)  # a bad space fails before torch and optuna are imported
     from segkit.search.tune import tune as run_tune
     from segkit.train.fit import fit
 
-    config = build_config(config_path, overrides, task, **{"run.progress": False})
-    space = load_space(space_path, base=config)
     result = run_tune(config, space, trials=trials, fit=fit, storage=storage, study_name=study_name,
                       seed=config.run.seed, prune=not no_prune, log=click.echo)
     if result.best_run is None:
