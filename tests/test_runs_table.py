@@ -52,3 +52,18 @@ def test_sort_by_any_column_and_plot(runs, tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(SegkitError, match="no run named nope"):
         select_rows(rows, ["nope"])
+
+
+def test_runs_command(runs, tmp_path):
+    from segkit.cli import cli
+
+    result = CliRunner().invoke(cli, ["runs", "--runs-dir", str(runs), "--sort", "best", "--desc",
+                                      "--plot", str(tmp_path / "curves.png"), "ft", "stage1"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    rows = {line.split()[0]: line.split() for line in lines[1:3]}
+    assert lines[0].split()[:2] == ["name", "parent"] and set(rows) == {"ft", "stage1"}
+    assert rows["ft"][1] == "stage1"  # the finetune's parent
+    assert (tmp_path / "curves.png").exists()
+    result = CliRunner().invoke(cli, ["runs", "--runs-dir", str(runs), "--sort", "nope"])
+    assert result.exit_code == 1 and result.output.startswith("Error: --sort nope: not a column")

@@ -108,7 +108,10 @@ def tune(base: Config, space: list[Dimension], *, trials: int, fit: Callable, st
          study_name: str = "tune", seed: int = 42, prune: bool = True, log: Callable[[str], None] = print) -> TuneResult:
     """Run trials until the study has `trials` finished ones. `fit(config, on_epoch=...)` trains one
     run and returns its directory (segkit.train.fit.fit; a parameter so the layer arrow points down)."""
-    import optuna
+    try:
+        import optuna
+    except ImportError:
+        raise SegkitError("segkit tune needs optuna: pip install 'segkit[tune]'") from None
     from optuna.trial import TrialState
 
     if trials < 1:
@@ -147,7 +150,14 @@ def tune(base: Config, space: list[Dimension], *, trials: int, fit: Callable, st
             trial.report(float(value), epoch)
             return "pruned" if trial.should_prune() else None
 
-        run_dir = fit(config, on_epoch=on_epoch)
+        try:
+            run_dir = fit(config, on_epoch=on_epoch)
+        except SegkitError as exc:  # e.g. a sampled size the model cannot take: this trial fails, the search goes on
+            log(f"trial {trial.number}: failed: {exc}")
+            return float("nan")
+        except KeyboardInterrupt:  # Ctrl-C: the trial fails; its parameters are tried first on resume
+            trial.study.enqueue_trial(params, skip_if_exists=False)
+            raise
         score = run_score(run_dir)
         status = read_run_info(run_dir).get("status")
         shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
@@ -161,7 +171,7 @@ def tune(base: Config, space: list[Dimension], *, trials: int, fit: Callable, st
 
     remaining = max(0, trials - done)
     if remaining:
-        study.optimize(objective, n_trials=remaining, catch=(SegkitError,),
+        study.optimize(objective, n_trials=remaining,
                        callbacks=[optuna.study.MaxTrialsCallback(trials, states=finished)])
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
