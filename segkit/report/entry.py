@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from segkit.data.split import load_rows
+from segkit.data.split import label_options, load_rows
 from segkit.ground.config import Config, load_config
 from segkit.ground.errors import SegkitError
 from segkit.io.atomic import AtomicFile, write_text
@@ -48,8 +48,7 @@ def _is_run(spec: str, runs_dir: Path) -> bool:
 
 
 def _reading(config: Config) -> LabelReading:
-    d = config.data
-    return LabelReading(d.rle_order, d.class_map, d.class_property, config.infer.rle_order)
+    return LabelReading(label_options(config), config.infer.rle_order)
 
 
 class _Subject:

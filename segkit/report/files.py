@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from segkit.data.dataset import LabelOptions
 from segkit.ground.errors import SegkitError
 from segkit.io.masks import open_labels
 from segkit.report.evaluate import DEFAULT_TILE_PX, Evaluation, evaluate_images
@@ -13,11 +14,9 @@ from segkit.report.sources import EvalImage, LabelSpec
 
 @dataclass(frozen=True)
 class LabelReading:
-    """How truth labels are decoded (the manifest's options) and how RLE predictions are ordered."""
+    """How truth labels are decoded (the manifest's LabelOptions) and how RLE predictions are ordered."""
 
-    rle_order: str = "F"
-    class_map: Optional[dict] = None
-    class_property: Optional[str] = None
+    truth: LabelOptions = LabelOptions()
     pred_rle_order: str = "F"
 
 
@@ -28,8 +27,9 @@ def truth_opener(truth: Optional[LabelSpec], reading: LabelReading):
             return truth.open(image.id, raster)
         if image.label is None:
             return None
-        return open_labels(image.label, raster, image_id=image.id, rle_order=reading.rle_order,
-                           class_map=reading.class_map, class_property=reading.class_property)
+        t = reading.truth
+        return open_labels(image.label, raster, image_id=image.id, rle_order=t.rle_order, class_map=t.class_map,
+                           class_property=t.class_property)
     return open_truth
 
 
@@ -45,8 +45,8 @@ def truth_spec(truth: Optional[str], reading: LabelReading) -> Optional[LabelSpe
     """--truth as a label source (None: each image's own label file is the truth)."""
     if truth is None:
         return None
-    return LabelSpec(truth, "--truth", rle_order=reading.rle_order, class_map=reading.class_map,
-                     class_property=reading.class_property)
+    t = reading.truth
+    return LabelSpec(truth, "--truth", rle_order=t.rle_order, class_map=t.class_map, class_property=t.class_property)
 
 
 def open_specs(pred: str, truth: Optional[str], reading: LabelReading) -> tuple[LabelSpec, Optional[LabelSpec]]:
