@@ -24,13 +24,14 @@ import yaml
 
 from segkit.ground.config import Config, flatten_config, load_config, to_dict
 from segkit.ground.errors import SegkitError
-from segkit.report.runs_table import _score, differences
 from segkit.search.space import Dimension, override
 from segkit.runs.rundir import _process_alive, read_jsonl, read_run_info
 
 DEFAULT_STORAGE = "optuna.db"  # in the runs folder
 PRUNER_STARTUP_TRIALS = 2  # trials that always run to the end before the median pruner may stop one
 PRUNER_WARMUP_EPOCHS = 1  # epochs of every trial that are never pruned
+METRICS = ("val_dice", "val_f1", "val_accuracy")  # the first a run records is the score maximised
+BOOKKEEPING = {"run.name", "run.runs_dir", "run.progress"}  # not settings of the best config
 
 
 def storage_url(storage: Optional[str], runs_dir: Path) -> str:
@@ -86,22 +87,25 @@ def _fail_stale_trials(study) -> int:
 
 
 def best_config_yaml(run_dir: Path) -> str:
-    """The settings of a run that differ from the defaults, as YAML for `--config`."""
+    """The settings of a run that differ from the defaults, as YAML for `--config` (bookkeeping left out)."""
     config = flatten_config(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
-    changed = differences(config, flatten_config(to_dict(Config())))
+    defaults = flatten_config(to_dict(Config()))
     nested: dict = {}
-    for key, value in sorted(changed.items()):
-        section, _, name = key.partition(".")
-        if name:
-            nested.setdefault(section, {})[name] = value
-        else:
-            nested[section] = value
+    for key, value in sorted(config.items()):
+        if key not in BOOKKEEPING and defaults.get(key, object()) != value:
+            section, _, name = key.partition(".")
+            if name:
+                nested.setdefault(section, {})[name] = value
+            else:
+                nested[section] = value
     return yaml.safe_dump(nested, sort_keys=False)
 
 
 def run_score(run_dir: Path) -> Optional[float]:
-    _, best, _ = _score(read_jsonl(run_dir / "metrics.jsonl"), read_run_info(run_dir).get("best_epoch"))
-    return best
+    """The best validation score a run recorded (None without validation)."""
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    metric = next((m for m in METRICS if any(m in r for r in records)), None)
+    return max(float(r[metric]) for r in records if metric in r) if metric else None
 
 
 def tune(base: Config, space: list[Dimension], *, trials: int, fit: Callable, storage: Optional[str] = None,
@@ -144,7 +148,7 @@ def tune(base: Config, space: list[Dimension], *, trials: int, fit: Callable, st
         config = load_config(None, [override(k, v) for k, v in params.items()] + [f"run.name={name}"], base=base)
 
         def on_epoch(epoch: int, record: dict) -> Optional[str]:
-            value = next((record[m] for m in ("val_dice", "val_f1", "val_accuracy") if m in record), None)
+            value = next((record[m] for m in METRICS if m in record), None)
             if value is None or not prune:
                 return None
             trial.report(float(value), epoch)
