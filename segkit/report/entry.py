@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from segkit.data.split import label_options, load_rows
+from segkit.data.split import load_rows
 from segkit.ground.config import Config, load_config
 from segkit.ground.errors import SegkitError
 from segkit.io.atomic import AtomicFile, write_text
@@ -24,6 +24,7 @@ from segkit.report.html import render_seg_report
 from segkit.report.overlay import Pictures
 from segkit.report.sources import EvalImage, images_from_paths, images_from_rows
 from segkit.runs.rundir import RUN_FILE, resolve_run
+from segkit.train.from_config import label_options
 
 
 @dataclass

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from segkit.data.split import split_manifest
 from segkit.ground.config import Config, load_config
 from segkit.ground.errors import SegkitError
 from segkit.ground.geometry import Window
-from segkit.infer.run import check_channels, infer_settings, load_ensemble, post_process, predict_image
+from segkit.infer.run import check_channels, infer_settings, load_ensemble, post_process, stream_probs
 from segkit.infer.tta import parse_tta
 from segkit.io.masks import open_labels
 from segkit.io.raster import open_raster
@@ -28,10 +27,11 @@ from segkit.report.evaluate import image_region, item_windows
 from segkit.report.postsearch import PostSetting, search_postprocess
 from segkit.report.sources import EvalImage, OffsetLabels, images_from_rows
 from segkit.runs.rundir import read_run_info, save_config, update_run_info
+from segkit.train.from_config import split_rows
 
 
 def validation_images(config: Config, run_dir: Path) -> list[EvalImage]:
-    _, rows = split_manifest(config)
+    _, rows = split_rows(config)
     if not rows:
         raise SegkitError(f"{run_dir}: validation fold {config.data.val_fold} of {config.data.manifest} has no rows")
     return images_from_rows(rows)
@@ -55,7 +55,7 @@ class RunPredictions:
             raster = open_raster(image.image)
             check_channels(raster, self.ensemble.preprocess)
             region = image_region(image, raster.height, raster.width)
-            strips = predict_image(self.ensemble, raster, self.settings, self.device, region=region)
+            strips = stream_probs(self.ensemble, raster, self.settings, self.device, region=region)
             masks = post_process(strips, raster, self.ensemble.preprocess, self.settings, self.ensemble.classes,
                                  region=region)
             path = self.workdir / f"{len(self.masks):05d}.mask.tif"
@@ -78,7 +78,7 @@ class RunPredictions:
                 path = self.workdir / f"{index:05d}.{view}.tif"
                 with TiffStripWriter(path, region.height, region.width, 1, "float32") as writer:
                     # [(view, 1.0)], not the name: "hflip" alone names the original + flip set
-                    for _, probs in predict_image(self.ensemble, raster, self.settings, self.device, region=region,
+                    for _, probs in stream_probs(self.ensemble, raster, self.settings, self.device, region=region,
                                                   tta=[(view, 1.0)]):
                         writer.write(probs.astype(np.float32))
                 self.views[image.id][view] = path

@@ -1,7 +1,7 @@
 """`segkit tune`: Optuna's TPE sampler and median pruner over a search space of config keys.
 
 Each trial is a normal training run (runs/STUDY-tNNN, so `runs`, `evaluate` and `infer` work on
-it). Its per-epoch validation score is reported to the pruner through fit's per-epoch callback;
+it). Its per-epoch validation score is reported to the pruner through one of fit's epoch hooks;
 a trial the pruner stops ends as a run with status `pruned`. The study lives in a storage that
 outlives the process: by default the SQLite file runs/optuna.db, or any `--storage` URL
 (a database URL, or a path for Optuna's journal file, which works on a shared disk without a
@@ -25,6 +25,7 @@ import yaml
 from segkit.ground.config import Config, flatten_config, load_config, to_dict
 from segkit.ground.errors import SegkitError
 from segkit.search.space import Dimension, override
+from segkit.train.fit import StopRun
 from segkit.runs.rundir import _process_alive, read_jsonl, read_run_info
 
 DEFAULT_STORAGE = "optuna.db"  # in the runs folder
@@ -110,8 +111,8 @@ def run_score(run_dir: Path) -> Optional[float]:
 
 def tune(base: Config, space: list[Dimension], *, trials: int, fit: Callable, storage: Optional[str] = None,
          study_name: str = "tune", seed: int = 42, prune: bool = True, log: Callable[[str], None] = print) -> TuneResult:
-    """Run trials until the study has `trials` finished ones. `fit(config, on_epoch=...)` trains one
-    run and returns its directory (segkit.train.fit.fit; a parameter so the layer arrow points down)."""
+    """Run trials until the study has `trials` finished ones. `fit(config, hooks=[...])` trains one run
+    and returns its directory (segkit.train.fit.fit; a parameter, so a test or a caller can wrap it)."""
     try:
         import optuna
     except ImportError:
@@ -147,15 +148,15 @@ def tune(base: Config, space: list[Dimension], *, trials: int, fit: Callable, st
         trial.set_user_attr("run_dir", str(runs_dir / name))
         config = load_config(None, [override(k, v) for k, v in params.items()] + [f"run.name={name}"], base=base)
 
-        def on_epoch(epoch: int, record: dict) -> Optional[str]:
+        def report(run_dir: Path, record: dict) -> None:  # fit's epoch hook: the pruner sees every epoch
             value = next((record[m] for m in METRICS if m in record), None)
-            if value is None or not prune:
-                return None
-            trial.report(float(value), epoch)
-            return "pruned" if trial.should_prune() else None
+            if value is not None and prune:
+                trial.report(float(value), int(record["epoch"]))
+                if trial.should_prune():
+                    raise StopRun("pruned")
 
         try:
-            run_dir = fit(config, on_epoch=on_epoch)
+            run_dir = fit(config, hooks=[report])
         except SegkitError as exc:  # e.g. a sampled size the model cannot take: this trial fails, the search goes on
             log(f"trial {trial.number}: failed: {exc}")
             return float("nan")

@@ -1,7 +1,7 @@
 """Experiment trackers for `--log`: none, tensorboard, mlflow. One registry, one interface.
 
-A tracker gets the run's parameters once, every epoch record (`write`), and at the end the run's
-status and files (`finish`). MLflow (the `mlflow` extra) records params (the flattened config),
+A tracker gets the run's parameters when it is created, every epoch record (it is one of fit's
+epoch hooks: `tracker(run_dir, record)`), and at the end the run's status and files (`finish`). MLflow (the `mlflow` extra) records params (the flattened config),
 per-epoch metrics (step = epoch) and artifacts (config.yaml, preprocess.json, run.json, plots/),
 with the best checkpoint's path as a tag. Its default tracking URI is a SQLite file in the runs
 folder: MLflow deprecated its `./mlruns` file store and its newest versions refuse it. Artifacts
@@ -123,7 +123,8 @@ class MlflowTracker:
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=items[i:i + 100])
 
-    def write(self, record: dict) -> None:
+    def __call__(self, run_dir: Path, record: dict) -> None:
+        """fit's epoch hook: the epoch's numbers as metrics (step = epoch)."""
         from mlflow.entities import Metric
 
         epoch = int(record["epoch"])
@@ -158,7 +159,7 @@ class TensorBoardTracker:
         self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
         self.run_id = None
 
-    def write(self, record: dict) -> None:
+    def __call__(self, run_dir: Path, record: dict) -> None:
         for key, value in _numbers(record).items():
             self.writer.add_scalar(key, value, int(record["epoch"]))
         self.writer.flush()
