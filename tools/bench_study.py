@@ -28,11 +28,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = """# a tiny config of the sample: 3 short epochs at 128 px over a 256 px field of view
-data: {manifest: sample, fov_px: 256, size: 128}
+TINY = """# a tiny config of the sample: 3 short epochs at 64 px over a 128 px field of view
+data: {manifest: sample, fov_px: 128, size: 64, stats_windows: 16}
 model: {encoder: resnet18}
-train: {epochs: 3, windows_per_epoch: 64, batch_size: 8, scheduler: onecycle}
-infer: {tta: none, epochs: best}
+train: {epochs: 3, windows_per_epoch: 48, batch_size: 8, scheduler: onecycle}
+infer: {tta: none, epochs: best, overlap_px: 32}
 run: {progress: false}
 """
 SPACE = """train.lr: {low: 3.0e-4, high: 1.0e-2, log: true}
@@ -75,14 +75,20 @@ def bench_tune(trials: int, work: Path) -> None:
           f"default {default:.4f} ({best - default:+.4f})", flush=True)
 
 
-def bench_search(work: Path) -> None:
+def bench_search(work: Path, stage1_only: bool) -> None:
     sample = ROOT / "configs" / "sample.yaml"
     _, wall1, cpu1 = segkit("train", "--config", str(sample), "--name", "demo128", "--set", "run.progress=false", cwd=work)
-    _, wall2, cpu2 = segkit("finetune", "--from", "demo128", "--size", "256", "--epochs", "3", "--lr", "1e-3", "--name",
-                            "demo256", "--set", "train.windows_per_epoch=128", "--set", "run.progress=false", cwd=work)
-    print(f"demo run: train {wall1:.0f} s ({cpu1:.0f} CPU s), finetune {wall2:.0f} s ({cpu2:.0f} CPU s); "
-          f"best val dice {best_dice(work / 'runs' / 'demo256'):.4f}", flush=True)
-    out, wall, cpu = segkit("evaluate", "--run", "demo256", "--search", cwd=work)
+    print(f"demo stage 1: train {wall1:.0f} s ({cpu1:.0f} CPU s); best val dice {best_dice(work / 'runs' / 'demo128'):.4f}",
+          flush=True)
+    run = "demo128"
+    if not stage1_only:
+        _, wall2, cpu2 = segkit("finetune", "--from", "demo128", "--size", "256", "--epochs", "3", "--lr", "1e-3",
+                                "--name", "demo256", "--set", "train.windows_per_epoch=128", "--set",
+                                "run.progress=false", cwd=work)
+        print(f"demo stage 2: finetune {wall2:.0f} s ({cpu2:.0f} CPU s); "
+              f"best val dice {best_dice(work / 'runs' / 'demo256'):.4f}", flush=True)
+        run = "demo256"
+    out, wall, cpu = segkit("evaluate", "--run", run, "--search", cwd=work)
     print(out.strip())
     print(f"evaluate --search: {wall:.0f} s wall, {cpu:.0f} CPU s", flush=True)
 
@@ -91,13 +97,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("which", choices=("tune", "search"))
     parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--stage1-only", action="store_true", help="search: evaluate the demo's first stage (no finetune).")
     parser.add_argument("--workdir", default=None, help="Keep the runs here (default: a temporary folder).")
     args = parser.parse_args()
     print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
     with tempfile.TemporaryDirectory(prefix="segkit-bench-study-") as tmp:
         work = Path(args.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        bench_tune(args.trials, work) if args.which == "tune" else bench_search(work)
+        bench_tune(args.trials, work) if args.which == "tune" else bench_search(work, args.stage1_only)
     print(f"load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
 
 
