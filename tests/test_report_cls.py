@@ -32,3 +32,18 @@ def test_unknown_class_is_named(tmp_path):
     with pytest.raises(SegkitError, match="class\\(es\\) emu not in the class names"):
         evaluate_classes(read_class_csv(tmp_path / "pred.csv", "--pred"), {"a": "cat", "b": "dog"},
                          class_names=["cat", "dog"])
+
+
+def test_cls_through_the_cli(tmp_path):
+    from click.testing import CliRunner
+
+    from segkit.cli import cli
+
+    (tmp_path / "pred.csv").write_text("id,label,p0,p1\na,0,0.9,0.1\nb,1,0.2,0.8\nc,1,0.4,0.6\n")
+    (tmp_path / "truth.csv").write_text("id,label\na,0\nb,1\nc,0\n")
+    result = CliRunner().invoke(cli, ["evaluate", "--task", "cls", "--pred", str(tmp_path / "pred.csv"),
+                                      "--truth", str(tmp_path / "truth.csv"), "--out", str(tmp_path / "r.html")])
+    assert result.exit_code == 0, result.output
+    assert "accuracy 0.6667" in result.output
+    text = (tmp_path / "r.html").read_text()
+    assert "The 1 most confidently wrong" in text and "c: true 0, predicted 1 (p=0.600)" in text
