@@ -144,3 +144,23 @@ def test_bad_inputs(files):
     pred_spec, truth_spec = open_specs(str(root / "sub.csv"), str(single), reading)
     with pytest.raises(SegkitError, match="one --truth file for 4 images"):
         evaluate_files(images_from_paths([str(root / "images")]), pred_spec, truth_spec, reading)
+
+
+def test_vs_through_the_cli(files):
+    from click.testing import CliRunner
+
+    from segkit.cli import cli
+
+    root, truths, preds = files
+    changed = dict(preds)
+    changed["a"] = np.zeros_like(preds["a"])
+    write_rle(root / "new.csv", changed)
+    result = CliRunner().invoke(cli, ["evaluate", "--pred", str(root / "new.csv"), "--vs", str(root / "sub.csv"),
+                                      "--truth", str(root / "truth"), "--images", str(root / "images"),
+                                      "--out", str(root / "report.html"), "--worst", "2"])
+    assert result.exit_code == 0, result.output
+    assert "3 common image(s), 0 better, 1 worse" in result.output
+    assert "note: 1 image(s) have no labels and were skipped: d" in result.output
+    text = (root / "report.html").read_text()
+    assert len(re.findall(r'<img src="data:image/png;base64,', text)) == 1 + 2 + 1  # histograms, 2 worst, 1 change
+    assert (root / "report.json").exists()

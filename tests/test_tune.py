@@ -83,3 +83,14 @@ def test_unreachable_storage_fails_before_training(tmp_path, project):
     assert result.exit_code == 1
     assert result.output.startswith("Error: --storage sqlite:///") and "cannot open the study storage" in result.output
     assert not list((tmp_path / "runs").glob("tune-*"))
+
+
+def test_journal_file_storage(tmp_path):
+    from segkit.search.tune import open_storage
+
+    storage = open_storage(str(tmp_path / "study.log"))  # a path, not a URL: Optuna's journal file
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    study.enqueue_trial({"x": 1.0})
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 2), n_trials=1)
+    again = optuna.load_study(study_name="s", storage=open_storage(str(tmp_path / "study.log")))
+    assert again.best_value == 1.0
