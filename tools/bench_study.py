@@ -8,7 +8,8 @@
            post-processing search (threshold, minimum object size, original TTA view's weight).
 
 CPU seconds (children's user + system time) move less than wall time when other jobs share the
-machine; the load average is printed at the start and the end.
+machine; the load average is printed at the start and the end. On a crowded machine run it with
+OMP_NUM_THREADS=1: OpenMP threads spin while they wait for a core, which inflates CPU seconds.
 
     python tools/bench_study.py tune --trials 8       # ~5-15 min on 2 busy cores
     python tools/bench_study.py search                # ~5-10 min (trains the demo run)
@@ -75,9 +76,11 @@ def bench_tune(trials: int, work: Path) -> None:
           f"default {default:.4f} ({best - default:+.4f})", flush=True)
 
 
-def bench_search(work: Path, stage1_only: bool) -> None:
+def bench_search(work: Path, stage1_only: bool, epochs: int | None) -> None:
     sample = ROOT / "configs" / "sample.yaml"
-    _, wall1, cpu1 = segkit("train", "--config", str(sample), "--name", "demo128", "--set", "run.progress=false", cwd=work)
+    shorter = ["--epochs", str(epochs)] if epochs else []
+    _, wall1, cpu1 = segkit("train", "--config", str(sample), "--name", "demo128", "--set", "run.progress=false",
+                            *shorter, cwd=work)
     print(f"demo stage 1: train {wall1:.0f} s ({cpu1:.0f} CPU s); best val dice {best_dice(work / 'runs' / 'demo128'):.4f}",
           flush=True)
     run = "demo128"
@@ -98,13 +101,14 @@ def main() -> None:
     parser.add_argument("which", choices=("tune", "search"))
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--stage1-only", action="store_true", help="search: evaluate the demo's first stage (no finetune).")
+    parser.add_argument("--epochs", type=int, default=None, help="search: epochs of the demo's first stage (default 8).")
     parser.add_argument("--workdir", default=None, help="Keep the runs here (default: a temporary folder).")
     args = parser.parse_args()
     print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
     with tempfile.TemporaryDirectory(prefix="segkit-bench-study-") as tmp:
         work = Path(args.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        bench_tune(args.trials, work) if args.which == "tune" else bench_search(work, args.stage1_only)
+        bench_tune(args.trials, work) if args.which == "tune" else bench_search(work, args.stage1_only, args.epochs)
     print(f"load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
 
 
