@@ -14,6 +14,7 @@ from segkit.cli.config import config_command
 from segkit.cli.data import preview, stats
 from segkit.cli.infer import infer
 from segkit.cli.options import SegkitGroup
+from segkit.cli.study import evaluate, runs, tune
 from segkit.cli.train import finetune, train
 from segkit.ground import __version__
 
@@ -34,7 +35,7 @@ def cli():
     """
 
 
-for command in (train, finetune, infer, stats, preview, config_command):
+for command in (train, finetune, infer, stats, preview, config_command, evaluate, runs, tune):
     cli.add_command(command)
 
 

@@ -127,3 +127,13 @@ def command_config(command: str, reads: tuple, config_path, overrides, *, runs_d
     shortcuts = {**shortcuts, "run.runs_dir": runs_dir, "run.device": device, "task": task}
     extra = [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
     return load_config(config_path, list(overrides) + extra, base=base)
+
+
+def tracking_options(function):
+    """--log and --tracking-uri, shared by the training commands."""
+    function = click.option("--tracking-uri", "tracking_uri", default=None, metavar="URI",
+                            help="MLflow tracking URI (default: sqlite:///RUNS/mlflow.db).")(function)
+    function = click.option("--log", "log", type=click.Choice(["none", "tensorboard", "mlflow"]), default=None,
+                            help="Also log epochs to TensorBoard (RUN/tensorboard; pip install tensorboard) or "
+                                 "MLflow (params, metrics, artifacts; pip install 'segkit[mlflow]').")(function)
+    return function

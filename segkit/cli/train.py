@@ -6,11 +6,11 @@ import dataclasses
 
 import click
 
-from segkit.cli.options import ALL_SECTIONS, command_config, common_options, run_option, runs_folder, task_option
+from segkit.cli.options import (
+    ALL_SECTIONS, command_config, common_options, run_option, runs_folder, task_option, tracking_options,
+)
 from segkit.ground.config import load_config
 from segkit.ground.errors import SegkitError
-
-LOG_HELP = "Also log epochs to TensorBoard in RUN/tensorboard (needs: pip install tensorboard)."
 
 
 @click.command()
@@ -25,9 +25,9 @@ LOG_HELP = "Also log epochs to TensorBoard in RUN/tensorboard (needs: pip instal
 @click.option("--subset", type=float, default=None, help="Fraction of the windows per epoch to use (fast experiments).")
 @click.option("--resume", "resume_run", default=None, metavar="RUN",
               help="Continue an interrupted run (name or path) from its last checkpoint; other options are ignored.")
-@click.option("--log", "log", type=click.Choice(["none", "tensorboard"]), default=None, help=LOG_HELP)
+@tracking_options
 def train(config_path, overrides, runs_dir, device, task, size, fov_px, epochs, name, val_fold, subset, resume_run,
-          log):
+          log, tracking_uri):
     """Train a model on random windows cut from large images.
 
     Windows are drawn at a fresh random position every time (biased toward labelled objects),
@@ -43,7 +43,7 @@ def train(config_path, overrides, runs_dir, device, task, size, fov_px, epochs, 
     config = command_config(
         "train", ALL_SECTIONS, config_path, overrides, runs_dir=runs_dir, device=device, task=task, **{
             "data.size": size, "data.fov_px": fov_px, "train.epochs": epochs, "run.name": name,
-            "data.val_fold": val_fold, "train.subset": subset, "run.log": log,
+            "data.val_fold": val_fold, "train.subset": subset, "run.log": log, "run.tracking_uri": tracking_uri,
         }
     )
     if resume_run is not None:
@@ -63,8 +63,9 @@ def train(config_path, overrides, runs_dir, device, task, size, fov_px, epochs, 
 @click.option("--name", default=None, help="Run directory name (default finetune-<timestamp>).")
 @click.option("--epoch", "parent_epoch", default="best", show_default=True, metavar="N|best|last",
               help="Parent checkpoint to start from: best (by validation Dice), last, or an epoch number.")
-@click.option("--log", "log", type=click.Choice(["none", "tensorboard"]), default=None, help=LOG_HELP)
-def finetune(config_path, overrides, runs_dir, device, task, run, size, epochs, lr, name, parent_epoch, log):
+@tracking_options
+def finetune(config_path, overrides, runs_dir, device, task, run, size, epochs, lr, name, parent_epoch, log,
+             tracking_uri):
     """Continue a run at a new network size over the same field of view.
 
     The progressive schedule: `train --size 256` reads fov-pixel windows downscaled to 256;
@@ -81,7 +82,8 @@ def finetune(config_path, overrides, runs_dir, device, task, run, size, epochs, 
     config = command_config(
         "finetune", ALL_SECTIONS, config_path, overrides, runs_dir=runs_dir, device=device,
         task=task, base=named, **{"data.size": size, "train.epochs": epochs, "train.lr": lr, "run.name": name,
-                                 "run.log": log},
+                                 "run.log": log,
+                                 "run.tracking_uri": tracking_uri},
     )
     if config.data.fov_px != base.data.fov_px:
         raise SegkitError(f"finetune keeps the parent's field of view ({base.data.fov_px} px); do not change data.fov_px")

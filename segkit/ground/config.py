@@ -32,7 +32,9 @@ class RunConfig:
     seed: int = 42  # seeds windows, augmentation, weights and folds
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     progress: bool = True  # progress bars on long work
-    log: str = "none"  # extra epoch logging: none | tensorboard (needs pip install tensorboard)
+    log: str = "none"  # extra epoch logging: none | tensorboard | mlflow (--log; needs that package)
+    tracking_uri: Optional[str] = None  # MLflow tracking URI; null = sqlite:///<runs_dir>/mlflow.db
+    experiment: str = "segkit"  # MLflow experiment the runs are logged under
 
 
 @dataclass
@@ -252,7 +254,7 @@ def validate(config: Config) -> None:
         "infer.rle_order": (config.infer.rle_order, ("F", "C")),
         "infer.blend": (config.infer.blend, ("gaussian", "pyramid", "flat")),
         "infer.tissue": (config.infer.tissue, ("auto", "saturation", "otsu")),
-        "run.log": (config.run.log, ("none", "tensorboard")),
+        "run.log": (config.run.log, ("none", "tensorboard", "mlflow")),
     }
     for key, (value, valid) in choices.items():
         if value not in valid:
@@ -273,6 +275,8 @@ def validate(config: Config) -> None:
         raise SegkitError("config keys data.mean and data.std: give both or neither")
     if config.data.std is not None and any(not isinstance(v, (int, float)) or v <= 0 for v in config.data.std):
         raise SegkitError(f"config key data.std: every value must be a number > 0, got {config.data.std}")
+    if not config.run.experiment.strip():
+        raise SegkitError("config key run.experiment: must name an MLflow experiment, got an empty string")
     if not 0 < config.train.subset <= 1:
         raise SegkitError(f"config key train.subset: must be in (0, 1], got {config.train.subset}")
     if not 0 <= config.data.foreground_share <= 1:
@@ -321,3 +325,15 @@ def _validate_names(config: "Config") -> None:
 
 def to_dict(config: Config) -> dict:
     return dataclasses.asdict(config)
+
+
+def flatten_config(tree: dict) -> dict:
+    """{"train": {"lr": 1e-3}, "task": "seg"} -> {"train.lr": 1e-3, "task": "seg"}: sections are one level
+    deep, so mappings inside a section (data.augment, data.copy_paste) stay values."""
+    out = {}
+    for section, values in tree.items():
+        if isinstance(values, dict):
+            out.update({f"{section}.{key}": value for key, value in values.items()})
+        else:
+            out[section] = values
+    return out

@@ -226,16 +226,8 @@ def _infer_one(ensemble: Ensemble, image_id: str, path: Path, n_images: int, out
                settings: Settings, device: torch.device) -> tuple[Optional[str], list[Path]]:
     """One image through the predictor into its own files; returns (its RLE or None, files written)."""
     raster = open_raster(path)
-    activation = "sigmoid" if ensemble.classes == 1 else "softmax"
-    predictor = EnsemblePredictor(ensemble.models, settings.tta, activation=activation, amp=settings.amp)
-    strips = predict_strips(
-        predictor, raster, fov_px=ensemble.fov_px, size=ensemble.size, overlap_px=settings.overlap_px,
-        preprocess=ensemble.preprocess, blend=settings.blend, batch_size=settings.batch_size, device=device,
-        region=Window(0, 0, raster.height, raster.width), progress=settings.progress,
-        margin_px=settings.margin_px,
-        tissue=tissue_grid(raster, settings.tissue) if settings.tissue else None,
-    )
-    masks = _post_processed(strips, raster, ensemble.preprocess, settings, ensemble.classes)
+    strips = stream_probs(ensemble, raster, settings, device)
+    masks = post_process(strips, raster, ensemble.preprocess, settings, ensemble.classes)
     encoder = None
     if outputs.rle is not None:
         from segkit.io.rle import RleStripEncoder
@@ -243,6 +235,22 @@ def _infer_one(ensemble: Ensemble, image_id: str, path: Path, n_images: int, out
         encoder = RleStripEncoder(raster.height, raster.width, order=settings.rle_order)
     paths = _write_image(masks, raster, image_id, n_images, encoder, outputs, settings, ensemble.classes)
     return (encoder.finish() if encoder is not None else None), paths
+
+
+def stream_probs(ensemble: Ensemble, raster, settings: Settings, device: torch.device, *,
+                 region: Optional[Window] = None, tta=None):
+    """(row0, probs) strips of `region` (default: the whole image) with the settings' tiling and TTA
+    (`tta`, a spec or (view, weight) pairs, overrides it: e.g. [("hflip", 1.0)] for one view alone)."""
+    activation = "sigmoid" if ensemble.classes == 1 else "softmax"
+    predictor = EnsemblePredictor(ensemble.models, settings.tta if tta is None else tta, activation=activation,
+                                  amp=settings.amp)
+    return predict_strips(
+        predictor, raster, fov_px=ensemble.fov_px, size=ensemble.size, overlap_px=settings.overlap_px,
+        preprocess=ensemble.preprocess, blend=settings.blend, batch_size=settings.batch_size, device=device,
+        region=region or Window(0, 0, raster.height, raster.width), progress=settings.progress,
+        margin_px=settings.margin_px,
+        tissue=tissue_grid(raster, settings.tissue) if settings.tissue else None,
+    )
 
 
 def check_channels(raster, preprocess) -> None:
@@ -256,21 +264,26 @@ def check_channels(raster, preprocess) -> None:
         raise SegkitError(f"{raster.path}: has {raster.channels} channel(s) but the run's channel spec reads {bands}")
 
 
-def _post_processed(strips, raster, preprocess: Preprocess, settings: Settings, classes: int):
-    """(row0, probs) strips -> (row0, mask, probs) strips: CRF, threshold, small objects, holes."""
+def post_process(strips, raster, preprocess: Preprocess, settings: Settings, classes: int,
+                 region: Optional[Window] = None):
+    """(row0, probs) strips of `region` (default: the whole image) -> (row0, mask, probs) strips:
+    CRF, threshold, small objects, holes."""
+    region = region or Window(0, 0, raster.height, raster.width)
     if settings.crf is not None:
         from segkit.post.crf import CrfStripProcessor
 
-        refine = CrfStripProcessor(
-            raster.height, raster.width, read_image=lambda window: preprocess.stack(raster.read(window)), **settings.crf
-        )
+        def read_image(window):
+            return preprocess.stack(raster.read(Window(window.row + region.row, window.col + region.col,
+                                                       window.height, window.width)))
+
+        refine = CrfStripProcessor(region.height, region.width, read_image=read_image, **settings.crf)
         strips = refine(strips)
     # Binary: probability >= threshold; multiclass: argmax over classes (channel 0 = background).
     cut = settings.threshold if classes == 1 else None
     masks = ((row0, threshold_probs(probs, cut), probs) for row0, probs in strips)
     if settings.min_object_px > 1 or settings.fill_holes:
         masks = StripPostProcessor(
-            raster.height, raster.width, min_px=settings.min_object_px, fill=settings.fill_holes
+            region.height, region.width, min_px=settings.min_object_px, fill=settings.fill_holes
         )(masks)
     return masks
 

@@ -103,3 +103,16 @@ def _scan(path: Path, ids: set[str]) -> list[tuple[int, str]]:
         return [(reader.line_num, row[rle_col] if len(row) > rle_col else "") for row in reader
                 if len(row) > id_col and row[id_col].strip() in ids]
 
+
+
+def rle_ids(path: Path) -> set[str]:
+    """Every id with a row in `path` (what `segkit evaluate` matches against its images)."""
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    try:
+        return set(CsvIndex(Path(path)).rows)
+    except _Fallback:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            names = [h.strip().lower() for h in next(reader, None) or []]
+            id_col = names.index("id") if "id" in names else 0
+            return {row[id_col].strip() for row in reader if len(row) > id_col}

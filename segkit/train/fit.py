@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from segkit.data.inputs import TrainingData, window_dataset
 from segkit.data.preprocess import Preprocess
-from segkit.ground.config import Config, load_config
+from segkit.ground.config import Config, flatten_config, load_config, to_dict
 from segkit.ground.errors import SegkitError
 from segkit.models.factory import freeze_encoder
 from segkit.models.losses import create_loss
@@ -49,12 +49,22 @@ from segkit.train import stage as st
 from segkit.train.ema import ModelEma
 from segkit.train.loop import EarlyStopping, train_one_epoch
 from segkit.train.optim import create_optimizer, create_scheduler
+from segkit.train.tracking import check_tracking, create_tracker, default_tracking_uri
 from segkit.train.validate import validate
 
 BEST_METRIC = "val_dice"
 
-# Called on rank 0 after every epoch with (run directory, the epoch's record); may raise to stop.
+# Called on rank 0 after every epoch with (run directory, the epoch's record); may raise to stop
+# (StopRun ends the run cleanly with its status, any other exception fails it).
 EpochHook = Callable[[Path, dict], None]
+
+
+class StopRun(Exception):
+    """Raised by an EpochHook to end the run after this epoch with `status` (e.g. "pruned" by a search)."""
+
+    def __init__(self, status: str):
+        super().__init__(status)
+        self.status = status
 
 
 def _log(message: str) -> None:
@@ -93,8 +103,12 @@ def _fit(config, command, parent, resume, parent_epoch, dist_info, hooks) -> Pat
         command, parent = run_info["command"], (Path(run_info["parent"]) if run_info.get("parent") else None)
     if config.task == "cls":
         raise SegkitError("task cls: classification training is not built yet; this version trains task seg")
-    if config.run.log == "tensorboard":
-        st.require_tensorboard()
+    tracking_uri = config.run.tracking_uri or default_tracking_uri(Path(config.run.runs_dir))
+    if main:  # a tracker that cannot work (package missing, store unreachable) fails before any data is read
+        if config.run.log == "mlflow" and config.run.tracking_uri is None:
+            Path(config.run.runs_dir).mkdir(parents=True, exist_ok=True)  # the default store lives there
+        check_tracking(config.run.log, tracking_uri=tracking_uri, experiment=config.run.experiment,
+                       runs_dir=Path(config.run.runs_dir))
     config = fc.with_fov(config)
     if parent is not None and resume is None:
         fc.check_parent_compatible(parent, config)
@@ -114,7 +128,14 @@ def _fit(config, command, parent, resume, parent_epoch, dist_info, hooks) -> Pat
     parts = _build(config, data, preprocess, device, parent_weights, world, rank)
     start_epoch, best = _restore(parts, run_dir, resume is not None, config.run.seed, rank)
     started = time.time()
-    epoch, record, best = _run_epochs(config, parts, run_dir, data, preprocess, device, start_epoch, best, hooks)
+    tracker = _open_tracker(config, run_dir, command, parent, tracking_uri) if main else None
+    try:
+        epoch, record, best, outcome = _run_epochs(config, parts, run_dir, data, preprocess, device, start_epoch,
+                                                   best, [*hooks, tracker] if tracker else hooks)
+    except BaseException:
+        if tracker is not None:
+            tracker.finish(read_run_info(run_dir).get("status", "failed"))
+        raise
 
     changes = {}
     if world > 1:  # DDP keeps replicas equal; check it rather than assume it
@@ -125,9 +146,22 @@ def _fit(config, command, parent, resume, parent_epoch, dist_info, hooks) -> Pat
             _log(f"warning: ranks ended with different weights ({', '.join(d[:8] for d in digests)})")
     summary = _summary(run_dir, epoch, record, best, time.time() - started)
     if main:
-        update_run_info(run_dir, status="finished", summary=summary, pid=None, **changes)
+        update_run_info(run_dir, status=outcome, summary=summary, pid=None, **changes)
+        if tracker is not None:
+            tracker.finish(outcome, run_dir / "checkpoints" / ckpt.checkpoint_name(best["epoch"]) if best else None)
     _log(summary)
     return run_dir
+
+
+def _open_tracker(config: Config, run_dir: Path, command: str, parent: Optional[Path], tracking_uri: str):
+    """The --log tracker of this run (None for none); a resumed run continues its tracker run."""
+    info = read_run_info(run_dir)
+    tracker = create_tracker(config.run.log, run_dir, tracking_uri=tracking_uri, experiment=config.run.experiment,
+                             params=flatten_config(to_dict(config)), run_id=info.get("tracking_run_id"),
+                             tags={"command": command, "parent": parent.name if parent else ""})
+    if tracker is not None and tracker.run_id and tracker.run_id != info.get("tracking_run_id"):
+        update_run_info(run_dir, tracking_run_id=tracker.run_id)
+    return tracker
 
 
 def _open_run(config: Config, command: str, parent, resume, parent_epoch, data: TrainingData) -> Path:
@@ -228,8 +262,7 @@ def _run_epochs(config: Config, parts: st.Parts, run_dir: Path, data: TrainingDa
     t, main = config.train, distributed.is_main()
     settings = fc.validation_settings(config)
     checkpoint_dir = run_dir / "checkpoints"
-    board = st.TensorBoardLog(run_dir / "tensorboard") if main and config.run.log == "tensorboard" else None
-    epoch, record = start_epoch - 1, {}
+    epoch, record, outcome = start_epoch - 1, {}, "finished"
     try:
         for epoch in range(start_epoch, t.epochs + 1):
             parts.dataset.set_epoch(epoch)
@@ -253,28 +286,34 @@ def _run_epochs(config: Config, parts: st.Parts, run_dir: Path, data: TrainingDa
             stop = parts.early.step(record[BEST_METRIC]) if BEST_METRIC in record else False
             if BEST_METRIC in record and parts.early.improved:
                 best = {"epoch": epoch, "value": record[BEST_METRIC]}
+            verdict = None
             if main:
-                _record_epoch(run_dir, record, board)
+                _record_epoch(run_dir, record)
                 ckpt.save_checkpoint(checkpoint_dir / ckpt.checkpoint_name(epoch),
                                      st.training_state(parts, epoch, best, record))
                 keep = checkpoint_dir / ckpt.checkpoint_name(best["epoch"]) if best else None
                 ckpt.prune_checkpoints(checkpoint_dir, t.keep_last, keep)
                 update_run_info(run_dir, best_epoch=best["epoch"] if best else epoch, last_epoch=epoch)
-                for hook in hooks:
-                    hook(run_dir, record)
+                try:
+                    for hook in hooks:
+                        hook(run_dir, record)
+                except StopRun as request:
+                    verdict = request.status
             dice = f"  val dice {record[BEST_METRIC]:.4f}" if BEST_METRIC in record else ""
             _log(f"epoch {epoch}: loss {record['train_loss']:.4f}{dice}  ({record['seconds']} s)")
+            verdict = st.broadcast(verdict)  # every rank stops together
             distributed.barrier()
+            if verdict:
+                _log(f"stopped after epoch {epoch}: {verdict}")
+                outcome = verdict
+                break
             if stop:
                 _log(f"early stop: no improvement in {parts.early.bad_epochs} epochs")
                 break
     except BaseException as exc:
         _fail(run_dir, exc)
         raise
-    finally:
-        if board is not None:
-            board.close()
-    return epoch, record, best
+    return epoch, record, best, outcome
 
 
 def _fail(run_dir: Path, exc: BaseException) -> None:
@@ -289,12 +328,10 @@ def _fail(run_dir: Path, exc: BaseException) -> None:
         raise SegkitError(f"{message.removesuffix('; last good checkpoint kept')} ({where}; run status {status})") from None
 
 
-def _record_epoch(run_dir: Path, record: dict, board) -> None:
+def _record_epoch(run_dir: Path, record: dict) -> None:
     """metrics.jsonl before the checkpoint: a crash in between leaves a record that resume drops."""
     append_jsonl(run_dir / "metrics.jsonl", record)
     plot_metrics(run_dir / "metrics.jsonl", run_dir / "plots")
-    if board is not None:
-        board.write(record)
 
 
 def _summary(run_dir: Path, epoch: int, record: dict, best, seconds: float) -> str:

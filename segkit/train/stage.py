@@ -1,6 +1,6 @@
 """Pieces of one training stage that fit() assembles: the built training objects (Parts), the
-one checkpoint-state API for exact resume (training_state / restore_training_state),
-TensorBoard logging, and the cross-rank checks of a DDP run."""
+one checkpoint-state API for exact resume (training_state / restore_training_state)
+and the cross-rank checks of a DDP run."""
 
 from __future__ import annotations
 
@@ -91,38 +91,7 @@ def restore_training_state(state: dict, parts: Parts) -> int:
     return int(state["epoch"])
 
 
-# --- logging and checks -----------------------------------------------------------------------
-
-class TensorBoardLog:
-    """Epoch records as TensorBoard scalars under RUN/tensorboard (only when asked for)."""
-
-    def __init__(self, folder: Path):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise SegkitError("--log tensorboard: the tensorboard package is not installed "
-                              "(pip install tensorboard)") from None
-        self.writer = SummaryWriter(log_dir=str(folder))
-
-    def write(self, record: dict) -> None:
-        epoch = int(record["epoch"])
-        for key, value in record.items():
-            if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                self.writer.add_scalar(key, value, epoch)
-        self.writer.flush()
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-def require_tensorboard() -> None:
-    """Fail before any work starts when --log tensorboard cannot work."""
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        raise SegkitError("--log tensorboard: the tensorboard package is not installed "
-                          "(pip install tensorboard)") from None
-
+# --- checks -----------------------------------------------------------------------------------
 
 def weights_digest(model: torch.nn.Module) -> str:
     """SHA-1 of every parameter and buffer, in state-dict order (equal digests = equal weights)."""

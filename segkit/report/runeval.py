@@ -1,0 +1,132 @@
+"""`segkit evaluate --run RUN`: predict the run's validation fold as `infer` would, then score it.
+
+The validation images (and regions) are the run's own fold of its manifest. Each is predicted by
+the infer predictor with the run's infer settings (tiling, TTA, checkpoints, threshold, small
+objects, holes), the masks written as tiled TIFFs to a temporary folder and read back by window
+like any other prediction. With --search each TTA view is also predicted alone (float
+probabilities), so the view weights, threshold and minimum object size can be searched on them
+(segkit.report.postsearch); the best are saved as the run's infer defaults in its config.yaml.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from segkit.ground.config import Config, load_config
+from segkit.ground.errors import SegkitError
+from segkit.ground.geometry import Window
+from segkit.infer.run import check_channels, infer_settings, load_ensemble, post_process, stream_probs
+from segkit.infer.tta import parse_tta
+from segkit.io.masks import open_labels
+from segkit.io.raster import open_raster
+from segkit.io.writers import TiffStripWriter
+from segkit.report.evaluate import image_region, item_windows
+from segkit.report.postsearch import PostSetting, search_postprocess
+from segkit.report.sources import EvalImage, OffsetLabels, images_from_rows
+from segkit.runs.rundir import read_run_info, save_config, update_run_info
+from segkit.train.from_config import split_rows
+
+
+def validation_images(config: Config, run_dir: Path) -> list[EvalImage]:
+    _, rows = split_rows(config)
+    if not rows:
+        raise SegkitError(f"{run_dir}: validation fold {config.data.val_fold} of {config.data.manifest} has no rows")
+    return images_from_rows(rows)
+
+
+class RunPredictions:
+    """A run's predictions of its validation images, as files in `workdir` (a temporary folder)."""
+
+    def __init__(self, run_dir: Path, images: list[EvalImage], device, workdir: Path):
+        self.run_dir, self.images, self.device, self.workdir = Path(run_dir), images, device, Path(workdir)
+        self.config = load_config(self.run_dir / "config.yaml")
+        read_run_info(self.run_dir)  # a folder that is not a run fails here
+        self.settings = infer_settings(self.config)
+        self.ensemble = load_ensemble([self.run_dir], self.config.infer.epochs, device)
+        self.masks: dict[str, tuple[Path, Window]] = {}
+        self.views: dict[str, dict[str, Path]] = {}
+
+    def predict_masks(self) -> None:
+        """Masks with the run's own settings, through infer's predictor and post-processing."""
+        for image in self.images:
+            raster = open_raster(image.image)
+            check_channels(raster, self.ensemble.preprocess)
+            region = image_region(image, raster.height, raster.width)
+            strips = stream_probs(self.ensemble, raster, self.settings, self.device, region=region)
+            masks = post_process(strips, raster, self.ensemble.preprocess, self.settings, self.ensemble.classes,
+                                 region=region)
+            path = self.workdir / f"{len(self.masks):05d}.mask.tif"
+            with TiffStripWriter(path, region.height, region.width, 1, "uint8") as writer:
+                for _, mask, _ in masks:
+                    writer.write(mask)
+            self.masks[image.id] = (path, region)
+
+    def predict_views(self) -> list[tuple[str, float]]:
+        """Each TTA view alone, as float32 probabilities; returns the run's (view, weight) pairs."""
+        if self.ensemble.classes != 1:
+            raise SegkitError(f"{self.run_dir}: --search tunes a probability threshold; it needs a binary run "
+                              f"(model.classes 1, this run has {self.ensemble.classes})")
+        views = parse_tta(self.settings.tta)
+        for index, image in enumerate(self.images):
+            raster = open_raster(image.image)
+            region = image_region(image, raster.height, raster.width)
+            self.views[image.id] = {}
+            for view, _ in views:
+                path = self.workdir / f"{index:05d}.{view}.tif"
+                with TiffStripWriter(path, region.height, region.width, 1, "float32") as writer:
+                    # [(view, 1.0)], not the name: "hflip" alone names the original + flip set
+                    for _, probs in stream_probs(self.ensemble, raster, self.settings, self.device, region=region,
+                                                  tta=[(view, 1.0)]):
+                        writer.write(probs.astype(np.float32))
+                self.views[image.id][view] = path
+        return views
+
+    def pred_for(self, image: EvalImage, raster):
+        path, region = self.masks[image.id]
+        return OffsetLabels(open_labels(path, open_raster(path)), region)
+
+    def search_items(self, truth_for, tile_px: int):
+        """A loader for postsearch: (image id, {view: probs}, truth bool) per item, read from the files."""
+        def load():
+            for image in self.images:
+                with open_raster(image.image) as raster:
+                    truth = truth_for(image, raster)
+                    if truth is None:
+                        continue
+                    region = image_region(image, raster.height, raster.width)
+                    files = {view: open_raster(path) for view, path in self.views[image.id].items()}
+                    for window in item_windows(region, tile_px):
+                        local = Window(window.row - region.row, window.col - region.col, window.height, window.width)
+                        probs = {view: f.read(local)[..., 0].astype(np.float32) for view, f in files.items()}
+                        yield image.id, probs, truth.read(window) != 0
+        return load
+
+
+def run_search(predictions: RunPredictions, truth_for, tile_px: int) -> dict:
+    """Search post-processing on the views; returns the postsearch result plus timings."""
+    started = time.process_time()
+    views = predictions.predict_views()
+    settings = predictions.settings
+    base = PostSetting(tuple(views), float(settings.threshold), int(settings.min_object_px), bool(settings.fill_holes))
+    result = search_postprocess(predictions.search_items(truth_for, tile_px), base)
+    result["cpu_seconds"] = round(time.process_time() - started, 1)
+    return result
+
+
+def save_infer_defaults(run_dir: Path, result: dict) -> Path:
+    """The searched setting as the run's infer defaults (config.yaml), the search recorded in run.json."""
+    (before, dice_before), (after, dice_after) = result["before"], result["after"]
+    config = load_config(run_dir / "config.yaml")
+    updated = load_config(None, [f"infer.threshold={after.threshold}", f"infer.min_object_px={after.min_px}",
+                                 f"infer.tta={after.tta_spec()}"], base=config)
+    save_config(updated, run_dir / "config.yaml")
+    update_run_info(run_dir, infer_search={
+        "before": {"tta": before.tta_spec(), "threshold": before.threshold, "min_object_px": before.min_px,
+                   "dice": dice_before},
+        "after": {"tta": after.tta_spec(), "threshold": after.threshold, "min_object_px": after.min_px,
+                  "dice": dice_after},
+        "searched": time.time()})
+    return run_dir / "config.yaml"

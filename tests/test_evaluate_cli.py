@@ -1,0 +1,77 @@
+"""`segkit evaluate` end to end: a run's validation fold through infer's predictor, files, --search, bad inputs."""
+
+import json
+import re
+import shutil
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from segkit.cli import cli
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def run_copy(trained, tmp_path_factory):
+    """The shared trained run copied aside (--search rewrites its config.yaml)."""
+    path = tmp_path_factory.mktemp("evaluate_run") / "stage1"
+    shutil.copytree(trained, path)
+    return path
+
+
+def test_run_is_scored_like_its_infer_output(run_copy, project, tmp_path):
+    result = invoke("evaluate", "--run", run_copy, "--out", tmp_path / "run.html", "--worst", 3)
+    assert result.exit_code == 0, result.output
+    assert re.search(r"run stage1: 1 image\(s\), 1 item\(s\): dice \d\.\d{4}", result.output)
+    text = (tmp_path / "run.html").read_text()
+    assert len(re.findall(r'<img src="data:image/png;base64,', text)) == 1 + 1  # histograms + the one val image
+    by_run = json.loads((tmp_path / "run.json").read_text())["evaluation"]["per_image"]
+    # the same images through `segkit infer --mask` and scored as files give the same numbers
+    (tmp_path / "masks").mkdir()
+    result = invoke("infer", "-r", run_copy, "--mask", tmp_path / "masks" / "{id}.tif")
+    assert result.exit_code == 0, result.output
+    result = invoke("evaluate", "--pred", tmp_path / "masks", "--config", project / "tiny.yaml",
+                    "--out", tmp_path / "files.html")
+    assert result.exit_code == 0, result.output
+    by_files = json.loads((tmp_path / "files.json").read_text())["evaluation"]["per_image"]
+    assert set(by_files) == {"img0", "img1"} and set(by_run) == {"img1"}
+    assert by_files["img1"] == pytest.approx(by_run["img1"])
+
+
+def test_search_saves_infer_defaults(run_copy, tmp_path):
+    result = invoke("evaluate", "--run", run_copy, "--search", "--out", tmp_path / "s.html", "--worst", 1)
+    assert result.exit_code == 0, result.output
+    plain = float(re.search(r"run stage1: .*?dice (\d\.\d+)", result.output).group(1))
+    found = re.search(r"search: dice (\d\.\d+) -> (\d\.\d+)", result.output)
+    before, after = float(found.group(1)), float(found.group(2))
+    assert before == pytest.approx(plain, abs=1e-4)  # the views recombined = the run's own prediction
+    assert after >= before
+    record = json.loads((run_copy / "run.json").read_text())["infer_search"]
+    infer = yaml.safe_load((run_copy / "config.yaml").read_text())["infer"]
+    assert infer["threshold"] == record["after"]["threshold"]
+    assert infer["min_object_px"] == record["after"]["min_object_px"]
+    assert infer["tta"] == record["after"]["tta"]
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "give either --run RUN or --pred FILE"),
+    (["--pred", "{tmp}/missing.csv"], "missing.csv: --pred not found"),
+    (["--pred", "{tmp}/sub.csv", "--search"], "--search: needs --run RUN"),
+    (["--run", "nope"], "nope: no such run"),
+    (["--pred", "{tmp}/sub.csv", "--out", "{tmp}/exists.html"], "exists.html: exists (use --overwrite)"),
+])
+def test_bad_inputs_are_one_line(args, message, tmp_path, project):
+    (tmp_path / "sub.csv").write_text("id,rle\nimg0,1 3\n")
+    (tmp_path / "exists.html").write_text("keep")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = invoke("evaluate", "--config", project / "tiny.yaml", "--runs-dir", tmp_path,
+                    *[a.format(tmp=tmp_path) for a in args])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert (tmp_path / "exists.html").read_text() == "keep"

@@ -1,0 +1,45 @@
+"""--log mlflow: a real training run written to a SQLite store and read back with MLflow's own client."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import write_tiny_project
+from segkit.cli import cli
+
+mlflow = pytest.importorskip("mlflow")
+
+
+def test_mlflow_round_trip(tmp_path):
+    root = write_tiny_project(tmp_path / "p", train={"epochs": 1})
+    result = CliRunner().invoke(cli, ["train", "--config", str(root / "tiny.yaml"), "--name", "m1", "--log", "mlflow"])
+    assert result.exit_code == 0, result.output
+    uri = f"sqlite:///{root / 'runs' / 'mlflow.db'}"  # the default: a SQLite file in the runs folder
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("segkit")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_name == "m1" and run.info.status == "FINISHED"
+    assert run.info.run_id == json.loads((root / "runs" / "m1" / "run.json").read_text())["tracking_run_id"]
+    assert run.data.params["train.lr"] == "0.001" and run.data.params["data.fov_px"] == "48"
+    history = client.get_metric_history(run.info.run_id, "val_dice")
+    assert [m.step for m in history] == [1]
+    assert 0 <= history[0].value <= 1
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "run.json", "preprocess.json", "plots"} <= artifacts
+    assert run.data.tags["best_checkpoint"].endswith("epoch_0001.pt")
+    assert not (tmp_path / "mlruns").exists()  # nothing written beside the working folder
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("http://127.0.0.1:9", "tracking URI http://127.0.0.1:9: cannot reach the MLflow store"),
+    ("sqlite:///{tmp}/missing/mlflow.db", "does not exist"),
+])
+def test_unreachable_tracking_uri_fails_before_training(uri, message, tmp_path):
+    root = write_tiny_project(tmp_path / "p", train={"epochs": 1})
+    result = CliRunner().invoke(cli, ["train", "--config", str(root / "tiny.yaml"), "--name", "bad", "--log", "mlflow",
+                                      "--tracking-uri", uri.format(tmp=tmp_path)])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], result.output
+    assert not (root / "runs" / "bad").exists()
