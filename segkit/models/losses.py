@@ -5,7 +5,9 @@
 Segmentation: the mode is binary when ``classes == 1`` (logits N,1,H,W) and multiclass
 otherwise (logits N,C,H,W). Targets may come as (N,H,W) integer class ids or (N,1,H,W) float
 0/1; each term receives the form it needs (class ids, float mask, or one-hot for the BCE family
-with several classes). Classification (task="cls"): logits (N,C), targets (N,) class ids.
+with several classes). Classification (task="cls"): logits (N,C), targets (N,) class ids or
+(N,C) class probabilities (MixUp/CutMix); the cls terms of segkit.models.cls_losses take
+probabilities, so class ids are made one-hot for them.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from segkit.ground.errors import SegkitError
+from segkit.models.cls_losses import PROBABILITY_LOSSES
 
 # target kinds a term needs: "index" = long class ids without the channel axis,
-# "float" = float of the logits' shape (binary), "onehot" = float one-hot (N,C,...) for the BCE family
+# "float" = float of the logits' shape (binary), "onehot" = float one-hot (N,C,...) for the BCE family,
+# "soft" = (N,C) class probabilities: one-hot from class ids, mixed targets passed through
 _L = smp.losses
 
 
@@ -84,11 +88,9 @@ SEG_LOSSES: dict[str, Callable] = {
     "mcc": _mcc,
 }
 CLS_LOSSES: dict[str, Callable] = {
-    "ce": _ce,
-    "soft_ce": _soft_ce,
+    **PROBABILITY_LOSSES,  # ce (weighted, label smoothing), focal, asymmetric
     "bce": _bce,
     "soft_bce": _bce,
-    "focal": _smp(_L.FocalLoss),
 }
 
 
@@ -130,6 +132,10 @@ class CombinedLoss(nn.Module):
         return t.long()
 
     def _target(self, kind, logits, target):
+        if logits.dim() == 2 and target.is_floating_point() and target.shape == logits.shape:
+            return target.to(logits.dtype)  # (N,C) class probabilities (MixUp/CutMix), for every cls term
+        if kind == "soft":
+            kind = "onehot"
         if kind == "index":
             return self._index(logits, target)
         if kind == "float":
