@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from segkit.data.windows import Window
-from segkit.errors import SegkitError
+from segkit.ground.geometry import Window
+from segkit.ground.errors import SegkitError
 from segkit.infer.tta import augment
 
 RowSource = tuple[object, Window]  # (raster, window in source pixels)
