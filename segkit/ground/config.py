@@ -20,7 +20,7 @@ import yaml
 
 from segkit.ground.errors import SegkitError
 
-TASKS = ("seg", "cls")
+TASKS = ("seg", "cls", "seg+cls")
 # Recipes shipped in the wheel: `--config sample` is segkit/configs/sample.yaml.
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "configs"
 
