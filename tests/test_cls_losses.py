@@ -92,3 +92,17 @@ def test_every_cls_loss_trains_a_linear_classifier(name):
 def test_bad_options_are_one_line_errors(term, message):
     with pytest.raises(SegkitError, match=message):
         create_loss([term], classes=C, task="cls")
+
+
+def test_seg_cls_loss_is_the_weighted_sum_of_both_heads():
+    from segkit.models.losses import create_task_loss
+
+    g = torch.Generator().manual_seed(5)
+    masks, labels = torch.randn(2, 1, 9, 7, generator=g), torch.randn(2, 2, generator=g)
+    mask, target = (torch.rand(2, 9, 7, generator=g) > 0.5).long(), torch.tensor([0, 1])
+    loss = create_task_loss("seg+cls", seg_terms=["dice"], cls_terms=[{"name": "ce", "weight": 0.3}], classes=1)
+    expected = create_loss(["dice"], classes=1)(masks, mask) + 0.3 * F.cross_entropy(labels, target)
+    assert torch.allclose(loss((masks, labels), (mask, target)), expected)
+    assert set(loss.last) == {"seg_dice", "cls_ce"}
+    with pytest.raises(SegkitError, match="valid: seg, cls, seg\\+cls"):
+        create_task_loss("det", seg_terms=["dice"], cls_terms=["ce"], classes=1)

@@ -201,3 +201,34 @@ def create_loss(terms, *, classes: int, task: str = "seg", ignore_index: int | N
         losses.append(loss)
         kinds.append(kind)
     return CombinedLoss(names, weights, losses, kinds, classes, task)
+
+
+class SegClsLoss(nn.Module):
+    """seg+cls: the mask loss plus the tile-class loss, each a CombinedLoss whose term weights set
+    the balance (the "multi-input, multi-loss" model of winning teams). Takes (mask logits,
+    class logits) and (mask, class ids); ``last`` holds every term as seg_<name> / cls_<name>."""
+
+    def __init__(self, seg: CombinedLoss, cls: CombinedLoss):
+        super().__init__()
+        self.seg, self.cls = seg, cls
+        self.last: dict[str, torch.Tensor] = {}
+
+    def forward(self, outputs, targets) -> torch.Tensor:
+        (masks, labels), (mask, target) = outputs, targets
+        seg_value, cls_value = self.seg(masks, mask), self.cls(labels, target)
+        self.last = {**{f"seg_{k}": v for k, v in self.seg.last.items()},
+                     **{f"cls_{k}": v for k, v in self.cls.last.items()}}
+        return seg_value + cls_value
+
+
+def create_task_loss(task: str, *, seg_terms, cls_terms, classes: int, cls_classes: int | None = None) -> nn.Module:
+    """The loss of a task: seg -> create_loss(seg_terms), cls -> create_loss(cls_terms),
+    seg+cls -> SegClsLoss of both (``classes`` masks, ``cls_classes`` tile classes)."""
+    if task == "seg":
+        return create_loss(seg_terms, classes=classes)
+    if task == "cls":
+        return create_loss(cls_terms, classes=classes, task="cls")
+    if task == "seg+cls":
+        return SegClsLoss(create_loss(seg_terms, classes=classes),
+                          create_loss(cls_terms, classes=int(cls_classes or 2), task="cls"))
+    raise SegkitError(f"loss: unknown task {task!r}; valid: seg, cls, seg+cls")
