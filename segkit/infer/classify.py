@@ -1,11 +1,11 @@
-"""The classification predictor: image rows (or windows of large images) -> class logits per ensemble member.
+"""The classification predictor: rows (images, or windows of large images) -> class logits per ensemble member.
 
 Shared by validation during training, `segkit infer --task cls`, `segkit oof` and calibration,
 so the validation score is the score of what inference writes. Each row is read at network
-size (its region, or the whole image, resized), run through every model under every TTA view
-and returned as per-member logits (members = models x views, with the product of their
-weights), so temperature scaling can apply to each member before the average, as fitted.
-Reading runs one batch ahead on a background thread, as in the tiled predictor.
+size, run through every model under every TTA view and returned as per-member logits
+(members = models x views, with the product of their weights), so temperature scaling can
+apply to each member before the average, as it was fitted. Reading runs one batch ahead on a
+background thread, as in the tiled predictor.
 
 TTA views for a classifier only augment the input: a class does not move when the image is
 flipped, so there is nothing to deaugment.
@@ -20,11 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from segkit.ground.geometry import Window
 from segkit.ground.errors import SegkitError
 from segkit.infer.tta import augment
-
-RowSource = tuple[object, Window]  # (raster, window in source pixels)
+from segkit.runs.device import autocast
 
 
 def class_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -37,19 +35,19 @@ def class_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _read(rows: Sequence[RowSource], size: int, preprocess: Callable) -> np.ndarray:
+def _read(rows: Sequence, read: Callable, preprocess: Callable) -> np.ndarray:
     tiles = []
-    for raster, window in rows:
-        image = preprocess(raster.read(window, out_size=(size, size)))
+    for row in rows:
+        image = preprocess(read(row))
         tiles.append(image[:, :, None] if image.ndim == 2 else image)
     return np.stack(tiles).astype(np.float32, copy=False)
 
 
 def predict_class_logits(
     models: Sequence[tuple[nn.Module, float]],
-    rows: Sequence[RowSource],
+    rows: Sequence,
     *,
-    size: int,
+    read: Callable[[object], np.ndarray],
     preprocess: Callable[[np.ndarray], np.ndarray],
     tta: Sequence[tuple[str, float]] = (("identity", 1.0),),
     batch_size: int = 32,
@@ -60,8 +58,9 @@ def predict_class_logits(
     """(logits float32 (members, rows, classes), member weights (members,) summing to 1).
 
     models: (module, weight) pairs; tta: (view, weight) pairs (weights are normalised); rows:
-    (raster, window) pairs read at ``size`` x ``size``; ``head`` maps (model, batch) to logits.
-    The models' train/eval mode is restored afterwards.
+    anything ``read(row)`` turns into a raw HWC image at network size (e.g. a manifest row through
+    segkit.data.cls_dataset.read_row); preprocess: raw -> float32 HWC; ``head`` maps (model,
+    batch) to logits. The models' train/eval mode is restored afterwards.
     """
     if not models or not rows:
         raise SegkitError("predict classes: no models or no rows")
@@ -74,17 +73,16 @@ def predict_class_logits(
     for m, _ in models:
         m.eval().to(device=device, memory_format=torch.channels_last)
     out: list[list[np.ndarray]] = [[] for _ in weights]
-    autocast_type = torch.bfloat16 if device.type == "cpu" else torch.float16
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="segkit-read") as pool:
-            pending = pool.submit(_read, batches[0], size, preprocess)
+            pending = pool.submit(_read, batches[0], read, preprocess)
             for i in range(len(batches)):
                 array = pending.result()
-                if i + 1 < len(batches):
-                    pending = pool.submit(_read, batches[i + 1], size, preprocess)
+                if i + 1 < len(batches):  # read the next batch while the models run on this one
+                    pending = pool.submit(_read, batches[i + 1], read, preprocess)
                 x = torch.from_numpy(array).permute(0, 3, 1, 2).to(device).contiguous(memory_format=torch.channels_last)
                 member = 0
-                with torch.inference_mode(), torch.autocast(device.type, dtype=autocast_type, enabled=bool(amp)):
+                with torch.inference_mode(), autocast(device, amp):
                     for model, _ in models:
                         for view, _ in tta:
                             out[member].append(head(model, augment(x, view)).float().cpu().numpy())
