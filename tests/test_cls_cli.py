@@ -165,3 +165,9 @@ def test_runs_and_outputs_of_the_other_task_are_refused(cls_project, trained, di
         result = _run("infer", image, *args)
         assert result.exit_code == 1 and message in result.output, result.output
     assert not list(tmp_path.iterdir())
+
+
+def test_preview_and_stats_of_class_rows(cls_project, tmp_path):
+    out = _ok("preview", "--config", cls_project / "cls.yaml", "--out", tmp_path / "grid.png", "--count", 4)
+    assert (tmp_path / "grid.png").is_file(), out
+    assert "channel 2" in _ok("stats", "--config", cls_project / "cls.yaml")

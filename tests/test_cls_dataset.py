@@ -70,3 +70,23 @@ def test_raster_cache_closes_the_least_recently_used(tmp_path):
     first = cache.get(tmp_path / "0.png")
     cache.get(tmp_path / "1.png"), cache.get(tmp_path / "0.png"), cache.get(tmp_path / "2.png")
     assert list(cache._open) == [str(tmp_path / "0.png"), str(tmp_path / "2.png")] and cache.get(tmp_path / "0.png") is first
+
+
+def test_a_balanced_epoch_with_mixup_trains_a_step_through_the_one_loop(digits):
+    from torch.utils.data import DataLoader
+
+    from segkit.data.mixing import create_mixup
+    from segkit.models.factory import create_model
+    from segkit.models.losses import create_task_loss
+    from segkit.train.loop import train_one_epoch
+
+    rows, _ = resolve_classes(read_manifest(digits / "train.csv"), None, "train.csv")
+    dataset = ClassImageDataset(rows[:20], size=16, preprocess=_preprocess(), balanced=True, min_length=8)
+    model = create_model(encoder="resnet18", in_channels=3, classes=10, task="cls")
+    before = [p.detach().clone() for p in model.classification_head.parameters()]
+    mix = create_mixup({"mixup_alpha": 0.4, "cutmix_alpha": 1.0}, classes=10, batch_size=8)
+    stats = train_one_epoch(model, DataLoader(dataset, batch_size=8, drop_last=True), create_task_loss(
+        "cls", seg_terms=None, cls_terms=[{"name": "focal", "label_smoothing": 0.1}], classes=10),
+        torch.optim.SGD(model.parameters(), lr=0.1), device="cpu", max_steps=1, progress=False, batch_transform=mix)
+    assert stats["steps"] == 1 and np.isfinite(stats["loss"]) and mix.calls == 1
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.classification_head.parameters()))
