@@ -27,7 +27,7 @@ from segkit.ground.config import Config, load_config
 from segkit.ground.errors import SegkitError
 from segkit.infer.calibrate import ensemble_probs, fit_temperature, load_calibration, nll, save_calibration
 from segkit.infer.classify import predict_class_logits
-from segkit.infer.run import Ensemble
+from segkit.infer.run import Ensemble, check_channels
 from segkit.infer.tta import parse_tta
 from segkit.io.class_table import write_class_table
 from segkit.metrics.cls import expected_calibration_error
@@ -57,7 +57,12 @@ def predict_logits(ensemble: Ensemble, rows: Sequence[ManifestRow], settings: Cl
                    device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """(logits (members, rows, classes), member weights) of the ensemble x TTA views over ``rows``."""
     cache = RasterCache()
-    return predict_class_logits(ensemble.models, list(rows), read=lambda row: read_row(cache, row, ensemble.size),
+
+    def read(row: ManifestRow) -> np.ndarray:
+        check_channels(cache.get(row.image), ensemble.preprocess)  # an image with other bands: one line, named
+        return read_row(cache, row, ensemble.size)
+
+    return predict_class_logits(ensemble.models, list(rows), read=read,
                                 preprocess=ensemble.preprocess, tta=parse_tta(settings.tta),
                                 batch_size=settings.batch_size, device=device, amp=settings.amp)
 
