@@ -171,3 +171,13 @@ def test_preview_and_stats_of_class_rows(cls_project, tmp_path):
     out = _ok("preview", "--config", cls_project / "cls.yaml", "--out", tmp_path / "grid.png", "--count", 4)
     assert (tmp_path / "grid.png").is_file(), out
     assert "channel 2" in _ok("stats", "--config", cls_project / "cls.yaml")
+
+
+def test_an_image_with_other_bands_is_named(cls_project, tmp_path_factory, tmp_path):
+    import cv2
+
+    gray = tmp_path_factory.mktemp("gray") / "gray.png"
+    cv2.imwrite(str(gray), np.full((16, 16), 80, np.uint8))
+    result = _run("infer", gray, "--run", cls_project / "runs" / "c1", "--csv", tmp_path / "x.csv")
+    assert result.exit_code == 1 and "gray.png: has 1 channel(s) but the run's channel spec reads 3" in result.output
+    assert not list(tmp_path.iterdir())
