@@ -6,10 +6,10 @@
 Parts (each a sequence of `segkit` subprocesses, one at a time; results appended to
 WORKDIR/results.jsonl and printed):
 
-- digits: tools/make_digits.py, `segkit train --config configs/digits.yaml`, `segkit infer --csv` on
+- digits: tools/make_digits.py, `segkit train --config digits`, `segkit infer --csv` on
   the held-out test split: macro F1, accuracy, wall and CPU seconds (goal: macro F1 >= 0.97).
-- corrupted: the digits config trained with configs/augment_baseline.yaml and with
-  configs/augment_heavy_noise.yaml, each scored on the clean and the corrupted test split (goal:
+- corrupted: the digits config trained with the augment_baseline recipe and with
+  the augment_heavy_noise recipe, each scored on the clean and the corrupted test split (goal:
   the heavy recipe recovers at least half of the baseline's drop).
 - noisy: `segkit oof` on train_noisy.csv (10% flipped labels), `segkit clean`, precision and
   recall of the flagged rows against flipped.csv (goals 0.8 / 0.7), then macro F1 on the test
@@ -80,13 +80,13 @@ def digits_data(workdir: Path) -> Path:
 
 
 def config_with(workdir: Path, name: str, recipe: str | None = None, **data) -> Path:
-    """configs/digits.yaml with the bench's runs folder, other data keys and optionally a recipe's augment."""
-    config = yaml.safe_load((ROOT / "configs" / "digits.yaml").read_text())
+    """segkit/configs/digits.yaml with the bench's runs folder, other data keys and optionally a recipe's augment."""
+    config = yaml.safe_load((ROOT / "segkit" / "configs" / "digits.yaml").read_text())
     config["run"]["runs_dir"] = str(workdir / "runs")
     config["run"]["progress"] = False
     config["data"].update(data)
     if recipe is not None:
-        config["data"]["augment"] = yaml.safe_load((ROOT / "configs" / recipe).read_text())["data"]["augment"]
+        config["data"]["augment"] = yaml.safe_load((ROOT / "segkit" / "configs" / recipe).read_text())["data"]["augment"]
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

@@ -76,7 +76,7 @@ def gated_cover(run: Path, slide: Path, gate: float) -> tuple[np.ndarray, int, i
 
 def part_segcls(workdir: Path, log: Path, epochs: int, windows: int, *, segkit, report, gate: float = 0.5) -> None:
     runs = workdir / "runs"
-    common = ("--config", ROOT / "configs" / "sample.yaml", "--epochs", epochs, "--set",
+    common = ("--config", ROOT / "segkit" / "configs" / "sample.yaml", "--epochs", epochs, "--set",
               f"train.windows_per_epoch={windows}", "--set", f"run.runs_dir={runs}", "--set", "run.progress=false")
     results = {}
     for task in ("seg", "seg+cls"):

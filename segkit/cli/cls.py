@@ -6,20 +6,20 @@ from pathlib import Path
 
 import click
 
-from segkit.cli.options import build_config, config_options
+from segkit.cli.options import ALL_SECTIONS, command_config, common_options, task_option
 from segkit.ground.errors import SegkitError
 
 
 @click.command()
-@config_options
+@common_options
+@task_option
 @click.option("--folds", type=int, required=True, help="Number of folds K: K runs, each validating on one fold.")
 @click.option("--name", default="oof", show_default=True,
               help="Fold runs are RUNS_DIR/NAME-fold0 ... NAME-fold{K-1} (existing ones are reused or resumed).")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
               help="The CSV to write (default RUNS_DIR/NAME.csv): id,fold,class,label + one probability per class.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
-def oof(config_path, overrides, task, folds, name, out_path, device, overwrite):
+def oof(config_path, overrides, runs_dir, device, task, folds, name, out_path, overwrite):
     """Out-of-fold predictions: train K fold runs and predict every row with the one that did not train on it.
 
     Each fold is a normal run directory (`segkit infer`, `finetune` and `--resume` work on it);
@@ -28,13 +28,14 @@ def oof(config_path, overrides, task, folds, name, out_path, device, overwrite):
     """
     from segkit.report.oof import run_oof
 
-    config = build_config(config_path, overrides, task, **{"run.device": None if device == "auto" else device})
+    config = command_config("oof", ALL_SECTIONS, config_path, overrides, runs_dir=runs_dir, device=device, task=task)
     out = Path(out_path) if out_path else Path(config.run.runs_dir) / f"{name}.csv"
-    run_oof(config, folds=folds, name=name, out=out, overwrite=overwrite, device=device, log=click.echo)
+    run_oof(config, folds=folds, name=name, out=out, overwrite=overwrite, device=config.run.device, log=click.echo)
 
 
 @click.command()
-@config_options
+@common_options
+@task_option
 @click.option("--oof", "oof_path", type=click.Path(dir_okay=False), required=True,
               help="Out-of-fold probabilities written by `segkit oof`.")
 @click.option("--manifest", default=None,
@@ -44,7 +45,7 @@ def oof(config_path, overrides, task, folds, name, out_path, device, overwrite):
 @click.option("--issues", "issues_path", type=click.Path(dir_okay=False), default=None,
               help="The ranked label issues (default: label_issues.csv beside --out).")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
-def clean(config_path, overrides, task, oof_path, manifest, out_path, issues_path, overwrite):
+def clean(config_path, overrides, runs_dir, device, task, oof_path, manifest, out_path, issues_path, overwrite):
     """Find likely label errors with confident learning and write a manifest without them.
 
     Per class, the threshold is the mean out-of-fold probability of that class over the rows
@@ -59,7 +60,8 @@ def clean(config_path, overrides, task, oof_path, manifest, out_path, issues_pat
     from segkit.data.split import load_rows
     from segkit.io.class_table import read_class_table
 
-    config = build_config(config_path, overrides, task)
+    config = command_config("clean", ("task", "run", "data"), config_path, overrides, runs_dir=runs_dir, device=device,
+                            task=task)
     table = read_class_table(oof_path, extra=("fold", "class"))
     if table.probs is None:
         raise SegkitError(f"{oof_path}: has no probability columns (write it with `segkit oof`)")
