@@ -95,3 +95,26 @@ def row_strips(array, heights):
         yield row0, array[..., row0:row0 + h, :]
         row0 += h
         i += 1
+
+
+# --- a tiny digits classification dataset (tools/make_digits.py), made once per session ---
+
+
+def make_digits(root, **options):
+    """tools/make_digits.py's make_digits() into ``root`` (the tool is a script, not a module)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "make_digits", Path(__file__).resolve().parents[1] / "tools" / "make_digits.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.make_digits(root, **options)
+    return root
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory):
+    """8 real digits per class at 16x16 px: train.csv (60 rows), test.csv, test_corrupted.csv, train_noisy.csv."""
+    pytest.importorskip("sklearn")
+    return make_digits(tmp_path_factory.mktemp("digits"), per_class=8, scale=2, test_fraction=0.25, seed=0)

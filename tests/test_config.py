@@ -73,3 +73,18 @@ def test_saved_config_loads_back_identically(tmp_path):
 def test_parse_override_nests_and_parses_yaml():
     assert parse_override("a.b.c=[1, 2]") == {"a": {"b": {"c": [1, 2]}}}
     assert parse_override("x=null") == {"x": None}
+
+
+@pytest.mark.parametrize("override, message", [
+    (["task=cls", "data.class_names=[]"], "data.class_names: expected a list of names"),
+    (["data.crop_scale=[0.8, 0.5]"], "data.crop_scale: expected \\[min, max\\] with 0 < min <= max <= 1"),
+    (["data.crop_scale=[0.5]"], "data.crop_scale"),
+    (["data.cls_from_mask=-1"], "data.cls_from_mask: must be >= 0"),
+    (["infer.cls_gate=1.5"], "infer.cls_gate: must be in \\(0, 1\\]"),
+    (["train.mixup={mixup_alpha: 0.2}"], "train.mixup: MixUp/CutMix mixes whole-image labels; only for task cls"),
+    (["task=sec+cls"], "task: 'sec\\+cls' is not one of seg, cls, seg\\+cls"),
+])
+def test_classification_keys_are_checked(override, message):
+    with pytest.raises(SegkitError, match=message):
+        load_config(None, override)
+    assert load_config(None, ["task=cls", "train.mixup={mixup_alpha: 0.2}", "data.crop_scale=[0.5, 1]"]).task == "cls"

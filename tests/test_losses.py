@@ -47,7 +47,7 @@ def test_binary_accepts_long_nhw_and_float_n1hw_targets(name):
 @pytest.mark.parametrize("name", sorted(CLS_LOSSES))
 @pytest.mark.parametrize("classes", [1, 4])
 def test_every_cls_loss_on_n_by_c_logits(name, classes):
-    if classes == 1 and name in MULTI_ONLY:
+    if classes == 1 and name in MULTI_ONLY | {"focal", "asymmetric"}:
         with pytest.raises(SegkitError):
             create_loss([name], classes=1, task="cls")
         return
@@ -105,7 +105,7 @@ def test_errors_name_the_problem():
         create_loss(["dyce"], classes=1)
     with pytest.raises(SegkitError, match="loss.dice"):
         create_loss([{"name": "dice", "smoothh": 1}], classes=1)
-    with pytest.raises(SegkitError, match="valid: bce, ce, focal"):
+    with pytest.raises(SegkitError, match="valid: asymmetric, bce, ce, focal"):
         create_loss(["dice"], classes=3, task="cls")
     with pytest.raises(SegkitError, match="no loss"):
         create_loss([], classes=1)

@@ -91,7 +91,7 @@ def test_write_then_read_round_trip(tmp_path):
         ("image,region\nimgs/a.tif,\"1,2,0,4\"\n", r"m\.csv:2: region"),
         ("image,fold\nimgs/a.tif,x\n", r"m\.csv:2: fold 'x' is not an integer"),
         ("image,fold\nimgs/a.tif,-1\n", r"m\.csv:2: fold -1 must be >= 0"),
-        ("image,class\nimgs/a.tif,cat\n", r"m\.csv:2: class 'cat' is not an integer"),
+        ("image,class\nimgs/a.tif,-3\n", r"m\.csv:2: class -3 must be >= 0"),
         ("image,id\nimgs/a.tif,s\nimgs/a.tif,s\n", r"m\.csv:3: id 's' repeats line 2"),
         ("image\nimgs/a.tif,extra\n", r"m\.csv:2: more cells than header"),
         ("image\n", r"m\.csv: manifest has no rows"),

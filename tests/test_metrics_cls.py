@@ -36,3 +36,17 @@ def test_expected_calibration_error_by_hand():
     # bins of width 0.1: {0.9, 0.9} accuracy 0.5; {0.6} accuracy 1; {0.7} accuracy 1
     assert expected_calibration_error(probs, target, bins=10) == pytest.approx(0.5 * 0.4 + 0.25 * 0.4 + 0.25 * 0.3)
     assert expected_calibration_error(np.eye(3), [0, 1, 2]) == 0.0
+
+
+def test_confusion_png(tmp_path):
+    import cv2
+
+    from segkit.ground.errors import SegkitError
+    from segkit.runs.plots import plot_confusion
+
+    path = plot_confusion([[5, 1, 0], [0, 3, 2], [1, 0, 7]], ["cat", "dog", "bird"], tmp_path / "plots" / "c.png")
+    image = cv2.imread(str(path))
+    assert image is not None and min(image.shape[:2]) > 200
+    with pytest.raises(SegkitError, match="2 class names"):
+        plot_confusion(np.eye(3), ["a", "b"], tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()

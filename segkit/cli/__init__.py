@@ -11,6 +11,7 @@ from __future__ import annotations
 import click
 
 from segkit.cli.config import config_command
+from segkit.cli.cls import clean, oof
 from segkit.cli.data import preview, stats
 from segkit.cli.infer import infer
 from segkit.cli.options import SegkitGroup
@@ -35,7 +36,7 @@ def cli():
     """
 
 
-for command in (train, finetune, infer, stats, preview, config_command, evaluate, runs, tune):
+for command in (train, finetune, infer, stats, preview, config_command, evaluate, runs, tune, oof, clean):
     cli.add_command(command)
 
 

@@ -7,7 +7,9 @@ from pathlib import Path
 import click
 
 from segkit.cli.options import command_config, common_options, run_option, runs_folder
-from segkit.ground.config import load_config
+from segkit.ground.config import TASKS, load_config
+from segkit.ground.errors import SegkitError
+from segkit.infer.classes import check_task
 
 # What infer reads of a config: its own section, the run section, where the images and class
 # names come from, and AMP; the rest belongs to the trained run and cannot change here.
@@ -48,9 +50,16 @@ READS = ("infer", "run", "data.manifest", "data.class_names", "train.amp")
 @click.option("--mask", default=None,
               help="Write class ids as a tiled TIFF with overviews and a colour table; a *.ome.tif path writes "
                    "a pyramidal OME-TIFF ({id} for several images).")
-@click.option("--probs", default=None,
-              help="Write probabilities as a tiled uint8 TIFF (0..255, scale 1/255 in the metadata; "
-                   "*.ome.tif: OME-TIFF; {id} for several images).")
+@click.option("--probs", default=None, is_flag=False, flag_value="", metavar="[OUT.tif]",
+              help="seg: write probabilities as a tiled uint8 TIFF (0..255; {id} for several images). "
+                   "cls: a switch (no file): one probability column per class in the --csv.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None,
+              help="cls: write `id,label` per image (the run's class names), atomically.")
+@click.option("--task", type=click.Choice(TASKS), default=None,
+              help="The run's task, checked (a cls run cannot write masks, a seg run no class CSV). "
+                   "Default: the run's own task.")
+@click.option("--calibrate", is_flag=True, default=None,
+              help="cls: temperature scaling fitted on the run's validation rows (saved in RUN/calibration.json).")
 @click.option("--crf", is_flag=True, help="Dense-CRF post-processing (needs the crf extra: pip install 'segkit[crf]').")
 @click.option("--threshold", type=float, default=None, help="Probability threshold. Default: infer.threshold (0.5).")
 @click.option("--overlap", "overlap_px", type=int, default=None, help="Tile overlap in source pixels. Default: infer.overlap_px.")
@@ -63,14 +72,15 @@ READS = ("infer", "run", "data.manifest", "data.class_names", "train.amp")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 def infer(images, config_path, overrides, runs_dir, device, run, epochs, soup, tta, rle_path, rle_header, rle_empty,
           polygons, geojson_crs, object_type, simplify, min_polygon_area, mask, probs, crf, threshold, overlap_px,
-          margin_px, skip_background, batch_size, overwrite):
+          margin_px, skip_background, batch_size, overwrite, csv_path, task, calibrate):
     """Predict large images tile by tile and write RLE, polygons or TIFFs.
 
     Tiles overlap and are blended with gaussian weights in row strips, so memory stays at about
     one strip whatever the image size. Without IMAGES, the run's manifest images are predicted.
     --config and --set apply on top of the run's config (infer.*, run.*, data.manifest,
     data.class_names, train.amp). Under `torchrun --nproc_per_node=N -m segkit.cli infer ...`
-    the images are split across ranks.
+    the images are split across ranks. A cls run writes `--csv OUT.csv` with `id,label`
+    (+ probabilities with --probs); a seg+cls run gates tiles with infer.cls_gate.
     """
     from segkit.infer.run import Outputs, image_list, infer_images, infer_settings, load_ensemble
     from segkit.runs import distributed
@@ -86,7 +96,18 @@ def infer(images, config_path, overrides, runs_dir, device, run, epochs, soup, t
                                 "infer.margin_px": margin_px, "infer.skip_background": True if skip_background else None,
                                 "infer.rle_header": rle_header, "infer.rle_empty": _quoted(rle_empty),
                                 "infer.geojson_crs": geojson_crs, "infer.object_type": object_type,
-                                "infer.simplify": simplify, "infer.min_polygon_area": min_polygon_area})
+                                "infer.simplify": simplify, "infer.min_polygon_area": min_polygon_area,
+                                "infer.calibrate": True if calibrate else None})
+    run_task = check_task(config, run_dirs[0], task, any((rle_path, polygons, mask)), csv_path is not None)
+    if config.infer.cls_gate is not None and run_task != "seg+cls":
+        raise SegkitError(f"infer.cls_gate: {run_dirs[0]} is a {run_task} run; gating needs a seg+cls run")
+    if run_task == "cls":
+        if probs:
+            raise SegkitError(f"--probs {probs}: with a cls run --probs is a switch that adds probability "
+                              "columns to the --csv (put it after the images)")
+        return _infer_classes(config, images, run_dirs, soup, csv_path, probs is not None, device, overwrite)
+    if probs == "":
+        raise SegkitError("--probs: give the probability TIFF to write (--probs OUT.tif)")
     settings = infer_settings(config, crf=crf)
     if not images:
         from segkit.data.split import load_rows
@@ -111,3 +132,26 @@ def infer(images, config_path, overrides, runs_dir, device, run, epochs, soup, t
 def _quoted(value):
     """A flag value passed through --set parsing as a YAML string ('' and '-' stay strings)."""
     return None if value is None else repr(value)
+
+
+def _infer_classes(config, images, run_dirs, soup, csv_path, with_probs, device, overwrite):
+    """The cls branch of `segkit infer`: rows (IMAGES, or the run's manifest rows) -> --csv."""
+    from segkit.data.split import load_rows
+    from segkit.infer.classes import ClassSettings, image_rows, infer_classes, run_temperature
+    from segkit.infer.run import load_ensemble
+    from segkit.runs.device import pick_device
+
+    if csv_path is None:
+        raise SegkitError("no output chosen: a cls run writes --csv OUT.csv")
+    rows = image_rows([Path(p) for p in images]) if images else load_rows(config.data.manifest)
+    device_obj = pick_device(config.run.device if device is None else device)
+    ensemble = load_ensemble(run_dirs, config.infer.epochs, device_obj, soup=soup)
+    settings = ClassSettings(tta=config.infer.tta, batch_size=config.infer.batch_size, amp=config.train.amp)
+    temperature = run_temperature(run_dirs[0], ensemble, settings, device_obj) if config.infer.calibrate else 1.0
+    written = infer_classes(ensemble, rows, Path(csv_path), config.data.class_names, settings=settings,
+                            device=device_obj, with_probs=with_probs, temperature=temperature, overwrite=overwrite)
+    checkpoints = ", ".join(p.name for p in ensemble.checkpoints)
+    calibrated = f", temperature {temperature:.3f}" if config.infer.calibrate else ""
+    click.echo(f"classified {len(rows)} image(s) with {len(ensemble.models)} model(s) [{checkpoints}], "
+               f"tta {settings.tta}{calibrated}")
+    click.echo(f"wrote {written}")

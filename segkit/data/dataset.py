@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from segkit.data.classes import tile_class
 from segkit.data.manifest import ManifestRow
 from segkit.data.windows import RandomWindowSampler
 from segkit.ground.errors import SegkitError
@@ -72,6 +73,12 @@ class SourcePair:
             )
         return self._labels
 
+    def release(self) -> None:
+        """Close the readers (they reopen on next use): a checked class row need not hold its image."""
+        if self._raster is not None and hasattr(self._raster, "close"):
+            self._raster.close()
+        self._raster = self._labels = None
+
     def __getstate__(self):
         # Readers are reopened in each worker; open handles do not cross processes.
         return {"row": self.row, "options": self.options, "_raster": None, "_labels": None}
@@ -118,6 +125,27 @@ def open_pairs(rows: list[ManifestRow], options: LabelOptions, *, bands: Optiona
 # ---------------------------------------------------------------- the training dataset
 
 
+def network_input(raw: np.ndarray, mask: Optional[np.ndarray], preprocess: "Preprocess",
+                  augment: Optional[Callable], seed_key: list[int]) -> tuple[torch.Tensor, Optional[np.ndarray]]:
+    """Raw window (HWC, source dtype) -> (CHW float32 network input, augmented mask or None).
+
+    Augments in [0, 1] (albumentations clips floats there) and normalizes afterwards. The
+    augmentation draws from its own generator, reseeded from ``seed_key`` (the item's
+    coordinates), which keeps an item a pure function of (seed, epoch, rank, index): a resumed
+    run augments exactly as the uninterrupted one would have.
+    """
+    image = preprocess.stack(raw)
+    if augment is not None:
+        if hasattr(augment, "reseed"):
+            augment.reseed(seed_key)
+        if mask is None:  # class rows: the pipeline takes a mask, so give it a blank one
+            image, _ = augment(image, np.zeros(image.shape[:2], np.uint8))
+        else:
+            image, mask = augment(image, mask)
+    image = preprocess.normalize(image)
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)), mask
+
+
 class RandomWindowDataset(Dataset):
     """``length`` random windows per epoch; item i of epoch e is a pure function of (seed, epoch, rank, i).
 
@@ -126,6 +154,8 @@ class RandomWindowDataset(Dataset):
     independent streams, so workers never repeat each other's windows.
     Items: ``image`` CHW float32, ``mask`` HW int64 (rows with a label) or ``target`` (class
     rows without one), and ``window`` = (area index, row, col, height, width) in source pixels.
+    ``tile_class_px`` (seg+cls): items also get ``target``, 1 when the window's mask holds at
+    least that many foreground source pixels, else 0 (segkit.data.classes.tile_class).
     """
 
     def __init__(
@@ -139,8 +169,10 @@ class RandomWindowDataset(Dataset):
         augment: Optional[Callable] = None,
         seed: int = 0,
         rank: int = 0,
+        tile_class_px: Optional[float] = None,
     ):
         self.pairs = pairs
+        self.tile_class_px = tile_class_px
         self.sampler = sampler
         self.size = size
         self.length = length
@@ -176,25 +208,14 @@ class RandomWindowDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         area_index, raw, mask, window = self._read(index)
-        # Augment in [0, 1] (albumentations clips floats there), normalize afterwards.
-        image = self.preprocess.stack(raw)
-        if self.augment is not None:
-            # The augmentation draws from its own generator; reseeding it from the item's
-            # coordinates keeps the item a pure function of (seed, epoch, rank, index), so a
-            # resumed run augments exactly as the uninterrupted one would have.
-            if hasattr(self.augment, "reseed"):
-                self.augment.reseed([int(self.seed), int(self.epoch), int(self.rank), int(index), 1])
-            if mask is None:  # class rows: the pipeline takes a mask, so give it a blank one
-                image, _ = self.augment(image, np.zeros(image.shape[:2], np.uint8))
-            else:
-                image, mask = self.augment(image, mask)
-        image = self.preprocess.normalize(image)
-        item = {
-            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)),
-            "window": torch.tensor([area_index, *window], dtype=torch.int64),
-        }
+        image, mask = network_input(raw, mask, self.preprocess, self.augment,
+                                    [int(self.seed), int(self.epoch), int(self.rank), int(index), 1])
+        item = {"image": image, "window": torch.tensor([area_index, *window], dtype=torch.int64)}
         if mask is not None:
             item["mask"] = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))
+            if self.tile_class_px is not None:  # seg+cls: the tile's class from its (augmented) mask
+                scale = (window.height * window.width) / float(mask.shape[0] * mask.shape[1])
+                item["target"] = torch.tensor(tile_class(mask, self.tile_class_px, scale), dtype=torch.int64)
         else:
             target = self.pairs[area_index].row.target
             if target is None:

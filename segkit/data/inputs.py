@@ -14,6 +14,8 @@ from typing import Optional
 import numpy as np
 
 from segkit.data.augment import Augment, create_augment
+from segkit.data.classes import resolve_classes, warn_missing_classes
+from segkit.data.cls_dataset import ClassImageDataset
 from segkit.data.channels import parse_channels, resolve_channels
 from segkit.data.copypaste import ObjectBank, split_copy_paste_config
 from segkit.data.dataset import (
@@ -25,7 +27,7 @@ from segkit.data.dataset import (
 from segkit.data.grids import create_sampler, image_thumbnail, sampling_area
 from segkit.data.manifest import ManifestRow
 from segkit.data.preprocess import Preprocess
-from segkit.data.split import FoldSpec, split_manifest
+from segkit.data.split import FoldSpec, load_rows, split_manifest, split_rows
 from segkit.data.stats import channel_stats
 from segkit.data.windows import RandomWindowSampler
 from segkit.ground.errors import SegkitError
@@ -35,9 +37,13 @@ BANK_WINDOWS = 64  # training windows scanned for copy-paste objects
 
 @dataclass
 class TrainingData:
+    """Opened training and validation rows; ``sampler`` draws seg windows (None for class rows,
+    which are visited row by row); ``class_names`` of a cls manifest (resolved ids -> names)."""
+
     train_pairs: list[SourcePair]
     val_pairs: list[SourcePair]
-    sampler: RandomWindowSampler
+    sampler: Optional[RandomWindowSampler]
+    class_names: Optional[list[str]] = None
 
 
 def open_training_data(manifest: str, folds: FoldSpec, labels: LabelOptions, *, task: str, tissue: str,
@@ -53,6 +59,36 @@ def open_training_data(manifest: str, folds: FoldSpec, labels: LabelOptions, *, 
     areas = [sampling_area(pair, tissue) for pair in train_pairs]
     sampler = create_sampler(train_pairs, areas, fov_px, foreground_share=foreground_share)
     return TrainingData(train_pairs, val_pairs, sampler)
+
+
+def open_class_data(manifest: str, folds: FoldSpec, labels: LabelOptions, *,
+                    class_names: Optional[list] = None) -> TrainingData:
+    """Class rows (a CSV with a class column, or a folder of class sub-folders) split into folds.
+
+    Every image is opened once so an unreadable one fails here (named), then released: class rows
+    are read on demand (ClassImageDataset), so a large dataset is never held decoded. A class with
+    no training row is named in a warning.
+    """
+    rows, names = resolve_classes(load_rows(manifest), class_names, str(manifest), task="cls")
+    train_rows, val_rows = split_rows(rows, folds, task="cls", options=labels, where=str(manifest))
+    warn_missing_classes(train_rows, names, str(manifest))
+    train_pairs = open_pairs(train_rows, labels)
+    val_pairs = open_pairs(val_rows, labels, bands=train_pairs[0].raster.channels)
+    for pair in train_pairs[1:] + val_pairs:  # the first stays open: its thumbnail resolves the channels
+        pair.release()
+    return TrainingData(train_pairs, val_pairs, None, names)
+
+
+def sample_dataset(data: TrainingData, preprocess: Preprocess, *, size: int, length: int, seed: int,
+                   augment: Augment | None = None):
+    """Training samples with ``read(i) -> (raw, mask or None, window)``: random windows (seg) or
+    class rows in a random order (cls), for statistics, previews and object banks."""
+    if data.sampler is not None:
+        return window_dataset(data, preprocess, size=size, length=length, seed=seed, augment=augment)
+    dataset = ClassImageDataset([pair.row for pair in data.train_pairs], size=size, preprocess=preprocess,
+                                augment=augment, seed=seed, min_length=length)
+    dataset.order = dataset.order[:length]
+    return dataset
 
 
 def window_dataset(data: TrainingData, preprocess: Preprocess, *, size: int, length: int, seed: int,
@@ -82,7 +118,7 @@ def compute_preprocess(data: TrainingData, *, channels: Optional[list], normaliz
             if len(values) != preprocess.in_channels:
                 raise SegkitError(f"config key {key}: {len(values)} values for {preprocess.in_channels} channel(s)")
         return preprocess.with_stats([float(m) for m in mean], [float(s) for s in std])
-    dataset = window_dataset(data, preprocess, size=size, length=stats_windows, seed=seed + 1)
+    dataset = sample_dataset(data, preprocess, size=size, length=stats_windows, seed=seed + 1)
     mean, std = channel_stats(preprocess.stack(dataset.read(i)[0]) for i in range(len(dataset)))
     return preprocess.with_stats([float(m) for m in mean], [float(s) for s in std])
 
@@ -109,11 +145,12 @@ def create_train_augment(data: TrainingData, preprocess: Preprocess, *, augment:
 def draw_samples(data: TrainingData, preprocess: Preprocess, augment: Augment, *, size: int, count: int,
                  seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """``count`` training windows after channels and augmentation, in [0, 1] (before normalization)."""
-    dataset = window_dataset(data, preprocess, size=size, length=count, seed=seed)
+    dataset = sample_dataset(data, preprocess, size=size, length=count, seed=seed)
     samples = []
     for index in range(count):
         raw, mask, _ = dataset.read(index)
-        samples.append(augment(preprocess.stack(raw), mask))
+        blank = np.zeros(raw.shape[:2], np.uint8)  # class rows: no mask, the preview outlines nothing
+        samples.append(augment(preprocess.stack(raw), blank if mask is None else mask))
     return samples
 
 

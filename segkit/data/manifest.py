@@ -4,7 +4,7 @@ CSV columns (only ``image`` is required; empty cells mean "none"):
     id      unique name of the image (default: the image file stem; RLE rows are looked up by it)
     image   image path, relative to the CSV's folder (or absolute)
     label   label source path (mask raster, GeoJSON/JSON polygons or RLE CSV), relative like image
-    class   integer class label (``--task cls``)
+    class   class name or id (``--task cls``; see segkit.data.classes for how names map to ids)
     group   rows sharing a group (e.g. one patient or slide) always land in the same fold
     region  "row,col,height,width" in source pixels: only this part of the image is used
     fold    explicit fold number (kept by assign_folds)
@@ -37,7 +37,7 @@ class ManifestRow:
     id: str
     image: Path
     label: str | None = None
-    target: int | None = None
+    target: int | str | None = None  # class id, or a class name until resolve_classes maps it
     group: str | None = None
     region: Window | None = None
     fold: int | None = None
@@ -67,6 +67,13 @@ def _parse_int(text: str, where: str, name: str, minimum: int | None = None) -> 
     if minimum is not None and value < minimum:
         raise SegkitError(f"{where}: {name} {value} must be >= {minimum}")
     return value
+
+
+def _parse_class(text: str, where: str) -> int | str:
+    """A non-negative integer is a class id, anything else a class name; "-3" is neither."""
+    if text.lstrip("+-").isdigit():
+        return _parse_int(text, where, "class", 0)
+    return text
 
 
 def _resolve(base: Path, text: str, where: str, column: str) -> Path:
@@ -123,7 +130,7 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
                 id=cell.get("id") or _stem(image),
                 image=image,
                 label=str(_resolve(base, label, where, "label")) if label else None,
-                target=_parse_int(cell["class"], where, "class", 0) if cell.get("class") else None,
+                target=_parse_class(cell["class"], where) if cell.get("class") else None,
                 group=cell.get("group") or None,
                 region=_parse_region(cell["region"], where) if cell.get("region") else None,
                 fold=_parse_int(cell["fold"], where, "fold", 0) if cell.get("fold") else None,
@@ -232,8 +239,16 @@ def _cell(path: str | Path, base: Path) -> str:
         return os.path.abspath(path)
 
 
-def write_manifest(rows: list[ManifestRow], path: str | Path) -> Path:
-    """Write rows as a manifest CSV (paths relative to its folder), atomically."""
+def _class_cell(target: int | str, class_names: list[str] | None) -> str:
+    if class_names is not None and isinstance(target, int):
+        return class_names[target]
+    return str(target)
+
+
+def write_manifest(rows: list[ManifestRow], path: str | Path, class_names: list[str] | None = None) -> Path:
+    """Write rows as a manifest CSV (paths relative to its folder), atomically.
+
+    With ``class_names``, integer classes are written as their names."""
     path = Path(path)
     base = path.parent
     with atomic_path(path, overwrite=True, make_parents=True) as tmp, \
@@ -245,7 +260,7 @@ def write_manifest(rows: list[ManifestRow], path: str | Path) -> Path:
                 r.id,
                 _cell(r.image, base),
                 _cell(r.label, base) if r.label else "",
-                "" if r.target is None else int(r.target),
+                "" if r.target is None else _class_cell(r.target, class_names),
                 r.group or "",
                 ",".join(str(int(v)) for v in r.region) if r.region else "",
                 "" if r.fold is None else int(r.fold),

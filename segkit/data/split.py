@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Optional
 
+from segkit.data.classes import class_folder_rows, is_class_folder
 from segkit.data.dataset import LabelOptions, SourcePair
 from segkit.data.grids import foreground_fraction
 from segkit.data.manifest import (
@@ -43,9 +44,10 @@ def load_rows(manifest: str) -> list[ManifestRow]:
         return read_manifest(sample_manifest_path())
     path = Path(manifest)
     if path.is_dir():
-        return manifest_from_folder(path)
+        return class_folder_rows(path) if is_class_folder(path) else manifest_from_folder(path)
     if not path.exists():
-        raise SegkitError(f"{path}: manifest not found (a CSV, a folder with images/ and masks/, or 'sample')")
+        raise SegkitError(f"{path}: manifest not found (a CSV, a folder with images/ and masks/, a folder with "
+                          "one sub-folder per class, or 'sample')")
     return read_manifest(path)
 
 
@@ -63,7 +65,7 @@ class FoldSpec:
 
 def fold_strata(rows: list[ManifestRow], task: str, options: LabelOptions, *, cache=None) -> list[int]:
     """One stratum per row for stratified folds: class label (cls) or foreground-fraction bin (seg)."""
-    if task == "cls":
+    if task == "cls":  # targets are class ids here (segkit.data.classes.resolve_classes)
         missing = [r.id for r in rows if r.target is None]
         if missing:
             raise SegkitError(
@@ -96,13 +98,20 @@ def split_manifest(manifest: str, spec: FoldSpec, *, task: str, options: LabelOp
     in memory only).
     """
     rows = apply_group_pattern(load_rows(manifest), spec.group_pattern)
+    return split_rows(rows, spec, task=task, options=options, cache=cache, where=str(manifest))
+
+
+def split_rows(rows: list[ManifestRow], spec: FoldSpec, *, task: str, options: LabelOptions,
+               cache: Optional[str] = None, where: str = "manifest") -> tuple[list[ManifestRow], list[ManifestRow]]:
+    """split_manifest on rows already read (cls: with class ids resolved); ``where`` names them in errors."""
+    manifest = where
     if not rows:
         raise SegkitError(f"{manifest}: manifest has no rows")
     val_fold = spec.val_fold
     if not 0 <= val_fold < spec.folds:
         raise SegkitError(f"config key data.val_fold: {val_fold} outside the {spec.folds} folds (0..{spec.folds - 1})")
     unlabeled = [row.id for row in rows if row.label is None]
-    if unlabeled and task == "seg":
+    if unlabeled and task != "cls":
         raise SegkitError(f"{manifest}: rows without a label: {', '.join(unlabeled[:5])}")
     folds = make_folds(rows, spec, task=task, options=options, cache=cache)
     val = [row for row, fold in zip(rows, folds) if fold == val_fold]

@@ -20,7 +20,7 @@ import yaml
 
 from segkit.ground.errors import SegkitError
 
-TASKS = ("seg", "cls")
+TASKS = ("seg", "cls", "seg+cls")
 # Recipes shipped in the wheel: `--config sample` is segkit/configs/sample.yaml.
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -59,8 +59,11 @@ class DataConfig:
     augment: Optional[dict] = None  # albumentations serialized pipeline (A.to_dict form)
     copy_paste: Optional[dict] = None  # object copy-paste settings; null = off
     workers: int = 0  # DataLoader worker processes
-    class_names: Optional[list] = None  # names by class id (seg: background first); null = "class K"
+    class_names: Optional[list] = None  # names by class id (seg: background first; cls: the image classes, null = from the manifest)
     group_pattern: Optional[str] = None  # regex over the image stem giving rows without a group their group
+    crop_scale: Optional[list] = None  # cls: [min, max] share of the image area cropped at random, then resized; null = whole image
+    class_balanced: bool = False  # cls: draw every class equally often (off: with noisy labels it fits the noise)
+    cls_from_mask: int = 1  # seg+cls: a tile with >= this many foreground source px is class "object", else "empty"
 
 
 @dataclass
@@ -75,7 +78,7 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 10  # epochs of this stage
-    windows_per_epoch: int = 512  # random windows drawn per epoch
+    windows_per_epoch: int = 512  # random windows drawn per epoch (seg); a cls epoch is one pass over the rows
     subset: float = 1.0  # fraction of windows_per_epoch actually used (fast experiments)
     batch_size: int = 8
     optimizer: str = "adamw"  # adamw | adam | sgd
@@ -86,6 +89,8 @@ class TrainConfig:
     min_lr_ratio: float = 0.0  # cosine ends at min_lr_ratio * lr
     momentum: float = 0.9  # SGD momentum (Nesterov when > 0)
     loss: list = field(default_factory=lambda: [{"name": "dice", "weight": 1.0}, {"name": "soft_bce", "weight": 1.0}])
+    cls_loss: list = field(default_factory=lambda: [{"name": "ce", "weight": 1.0}])  # class head (cls, seg+cls)
+    mixup: Optional[dict] = None  # cls: timm Mixup options, e.g. {mixup_alpha: 0.2, cutmix_alpha: 1.0}; null = off
     amp: bool = True  # mixed precision where it helps: fp16 + GradScaler on CUDA, bf16 on CPUs with native bf16
     accumulate: int = 1  # gradient accumulation steps
     clip: Optional[float] = None  # gradient-norm clipping
@@ -119,11 +124,13 @@ class InferConfig:
     mask_nodata: Optional[int] = 0  # nodata value declared in --mask TIFFs (0: background transparent); null = none
     rle_header: str = "id,rle"  # --rle column names, e.g. "ImageId,EncodedPixels" or "id,predicted"
     rle_empty: str = ""  # --rle cell of an image without foreground: "" (empty) | "-"
+    cls_gate: Optional[float] = None  # seg+cls: a tile whose "empty" probability >= this is written as background
+    calibrate: bool = False  # cls: temperature scaling fitted on the validation rows, saved with the run (--calibrate)
 
 
 @dataclass
 class Config:
-    task: str = "seg"  # seg | cls
+    task: str = "seg"  # seg | cls | seg+cls
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -321,6 +328,24 @@ def _validate_names(config: "Config") -> None:
         if config.task == "seg" and len(names) != expected:
             raise SegkitError(f"config key data.class_names: {len(names)} names for {expected} mask values "
                               f"(background first, then one per class)")
+    _validate_cls(config)
+
+
+def _validate_cls(config: Config) -> None:
+    """The classification keys (cls and seg+cls)."""
+    names, crop = config.data.class_names, config.data.crop_scale
+    if names is not None and (not names or any(not isinstance(n, (str, int)) or isinstance(n, bool) for n in names)):
+        raise SegkitError(f"config key data.class_names: expected a list of names, got {names!r}")
+    if crop is not None and (len(crop) != 2 or not all(isinstance(v, (int, float)) for v in crop)
+                             or not 0 < crop[0] <= crop[1] <= 1):
+        raise SegkitError(f"config key data.crop_scale: expected [min, max] with 0 < min <= max <= 1, got {crop!r}")
+    if config.data.cls_from_mask < 0:
+        raise SegkitError(f"config key data.cls_from_mask: must be >= 0, got {config.data.cls_from_mask}")
+    gate = config.infer.cls_gate
+    if gate is not None and not 0 < gate <= 1:
+        raise SegkitError(f"config key infer.cls_gate: must be in (0, 1] (or null = off), got {gate}")
+    if config.train.mixup is not None and config.task != "cls":
+        raise SegkitError("config key train.mixup: MixUp/CutMix mixes whole-image labels; only for task cls")
 
 
 def to_dict(config: Config) -> dict:

@@ -26,8 +26,10 @@ from segkit.infer.ensemble import EnsemblePredictor
 from segkit.infer.tiling import StripAccumulator, blend_weights
 from segkit.runs.progress import Progress
 
-# x: float32 NCHW batch of preprocessed tiles -> float32 NCHW probabilities, same H and W
-Predictor = Callable[[torch.Tensor], torch.Tensor]
+# x: float32 NCHW batch of preprocessed tiles -> float32 NCHW probabilities, same H and W; or
+# (probabilities, kept: N bool) when the predictor gates tiles (segkit.infer.gate): tiles not kept
+# are not blended
+Predictor = Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
 
 def _resize(probs: np.ndarray, height: int, width: int) -> np.ndarray:
     """(C, h, w) -> (C, height, width), bilinear; cv2 resizes HWC with up to 512 channels at once."""
@@ -70,7 +72,8 @@ def _output_channels(predictor: Predictor, raster, size: int, preprocess, device
     img = preprocess(raw)
     img = img[:, :, None] if img.ndim == 2 else img
     x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)[None], dtype=np.float32)).to(device)
-    return int(predictor(x).shape[1])
+    out = predictor(x)
+    return int((out[0] if isinstance(out, tuple) else out).shape[1])
 
 
 def predict_strips(
@@ -97,7 +100,9 @@ def predict_strips(
     """Yield (row0 within the region, probs float32 (C, h, region width)) strips, top to bottom.
 
     predictor: ``predictor(x)`` maps a float32 NCHW batch on ``device`` (the preprocessed tiles,
-        channels_last) to float32 NCHW probabilities of the same height and width; a list of
+        channels_last) to float32 NCHW probabilities of the same height and width, or to
+        (probabilities, kept) with ``kept`` an (N,) bool tensor: tiles not kept are not blended
+        (a gate, segkit.infer.gate; their pixels stay 0 unless a kept tile covers them); a list of
         (model, weight) pairs is wrapped in ``EnsemblePredictor(pairs, tta, activation=...,
         amp=..., average=...)`` (the last four arguments apply to that case only).
     raster: anything with height, width, channels, dtype and ``read(window, out_size)`` (HWC).
@@ -157,10 +162,14 @@ def predict_strips(
                 if i + 1 < len(batches):  # read the next batch while the predictor runs on this one
                     nxt = pool.submit(_read_batch, raster, reads[i + 1], size, fov_px, preprocess)
                 x = torch.from_numpy(arr).permute(0, 3, 1, 2).to(device).contiguous(memory_format=torch.channels_last)
-                probs = predictor(x).float().cpu().numpy()
+                out = predictor(x)
+                kept = out[1].cpu().numpy() if isinstance(out, tuple) else None
+                probs = (out[0] if isinstance(out, tuple) else out).float().cpu().numpy()
                 if acc is None:
                     acc = StripAccumulator(probs.shape[1], reg.height, reg.width)
-                for w, p in zip(batch, probs):
+                for index, (w, p) in enumerate(zip(batch, probs)):
+                    if kept is not None and not kept[index]:  # gated: not blended, as a tile off the tissue
+                        continue
                     p = _resize(p, fov_px, fov_px)[:, keep, keep]
                     local = Window(w.row - reg.row, w.col - reg.col, w.height, w.width)
                     yield from acc.add_iter(local, p, weights)

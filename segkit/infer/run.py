@@ -23,6 +23,7 @@ from segkit.ground.config import Config, load_config
 from segkit.ground.errors import SegkitError
 from segkit.ground.geometry import Window
 from segkit.infer.ensemble import EnsemblePredictor
+from segkit.infer.gate import GatedPredictor
 from segkit.infer.predict import predict_strips
 from segkit.infer.outputs import WriterOptions, check_georeferenced, open_image_writers
 from segkit.io.raster import open_raster
@@ -136,6 +137,7 @@ class Settings:
     margin_px: int = 0  # context margin: predict fov_px tiles, keep their centre
     tissue: Optional[str] = None  # skip tiles that are background by this thumbnail method (None: run every tile)
     writing: WriterOptions = field(default_factory=WriterOptions)  # how the files are written
+    cls_gate: Optional[float] = None  # seg+cls: tiles whose "empty" probability >= this are background (gate.py)
 
 
 def infer_settings(config: Config, *, crf: bool = False) -> Settings:
@@ -150,7 +152,7 @@ def infer_settings(config: Config, *, crf: bool = False) -> Settings:
         overlap_px=i.overlap_px, blend=i.blend, tta=i.tta, threshold=i.threshold, batch_size=i.batch_size,
         amp=config.train.amp, rle_order=i.rle_order, min_object_px=i.min_object_px, fill_holes=i.fill_holes,
         crf=(i.crf or {}) if crf else None, progress=config.run.progress, margin_px=i.margin_px,
-        tissue=tissue_method(config), writing=writing,
+        tissue=tissue_method(config), writing=writing, cls_gate=i.cls_gate,
     )
 
 
@@ -242,8 +244,12 @@ def stream_probs(ensemble: Ensemble, raster, settings: Settings, device: torch.d
     """(row0, probs) strips of `region` (default: the whole image) with the settings' tiling and TTA
     (`tta`, a spec or (view, weight) pairs, overrides it: e.g. [("hflip", 1.0)] for one view alone)."""
     activation = "sigmoid" if ensemble.classes == 1 else "softmax"
-    predictor = EnsemblePredictor(ensemble.models, settings.tta if tta is None else tta, activation=activation,
-                                  amp=settings.amp)
+    views = settings.tta if tta is None else tta
+    if settings.cls_gate is not None:  # seg+cls: tiles the class head calls empty skip the decoder
+        predictor = GatedPredictor(ensemble.models, views, gate=settings.cls_gate, classes=ensemble.classes,
+                                   activation=activation, amp=settings.amp)
+    else:
+        predictor = EnsemblePredictor(ensemble.models, views, activation=activation, amp=settings.amp)
     return predict_strips(
         predictor, raster, fov_px=ensemble.fov_px, size=ensemble.size, overlap_px=settings.overlap_px,
         preprocess=ensemble.preprocess, blend=settings.blend, batch_size=settings.batch_size, device=device,

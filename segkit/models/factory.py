@@ -1,4 +1,9 @@
-"""create_model(): every segmentation_models_pytorch architecture by name, plus a classifier head.
+"""create_model(): every segmentation_models_pytorch architecture by name, a classifier, or both in one.
+
+task "seg": an smp model (logits N,classes,H,W); "cls": a classifier (logits N,classes; see
+segkit.models.classifier: smp encoders or any timm model as "tu-NAME"); "seg+cls": the smp
+model with its classification head on the deepest encoder features (smp ``aux_params``),
+returning (mask logits, tile-class logits).
 
 The registry is read from smp itself (``MODEL_ARCHITECTURES_MAPPING``), so a newer smp adds
 architectures without code here; names match case-insensitively and ignore ``_``/``-``
@@ -14,14 +19,14 @@ from __future__ import annotations
 import inspect
 
 import segmentation_models_pytorch as smp
-import torch
-from segmentation_models_pytorch.base import ClassificationHead
 from segmentation_models_pytorch.encoders import get_encoder
 from torch import nn
 
+from segkit.ground.config import TASKS
 from segkit.ground.errors import SegkitError
+from segkit.models.classifier import TIMM_PREFIX, Classifier, TimmClassifier, check_forward, timm_classifier
 
-TASKS = ("seg", "cls")
+SEG_CLS_HEAD_CLASSES = 2  # seg+cls: the tile head predicts empty (0) / object (1), see data.classes.TILE_CLASSES
 
 
 def _key(name: str) -> str:
@@ -51,19 +56,6 @@ def _weights(encoder_weights):
     return str(encoder_weights)
 
 
-class Classifier(nn.Module):
-    """An smp/timm encoder, global pooling and a linear layer: images (N,C,H,W) -> logits (N, classes)."""
-
-    def __init__(self, encoder: nn.Module, classes: int, pooling: str = "avg", dropout: float = 0.2):
-        super().__init__()
-        self.encoder = encoder
-        self.classification_head = ClassificationHead(
-            in_channels=encoder.out_channels[-1], classes=classes, pooling=pooling, dropout=dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classification_head(self.encoder(x)[-1])
-
-
 def _build(what: str, fn, *args, **kwargs):
     """Call an smp constructor, turning its bad-name/argument errors into one-line SegkitErrors."""
     try:
@@ -80,11 +72,12 @@ def _build(what: str, fn, *args, **kwargs):
 
 def create_model(arch: str = "Unet", encoder: str = "resnet18", encoder_weights: str | None = None,
                  in_channels: int = 3, classes: int = 1, task: str = "seg", **kw) -> nn.Module:
-    """Build a segmentation model (logits N,classes,H,W) or, with task="cls", a classifier (N,classes).
+    """Build a segmentation model, a classifier or a segmenter with a tile-class head (see the module doc).
 
     ``encoder_weights`` is None/"none" or a weight name smp knows ("imagenet"; fetched from the
     hub on first use). Extra keywords go to the smp constructor (e.g. decoder_channels) for
-    "seg", or are ``pooling``/``dropout`` of the head for "cls" (``arch`` is ignored there).
+    "seg"/"seg+cls" (``cls_dropout``: dropout of the seg+cls head), or are ``pooling``/``dropout``
+    of the head for "cls" (``arch`` is ignored there).
     """
     if task not in TASKS:
         raise SegkitError(f"model.task: unknown task {task!r}; valid: {', '.join(TASKS)}")
@@ -96,20 +89,27 @@ def create_model(arch: str = "Unet", encoder: str = "resnet18", encoder_weights:
         depth = kw.pop("encoder_depth", 5)
         if kw:
             raise SegkitError(f"model (cls): unexpected options {sorted(kw)}; valid: pooling, dropout, encoder_depth")
+        if str(encoder).startswith(TIMM_PREFIX):
+            head_kw.pop("pooling", None)  # timm pools with its own global_pool
+            return timm_classifier(str(encoder)[len(TIMM_PREFIX):], weights=weights, in_channels=int(in_channels),
+                                   classes=int(classes), **head_kw)
         enc = _build(f"cls/{encoder}", get_encoder, encoder, in_channels=int(in_channels), depth=depth,
                      weights=weights)
         return Classifier(enc, int(classes), **head_kw)
     cls = ARCHITECTURES.get(_key(arch))
     if cls is None:
         raise SegkitError(f"model.arch: unknown architecture {arch!r}; valid: {', '.join(architecture_names())}")
-    if kw.get("aux_params") is not None:  # the model would return (mask, label) tuples the loop cannot use
-        raise SegkitError("model: aux_params is not supported (use task: cls for a classifier)")
+    if kw.get("aux_params") is not None:  # the head's classes are fixed by seg+cls (empty / object)
+        raise SegkitError("model: aux_params is not an option (use task: seg+cls for a tile-class head)")
+    cls_dropout = kw.pop("cls_dropout", 0.2)
     if not str(encoder).startswith("tu-"):
         # smp forwards unknown keywords only to timm ("tu-") encoders and drops them otherwise
-        known = set(inspect.signature(cls).parameters) - {"kwargs"}
+        known = set(inspect.signature(cls).parameters) - {"kwargs", "aux_params"}
         unknown = sorted(set(kw) - known)
         if unknown:
             raise SegkitError(f"model ({cls.__name__}): unknown options {unknown}; valid: {', '.join(sorted(known))}")
+    if task == "seg+cls":
+        kw["aux_params"] = {"classes": SEG_CLS_HEAD_CLASSES, "dropout": float(cls_dropout)}
     return _build(f"{cls.__name__}/{encoder}", cls, encoder_name=encoder, encoder_weights=weights,
                   in_channels=int(in_channels), classes=int(classes), **kw)
 
@@ -122,12 +122,19 @@ def input_divisor(model: nn.Module) -> int:
     return int(getattr(getattr(inner, "encoder", None), "output_stride", 1) or 1)
 
 
-def check_input_size(model: nn.Module, size: int | tuple[int, int], min_size: int = 0) -> None:
+def check_input_size(model: nn.Module, size: int | tuple[int, int], min_size: int = 0,
+                     in_channels: int | None = None) -> None:
     """SegkitError naming data.size when the network input cannot go through ``model``.
 
     Done before training starts, so a bad --size fails in one line instead of in the first
-    forward pass. ``min_size``: e.g. 128 for PAN (see the module doc).
+    forward pass. ``min_size``: e.g. 128 for PAN (see the module doc). A timm classifier (no
+    output stride to check) runs one blank forward instead, when ``in_channels`` is given.
     """
+    inner = getattr(model, "module", model)
+    if isinstance(inner, TimmClassifier):
+        if in_channels is not None:
+            check_forward(inner, in_channels, size if isinstance(size, int) else size[0])
+        return
     h, w = (size, size) if isinstance(size, int) else size
     div = input_divisor(model)
     name = type(getattr(model, "module", model)).__name__

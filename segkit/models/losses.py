@@ -5,7 +5,9 @@
 Segmentation: the mode is binary when ``classes == 1`` (logits N,1,H,W) and multiclass
 otherwise (logits N,C,H,W). Targets may come as (N,H,W) integer class ids or (N,1,H,W) float
 0/1; each term receives the form it needs (class ids, float mask, or one-hot for the BCE family
-with several classes). Classification (task="cls"): logits (N,C), targets (N,) class ids.
+with several classes). Classification (task="cls"): logits (N,C), targets (N,) class ids or
+(N,C) class probabilities (MixUp/CutMix); the cls terms of segkit.models.cls_losses take
+probabilities, so class ids are made one-hot for them.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from segkit.ground.errors import SegkitError
+from segkit.models.cls_losses import PROBABILITY_LOSSES
 
 # target kinds a term needs: "index" = long class ids without the channel axis,
-# "float" = float of the logits' shape (binary), "onehot" = float one-hot (N,C,...) for the BCE family
+# "float" = float of the logits' shape (binary), "onehot" = float one-hot (N,C,...) for the BCE family,
+# "soft" = (N,C) class probabilities: one-hot from class ids, mixed targets passed through
 _L = smp.losses
 
 
@@ -84,11 +88,9 @@ SEG_LOSSES: dict[str, Callable] = {
     "mcc": _mcc,
 }
 CLS_LOSSES: dict[str, Callable] = {
-    "ce": _ce,
-    "soft_ce": _soft_ce,
+    **PROBABILITY_LOSSES,  # ce (weighted, label smoothing), focal, asymmetric
     "bce": _bce,
     "soft_bce": _bce,
-    "focal": _smp(_L.FocalLoss),
 }
 
 
@@ -130,6 +132,10 @@ class CombinedLoss(nn.Module):
         return t.long()
 
     def _target(self, kind, logits, target):
+        if logits.dim() == 2 and target.is_floating_point() and target.shape == logits.shape:
+            return target.to(logits.dtype)  # (N,C) class probabilities (MixUp/CutMix), for every cls term
+        if kind == "soft":
+            kind = "onehot"
         if kind == "index":
             return self._index(logits, target)
         if kind == "float":
@@ -195,3 +201,34 @@ def create_loss(terms, *, classes: int, task: str = "seg", ignore_index: int | N
         losses.append(loss)
         kinds.append(kind)
     return CombinedLoss(names, weights, losses, kinds, classes, task)
+
+
+class SegClsLoss(nn.Module):
+    """seg+cls: the mask loss plus the tile-class loss, each a CombinedLoss whose term weights set
+    the balance (the "multi-input, multi-loss" model of winning teams). Takes (mask logits,
+    class logits) and (mask, class ids); ``last`` holds every term as seg_<name> / cls_<name>."""
+
+    def __init__(self, seg: CombinedLoss, cls: CombinedLoss):
+        super().__init__()
+        self.seg, self.cls = seg, cls
+        self.last: dict[str, torch.Tensor] = {}
+
+    def forward(self, outputs, targets) -> torch.Tensor:
+        (masks, labels), (mask, target) = outputs, targets
+        seg_value, cls_value = self.seg(masks, mask), self.cls(labels, target)
+        self.last = {**{f"seg_{k}": v for k, v in self.seg.last.items()},
+                     **{f"cls_{k}": v for k, v in self.cls.last.items()}}
+        return seg_value + cls_value
+
+
+def create_task_loss(task: str, *, seg_terms, cls_terms, classes: int, cls_classes: int | None = None) -> nn.Module:
+    """The loss of a task: seg -> create_loss(seg_terms), cls -> create_loss(cls_terms),
+    seg+cls -> SegClsLoss of both (``classes`` masks, ``cls_classes`` tile classes)."""
+    if task == "seg":
+        return create_loss(seg_terms, classes=classes)
+    if task == "cls":
+        return create_loss(cls_terms, classes=classes, task="cls")
+    if task == "seg+cls":
+        return SegClsLoss(create_loss(seg_terms, classes=classes),
+                          create_loss(cls_terms, classes=int(cls_classes or 2), task="cls"))
+    raise SegkitError(f"loss: unknown task {task!r}; valid: seg, cls, seg+cls")

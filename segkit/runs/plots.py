@@ -121,3 +121,41 @@ def plot_metrics(metrics_jsonl_path: str | Path, out_dir: str | Path) -> list[Pa
             _save(fig, path)
             written.append(path)
     return written
+
+
+def plot_confusion(matrix, class_names: list[str], path: str | Path, title: str = "confusion") -> Path:
+    """A confusion-matrix PNG (rows = true class, columns = predicted; colour = share of the row),
+    each row labelled with its class's precision, recall and F1; counts written in the cells
+    when there are at most 20 classes."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from segkit.metrics.cls import per_class_scores
+
+    matrix = np.asarray(matrix, dtype=np.int64)
+    count = len(class_names)
+    if matrix.shape != (count, count):
+        raise SegkitError(f"plot_confusion: a {matrix.shape} matrix for {count} class names")
+    scores = per_class_scores(matrix)
+    shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    side = min(14.0, 3.0 + 0.45 * count)
+    fig = Figure(figsize=(side + 2.5, side))
+    ax = fig.subplots()
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    ax.set_xticks(range(count), [str(n) for n in class_names], rotation=90 if count > 8 else 0)
+    ax.set_yticks(range(count), [f"{n}  P {p:.2f} R {r:.2f} F1 {f:.2f}" for n, p, r, f in
+                                 zip(class_names, scores["precision"], scores["recall"], scores["f1"])])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    if count <= 20:
+        for i in range(count):
+            for j in range(count):
+                if matrix[i, j]:
+                    ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
+                            color="white" if shares[i, j] > 0.5 else "black")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _save(fig, path)
+    return path

@@ -24,16 +24,15 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from segkit.data.inputs import TrainingData, window_dataset
+from segkit.data.inputs import TrainingData
 from segkit.data.preprocess import Preprocess
 from segkit.ground.config import Config, flatten_config, load_config, to_dict
 from segkit.ground.errors import SegkitError
 from segkit.models.factory import freeze_encoder
-from segkit.models.losses import create_loss
 from segkit.runs import checkpoint as ckpt
 from segkit.runs import distributed
 from segkit.runs.device import make_scaler, pick_device
-from segkit.runs.plots import plot_metrics
+from segkit.runs.plots import plot_confusion, plot_metrics
 from segkit.runs.rundir import (
     append_jsonl,
     check_resumable,
@@ -52,7 +51,8 @@ from segkit.train.optim import create_optimizer, create_scheduler
 from segkit.train.tracking import check_tracking, create_tracker, default_tracking_uri
 from segkit.train.validate import validate
 
-BEST_METRIC = "val_dice"
+# the validation score that picks the best checkpoint (and drives early stopping), per task
+BEST_METRICS = {"seg": "val_dice", "seg+cls": "val_dice", "cls": "val_f1"}
 
 # Called on rank 0 after every epoch with (run directory, the epoch's record); may raise to stop
 # (StopRun ends the run cleanly with its status, any other exception fails it).
@@ -101,8 +101,6 @@ def _fit(config, command, parent, resume, parent_epoch, dist_info, hooks) -> Pat
         run_info = check_resumable(resume, check_live=main)  # only rank 0: it marks the run live itself
         config = load_config(resume / "config.yaml")
         command, parent = run_info["command"], (Path(run_info["parent"]) if run_info.get("parent") else None)
-    if config.task == "cls":
-        raise SegkitError("task cls: classification training is not built yet; this version trains task seg")
     tracking_uri = config.run.tracking_uri or default_tracking_uri(Path(config.run.runs_dir))
     if main:  # a tracker that cannot work (package missing, store unreachable) fails before any data is read
         if config.run.log == "mlflow" and config.run.tracking_uri is None:
@@ -114,6 +112,9 @@ def _fit(config, command, parent, resume, parent_epoch, dist_info, hooks) -> Pat
         fc.check_parent_compatible(parent, config)
 
     data = fc.training_data(config)
+    config = fc.with_classes(config, data)
+    if parent is not None and resume is None:
+        fc.check_parent_compatible(parent, config)  # again, with the classes resolved from the data
     run_dir = _open_run(config, command, parent, resume, parent_epoch, data)
     config = load_config(run_dir / "config.yaml")
     preprocess = Preprocess.load(run_dir / "preprocess.json")
@@ -218,10 +219,8 @@ def _build(config: Config, data: TrainingData, preprocess: Preprocess, device: t
         model = model.to(memory_format=torch.channels_last)
     ema = ModelEma(model, t.ema) if t.ema else None
 
-    # Windows per epoch are split across ranks; each rank draws its own (dataset rank = dist rank).
-    total = max(t.batch_size, int(t.windows_per_epoch * t.subset))
-    dataset = window_dataset(data, preprocess, size=config.data.size, length=max(t.batch_size, total // world),
-                             seed=config.run.seed, augment=fc.augment_for(config, data, preprocess), rank=rank)
+    dataset = fc.train_dataset(config, data, preprocess, fc.augment_for(config, data, preprocess), rank=rank,
+                               world=world)
     loader = DataLoader(dataset, batch_size=t.batch_size, shuffle=False, drop_last=True,
                         num_workers=config.data.workers)
     steps_per_epoch = math.ceil(len(loader) / t.accumulate)
@@ -232,9 +231,9 @@ def _build(config: Config, data: TrainingData, preprocess: Preprocess, device: t
     return st.Parts(
         model=model, ddp_model=distributed.wrap_ddp(model, device), ema=ema, dataset=dataset, loader=loader,
         optimizer=optimizer, scheduler=scheduler, scaler=make_scaler(device, t.amp),
-        loss_fn=create_loss(t.loss, classes=config.model.classes, task=config.task),
+        loss_fn=fc.task_loss(config),
         early=EarlyStopping(t.early_stop or None, mode="max", min_delta=t.early_stop_delta),
-        steps_per_epoch=steps_per_epoch,
+        steps_per_epoch=steps_per_epoch, batch_transform=fc.mixup_for(config),
     )
 
 
@@ -261,31 +260,35 @@ def _run_epochs(config: Config, parts: st.Parts, run_dir: Path, data: TrainingDa
     """Train, validate, record and checkpoint each epoch; returns (last epoch, its record, best)."""
     t, main = config.train, distributed.is_main()
     settings = fc.validation_settings(config)
+    metric = BEST_METRICS[config.task]
     checkpoint_dir = run_dir / "checkpoints"
     epoch, record, outcome = start_epoch - 1, {}, "finished"
     try:
         for epoch in range(start_epoch, t.epochs + 1):
             parts.dataset.set_epoch(epoch)
+            if parts.batch_transform is not None:
+                parts.batch_transform.set_epoch(epoch)
             started, started_cpu = time.time(), time.process_time()
             stats = train_one_epoch(
                 parts.ddp_model, parts.loader, parts.loss_fn, parts.optimizer, scheduler=parts.scheduler,
                 device=device, amp=t.amp, scaler=parts.scaler, accumulate=t.accumulate, clip=t.clip,
                 channels_last=t.channels_last, ema=parts.ema, progress=config.run.progress and main,
                 desc=f"epoch {epoch}/{t.epochs}", step_offset=(epoch - 1) * parts.steps_per_epoch,
+                batch_transform=parts.batch_transform,
             )
             st.sync_buffers(parts.model, parts.ema.module if parts.ema is not None else None)
             record = st.numeric({"epoch": epoch, "train_loss": stats["loss"], "terms": stats.get("terms"),
                                  "lr": stats["lr"]})
             if main and data.val_pairs:  # the other ranks wait in the broadcast below
                 evaluated = parts.ema.module if parts.ema is not None else parts.model
-                record[BEST_METRIC] = validate([(evaluated, 1.0)], data.val_pairs, preprocess, settings, device,
-                                              progress=config.run.progress and main)["dice"]
+                record.update(_validate_epoch(evaluated, data, preprocess, settings, device, run_dir, epoch,
+                                              progress=config.run.progress and main))
             record["seconds"] = round(time.time() - started, 2)
             record["cpu_seconds"] = round(time.process_time() - started_cpu, 2)  # less sensitive to other load
             record = st.broadcast(record)
-            stop = parts.early.step(record[BEST_METRIC]) if BEST_METRIC in record else False
-            if BEST_METRIC in record and parts.early.improved:
-                best = {"epoch": epoch, "value": record[BEST_METRIC]}
+            stop = parts.early.step(record[metric]) if metric in record else False
+            if metric in record and parts.early.improved:
+                best = {"epoch": epoch, "value": record[metric], "metric": metric}
             verdict = None
             if main:
                 _record_epoch(run_dir, record)
@@ -299,8 +302,8 @@ def _run_epochs(config: Config, parts: st.Parts, run_dir: Path, data: TrainingDa
                         hook(run_dir, record)
                 except StopRun as request:
                     verdict = request.status
-            dice = f"  val dice {record[BEST_METRIC]:.4f}" if BEST_METRIC in record else ""
-            _log(f"epoch {epoch}: loss {record['train_loss']:.4f}{dice}  ({record['seconds']} s)")
+            score = f"  {metric.replace('_', ' ')} {record[metric]:.4f}" if metric in record else ""
+            _log(f"epoch {epoch}: loss {record['train_loss']:.4f}{score}  ({record['seconds']} s)")
             verdict = st.broadcast(verdict)  # every rank stops together
             distributed.barrier()
             if verdict:
@@ -314,6 +317,18 @@ def _run_epochs(config: Config, parts: st.Parts, run_dir: Path, data: TrainingDa
         _fail(run_dir, exc)
         raise
     return epoch, record, best, outcome
+
+
+def _validate_epoch(model, data: TrainingData, preprocess: Preprocess, settings, device, run_dir: Path,
+                    epoch: int, progress: bool = False) -> dict:
+    """The epoch's validation scores for metrics.jsonl; cls also draws plots/confusion_epoch_NNNN.png."""
+    result = validate([(model, 1.0)], data.val_pairs, preprocess, settings, device, progress=progress)
+    if settings.task != "cls":
+        return {"val_dice": result["dice"]}
+    report = result["report"]
+    plot_confusion(report["confusion"], list(settings.class_names), run_dir / "plots" / f"confusion_epoch_{epoch:04d}.png",
+                   title=f"epoch {epoch}: accuracy {report['accuracy']:.4f}, macro F1 {report['macro_f1']:.4f}")
+    return {"val_f1": result["f1"], "val_accuracy": result["accuracy"]}
 
 
 def _fail(run_dir: Path, exc: BaseException) -> None:
@@ -336,5 +351,6 @@ def _record_epoch(run_dir: Path, record: dict) -> None:
 
 def _summary(run_dir: Path, epoch: int, record: dict, best, seconds: float) -> str:
     loss = f"  final loss {record['train_loss']:.4f}" if "train_loss" in record else ""
-    score = f"  best val dice {best['value']:.4f} at epoch {best['epoch']}" if best else "  (no validation rows)"
+    name = best.get("metric", "val_dice").replace("_", " ") if best else ""
+    score = f"  best {name} {best['value']:.4f} at epoch {best['epoch']}" if best else "  (no validation rows)"
     return f"done: {run_dir}  {epoch} epochs{loss}{score}  ({seconds:.0f} s this session)"

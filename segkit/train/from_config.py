@@ -16,18 +16,24 @@ import torch
 
 from segkit.data.augment import Augment
 from segkit.data.dataset import LabelOptions
+from segkit.data.classes import TILE_CLASSES
+from segkit.data.cls_dataset import ClassImageDataset
+from segkit.data.dataset import RandomWindowDataset
 from segkit.data.inputs import (
     TrainingData,
     compute_preprocess,
     create_train_augment,
     draw_samples,
+    open_class_data,
     open_training_data,
 )
+from segkit.data.mixing import BatchMix, create_mixup
 from segkit.data.preprocess import Preprocess
 from segkit.data.split import FoldSpec, split_manifest
 from segkit.ground.config import Config, load_config
 from segkit.ground.errors import SegkitError
 from segkit.models.factory import check_input_size, create_model
+from segkit.models.losses import create_task_loss
 from segkit.runs.device import seed_everything
 from segkit.runs.rundir import read_run_info
 from segkit.train.validate import ValidationSettings, activation_for
@@ -60,6 +66,11 @@ def split_rows(config: Config, *, cache=None):
 def training_data(config: Config) -> TrainingData:
     """Every training and validation row opened, and the sampler (bad files fail here)."""
     config = with_fov(config)
+    if config.task == "cls":
+        if config.data.copy_paste:
+            raise SegkitError("config key data.copy_paste: pastes mask objects; not for task cls")
+        return open_class_data(config.data.manifest, fold_spec(config), label_options(config),
+                               class_names=config.data.class_names)
     return open_training_data(
         config.data.manifest, fold_spec(config), label_options(config), task=config.task, tissue=config.data.tissue,
         fov_px=config.data.fov_px, foreground_share=config.data.foreground_share,
@@ -88,13 +99,61 @@ def preview_samples(config: Config, count: int) -> list[tuple[np.ndarray, np.nda
                         count=count, seed=config.run.seed)
 
 
+def with_classes(config: Config, data: TrainingData) -> Config:
+    """cls: data.class_names resolved from the manifest and model.classes = their count (saved in the
+    run's config.yaml, so inference writes the same names); other tasks unchanged."""
+    if config.task != "cls":
+        return config
+    names = list(data.class_names)
+    if config.model.classes not in (1, len(names)):
+        raise SegkitError(f"config key model.classes: {config.model.classes}, but the manifest has {len(names)} "
+                          f"classes ({', '.join(names[:8])}{' ...' if len(names) > 8 else ''}); leave it at 1")
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, class_names=names),
+                               model=dataclasses.replace(config.model, classes=len(names)))
+
+
+def class_names(config: Config) -> list[str] | None:
+    """Names of the class-head outputs: the image classes (cls), empty/object (seg+cls), None (seg)."""
+    return {"cls": config.data.class_names, "seg+cls": TILE_CLASSES}.get(config.task)
+
+
 def build_model(config: Config, in_channels: int) -> torch.nn.Module:
     """The stage's network from a fixed seed (every rank builds the same one), size-checked."""
     seed_everything(config.run.seed)
     model = create_model(config.model.arch, config.model.encoder, config.model.encoder_weights,
                          in_channels=in_channels, classes=config.model.classes, task=config.task)
-    check_input_size(model, config.data.size)
+    check_input_size(model, config.data.size, in_channels=in_channels)
     return model
+
+
+def train_dataset(config: Config, data: TrainingData, preprocess: Preprocess, augment: Augment, *, rank: int,
+                  world: int) -> RandomWindowDataset | ClassImageDataset:
+    """One rank's training items: random windows (seg; seg+cls with tile classes from the masks) or
+    class rows, each row once per epoch or class-balanced (cls)."""
+    t = config.train
+    if config.task == "cls":
+        return ClassImageDataset(
+            [pair.row for pair in data.train_pairs], size=config.data.size, preprocess=preprocess, augment=augment,
+            seed=config.run.seed, rank=rank, world=world, balanced=config.data.class_balanced, fraction=t.subset,
+            crop_scale=config.data.crop_scale, min_length=t.batch_size, pad_mode=config.data.pad_mode)
+    # Windows per epoch are split across ranks; each rank draws its own (dataset rank = dist rank).
+    total = max(t.batch_size, int(t.windows_per_epoch * t.subset))
+    return RandomWindowDataset(
+        data.train_pairs, data.sampler, size=config.data.size, length=max(t.batch_size, total // world),
+        preprocess=preprocess, augment=augment, seed=config.run.seed, rank=rank,
+        tile_class_px=config.data.cls_from_mask if config.task == "seg+cls" else None)
+
+
+def task_loss(config: Config) -> torch.nn.Module:
+    """train.loss (masks), train.cls_loss (classes), or both summed (seg+cls)."""
+    return create_task_loss(config.task, seg_terms=config.train.loss, cls_terms=config.train.cls_loss,
+                            classes=config.model.classes, cls_classes=len(TILE_CLASSES))
+
+
+def mixup_for(config: Config) -> BatchMix | None:
+    """MixUp/CutMix of train.mixup (cls), or None."""
+    return create_mixup(config.train.mixup, classes=config.model.classes, batch_size=config.train.batch_size,
+                        seed=config.run.seed)
 
 
 def validation_settings(config: Config) -> ValidationSettings:
@@ -105,6 +164,7 @@ def validation_settings(config: Config) -> ValidationSettings:
         fov_px=config.data.fov_px, size=config.data.size, overlap_px=i.overlap_px, tta=i.tta, blend=i.blend,
         threshold=i.threshold, batch_size=i.batch_size, amp=config.train.amp,
         activation=activation_for(config.model.classes), classes=config.model.classes, margin_px=i.margin_px,
+        task=config.task, class_names=tuple(class_names(config)) if config.task == "cls" else None,
     )
 
 

@@ -1,7 +1,9 @@
 """train_one_epoch / evaluate: AMP, gradient accumulation, clipping, channels_last, EMA, DDP, progress.
 
-Batches are dicts: {"image": NCHW float, "mask": NHW integer} for segmentation or
-{"image": NCHW float, "target": N integer} for classification ((image, target) tuples work too).
+Batches are dicts: {"image": NCHW float, "mask": NHW integer} for segmentation,
+{"image": NCHW float, "target": N integer} for classification ((image, target) tuples work too),
+or both "mask" and "target" for seg+cls, whose model returns (mask logits, class logits) and
+whose loss takes (mask, target).
 AMP means bf16 autocast on CPU and fp16 autocast with a GradScaler on CUDA. Losses are computed
 in float32 on the (autocast) logits.
 """
@@ -62,9 +64,16 @@ class EarlyStopping:
 
 def _split(batch):
     if isinstance(batch, dict):
+        if "mask" in batch and "target" in batch:  # seg+cls
+            return batch["image"], (batch["mask"], batch["target"])
         y = batch["mask"] if "mask" in batch else batch["target"]
         return batch["image"], y
     return batch[0], batch[1]
+
+
+def _apply(value, fn):
+    """fn on a tensor, or on each tensor of a tuple (seg+cls outputs and targets)."""
+    return tuple(fn(v) for v in value) if isinstance(value, (tuple, list)) else fn(value)
 
 
 def _bar(loader, progress: bool, desc: str) -> Progress:
@@ -94,7 +103,7 @@ def _optimizer_step(model, optimizer, scaler, clip, grad_scale: float):
 def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer, *, scheduler=None, device, amp: bool = False,
                     accumulate: int = 1, clip: float | None = None, channels_last: bool = True, ema=None,
                     progress: bool = True, max_steps: int | None = None, scaler=None, desc: str = "train",
-                    step_offset: int = 0) -> dict:
+                    step_offset: int = 0, batch_transform=None) -> dict:
     """One pass over ``loader``; returns {"loss", "lr", "steps", "batches", "images", "seconds"}
     plus "terms" ({"loss_dice": .., "loss_bce": ..}) when the loss has several terms.
 
@@ -103,6 +112,7 @@ def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer, *, scheduler=N
     mean over batches, averaged over ranks under DDP. A non-finite loss raises SegkitError
     (nothing is stepped, so the caller's last checkpoint stays the last good one).
     ``step_offset`` only numbers steps in that message (global step of the first batch).
+    ``batch_transform(x, y) -> (x, y)`` runs on the device batch (MixUp/CutMix of cls).
     """
     device = torch.device(device)
     accumulate = max(1, int(accumulate))
@@ -126,7 +136,9 @@ def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer, *, scheduler=N
         x = x.to(device, non_blocking=True).float()
         if channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        y = y.to(device, non_blocking=True)
+        y = _apply(y, lambda t: t.to(device, non_blocking=True))
+        if batch_transform is not None:
+            x, y = batch_transform(x, y)
         pending += 1
         batches += 1
         last_in_group = pending == accumulate or (n_batches is not None and batches == n_batches)
@@ -137,7 +149,7 @@ def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer, *, scheduler=N
         with sync:
             with autocast(device, amp):
                 logits = model(x)
-            loss = loss_fn(logits.float(), y)
+            loss = loss_fn(_apply(logits, lambda t: t.float()), y)
             value = float(loss.detach())
             bad = not math.isfinite(value)
             if distributed.is_distributed():  # every rank must stop together, or the others hang

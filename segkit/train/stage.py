@@ -23,7 +23,8 @@ class Parts:
 
     model: the network; ddp_model: the same wrapped for DDP (model itself when not distributed);
     ema: the weight average (None when train.ema is off); early: early stopping (its state is
-    checkpointed); steps_per_epoch: optimizer steps of one epoch (scheduler length).
+    checkpointed); steps_per_epoch: optimizer steps of one epoch (scheduler length);
+    batch_transform: applied to every training batch (segkit.data.mixing.BatchMix) or None.
     """
 
     model: torch.nn.Module
@@ -37,6 +38,7 @@ class Parts:
     loss_fn: object
     early: object
     steps_per_epoch: int
+    batch_transform: Optional[object] = None  # MixUp/CutMix (cls): (x, y) -> (x, y) on each device batch
 
 
 def load_model_weights(model: torch.nn.Module, state: dict, where: Path) -> None:

@@ -1,14 +1,25 @@
-"""Validation with the inference predictor itself, so the local score predicts the submission."""
+"""Validation with the inference predictor itself, so the local score predicts the submission.
+
+seg and seg+cls: Dice of the tiled predictor's masks over each validation row's region; cls:
+accuracy, macro F1 and per-class scores of the classification predictor over the validation rows.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
+import numpy as np
 import torch
 
+from segkit.data.cls_dataset import RasterCache, read_row
 from segkit.ground.geometry import Window
+from segkit.infer.calibrate import ensemble_probs
+from segkit.infer.classify import predict_class_logits
 from segkit.infer.ensemble import EnsemblePredictor
 from segkit.infer.predict import predict_probs
+from segkit.infer.tta import parse_tta
+from segkit.metrics.cls import ConfusionAccumulator
 from segkit.metrics.seg import DiceAccumulator
 from segkit.post.morphology import threshold as threshold_probs
 
@@ -25,7 +36,8 @@ class ValidationSettings:
     fov_px / size: source pixels per tile and pixels the network sees; overlap_px, blend,
     batch_size, margin_px: the tiling (segkit.infer.predict.predict_strips); tta: view spec
     (segkit.infer.tta.parse_tta); threshold: binary cut (multiclass takes the argmax); amp:
-    autocast; activation: sigmoid or softmax; classes: output channels of the model.
+    autocast; activation: sigmoid or softmax; classes: output channels of the model; task: seg,
+    cls or seg+cls; class_names: names of the classifier's outputs (cls).
     """
 
     fov_px: int
@@ -39,17 +51,21 @@ class ValidationSettings:
     activation: str
     classes: int = 1
     margin_px: int = 0
+    task: str = "seg"
+    class_names: Optional[tuple] = None
 
 
 def validate(models: list[tuple[torch.nn.Module, float]], pairs, preprocess, settings: ValidationSettings,
              device: torch.device, progress: bool = False) -> dict:
     """Dice over the validation rows (each row's region, or its whole image), predicted tile by tile.
 
-    Returns {"dice": mean over rows, "per_image": {row id: dice}}; the models' train/eval modes
+    Returns {"dice": mean over rows, "per_image": {row id: dice}} (cls: validate_classes); the models' train/eval modes
     are restored afterwards. ``progress``: per row, a bar on a terminal or plain lines in logs
     (``validate ROW_ID``).
     """
     s = settings
+    if s.task == "cls":
+        return validate_classes(models, [pair.row for pair in pairs], preprocess, settings, device)
     predictor = EnsemblePredictor(models, s.tta, activation=s.activation, amp=s.amp)
     accumulator = DiceAccumulator(classes=s.classes)
     for pair in pairs:
@@ -64,3 +80,23 @@ def validate(models: list[tuple[torch.nn.Module, float]], pairs, preprocess, set
         target = pair.labels.read(region)
         accumulator.add(mask, target, image_id=pair.row.id)
     return {"dice": float(accumulator.mean()), "per_image": accumulator.per_image()}
+
+
+def validate_classes(models: list[tuple[torch.nn.Module, float]], rows, preprocess, settings: ValidationSettings,
+                     device: torch.device) -> dict:
+    """The classification predictor (TTA views of settings.tta) over class rows.
+
+    Returns {"f1" (macro), "accuracy", "report" (per class, confusion), "logits" (members, rows,
+    classes), "weights" (members,), "targets" (rows,)}: the raw material of calibration and OOF.
+    """
+    s = settings
+    cache = RasterCache()
+    logits, weights = predict_class_logits(
+        models, rows, read=lambda row: read_row(cache, row, s.size), preprocess=preprocess, tta=parse_tta(s.tta),
+        batch_size=s.batch_size, device=device, amp=s.amp)
+    targets = np.array([int(row.target) for row in rows])
+    accumulator = ConfusionAccumulator(s.classes)
+    accumulator.update(ensemble_probs(logits, weights).argmax(axis=1), targets)
+    report = accumulator.report(list(s.class_names) if s.class_names else None)
+    return {"f1": report["macro_f1"], "accuracy": report["accuracy"], "report": report, "logits": logits,
+            "weights": weights, "targets": targets}
