@@ -75,3 +75,21 @@ def test_bad_inputs_are_one_line(args, message, tmp_path, project):
     assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert (tmp_path / "exists.html").read_text() == "keep"
+
+
+def test_vs_another_run_finds_a_planted_change(trained, tmp_path):
+    """`evaluate --run NEW --vs OLD` with two runs: OLD is the same run with its small-object filter planted so
+    large that it writes empty masks, so the one validation image must come out better in NEW."""
+    new, old = tmp_path / "runs" / "new", tmp_path / "runs" / "old"
+    shutil.copytree(trained, new)
+    shutil.copytree(trained, old)
+    config = yaml.safe_load((old / "config.yaml").read_text())
+    config["infer"]["min_object_px"] = 10**6
+    (old / "config.yaml").write_text(yaml.safe_dump(config))
+    result = invoke("evaluate", "--run", new, "--vs", old, "--out", tmp_path / "vs.html", "--worst", 1)
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads((tmp_path / "vs.json").read_text())["vs"]["images"]
+    assert row["id"] == "img1" and row["old"] == 0.0 and row["new"] > 0 and row["delta"] == row["new"]
+    assert "vs run old: 1 common image(s), 1 better, 0 worse" in result.output
+    text = (tmp_path / "vs.html").read_text()
+    assert len(re.findall(r'<img src="data:image/png;base64,', text)) == 1 + 1 + 1  # histograms, worst, 1 change
