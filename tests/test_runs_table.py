@@ -67,3 +67,22 @@ def test_runs_command(runs, tmp_path):
     assert (tmp_path / "curves.png").exists()
     result = CliRunner().invoke(cli, ["runs", "--runs-dir", str(runs), "--sort", "nope"])
     assert result.exit_code == 1 and result.output.startswith("Error: --sort nope: not a column")
+
+
+def test_a_running_run_whose_process_is_gone_is_stale(runs, tmp_path):
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that no longer runs
+    copy = tmp_path / "runs"
+    for name, pid in (("lost", gone.pid), ("alive", os.getpid())):
+        shutil.copytree(runs / "stage1", copy / name)
+        info = json.loads((copy / name / "run.json").read_text())
+        info.update(status="running", pid=pid, host=socket.gethostname())
+        (copy / name / "run.json").write_text(json.dumps(info))
+    status = {r["name"]: r["status"] for r in collect_runs(copy)}
+    assert status == {"lost": "stale", "alive": "running"}
