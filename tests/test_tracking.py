@@ -43,3 +43,29 @@ def test_unreachable_tracking_uri_fails_before_training(uri, message, tmp_path):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], result.output
     assert not (root / "runs" / "bad").exists()
+
+
+def test_a_resumed_run_continues_its_mlflow_run(tmp_path, monkeypatch):
+    """Ctrl-C in epoch 2, then `train --resume`: one MLflow run, with epochs 1 and 2, finished."""
+    import segkit.train.fit as fit_module
+
+    real = fit_module.train_one_epoch
+
+    def interrupted(model, loader, *args, **kwargs):
+        if loader.dataset.epoch == 2:
+            raise KeyboardInterrupt
+        return real(model, loader, *args, **kwargs)
+
+    root = write_tiny_project(tmp_path / "p", train={"epochs": 2})
+    monkeypatch.setattr(fit_module, "train_one_epoch", interrupted)
+    result = CliRunner().invoke(cli, ["train", "--config", str(root / "tiny.yaml"), "--name", "r", "--log", "mlflow"])
+    assert result.exit_code == 130, result.output
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'runs' / 'mlflow.db'}")
+    (first,) = client.search_runs([client.get_experiment_by_name("segkit").experiment_id])
+    assert first.info.status == "KILLED"
+    monkeypatch.setattr(fit_module, "train_one_epoch", real)
+    result = CliRunner().invoke(cli, ["train", "--resume", str(root / "runs" / "r")])
+    assert result.exit_code == 0, result.output
+    (run,) = client.search_runs([client.get_experiment_by_name("segkit").experiment_id])
+    assert run.info.run_id == first.info.run_id and run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_dice")] == [1, 2]
