@@ -79,6 +79,24 @@ def test_finetune_infer_csv_probs_and_calibrate(cls_project, digits, tmp_path):
         calibration["nll_before"] + 1e-9
 
 
+def test_two_runs_with_d4_views_average_the_runs_probabilities(cls_project, digits, tmp_path):
+    """A run ensemble is the mean of its runs' probabilities (each run under its own 8 d4 views)."""
+    runs = cls_project / "runs"
+    _ok("finetune", "--task", "cls", "--from", "c1", "--size", "16", "--epochs", "1", "--lr", "0.01",
+        "--runs-dir", runs, "--name", "ens_b")
+    images = sorted((digits / "test").glob("*/*.png"))
+    probs = {}
+    for name, chosen in (("a", ["c1"]), ("b", ["ens_b"]), ("ab", ["c1", "ens_b"])):
+        _ok("infer", *images, *[x for run in chosen for x in ("--run", run)], "--runs-dir", runs, "--csv",
+            tmp_path / f"{name}.csv", "--probs", "--tta", "d4")
+        probs[name] = np.array([[float(r[n]) for n in NAMES] for r in _rows(tmp_path / f"{name}.csv")])
+    assert not np.allclose(probs["a"], probs["b"], atol=1e-3)  # two different models
+    _ok("infer", *images, "--run", "c1", "--runs-dir", runs, "--csv", tmp_path / "plain.csv", "--probs")
+    plain = np.array([[float(r[n]) for n in NAMES] for r in _rows(tmp_path / "plain.csv")])
+    assert not np.allclose(plain, probs["a"], atol=1e-4)  # the d4 views were used
+    assert np.allclose(probs["ab"], (probs["a"] + probs["b"]) / 2, atol=1e-5)
+
+
 def _digest(folder):
     return {str(p): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
 
