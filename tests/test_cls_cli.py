@@ -131,6 +131,13 @@ def test_oof_predicts_each_row_with_the_fold_that_held_it_out_then_clean(cls_pro
     assert all((tmp_path / "clean" / r["image"]).is_file() for r in kept)  # paths relative to the new manifest
 
 
+def test_oof_in_a_fresh_folder_writes_its_default_csv_into_the_new_runs_folder(cls_project, tmp_path):
+    runs = tmp_path / "fresh_runs"  # does not exist yet, as in a new project
+    out = _ok("oof", "--config", cls_project / "cls.yaml", "--set", "train.epochs=1", "--folds", 2,
+              "--name", "o", "--runs-dir", runs)
+    assert (runs / "o.csv").is_file() and (runs / "o-fold1" / "run.json").is_file(), out
+
+
 @pytest.fixture
 def bad_inputs(digits, tmp_path):
     first, second = sorted((digits / "train").glob("*/*.png"))[:2]

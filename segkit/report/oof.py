@@ -71,7 +71,9 @@ def run_oof(config: Config, *, folds: int, name: str, out: Path, overwrite: bool
     out = Path(out)
     if out.exists() and not overwrite:
         raise SegkitError(f"{out}: exists (use --overwrite)")
-    if not out.parent.is_dir():
+    runs_dir = Path(config.run.runs_dir)
+    # the runs folder is made by the first fold run, so the default --out (RUNS_DIR/NAME.csv) may wait for it
+    if not out.parent.is_dir() and out.parent.resolve() != runs_dir.resolve():
         raise SegkitError(f"{out.parent}: output folder does not exist")
     d = config.data
     rows, names = resolve_classes(load_rows(d.manifest), d.class_names, str(d.manifest), task="cls")
@@ -81,7 +83,7 @@ def run_oof(config: Config, *, folds: int, name: str, out: Path, overwrite: bool
     torch_device = pick_device(device)
     for fold in range(int(folds)):
         fold_cfg = fold_config(config, name, folds, fold)
-        run_dir = Path(config.run.runs_dir) / fold_cfg.run.name
+        run_dir = runs_dir / fold_cfg.run.name
         log(f"oof fold {fold}/{folds}: {run_dir}")
         _train_fold(fold_cfg, run_dir)
         run_cfg = load_config(run_dir / "config.yaml")
