@@ -97,6 +97,41 @@ def test_two_runs_with_d4_views_average_the_runs_probabilities(cls_project, digi
     assert np.allclose(probs["ab"], (probs["a"] + probs["b"]) / 2, atol=1e-5)
 
 
+def test_cls_resumes_exactly_with_ema_and_accumulation_then_infers_a_soup(cls_project, digits, tmp_path, monkeypatch):
+    """The seg engine's features on a classifier, no second code path: EMA + gradient accumulation, Ctrl-C in
+    epoch 2 and `--resume` give the uninterrupted run's checkpoint bit for bit; `infer --soup` reads both epochs."""
+    import json
+
+    import torch
+
+    import segkit.train.fit as fit_module
+
+    runs = tmp_path / "runs"
+    common = ("--config", cls_project / "cls.yaml", "--runs-dir", runs, "--set", "train.ema=0.9", "--set",
+              "train.accumulate=2")
+    _ok("train", *common, "--name", "straight")
+    real = fit_module.train_one_epoch
+
+    def interrupted(model, loader, *args, **kwargs):
+        if loader.dataset.epoch == 2:
+            raise KeyboardInterrupt
+        return real(model, loader, *args, **kwargs)
+
+    monkeypatch.setattr(fit_module, "train_one_epoch", interrupted)
+    assert _run("train", *common, "--name", "cut").exit_code == 130
+    monkeypatch.setattr(fit_module, "train_one_epoch", real)
+    assert "resuming" in _ok("train", "--resume", runs / "cut")
+    a, b = (torch.load(runs / n / "checkpoints" / "epoch_0002.pt", weights_only=True) for n in ("cut", "straight"))
+    for key in ("model", "train_model"):  # EMA weights and raw weights
+        assert all(torch.equal(a[key][k], b[key][k]) for k in b[key]), key
+    f1 = [[json.loads(line)["val_f1"] for line in (runs / n / "metrics.jsonl").read_text().splitlines()]
+          for n in ("cut", "straight")]
+    assert f1[0] == f1[1] and len(f1[0]) == 2
+    images = sorted((digits / "test").glob("*/*.png"))
+    _ok("infer", *images, "--run", runs / "cut", "--epochs", "last:2", "--soup", "--csv", tmp_path / "soup.csv")
+    assert [r["id"] for r in _rows(tmp_path / "soup.csv")] == [p.stem for p in images]
+
+
 def _digest(folder):
     return {str(p): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
 
