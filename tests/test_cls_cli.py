@@ -132,6 +132,29 @@ def test_cls_resumes_exactly_with_ema_and_accumulation_then_infers_a_soup(cls_pr
     assert [r["id"] for r in _rows(tmp_path / "soup.csv")] == [p.stem for p in images]
 
 
+def test_evaluate_a_cls_run_scores_its_validation_rows_as_infer_predicts_them(cls_project, trained, tmp_path):
+    import json
+
+    from segkit.ground.config import load_config
+    from segkit.infer.classes import validation_rows
+
+    runs = cls_project / "runs"
+    out = _ok("evaluate", "--run", runs / "c1", "--out", tmp_path / "r.html")
+    assert "run c1: accuracy" in out
+    report = json.loads((tmp_path / "r.json").read_text())["report"]
+    _ok("infer", "--run", runs / "c1", "--csv", tmp_path / "all.csv")  # every manifest row, as a file
+    predicted = {r["id"]: r["label"] for r in _rows(tmp_path / "all.csv")}
+    val = validation_rows(load_config(runs / "c1" / "config.yaml"))
+    assert sum(map(sum, report["confusion"])) == len(val) < len(predicted)
+    assert report["accuracy"] == pytest.approx(np.mean([predicted[r.id] == NAMES[int(r.target)] for r in val]))
+    assert "Confusion matrix" in (tmp_path / "r.html").read_text()
+    for args, message in ((("--run", runs / "c1", "--search"), "--vs and --search score segmentation runs"),
+                          (("--run", trained, "--task", "cls"), "is a seg run; evaluate --task cls scores a cls run")):
+        result = _run("evaluate", *args, "--out", tmp_path / "x.html")
+        assert result.exit_code == 1 and result.output.startswith("Error:") and message in result.output, result.output
+    assert not (tmp_path / "x.html").exists()
+
+
 def _digest(folder):
     return {str(p): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
 

@@ -96,9 +96,12 @@ def evaluate(request: EvaluateRequest, echo: Callable[[str], None] = print) -> d
         raise SegkitError("evaluate: give either --run RUN or --pred FILE (a Kaggle CSV, a mask folder, GeoJSON)")
     if request.search and request.run is None:
         raise SegkitError("evaluate --search: needs --run RUN (it searches on the run's validation predictions)")
-    if request.config.task == "cls":
-        return evaluate_classes_command(request, echo)
     runs_dir = Path(request.config.run.runs_dir)
+    run_task = load_config(resolve_run(request.run, runs_dir) / "config.yaml").task if request.run else None
+    if run_task == "cls" or (request.config.task == "cls" and request.run is None):
+        return evaluate_classes_command(request, echo)
+    if request.config.task == "cls":
+        raise SegkitError(f"{request.run}: is a {run_task} run; evaluate --task cls scores a cls run or a class CSV")
     reading = _reading(request.config)
     with ExitStack() as stack:
         subject = _Subject(request.run or request.pred, runs_dir, reading, stack, request.device,
@@ -173,20 +176,32 @@ def evaluate_classes_command(request: EvaluateRequest, echo: Callable[[str], Non
     """--task cls: a class CSV scored against a truth CSV or the manifest's class column."""
     from segkit.report.cls_report import evaluate_classes, read_class_csv, render_cls_report
 
-    if request.pred is None or request.vs or request.search:
-        raise SegkitError("evaluate --task cls: give --pred FILE.csv (id,label[,probabilities]); --run, --vs and "
-                          "--search score segmentation runs")
+    if request.vs or request.search:
+        raise SegkitError("evaluate --task cls: --vs and --search score segmentation runs; give --run CLS_RUN or "
+                          "--pred FILE.csv (id,label[,probabilities])")
     config = request.config
-    rows = {row.id: row for row in load_rows(config.data.manifest)} if request.truth is None or not request.images else {}
-    if request.truth is not None:
-        truth = read_class_csv(request.truth, "--truth").labels
+    run_dir = resolve_run(request.run, Path(config.run.runs_dir)) if request.run else None
+    out = Path(request.out) if request.out else (run_dir / "report.html" if run_dir else Path("report.html"))
+    guard = AtomicFile(out, overwrite=request.overwrite or request.out is None)  # refuse before slow work
+    if run_dir is not None:  # the run's validation rows, predicted with its own infer settings
+        from segkit.report.cls_run import predict_validation
+
+        try:
+            pred, truth, class_names, rows = predict_validation(run_dir, request.device)
+        except BaseException:
+            guard.discard()
+            raise
+        label = f"run {run_dir.name}"
     else:
-        truth = {i: str(r.target) for i, r in rows.items() if r.target is not None}
-    out = Path(request.out or "report.html")
-    guard = AtomicFile(out, overwrite=request.overwrite or request.out is None)
+        rows = {row.id: row for row in load_rows(config.data.manifest)} if request.truth is None or not request.images else {}
+        if request.truth is not None:
+            truth = read_class_csv(request.truth, "--truth").labels
+        else:
+            truth = {i: str(r.target) for i, r in rows.items() if r.target is not None}
+        pred, class_names, label = None, getattr(config.data, "class_names", None), str(request.pred)
     try:
-        evaluation = evaluate_classes(read_class_csv(request.pred, "--pred"), truth,
-                                      class_names=getattr(config.data, "class_names", None), label=str(request.pred))
+        evaluation = evaluate_classes(pred or read_class_csv(request.pred, "--pred"), truth,
+                                      class_names=class_names, label=label)
         text = render_cls_report(evaluation, lambda image_id: _thumbnail(rows.get(image_id)), worst=request.worst)
         guard.tmp.write_text(text, encoding="utf-8")
     except BaseException:
