@@ -13,10 +13,13 @@ from click.testing import CliRunner
 from test_fit import info, make_project, records
 
 from segkit.cli import cli
+from segkit.ground.errors import SegkitError
+from segkit.runs.checkpoint import average_state_dicts, run_checkpoints
 from segkit.runs.rundir import append_jsonl, read_jsonl, truncate_jsonl
 
-# EMA, early-stopping state, augmentation and a warm-up + cosine schedule all have to resume exactly
-TRAIN = {"epochs": 3, "windows_per_epoch": 12, "ema": 0.8, "early_stop": 5, "warmup_steps": 2}
+# EMA, the weight average of the last epochs, early-stopping state, augmentation and a warm-up +
+# cosine schedule all have to resume exactly (swa_epochs 3: the interrupt lands inside the window)
+TRAIN = {"epochs": 3, "windows_per_epoch": 12, "ema": 0.8, "early_stop": 5, "warmup_steps": 2, "swa_epochs": 3}
 
 
 def _without_time(rows):
@@ -66,6 +69,9 @@ def _resume_and_compare(run_dir, straight, after_epoch):
         assert a[key].keys() == b[key].keys()
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
     assert a["early_stop"] == b["early_stop"] and a["best"] == b["best"]
+    swa_a, swa_b = (torch.load(r / "checkpoints" / "swa.pt", weights_only=True) for r in (run_dir, straight))
+    assert all(torch.equal(swa_a["model"][k], swa_b["model"][k]) for k in swa_b["model"])
+    assert swa_a["swa"] == swa_b["swa"] == info(straight)["swa"]
 
     # finished now: a second resume is refused in one line
     again = CliRunner().invoke(cli, ["train", "--resume", str(run_dir)])
@@ -119,3 +125,27 @@ def test_records_past_the_last_checkpoint_are_dropped(tmp_path):
         append_jsonl(path, {"epoch": epoch, "train_loss": 1.0 / epoch})
     truncate_jsonl(path, 2)
     assert read_jsonl(path) == [{"epoch": 1, "train_loss": 1.0}, {"epoch": 2, "train_loss": 0.5}]
+
+
+def test_weight_average_is_the_mean_of_the_last_epochs_with_batchnorm_recomputed(straight):
+    """swa.pt (train.swa_epochs 3) holds the mean of the three epochs' validated (EMA) weights."""
+    states = [torch.load(straight / "checkpoints" / f"epoch_{e:04d}.pt", weights_only=True)["model"] for e in (1, 2, 3)]
+    swa = torch.load(straight / "checkpoints" / "swa.pt", weights_only=True)
+    mean = average_state_dicts(states)
+    params = [k for k in mean if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert len(params) > 10
+    for key in params:
+        stacked = torch.stack([s[key] for s in states]).double()
+        assert torch.allclose(swa["model"][key].double(), stacked.mean(0), atol=1e-6), key
+    assert not torch.equal(states[0]["encoder.conv1.weight"], states[2]["encoder.conv1.weight"])
+    # BatchNorm statistics were recomputed for the averaged weights, not copied from the last epoch
+    assert not torch.allclose(swa["model"]["encoder.bn1.running_mean"], states[2]["encoder.bn1.running_mean"])
+    record = info(straight)["swa"]
+    assert record["epochs"] == [1, 3] and record["count"] == 3 and 0.0 <= record["val_dice"] <= 1.0
+    assert run_checkpoints(straight, "swa") == [straight / "checkpoints" / "swa.pt"]
+    (straight / "checkpoints" / "swa.pt").rename(straight / "swa.bak")
+    try:
+        with pytest.raises(SegkitError, match="no weight average"):
+            run_checkpoints(straight, "swa")
+    finally:
+        (straight / "swa.bak").rename(straight / "checkpoints" / "swa.pt")

@@ -22,7 +22,7 @@ READS = ("infer", "run", "data.manifest", "data.class_names", "train.amp")
 @run_option(multiple=True, help="Run(s) to predict with (repeatable: several runs are averaged). Default: the "
                                 "newest run. Under torchrun spell it -r: torchrun's parser rejects --run.")
 @click.option("--epochs", default=None,
-              help="Checkpoints averaged per run: last:K, best, all or a list like 8,9,10. Default: infer.epochs (last:3).")
+              help="Checkpoints averaged per run: last:K, best, all, a list like 8,9,10, or swa (the weight average of train.swa_epochs). Default: infer.epochs (last:3).")
 @click.option("--soup", is_flag=True, help="Average the checkpoints' weights into one model instead of their predictions.")
 @click.option("--tta", default=None,
               help="Test-time augmentation: none, hflip (original 0.6 + hflip 0.4), flips, d4, or view:weight,... "

@@ -96,6 +96,7 @@ class TrainConfig:
     clip: Optional[float] = None  # gradient-norm clipping
     ema: Optional[float] = None  # EMA decay of weights (e.g. 0.999); null = off
     keep_last: int = 3  # checkpoints kept besides the best
+    swa_epochs: int = 0  # average the weights of the last K epochs into checkpoints/swa.pt; 0 = off
     early_stop: int = 0  # stop after N epochs without improvement; 0 = off
     early_stop_delta: float = 0.0  # an epoch counts as better only when it beats the best by more than this
     channels_last: bool = True
@@ -284,6 +285,8 @@ def validate(config: Config) -> None:
         raise SegkitError(f"config key data.std: every value must be a number > 0, got {config.data.std}")
     if not config.run.experiment.strip():
         raise SegkitError("config key run.experiment: must name an MLflow experiment, got an empty string")
+    if config.train.swa_epochs < 0:
+        raise SegkitError(f"config key train.swa_epochs: must be >= 0, got {config.train.swa_epochs}")
     if not 0 < config.train.subset <= 1:
         raise SegkitError(f"config key train.subset: must be in (0, 1], got {config.train.subset}")
     if not 0 <= config.data.foreground_share <= 1:

@@ -155,7 +155,13 @@ def select_checkpoints(paths_by_epoch: Mapping[int, Path], spec: str | int = "la
 
 
 def run_checkpoints(run_dir: Path, spec: str | int = "last:1", what: str = "--epochs") -> list[Path]:
-    """The checkpoints of a run directory chosen by ``spec`` (see select_checkpoints)."""
+    """The checkpoints of a run directory chosen by ``spec`` (see select_checkpoints); "swa" is the
+    weight average of the run's last epochs (checkpoints/swa.pt, train.swa_epochs)."""
+    if str(spec).strip() == "swa":
+        path = Path(run_dir) / "checkpoints" / "swa.pt"
+        if not path.is_file():
+            raise SegkitError(f"{what} swa: {run_dir} has no weight average (train it with --set train.swa_epochs=K)")
+        return [path]
     available = list_checkpoints(Path(run_dir) / "checkpoints")
     if not available:
         raise SegkitError(f"{run_dir}: no checkpoints in {Path(run_dir) / 'checkpoints'}")

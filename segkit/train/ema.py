@@ -1,43 +1,76 @@
-"""Exponential moving average of model weights, on torch's AveragedModel.
+"""Exponential moving average of model weights with a warm-up, on torch's AveragedModel.
 
     ema = ModelEma(model, decay=0.999)
     ... after each optimizer step: ema.update(model)
     evaluate / save ema.module (a plain copy of the model holding the averaged weights)
+
+Warm-up: the k-th update (k = updates before it) uses the decay min(decay, (1 + k) / (10 + k)),
+the ramp of TensorFlow's ``tf.train.ExponentialMovingAverage(decay, num_updates)``; timm's
+``ModelEmaV3(use_warmup=True)`` ramps the same way with 1 - (1 + k / gamma) ** -power. Without
+it a decay of 0.99 still holds ~(0.99 ** n) of the random initial weights after n steps: 3 % after
+336 steps, which scored Dice 0 for seven epochs on a short run (issue 15).
+
+BatchNorm running statistics (and every other buffer) are copied from the live model instead of
+averaged: averaged statistics lag the averaged weights even more and do not describe the
+activations of any one set of weights; the live statistics are the ones the weights just saw.
+The EMA model therefore validates sensibly from the first epoch.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-class ModelEma:
-    """EMA of parameters and buffers (use_buffers: BatchNorm statistics follow the average too).
+def ema_decay(decay: float, updates_before: int, warmup: bool = True) -> float:
+    """The decay of the update that follows ``updates_before`` updates (the first update copies: 0).
 
-    The first update copies the weights; later ones do ema = decay * ema + (1 - decay) * w.
+    warmup: min(decay, (1 + k) / (10 + k)) with k = updates_before; else ``decay`` itself.
+    """
+    k = int(updates_before)
+    if k <= 0:
+        return 0.0
+    return min(float(decay), (1.0 + k) / (10.0 + k)) if warmup else float(decay)
+
+
+class ModelEma:
+    """EMA of the parameters with a warm-up; buffers (BatchNorm statistics) follow the live model.
+
+    The first update copies the weights; the k-th one does ema = d * ema + (1 - d) * w with
+    d = ema_decay(decay, k). The update count (``averaged.n_averaged``) goes into checkpoints, so a
+    resumed run continues the same decay sequence bit for bit.
     """
 
-    def __init__(self, model: nn.Module, decay: float = 0.999):
+    def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True):
         if not 0.0 < float(decay) < 1.0:
             raise ValueError(f"ema decay must be in (0, 1), got {decay}")
-        self.decay = float(decay)
-        self.averaged = AveragedModel(_unwrap(model), multi_avg_fn=get_ema_multi_avg_fn(self.decay),
-                                      use_buffers=True)
+        self.decay, self.warmup = float(decay), bool(warmup)
+        # use_buffers=False: AveragedModel averages the parameters and copies the buffers as they are
+        self.averaged = AveragedModel(_unwrap(model), multi_avg_fn=self._average, use_buffers=False)
         self.averaged.eval()
+
+    def _average(self, averaged: list, current: list, n_averaged) -> None:
+        weight = 1.0 - ema_decay(self.decay, int(n_averaged), self.warmup)
+        for a, c in zip(averaged, current):
+            a.lerp_(c.to(a.device), weight)  # a + weight * (c - a)
 
     @property
     def module(self) -> nn.Module:
         """The averaged model (same class as the wrapped one); its state_dict loads into a fresh model."""
         return self.averaged.module
 
+    def current_decay(self) -> float:
+        """The decay the next update will use."""
+        return ema_decay(self.decay, int(self.averaged.n_averaged), self.warmup)
+
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        self.averaged.update_parameters(_unwrap(model))
+        self.averaged.update_parameters(_unwrap(model))  # use_buffers=False also copies the live buffers
 
     def state_dict(self) -> dict:
         """Averaged weights and the update count, for checkpoints (weights_only-loadable)."""

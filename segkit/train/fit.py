@@ -46,6 +46,7 @@ from segkit.runs.rundir import (
 from segkit.train import from_config as fc
 from segkit.train import stage as st
 from segkit.train.ema import ModelEma
+from segkit.train.swa import EpochAverage, finish_average
 from segkit.train.loop import EarlyStopping, train_one_epoch
 from segkit.train.optim import create_optimizer, create_scheduler
 from segkit.train.tracking import check_tracking, create_tracker, default_tracking_uri
@@ -133,6 +134,8 @@ def _fit(config, command, parent, resume, parent_epoch, dist_info, hooks) -> Pat
     try:
         epoch, record, best, outcome = _run_epochs(config, parts, run_dir, data, preprocess, device, start_epoch,
                                                    best, [*hooks, tracker] if tracker else hooks)
+        if parts.swa is not None and main and outcome == "finished":
+            _finish_average(config, parts, run_dir, data, preprocess, device, epoch)
     except BaseException:
         if tracker is not None:
             tracker.finish(read_run_info(run_dir).get("status", "failed"))
@@ -234,6 +237,7 @@ def _build(config: Config, data: TrainingData, preprocess: Preprocess, device: t
         loss_fn=fc.task_loss(config),
         early=EarlyStopping(t.early_stop or None, mode="max", min_delta=t.early_stop_delta),
         steps_per_epoch=steps_per_epoch, batch_transform=fc.mixup_for(config),
+        swa=EpochAverage(ema.module if ema else model, max(1, t.epochs - t.swa_epochs + 1)) if t.swa_epochs else None,
     )
 
 
@@ -277,6 +281,8 @@ def _run_epochs(config: Config, parts: st.Parts, run_dir: Path, data: TrainingDa
                 batch_transform=parts.batch_transform,
             )
             st.sync_buffers(parts.model, parts.ema.module if parts.ema is not None else None)
+            if parts.swa is not None:  # the weights validated below join the average of the last epochs
+                parts.swa.update(parts.ema.module if parts.ema is not None else parts.model, epoch)
             record = st.numeric({"epoch": epoch, "train_loss": stats["loss"], "terms": stats.get("terms"),
                                  "lr": stats["lr"]})
             if main and data.val_pairs:  # the other ranks wait in the broadcast below
@@ -329,6 +335,25 @@ def _validate_epoch(model, data: TrainingData, preprocess: Preprocess, settings,
     plot_confusion(report["confusion"], list(settings.class_names), run_dir / "plots" / f"confusion_epoch_{epoch:04d}.png",
                    title=f"epoch {epoch}: accuracy {report['accuracy']:.4f}, macro F1 {report['macro_f1']:.4f}")
     return {"val_f1": result["f1"], "val_accuracy": result["accuracy"]}
+
+
+def _finish_average(config: Config, parts: st.Parts, run_dir: Path, data: TrainingData, preprocess: Preprocess,
+                    device, epoch: int) -> None:
+    """train.swa_epochs: the average of the last epochs, BatchNorm recomputed, validated, saved (swa.pt)."""
+    settings = fc.validation_settings(config)
+
+    def evaluate(model) -> dict:
+        if not data.val_pairs:
+            return {}
+        result = validate([(model, 1.0)], data.val_pairs, preprocess, settings, device)
+        return {"val_dice": result["dice"]} if settings.task != "cls" else {"val_f1": result["f1"]}
+
+    result = finish_average(parts.swa, parts.dataset, run_dir / "checkpoints" / "swa.pt", evaluate=evaluate,
+                            batch_size=config.train.batch_size, device=device, epoch=epoch)
+    if result is not None:
+        update_run_info(run_dir, swa=result)
+        scores = "  ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in result.items() if k.startswith("val_"))
+        _log(f"weight average of epochs {result['epochs'][0]}-{result['epochs'][1]}: {scores}  (checkpoints/swa.pt)")
 
 
 def _fail(run_dir: Path, exc: BaseException) -> None:

@@ -39,6 +39,7 @@ class Parts:
     early: object
     steps_per_epoch: int
     batch_transform: Optional[object] = None  # MixUp/CutMix (cls): (x, y) -> (x, y) on each device batch
+    swa: Optional[object] = None  # segkit.train.swa.EpochAverage of the last epochs (train.swa_epochs) or None
 
 
 def load_model_weights(model: torch.nn.Module, state: dict, where: Path) -> None:
@@ -71,6 +72,8 @@ def training_state(parts: Parts, epoch: int, best, record) -> dict:
     if ema is not None:
         state["train_model"] = raw
         state["ema"] = {"n_averaged": ema.averaged.n_averaged.clone(), "decay": ema.decay}
+    if parts.swa is not None:
+        state["swa"] = parts.swa.state_dict()
     return state
 
 
@@ -89,6 +92,8 @@ def restore_training_state(state: dict, parts: Parts) -> int:
             ema.module.load_state_dict(state["model"])
     if state.get("early_stop"):
         early.load_state_dict(state["early_stop"])
+    if parts.swa is not None and "swa" in state:
+        parts.swa.load_state_dict(state["swa"])
     ckpt.set_rng_state(state["rng"])
     return int(state["epoch"])
 
