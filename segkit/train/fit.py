@@ -195,6 +195,7 @@ def _open_run(config: Config, command: str, parent, resume, parent_epoch, data: 
 def _setup_run(config: Config, command: str, parent, resume, parent_epoch, data: TrainingData) -> Path:
     """Rank 0: the run directory (created, or checked for resume) and its preprocess.json."""
     if resume is not None:
+        preflight.check_resume_checkpoint(resume)  # before run.json says "running"
         mark_running(resume)
         return resume
     extra = {}
@@ -257,7 +258,7 @@ def _restore(parts: st.Parts, run_dir: Path, resuming: bool, seed: int, rank: in
     existing = ckpt.list_checkpoints(run_dir / "checkpoints")
     done, best = 0, None
     if existing:
-        state = ckpt.load_checkpoint(existing[-1], required_keys=("model", "optimizer", "scheduler", "rng", "epoch"))
+        state = ckpt.load_checkpoint(existing[-1], required_keys=preflight.RESUME_KEYS)
         done = st.restore_training_state(state, parts)
         best = state.get("best")
         if rank:  # per-item seeding makes the torch RNG irrelevant to the data; keep ranks distinct

@@ -39,3 +39,14 @@ def check_parent_weights(config: Config, parent: Path, parent_epoch: str | int, 
     load_model_weights(fc.build_model(config, in_channels), state, path)
     return path
 
+
+
+# what exact resume reads from the last checkpoint (fit._restore)
+RESUME_KEYS = ("model", "optimizer", "scheduler", "rng", "epoch")
+
+
+def check_resume_checkpoint(run_dir: Path) -> None:
+    """The last checkpoint of a run to resume loads (a truncated one fails before the run is touched)."""
+    existing = ckpt.list_checkpoints(run_dir / "checkpoints")
+    if existing:
+        ckpt.load_checkpoint(existing[-1], required_keys=RESUME_KEYS)
