@@ -100,7 +100,7 @@ def test_mask_and_probs_tiffs_for_viewers(tmp_path, trained, big_image):
 @pytest.mark.parametrize("header, empty", [("ImageId,EncodedPixels", "-"), ("id,predicted", "")])
 def test_rle_header_and_empty_cell(tmp_path, trained, project, header, empty):
     out = tmp_path / "sub.csv"
-    infer("-r", trained, "--rle", out, "--rle-header", header, "--rle-empty", empty, "--threshold", 1.01,
+    infer("-r", trained, "--rle", out, "--rle-header", header, "--rle-empty", empty, "--threshold", 1.0,
           project / "img0.tif")
     rows = list(csv.reader(open(out, newline="")))
     assert rows == [header.split(","), ["img0", empty]]

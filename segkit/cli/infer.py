@@ -83,6 +83,7 @@ def infer(images, config_path, overrides, runs_dir, device, run, epochs, soup, t
     (+ probabilities with --probs); a seg+cls run gates tiles with infer.cls_gate.
     """
     from segkit.infer.run import Outputs, image_list, infer_images, infer_settings, load_ensemble
+    from segkit.io.atomic import output_folders, remove_stale_temps, staged_commits
     from segkit.runs import distributed
     from segkit.runs.device import pick_device
     from segkit.runs.rundir import resolve_run
@@ -118,7 +119,9 @@ def infer(images, config_path, overrides, runs_dir, device, run, epochs, soup, t
         device_obj = dist_info.device if dist_info.world_size > 1 else pick_device(config.run.device)
         ensemble = load_ensemble(run_dirs, config.infer.epochs, device_obj, soup=soup)
         outputs = Outputs(Path(rle_path) if rle_path else None, polygons, mask, probs, overwrite)
-        written = infer_images(ensemble, image_list([Path(p) for p in images]), outputs, settings, device_obj)
+        remove_stale_temps(*output_folders(rle_path, polygons, mask, probs))
+        with staged_commits():  # all outputs of the invocation, or none (issue 10)
+            written = infer_images(ensemble, image_list([Path(p) for p in images]), outputs, settings, device_obj)
     finally:
         distributed.cleanup()
     if dist_info.rank == 0:

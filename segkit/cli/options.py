@@ -13,12 +13,13 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import click
 
 from segkit.ground.config import TASKS, Config, load_config, parse_override, read_config_file, recipe_names
-from segkit.ground.errors import SegkitError
+from segkit.ground.errors import SegkitError, reset_warnings
 
 ALL_SECTIONS = ("task", "run", "data", "model", "train", "infer")
 SET_HELP = "Override one config key, e.g. --set train.lr=3e-4 (repeatable; value parsed as YAML)."
@@ -35,13 +36,30 @@ class SegkitGroup(click.Group):
     """Expected mistakes (SegkitError) become one `Error: ...` line and exit code 1, no traceback."""
 
     def invoke(self, ctx):
+        from segkit.runs.signals import exit_code, interrupt_on_sigterm, signal_name
+
+        reset_warnings()
         try:
-            return super().invoke(ctx)
+            with interrupt_on_sigterm(), warnings.catch_warnings():
+                warnings.showwarning = _one_line_warning
+                return super().invoke(ctx)
         except SegkitError as exc:
             raise click.ClickException(str(exc)) from None
-        except KeyboardInterrupt:
-            click.echo("interrupted; outputs not written, checkpoints kept", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (segkit.runs.signals)
+            click.echo(f"interrupted ({signal_name(exc)}); outputs not written, checkpoints kept", err=True)
+            sys.exit(exit_code(exc))
+
+
+_PACKAGE = str(Path(__file__).resolve().parents[1])
+_show_warning = warnings.showwarning
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    """segkit's own warnings as one `Warning: ...` line (not file:line plus the source line)."""
+    if str(filename).startswith(_PACKAGE):
+        click.echo(f"Warning: {str(message).splitlines()[0] if str(message) else category.__name__}", err=True)
+    else:
+        _show_warning(message, category, filename, lineno, file, line)
 
 
 def common_options(function):

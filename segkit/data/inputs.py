@@ -30,7 +30,7 @@ from segkit.data.preprocess import Preprocess
 from segkit.data.split import FoldSpec, load_rows, split_manifest, split_rows
 from segkit.data.stats import channel_stats
 from segkit.data.windows import RandomWindowSampler
-from segkit.ground.errors import SegkitError
+from segkit.ground.errors import SegkitError, warn_once
 
 BANK_WINDOWS = 64  # training windows scanned for copy-paste objects
 
@@ -57,6 +57,10 @@ def open_training_data(manifest: str, folds: FoldSpec, labels: LabelOptions, *, 
     train_pairs = open_pairs(train_rows, labels)
     val_pairs = open_pairs(val_rows, labels, bands=train_pairs[0].raster.channels)
     areas = [sampling_area(pair, tissue) for pair in train_pairs]
+    labelled = [area.foreground for area in areas if area.foreground is not None]
+    if labelled and not any(grid.any() for grid in labelled):
+        warn_once(f"{manifest}: none of the {len(labelled)} training rows has foreground in its labels; "
+                  "the model can only learn background")
     sampler = create_sampler(train_pairs, areas, fov_px, foreground_share=foreground_share)
     return TrainingData(train_pairs, val_pairs, sampler)
 

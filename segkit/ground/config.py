@@ -292,7 +292,29 @@ def validate(config: Config) -> None:
     if not 0 <= config.data.foreground_share <= 1:
         raise SegkitError(f"config key data.foreground_share: must be in [0, 1], got {config.data.foreground_share}")
     _validate_outputs(config.infer)
+    _validate_tiling(config)
     _validate_names(config)
+
+
+def _validate_tiling(config: Config) -> None:
+    """Threshold and tile geometry: values that would otherwise be clamped or give empty masks silently."""
+    i = config.infer
+    if not 0 <= i.threshold <= 1:
+        raise SegkitError(f"config key infer.threshold: a probability must be in [0, 1], got {i.threshold}")
+    if i.batch_size < 1:
+        raise SegkitError(f"config key infer.batch_size: must be >= 1, got {i.batch_size}")
+    if i.overlap_px < 0 or i.margin_px < 0:
+        raise SegkitError("config keys infer.overlap_px and infer.margin_px: must be >= 0, got "
+                          f"{i.overlap_px} and {i.margin_px}")
+    fov_px = config.data.fov_px or config.data.size
+    core = fov_px - 2 * i.margin_px  # the part of each tile that is kept
+    if core < 1:
+        raise SegkitError(f"config key infer.margin_px: {i.margin_px} leaves nothing of a {fov_px} px tile "
+                          f"(must be < {(fov_px + 1) // 2})")
+    if i.overlap_px >= core:
+        raise SegkitError(f"config key infer.overlap_px: {i.overlap_px} px >= the {core} px tile "
+                          f"(field of view {fov_px} px{f' - 2 x margin {i.margin_px}' if i.margin_px else ''}); "
+                          f"tiles can overlap by at most {core // 2} px")
 
 
 def _validate_outputs(infer: "InferConfig") -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segkit.ground.errors import SegkitError
+from segkit.ground.errors import SegkitError, warn_once
 from segkit.ground.geometry import Window
 from segkit.io.labels import LabelSource
 from segkit.io.raster import Raster
@@ -56,6 +56,7 @@ class PolygonLabels(LabelSource):
                     shapes.append(shape(g))
                 except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
                     raise SegkitError(f"{self.path}: polygon {i} is malformed ({exc})") from None
+            shapes = self._repair(shapes)
             self.bounds = np.array([s.bounds for s in shapes], dtype=np.float64).reshape(-1, 4)
             inside = ((self.bounds[:, 2] > 0) & (self.bounds[:, 0] < self.width)
                       & (self.bounds[:, 3] > 0) & (self.bounds[:, 1] < self.height))
@@ -68,6 +69,29 @@ class PolygonLabels(LabelSource):
                     "in pixels) - wrong coordinates or CRS?")
         else:
             self.bounds = np.zeros((0, 4))
+            warn_once(f"{self.path}: no polygons; image {self.image_path} is all background")
+
+    def _repair(self, shapes: list) -> list:
+        """Self-intersecting (invalid) polygons repaired with shapely's make_valid (polygonal parts kept):
+        rasterizing a bow-tie as drawn fills or drops parts depending on the winding."""
+        from shapely.geometry import mapping
+        from shapely.validation import make_valid
+
+        repaired = 0
+        for i, geom in enumerate(shapes):
+            if geom.is_valid:
+                continue
+            fixed = make_valid(geom)
+            if fixed.geom_type == "GeometryCollection":
+                from shapely.geometry import MultiPolygon
+
+                fixed = MultiPolygon([p for part in fixed.geoms if part.geom_type in POLYGONAL
+                                      for p in getattr(part, "geoms", [part])])
+            shapes[i], self.geoms[i] = fixed, mapping(fixed)
+            repaired += 1
+        if repaired:
+            warn_once(f"{self.path}: {repaired} invalid (self-intersecting) polygon(s) repaired with make_valid")
+        return shapes
 
     def _to_pixels(self, geoms: list, file_crs, coords: str, image: Raster) -> list:
         if not geoms:

@@ -18,6 +18,7 @@ from collections import OrderedDict
 import numpy as np
 import tifffile
 
+from segkit.ground.errors import SegkitError
 from segkit.io._window import ceil_div
 
 GEOTIFF_TAGS = (33550, 33922, 34264, 34735)  # ModelPixelScale, ModelTiepoint, ModelTransformation, GeoKeys
@@ -142,12 +143,37 @@ class _ZarrLevel:
         return np.ascontiguousarray(data.reshape(r1 - r0, c1 - c0, self.channels))
 
 
+def check_layout(path, series) -> None:
+    """HxW, HxWxC or CxHxW only: a stack with two non-image axes (a (2,3,H,W) array, a Z-stack of
+    RGB planes) would otherwise be read as 6 "bands" without a word."""
+    extra = [(axis, size) for axis, size in zip(series.axes, series.shape) if axis not in "YX" and size > 1]
+    if len(extra) > 1:
+        raise SegkitError(f"{path}: holds a {len(series.shape)}-D image {tuple(series.shape)} (axes {series.axes}); "
+                          "segkit reads HxW, HxWxC or CxHxW images (save one plane, or stack the planes as channels)")
+
+
+def check_complete(path, tif: tifffile.TiffFile, series) -> None:
+    """Every image segment of the series lies inside the file: a truncated copy fails when opened,
+    not halfway through a run (checks offsets only; nothing is decoded)."""
+    size = tif.filehandle.size
+    for level in series.levels:
+        for page in level.pages:
+            if page is None:
+                continue
+            ends = [o + c for o, c in zip(page.dataoffsets, page.databytecounts) if c]
+            if ends and max(ends) > size:
+                raise SegkitError(f"{path}: truncated file (image data runs to byte {max(ends)}, the file has "
+                                  f"{size} bytes)")
+
+
 class TiffBackend:
     """Levels of the first series of a TIFF (level 0 full resolution, then coarser)."""
 
     def __init__(self, path, tif: tifffile.TiffFile | None = None):
         self.tif = tif if tif is not None else tifffile.TiffFile(path)
         series = self.tif.series[0]
+        check_layout(path, series)
+        check_complete(path, self.tif, series)
         self._lock = threading.Lock()
         self._cache = _SegmentCache(CACHE_BYTES)
         self.levels_impl = [self._level(i, lvl) for i, lvl in enumerate(series.levels)]

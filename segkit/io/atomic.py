@@ -13,6 +13,10 @@ file (or nothing) behind.
   target appeared meanwhile: two processes writing one path cannot both "win".
 - ``durable=True`` also fsyncs the file and its folder (checkpoints: survive a power cut).
 - Files get the mode the umask gives (mkstemp alone would leave them 0600).
+- :func:`staged_commits` holds every commit made inside it back to its end: one invocation
+  (e.g. `segkit infer` over many images) writes all its outputs or none.
+- :func:`remove_stale_temps` removes the temporary files of processes that are gone (SIGKILL,
+  power loss); commands call it on the folders they are about to write.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Iterator
 
@@ -36,6 +42,10 @@ def _read_umask() -> int:
 
 _UMASK = _read_umask()
 TEMP_SUFFIX = ".tmp"
+# .NAME.PID.XXXX.tmp, or .levels.tmp (OME scratch); mkstemp's random part has no dots, NAME may
+_TEMP_NAME = re.compile(r"^\..+\.(\d+)\.[^.]+(?:\.levels)?\.tmp$")
+# the commits held back by the innermost staged_commits() block (None: commit at once)
+_STAGE: ContextVar[list | None] = ContextVar("segkit_staged_commits", default=None)
 
 
 def temp_prefix(path: Path) -> str:
@@ -87,6 +97,17 @@ class AtomicFile:
         self.done = False
 
     def commit(self) -> Path:
+        """Make ``path``; inside :func:`staged_commits` this is held back until the block ends."""
+        if self.done:
+            return self.path
+        stage = _STAGE.get()
+        if stage is not None:
+            if self not in stage:
+                stage.append(self)
+            return self.path
+        return self._commit_now()
+
+    def _commit_now(self) -> Path:
         if self.done:
             return self.path
         os.chmod(self.tmp, 0o666 & ~_UMASK)
@@ -170,3 +191,79 @@ def write_text(path: str | os.PathLike, text: str, *, overwrite: bool = True, **
 def write_json(path: str | os.PathLike, data, *, overwrite: bool = True, **options) -> Path:
     """``data`` as indented JSON with a final newline, atomically."""
     return write_text(path, json.dumps(data, indent=2) + "\n", overwrite=overwrite, **options)
+
+
+@contextmanager
+def staged_commits() -> Iterator[list]:
+    """Hold back every :class:`AtomicFile` commit made in the block; commit them all when it ends.
+
+    On an error (or Ctrl-C, SIGTERM) inside the block every held file is discarded, so nothing
+    of the invocation is written. At the end, exclusive commits (overwrite=False) go first: if
+    one of them finds its path taken meanwhile, the ones already made are removed again before
+    the error is raised (replacing commits cannot be undone, so they go last).
+    """
+    pending: list[AtomicFile] = []
+    token = _STAGE.set(pending)
+    try:
+        yield pending
+    except BaseException:
+        _STAGE.reset(token)
+        for atomic in pending:
+            atomic.discard()
+        raise
+    _STAGE.reset(token)
+    made: list[Path] = []
+    try:
+        for atomic in sorted(pending, key=lambda a: a.overwrite):
+            atomic._commit_now()
+            if not atomic.overwrite:
+                made.append(atomic.path)
+    except BaseException:
+        for path in made:
+            path.unlink(missing_ok=True)
+        for atomic in pending:
+            atomic.discard()
+        raise
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, owned by another user
+        return True
+    return True
+
+
+def remove_stale_temps(*folders: str | os.PathLike) -> list[Path]:
+    """Remove ``.NAME.PID.XXXX.tmp`` files in ``folders`` whose process is gone; returns them.
+
+    A process killed with SIGKILL (or by a power cut) cannot remove its temporary file; the next
+    segkit start in that folder does. Files of live processes are left alone. The pid is checked
+    on this machine: on a folder shared by several machines a file of a process running
+    elsewhere could be taken for stale, so run a cleanup there only from one machine at a time.
+    """
+    removed = []
+    for folder in folders:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:  # missing or unreadable folder: nothing of ours there
+            continue
+        for entry in entries:
+            match = _TEMP_NAME.match(entry.name)
+            if match is None or not entry.is_file(follow_symlinks=False) or _pid_alive(int(match.group(1))):
+                continue
+            try:
+                os.unlink(entry.path)
+            except OSError:
+                continue
+            removed.append(Path(entry.path))
+    return removed
+
+
+def output_folders(*paths) -> list[Path]:
+    """The folders of output paths or path templates ({id} allowed in the file name; None skipped)."""
+    return sorted({Path(str(p)).parent for p in paths if p})

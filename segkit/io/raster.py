@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segkit.ground.errors import SegkitError
+from segkit.ground.errors import SegkitError, warn_once
 from segkit.ground.geometry import Window
 from segkit.io._window import (
     block_edges,
@@ -58,6 +58,8 @@ class Raster:
         self.backend = handle.name
         self.levels = list(handle.levels)
         self.height, self.width = self.levels[0]
+        if min(self.height, self.width) < 2:
+            raise SegkitError(f"{self.path}: image is {self.height}x{self.width} px; nothing to segment or classify")
         self.channels, self.dtype = int(handle.channels), np.dtype(handle.dtype)
         self.crs, self.transform, self.nodata = handle.crs, handle.transform, handle.nodata
 
@@ -153,10 +155,26 @@ class Raster:
         handle = self._open()
 
         def inside(r0, r1, c0, c1):
-            return handle.read(level, r0, r1, c0, c1)
+            try:
+                return handle.read(level, r0, r1, c0, c1)
+            except SegkitError:
+                raise
+            except Exception as exc:  # a file corrupt past its header fails here, mid-read, in any library
+                detail = (str(exc).splitlines() or [type(exc).__name__])[0] or type(exc).__name__
+                raise SegkitError(f"{self.path}: cannot read rows {r0}..{r1} (corrupt or truncated file? "
+                                  f"{type(exc).__name__}: {detail})") from exc
 
-        return read_padded(inside, self.levels[level], window, mode=self.pad_mode, value=self.pad_value,
-                           dtype=self.dtype, channels=self.channels)
+        out = read_padded(inside, self.levels[level], window, mode=self.pad_mode, value=self.pad_value,
+                          dtype=self.dtype, channels=self.channels)
+        if self.dtype.kind == "f" and not np.isfinite(out).all():
+            _warn_not_finite(self.path)
+            np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        return out
+
+
+def _warn_not_finite(path: Path) -> None:
+    """NaN/inf pixels (often a float raster's no-data) would turn every loss and probability into NaN."""
+    warn_once(f"{path}: NaN or infinite pixels, read as 0")
 
 
 # -- backends: levels, channels, dtype, crs, transform, nodata, read(level, r0, r1, c0, c1), close()
@@ -253,6 +271,10 @@ class _OpenCVBackend:
         import cv2
 
         data = np.fromfile(path, dtype=np.uint8)
+        try:  # OpenCV's own "[ WARN ] ... buffer is incomplete" line would double segkit's one-line error
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        except AttributeError:
+            pass
         image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
         if image is None:
             raise SegkitError(f"{path}: cannot read image (OpenCV could not decode it)")

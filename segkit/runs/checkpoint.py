@@ -60,6 +60,11 @@ def load_checkpoint(path: str | Path, map_location="cpu", required_keys: Iterabl
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
             AttributeError, ImportError, IndexError, KeyError, TypeError, OSError) as e:
+        if isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower():
+            # torch's own text goes on to explain how to load it anyway; segkit never does
+            raise SegkitError(f"{path}: the checkpoint holds more than weights (Python objects that loading it "
+                              "would run); refused. segkit only loads tensors (write it with segkit, or re-save "
+                              "just its state dict in a session you trust)") from None
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise SegkitError(f"{path}: not a readable checkpoint (truncated or foreign file): {first}") from None
     if not isinstance(state, dict):

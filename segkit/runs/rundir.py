@@ -14,7 +14,7 @@ import yaml
 
 from segkit.ground.config import Config, to_dict
 from segkit.ground.errors import SegkitError
-from segkit.io.atomic import write_json, write_text
+from segkit.io.atomic import remove_stale_temps, write_json, write_text
 
 RUN_FILE = "run.json"
 
@@ -88,10 +88,12 @@ def latest_run(runs_dir: Path, commands: tuple[str, ...]) -> Path:
             info = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if info.get("command") in commands:
+        # a run that ended without a checkpoint (failed before its first epoch) is never the default
+        if info.get("command") in commands and any((path.parent / "checkpoints").glob("epoch_*.pt")):
             runs.append((info.get("created", 0), path.parent))
     if not runs:
-        raise SegkitError(f"{runs_dir}: no {' or '.join(commands)} run found (run `segkit train` first)")
+        raise SegkitError(f"{runs_dir}: no {' or '.join(commands)} run with a checkpoint found "
+                          "(run `segkit train` first)")
     return max(runs)[1]
 
 
@@ -132,3 +134,11 @@ def check_resumable(run_dir: Path, check_live: bool = True) -> dict:
 def mark_running(run_dir: Path, **changes) -> dict:
     """status running, with this process's pid and host (so a second resume can tell it is live)."""
     return update_run_info(run_dir, status="running", pid=os.getpid(), host=socket.gethostname(), **changes)
+
+
+def remove_stale_run_temps(runs_dir: Path) -> list[Path]:
+    """Temporary files of killed processes (a checkpoint or run.json being written at SIGKILL) in
+    every run directory, its checkpoints/ and plots/; files of live processes stay."""
+    folders = [folder for run in Path(runs_dir).glob(f"*/{RUN_FILE}")
+               for folder in (run.parent, run.parent / "checkpoints", run.parent / "plots")]
+    return remove_stale_temps(*folders)

@@ -39,11 +39,13 @@ from segkit.runs.rundir import (
     create_run_dir,
     mark_running,
     read_run_info,
+    remove_stale_run_temps,
     save_config,
     truncate_jsonl,
     update_run_info,
 )
 from segkit.train import from_config as fc
+from segkit.train import preflight
 from segkit.train import stage as st
 from segkit.train.ema import ModelEma
 from segkit.train.swa import EpochAverage, finish_average
@@ -98,6 +100,8 @@ def fit(
 
 def _fit(config, command, parent, resume, parent_epoch, dist_info, hooks) -> Path:
     main, world, rank = distributed.is_main(), distributed.world_size(), distributed.rank()
+    if main:  # what a killed stage left half-written (issue 10)
+        remove_stale_run_temps(Path(resume).parent if resume is not None else Path(config.run.runs_dir))
     if resume is not None:
         run_info = check_resumable(resume, check_live=main)  # only rank 0: it marks the run live itself
         config = load_config(resume / "config.yaml")
@@ -116,6 +120,7 @@ def _fit(config, command, parent, resume, parent_epoch, dist_info, hooks) -> Pat
     config = fc.with_classes(config, data)
     if parent is not None and resume is None:
         fc.check_parent_compatible(parent, config)  # again, with the classes resolved from the data
+    preflight.check_names(config)  # before the run directory exists (issue 10)
     run_dir = _open_run(config, command, parent, resume, parent_epoch, data)
     config = load_config(run_dir / "config.yaml")
     preprocess = Preprocess.load(run_dir / "preprocess.json")
@@ -127,10 +132,16 @@ def _fit(config, command, parent, resume, parent_epoch, dist_info, hooks) -> Pat
     if parent is not None and (resume is None or not ckpt.list_checkpoints(run_dir / "checkpoints")):
         # a finetune starts from its parent's weights (also when it was killed before its first checkpoint)
         parent_weights = parent / "checkpoints" / read_run_info(run_dir)["parent_checkpoint"]
-    parts = _build(config, data, preprocess, device, parent_weights, world, rank)
-    start_epoch, best = _restore(parts, run_dir, resume is not None, config.run.seed, rank)
-    started = time.time()
-    tracker = _open_tracker(config, run_dir, command, parent, tracking_uri) if main else None
+    try:  # a stage that fails before its first epoch (e.g. a bad checkpoint to resume) does not stay "running"
+        parts = _build(config, data, preprocess, device, parent_weights, world, rank)
+        start_epoch, best = _restore(parts, run_dir, resume is not None, config.run.seed, rank)
+        started = time.time()
+        tracker = _open_tracker(config, run_dir, command, parent, tracking_uri) if main else None
+    except BaseException as exc:
+        if main:
+            update_run_info(run_dir, status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+                            pid=None, error=(str(exc).splitlines() or [type(exc).__name__])[0])
+        raise
     try:
         epoch, record, best, outcome = _run_epochs(config, parts, run_dir, data, preprocess, device, start_epoch,
                                                    best, [*hooks, tracker] if tracker else hooks)
@@ -187,6 +198,7 @@ def _open_run(config: Config, command: str, parent, resume, parent_epoch, data: 
 def _setup_run(config: Config, command: str, parent, resume, parent_epoch, data: TrainingData) -> Path:
     """Rank 0: the run directory (created, or checked for resume) and its preprocess.json."""
     if resume is not None:
+        preflight.check_resume_checkpoint(resume)  # before run.json says "running"
         mark_running(resume)
         return resume
     extra = {}
@@ -197,6 +209,8 @@ def _setup_run(config: Config, command: str, parent, resume, parent_epoch, data:
     else:
         preprocess = fc.preprocess_for(config, data)
     fc.build_model(config, preprocess.in_channels)  # a bad --size fails here, before anything is written
+    if parent is not None:
+        preflight.check_parent_weights(config, parent, parent_epoch, preprocess.in_channels)
     run_dir = create_run_dir(Path(config.run.runs_dir), config.run.name, command)
     config = dataclasses.replace(config, run=dataclasses.replace(config.run, name=run_dir.name))
     save_config(config, run_dir / "config.yaml")
@@ -248,7 +262,7 @@ def _restore(parts: st.Parts, run_dir: Path, resuming: bool, seed: int, rank: in
     existing = ckpt.list_checkpoints(run_dir / "checkpoints")
     done, best = 0, None
     if existing:
-        state = ckpt.load_checkpoint(existing[-1], required_keys=("model", "optimizer", "scheduler", "rng", "epoch"))
+        state = ckpt.load_checkpoint(existing[-1], required_keys=preflight.RESUME_KEYS)
         done = st.restore_training_state(state, parts)
         best = state.get("best")
         if rank:  # per-item seeding makes the torch RNG irrelevant to the data; keep ranks distinct
