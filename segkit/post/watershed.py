@@ -37,24 +37,25 @@ class SeedSettings:
 
 
 def seeds_and_mask(probs: np.ndarray, names: Sequence[str], settings: SeedSettings):
-    """(object mask bool, seed mask bool, elevation float32 = 1 - body) of (T, h, w) probabilities
-    whose channels are the targets ``names`` (body first)."""
+    """(object mask bool, seed mask bool, body float32) of (T, h, w) probabilities whose channels
+    are the targets ``names``."""
     probs = np.asarray(probs)
     if probs.ndim != 3 or probs.shape[0] != len(names):
         raise ValueError(f"watershed: expected probabilities ({len(names)}, h, w) for {list(names)}, "
                          f"got shape {probs.shape}")
-    body = probs[list(names).index("body")].astype(np.float32, copy=False)
+    # a copy: the rows may be held while the predictor reuses its own buffers
+    body = np.array(probs[list(names).index("body")], dtype=np.float32)
     mask = body >= settings.mask
     seeds = mask & (body >= settings.seed)
     for name in ("border", "contact"):
         if name in names:
             seeds &= probs[list(names).index(name)] < settings.border
-    return mask, seeds, np.float32(1.0) - body
+    return mask, seeds, body
 
 
-def flood(elevation: np.ndarray, seeds: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def flood(body: np.ndarray, seeds: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """int32 objects 1..k of ``mask``: each 4-connected region of the mask with two or more seed
-    components is split by flooding them over ``elevation`` (scikit-image's watershed on the
+    components is split by flooding them over ``1 - body`` (scikit-image's watershed on the
     region's bounding box, the region alone); a region with one seed component or none is one object.
 
     Regions are flooded one at a time on purpose: scikit-image breaks ties between marker pixels of
@@ -79,7 +80,7 @@ def flood(elevation: np.ndarray, seeds: np.ndarray, mask: np.ndarray) -> np.ndar
         x, y, w, h = (int(v) for v in stats[i, :4])
         box = (slice(y, y + h), slice(x, x + w))
         sub = regions[box] == i
-        labels = watershed(elevation[box], np.where(sub, markers[box], 0), mask=sub, connectivity=1)
+        labels = watershed(np.float32(1.0) - body[box], np.where(sub, markers[box], 0), mask=sub, connectivity=1)
         values, inverse = np.unique(labels[sub], return_inverse=True)
         out[box][sub] = inverse.astype(np.int32) + np.int32(count + 1)
         count += values.size
@@ -88,8 +89,8 @@ def flood(elevation: np.ndarray, seeds: np.ndarray, mask: np.ndarray) -> np.ndar
 
 def watershed_instances(probs: np.ndarray, names: Sequence[str], settings: SeedSettings = SeedSettings()) -> np.ndarray:
     """int32 instances (0 = background) of a whole (T, h, w) probability map."""
-    mask, seeds, elevation = seeds_and_mask(probs, names, settings)
-    return flood(elevation, seeds, mask)
+    mask, seeds, body = seeds_and_mask(probs, names, settings)
+    return flood(body, seeds, mask)
 
 
 class StripWatershed:
@@ -106,7 +107,7 @@ class StripWatershed:
         self.height, self.width = int(height), int(width)
         self.names, self.settings = tuple(names), settings
         self.received = self.emitted = self.objects = 0
-        self._elev = np.zeros((0, self.width), np.float32)
+        self._body = np.zeros((0, self.width), np.float32)
         self._seeds = np.zeros((0, self.width), bool)
         self._gid = np.zeros((0, self.width), np.int32)   # region id (union-find), 0 = background
         self._out = np.zeros((0, self.width), np.int32)   # object id once flooded, else 0
@@ -137,10 +138,10 @@ class StripWatershed:
             raise ValueError(f"strip {probs.shape} at row {row0} does not fit the {self.height}x{self.width} image")
         if h == 0:
             return []
-        mask, seeds, elev = seeds_and_mask(probs, self.names, self.settings)
-        n, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=4, ltype=cv2.CV_32S)
+        mask, seeds, body = seeds_and_mask(probs, self.names, self.settings)
+        n, gid = cv2.connectedComponents(mask.view(np.uint8), connectivity=4, ltype=cv2.CV_32S)
         base = self._parent.size - 1
-        gid = np.where(labels > 0, labels + np.int32(base), np.int32(0)).astype(np.int32)
+        np.add(gid, np.int32(base), out=gid, where=mask)  # in place: strips can be ~10^7 pixels
         self._parent = np.concatenate([self._parent, np.arange(base + 1, base + n, dtype=np.int32)])
         if self._last is not None:   # regions touching across the seam are one region
             touch = (self._last > 0) & (gid[0] > 0)
@@ -150,10 +151,13 @@ class StripWatershed:
                     self._parent[max(ra, rb)] = min(ra, rb)
         self.received += h
         self._last = gid[-1].copy()
-        self._elev = np.concatenate([self._elev, elev])
-        self._seeds = np.concatenate([self._seeds, seeds])
-        self._gid = np.concatenate([self._gid, gid])
-        self._out = np.concatenate([self._out, np.zeros_like(gid)])
+        if self._gid.shape[0]:   # rows held from earlier strips
+            self._body = np.concatenate([self._body, body])
+            self._seeds = np.concatenate([self._seeds, seeds])
+            self._gid = np.concatenate([self._gid, gid])
+            self._out = np.concatenate([self._out, np.zeros_like(gid)])
+        else:                     # nothing held: keep this strip's arrays, no copies
+            self._body, self._seeds, self._gid, self._out = body, seeds, gid, np.zeros_like(gid)
         roots = self._roots()
         self._flood_closed(roots)
         return self._emit(roots)
@@ -170,7 +174,7 @@ class StripWatershed:
         rows = np.flatnonzero(closed.any(axis=1))
         r0, r1 = int(rows[0]), int(rows[-1]) + 1
         sub = closed[r0:r1]
-        labels = flood(self._elev[r0:r1], self._seeds[r0:r1] & sub, sub)
+        labels = flood(self._body[r0:r1], self._seeds[r0:r1] & sub, sub)
         hit = labels > 0
         self._out[r0:r1][hit] = labels[hit] + np.int32(self.objects)
         self.objects += int(labels.max())
@@ -181,9 +185,9 @@ class StripWatershed:
         n_out = int(rows[0]) if rows.size else self._out.shape[0]
         out = []
         if n_out:
-            out.append((self.emitted, self._out[:n_out].copy(), np.float32(1.0) - self._elev[:n_out]))
+            out.append((self.emitted, self._out[:n_out], self._body[:n_out]))  # views: the buffer is rebuilt
             self.emitted += n_out
-        self._elev, self._seeds = self._elev[n_out:], self._seeds[n_out:]
+        self._body, self._seeds = self._body[n_out:], self._seeds[n_out:]
         self._gid, self._out = self._gid[n_out:], self._out[n_out:]
         # compact: renumber the regions still referenced (held rows + last row) as 1..k
         live = np.unique(np.concatenate([roots[self._gid].ravel(), roots[self._last], [0]]))
