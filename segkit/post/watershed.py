@@ -67,9 +67,11 @@ def flood(body: np.ndarray, seeds: np.ndarray, mask: np.ndarray) -> np.ndarray:
     n, regions, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=4,
                                                             ltype=cv2.CV_32S)
     n_seeds, markers = cv2.connectedComponents((seeds & mask).astype(np.uint8), connectivity=4, ltype=cv2.CV_32S)
+    # a 4-connected seed component lies in one region: count seed components per region
     hit = markers > 0
-    pairs = np.unique(regions[hit].astype(np.int64) * n_seeds + markers[hit])
-    split = np.bincount(pairs // n_seeds, minlength=n) >= 2
+    region_of_seed = np.zeros(n_seeds, np.int64)
+    region_of_seed[markers[hit]] = regions[hit]
+    split = np.bincount(region_of_seed[1:], minlength=n) >= 2
     split[0] = False
     lut = np.zeros(n, np.int32)
     whole = np.flatnonzero(~split)[1:]
@@ -100,11 +102,15 @@ class StripWatershed:
     ``(row0, instances, body)`` strips: int32 object ids (unique over the whole image, numbered in
     the order objects are finished) and the body probability rows (for mean probabilities).
     ``finish()`` checks that the whole height arrived. Calling the object on an iterable of
-    ``(row0, probs)`` yields the finished strips.
+    ``(row0, probs)`` yields the finished strips. Strips are processed ``chunk_rows`` rows at a time
+    (the result is the same for any height): the temporaries of labelling and flooding, ~40 bytes
+    per pixel, then scale with ``chunk_rows * width``, not with the predictor's strip height.
     """
 
-    def __init__(self, height: int, width: int, names: Sequence[str], settings: SeedSettings = SeedSettings()):
+    def __init__(self, height: int, width: int, names: Sequence[str], settings: SeedSettings = SeedSettings(),
+                 *, chunk_rows: int = 64):
         self.height, self.width = int(height), int(width)
+        self.chunk_rows = int(chunk_rows)
         self.names, self.settings = tuple(names), settings
         self.received = self.emitted = self.objects = 0
         self._body = np.zeros((0, self.width), np.float32)
@@ -130,6 +136,17 @@ class StripWatershed:
             roots = nxt
 
     def push(self, row0: int, probs: np.ndarray) -> list[tuple]:
+        return list(self._chunks(row0, probs))
+
+    def _chunks(self, row0: int, probs: np.ndarray) -> Iterator[tuple]:
+        probs = np.asarray(probs)
+        if probs.ndim != 3 or probs.shape[1] <= self.chunk_rows:
+            yield from self._push(row0, probs)
+            return
+        for r in range(0, probs.shape[1], self.chunk_rows):
+            yield from self._push(row0 + r, probs[:, r:r + self.chunk_rows])
+
+    def _push(self, row0: int, probs: np.ndarray) -> list[tuple]:
         if row0 != self.received:
             raise ValueError(f"strips must arrive in row order: expected row {self.received}, got {row0}")
         probs = np.asarray(probs)
@@ -205,5 +222,5 @@ class StripWatershed:
 
     def __call__(self, strips: Iterable[tuple]) -> Iterator[tuple]:
         for row0, probs in strips:
-            yield from self.push(row0, probs)
+            yield from self._chunks(row0, probs)  # each chunk's rows go on before the next is flooded
         yield from self.finish()
