@@ -9,7 +9,9 @@ import click
 from segkit.cli.options import command_config, common_options, run_option, runs_folder
 from segkit.ground.config import TASKS, load_config
 from segkit.ground.errors import SegkitError
+from segkit.data.targets import parse_targets
 from segkit.infer.classes import check_task
+from segkit.infer.instances import check_instance_outputs
 
 # What infer reads of a config: its own section, the run section, where the images and class
 # names come from, and AMP; the rest belongs to the trained run and cannot change here.
@@ -53,6 +55,11 @@ READS = ("infer", "run", "data.manifest", "data.class_names", "train.amp")
 @click.option("--probs", default=None, is_flag=False, flag_value="", metavar="[OUT.tif]",
               help="seg: write probabilities as a tiled uint8 TIFF (0..255; {id} for several images). "
                    "cls: a switch (no file): one probability column per class in the --csv.")
+@click.option("--instances", default=None,
+              help="Runs with instance targets: write object ids as a tiled uint32 TIFF, georeferenced like the "
+                   "image ({id} for several images).")
+@click.option("--rle-per-object", is_flag=True, default=None,
+              help="Runs with instance targets: --rle writes one row per object (Data Science Bowl format).")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None,
               help="cls: write `id,label` per image (the run's class names), atomically.")
 @click.option("--task", type=click.Choice(TASKS), default=None,
@@ -72,7 +79,7 @@ READS = ("infer", "run", "data.manifest", "data.class_names", "train.amp")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 def infer(images, config_path, overrides, runs_dir, device, run, epochs, soup, tta, rle_path, rle_header, rle_empty,
           polygons, geojson_crs, object_type, simplify, min_polygon_area, mask, probs, crf, threshold, overlap_px,
-          margin_px, skip_background, batch_size, overwrite, csv_path, task, calibrate):
+          margin_px, skip_background, batch_size, overwrite, csv_path, task, calibrate, instances, rle_per_object):
     """Predict large images tile by tile and write RLE, polygons or TIFFs.
 
     Tiles overlap and are blended with gaussian weights in row strips, so memory stays at about
@@ -98,8 +105,9 @@ def infer(images, config_path, overrides, runs_dir, device, run, epochs, soup, t
                                 "infer.rle_header": rle_header, "infer.rle_empty": _quoted(rle_empty),
                                 "infer.geojson_crs": geojson_crs, "infer.object_type": object_type,
                                 "infer.simplify": simplify, "infer.min_polygon_area": min_polygon_area,
-                                "infer.calibrate": True if calibrate else None})
-    run_task = check_task(config, run_dirs[0], task, any((rle_path, polygons, mask)), csv_path is not None)
+                                "infer.calibrate": True if calibrate else None,
+                                "infer.rle_per_object": True if rle_per_object else None})
+    run_task = check_task(config, run_dirs[0], task, any((rle_path, polygons, mask, instances)), csv_path is not None)
     if config.infer.cls_gate is not None and run_task != "seg+cls":
         raise SegkitError(f"infer.cls_gate: {run_dirs[0]} is a {run_task} run; gating needs a seg+cls run")
     if run_task == "cls":
@@ -107,6 +115,7 @@ def infer(images, config_path, overrides, runs_dir, device, run, epochs, soup, t
             raise SegkitError(f"--probs {probs}: with a cls run --probs is a switch that adds probability "
                               "columns to the --csv (put it after the images)")
         return _infer_classes(config, images, run_dirs, soup, csv_path, probs is not None, device, overwrite)
+    check_instance_outputs(parse_targets(config.data.targets), instances, config.infer.rle_per_object, run_dirs[0])
     if probs == "":
         raise SegkitError("--probs: give the probability TIFF to write (--probs OUT.tif)")
     settings = infer_settings(config, crf=crf)
@@ -118,8 +127,8 @@ def infer(images, config_path, overrides, runs_dir, device, run, epochs, soup, t
     try:
         device_obj = dist_info.device if dist_info.world_size > 1 else pick_device(config.run.device)
         ensemble = load_ensemble(run_dirs, config.infer.epochs, device_obj, soup=soup)
-        outputs = Outputs(Path(rle_path) if rle_path else None, polygons, mask, probs, overwrite)
-        remove_stale_temps(*output_folders(rle_path, polygons, mask, probs))
+        outputs = Outputs(Path(rle_path) if rle_path else None, polygons, mask, probs, overwrite, instances)
+        remove_stale_temps(*output_folders(rle_path, polygons, mask, probs, instances))
         with staged_commits():  # all outputs of the invocation, or none (issue 10)
             written = infer_images(ensemble, image_list([Path(p) for p in images]), outputs, settings, device_obj)
     finally:

@@ -19,9 +19,11 @@ from torch.utils.data import Dataset
 
 from segkit.data.classes import tile_class
 from segkit.data.manifest import ManifestRow
+from segkit.data.targets import TargetSpec, read_targets
 from segkit.data.windows import RandomWindowSampler
 from segkit.ground.errors import SegkitError
 from segkit.ground.geometry import Window, clip_region
+from segkit.io.instances import open_instances
 from segkit.io.masks import open_labels
 from segkit.io.raster import open_raster
 
@@ -38,6 +40,7 @@ class LabelOptions:
     class_map: Optional[dict] = None
     class_property: Optional[str] = None
     pad_mode: str = "constant"
+    instances: bool = False  # labels hold objects (segkit.io.instances): data.targets is set
 
 
 class SourcePair:
@@ -62,6 +65,9 @@ class SourcePair:
 
     @property
     def labels(self):
+        if self._labels is None and self.row.label is not None and self.options.instances:
+            self._labels = open_instances(self.row.label, self.raster, image_id=self.row.id,
+                                          rle_order=self.options.rle_order)
         if self._labels is None and self.row.label is not None:
             self._labels = open_labels(
                 self.row.label,
@@ -156,6 +162,8 @@ class RandomWindowDataset(Dataset):
     rows without one), and ``window`` = (area index, row, col, height, width) in source pixels.
     ``tile_class_px`` (seg+cls): items also get ``target``, 1 when the window's mask holds at
     least that many foreground source pixels, else 0 (segkit.data.classes.tile_class).
+    ``targets`` (a segkit.data.targets.TargetSpec): ``mask`` is (T, H, W) float32 instance targets
+    derived from the window's object ids instead of class ids.
     """
 
     def __init__(
@@ -170,8 +178,10 @@ class RandomWindowDataset(Dataset):
         seed: int = 0,
         rank: int = 0,
         tile_class_px: Optional[float] = None,
+        targets: Optional[TargetSpec] = None,
     ):
         self.pairs = pairs
+        self.targets = targets
         self.tile_class_px = tile_class_px
         self.sampler = sampler
         self.size = size
@@ -199,7 +209,10 @@ class RandomWindowDataset(Dataset):
         out_size = (self.size, self.size)
         image = pair.raster.read(window, out_size=out_size)
         labels = pair.labels
-        mask = labels.read(window, out_size=out_size) if labels is not None else None
+        if labels is not None and self.targets is not None:
+            mask = read_targets(labels, window, self.targets, out_size)
+        else:
+            mask = labels.read(window, out_size=out_size) if labels is not None else None
         return area_index, image, mask, window
 
     def read(self, index: int) -> tuple[np.ndarray, Optional[np.ndarray], Window]:
@@ -211,7 +224,9 @@ class RandomWindowDataset(Dataset):
         image, mask = network_input(raw, mask, self.preprocess, self.augment,
                                     [int(self.seed), int(self.epoch), int(self.rank), int(index), 1])
         item = {"image": image, "window": torch.tensor([area_index, *window], dtype=torch.int64)}
-        if mask is not None:
+        if mask is not None and self.targets is not None:  # (H, W, T) 0/1 -> (T, H, W) float
+            item["mask"] = torch.from_numpy(np.ascontiguousarray(mask.transpose(2, 0, 1), dtype=np.float32))
+        elif mask is not None:
             item["mask"] = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))
             if self.tile_class_px is not None:  # seg+cls: the tile's class from its (augmented) mask
                 scale = (window.height * window.width) / float(mask.shape[0] * mask.shape[1])

@@ -142,6 +142,7 @@ def foreground_grid(pair: SourcePair, *, cache: str | Path | None = None) -> Opt
     key = _key(
         "foreground", label=_stamp(pair.row.label), image=_stamp(pair.row.image), id=pair.row.id,
         rle_order=o.rle_order, class_map=o.class_map, class_property=o.class_property, side=THUMB_SIDE,
+        **({"instances": True} if o.instances else {}),
     )
 
     def compute() -> dict:

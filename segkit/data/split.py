@@ -34,14 +34,16 @@ from segkit.ground.errors import SegkitError
 FOREGROUND_BINS = 4  # strata for segmentation: empty + 3 quantile bins of the foreground fraction
 
 
-def sample_manifest_path() -> Path:
-    """The bundled nuclei sample's manifest (inside the installed package)."""
-    return Path(str(resources.files("segkit") / "sample" / "manifest.csv"))
+def sample_manifest_path(name: str = "sample") -> Path:
+    """The bundled nuclei sample's manifest (inside the installed package): "sample" (binary mask)
+    or "sample-instances" (the same rows with the nuclei's instance ids)."""
+    file = "manifest_instances.csv" if name == "sample-instances" else "manifest.csv"
+    return Path(str(resources.files("segkit") / "sample" / file))
 
 
 def load_rows(manifest: str) -> list[ManifestRow]:
-    if manifest == "sample":
-        return read_manifest(sample_manifest_path())
+    if manifest in ("sample", "sample-instances"):
+        return read_manifest(sample_manifest_path(manifest))
     path = Path(manifest)
     if path.is_dir():
         return class_folder_rows(path) if is_class_folder(path) else manifest_from_folder(path)

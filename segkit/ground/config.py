@@ -64,6 +64,9 @@ class DataConfig:
     crop_scale: Optional[list] = None  # cls: [min, max] share of the image area cropped at random, then resized; null = whole image
     class_balanced: bool = False  # cls: draw every class equally often (off: with noisy labels it fits the noise)
     cls_from_mask: int = 1  # seg+cls: a tile with >= this many foreground source px is class "object", else "empty"
+    targets: Optional[object] = None  # [body, border, contact] or "instances": instance targets; null = class masks
+    border_px: int = 2  # targets: border band inside each object, source px
+    contact_px: int = 2  # targets: pixels within this distance of two objects are contact, source px
 
 
 @dataclass
@@ -100,6 +103,7 @@ class TrainConfig:
     early_stop: int = 0  # stop after N epochs without improvement; 0 = off
     early_stop_delta: float = 0.0  # an epoch counts as better only when it beats the best by more than this
     channels_last: bool = True
+    target_weights: Optional[list] = None  # data.targets: loss weight per target; null = 1 each
 
 
 @dataclass
@@ -126,6 +130,9 @@ class InferConfig:
     rle_header: str = "id,rle"  # --rle column names, e.g. "ImageId,EncodedPixels" or "id,predicted"
     rle_empty: str = ""  # --rle cell of an image without foreground: "" (empty) | "-"
     cls_gate: Optional[float] = None  # seg+cls: a tile whose "empty" probability >= this is written as background
+    rle_per_object: bool = False  # instance runs: --rle writes one row per object (DSB format)
+    seed_threshold: float = 0.7  # instance runs: watershed seeds = body >= this, border and contact < seed_border
+    seed_border: float = 0.5
     calibrate: bool = False  # cls: temperature scaling fitted on the validation rows, saved with the run (--calibrate)
 
 
@@ -354,6 +361,26 @@ def _validate_names(config: "Config") -> None:
             raise SegkitError(f"config key data.class_names: {len(names)} names for {expected} mask values "
                               f"(background first, then one per class)")
     _validate_cls(config)
+    _validate_targets(config)
+
+
+def _validate_targets(config: Config) -> None:
+    """The instance keys' shapes; target names are checked by segkit.data.targets.parse_targets."""
+    d, targets = config.data, config.data.targets
+    if targets is not None and not isinstance(targets, str) and not (
+            isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
+        raise SegkitError(f"config key data.targets: expected a list of names or a preset name, got {targets!r}")
+    if d.border_px < 1 or d.contact_px < 1:
+        raise SegkitError("config keys data.border_px and data.contact_px: must be >= 1")
+    if targets and config.task != "seg":
+        raise SegkitError(f"config key data.targets: instance targets are for task seg, not {config.task}")
+    if targets and d.copy_paste:
+        raise SegkitError("config key data.copy_paste: pastes class masks; not with data.targets")
+    weights = config.train.target_weights
+    if weights is not None and not all(isinstance(w, (int, float)) and w >= 0 for w in weights):
+        raise SegkitError(f"config key train.target_weights: expected numbers >= 0, got {weights!r}")
+    if not 0 <= config.infer.seed_border <= 1 or not 0 <= config.infer.seed_threshold <= 1:
+        raise SegkitError("config keys infer.seed_threshold and infer.seed_border: must be in [0, 1]")
 
 
 def _validate_cls(config: Config) -> None:

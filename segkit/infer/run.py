@@ -24,6 +24,8 @@ from segkit.ground.errors import SegkitError
 from segkit.ground.geometry import Window
 from segkit.infer.ensemble import EnsemblePredictor
 from segkit.infer.gate import GatedPredictor
+from segkit.data.targets import parse_targets
+from segkit.infer.instances import check_instance_outputs, infer_objects
 from segkit.infer.predict import predict_strips
 from segkit.infer.outputs import WriterOptions, check_georeferenced, open_image_writers
 from segkit.io.raster import open_raster
@@ -31,6 +33,7 @@ from segkit.io.writers import RleStripWriter
 from segkit.models.factory import create_model
 from segkit.post.morphology import StripPostProcessor
 from segkit.post.morphology import threshold as threshold_probs
+from segkit.post.watershed import SeedSettings
 from segkit.runs import checkpoint as ckpt
 from segkit.runs.rundir import read_run_info
 
@@ -50,6 +53,7 @@ class Ensemble:
     size: int
     classes: int
     checkpoints: list[Path] = field(default_factory=list)
+    targets: tuple = ()  # instance target names (body, border, contact): outputs are watershed objects
 
 
 def _run_model(config: Config, in_channels: int, state: dict, device: torch.device) -> torch.nn.Module:
@@ -87,7 +91,7 @@ def load_ensemble(run_dirs: list[Path], epochs: str, device: torch.device, soup:
         models = [(_run_model(cfg, ch, state, device), weight)
                   for (_, cfg, ch, weight), state in zip(members, states)]
     return Ensemble(models, preprocess, config.data.fov_px, config.data.size, config.model.classes,
-                    [path for path, _, _, _ in members])
+                    [path for path, _, _, _ in members], targets=parse_targets(config.data.targets))
 
 
 @dataclass
@@ -99,6 +103,7 @@ class Outputs:
     mask: Optional[str] = None
     probs: Optional[str] = None
     overwrite: bool = False
+    instances: Optional[str] = None  # instance runs: uint32 object-id TIFF
 
     def per_image(self, template: Optional[str], image_id: str, n_images: int) -> Optional[Path]:
         if template is None:
@@ -110,7 +115,7 @@ class Outputs:
     def check(self, image_ids: list[str]) -> None:
         """Refuse existing outputs before any work, so a long run cannot fail at its very end."""
         paths = [self.rle] if self.rle else []
-        for template in (self.polygons, self.mask, self.probs):
+        for template in (self.polygons, self.mask, self.probs, self.instances):
             paths += [self.per_image(template, i, len(image_ids)) for i in image_ids] if template else []
         for path in paths:
             if path.exists() and not self.overwrite:
@@ -118,7 +123,7 @@ class Outputs:
             if not path.parent.exists():
                 raise SegkitError(f"{path.parent}: output folder does not exist")
         if not paths:
-            raise SegkitError("no output chosen: give --rle, --polygons, --mask or --probs")
+            raise SegkitError("no output chosen: give --rle, --polygons, --mask, --probs or --instances")
 
 
 @dataclass
@@ -138,6 +143,8 @@ class Settings:
     tissue: Optional[str] = None  # skip tiles that are background by this thumbnail method (None: run every tile)
     writing: WriterOptions = field(default_factory=WriterOptions)  # how the files are written
     cls_gate: Optional[float] = None  # seg+cls: tiles whose "empty" probability >= this are background (gate.py)
+    seeds: SeedSettings = field(default_factory=SeedSettings)  # instance runs: watershed thresholds
+    rle_per_object: bool = False  # instance runs: one RLE row per object
 
 
 def infer_settings(config: Config, *, crf: bool = False) -> Settings:
@@ -152,7 +159,8 @@ def infer_settings(config: Config, *, crf: bool = False) -> Settings:
         overlap_px=i.overlap_px, blend=i.blend, tta=i.tta, threshold=i.threshold, batch_size=i.batch_size,
         amp=config.train.amp, rle_order=i.rle_order, min_object_px=i.min_object_px, fill_holes=i.fill_holes,
         crf=(i.crf or {}) if crf else None, progress=config.run.progress, margin_px=i.margin_px,
-        tissue=tissue_method(config), writing=writing, cls_gate=i.cls_gate,
+        tissue=tissue_method(config), writing=writing, cls_gate=i.cls_gate, rle_per_object=i.rle_per_object,
+        seeds=SeedSettings(mask=i.threshold, seed=i.seed_threshold, border=i.seed_border),
     )
 
 
@@ -186,6 +194,8 @@ def infer_images(
     """
     from segkit.runs import distributed as dist
 
+    check_instance_outputs(ensemble.targets, outputs.instances, settings.rle_per_object,
+                           str(ensemble.checkpoints[0].parent.parent) if ensemble.checkpoints else "")
     outputs.check([image_id for image_id, _ in images])
     for _, path in images:  # every header before any prediction: a bad image fails in seconds
         raster = open_raster(path)
@@ -219,7 +229,8 @@ def infer_images(
             raise SegkitError(failures[0])
         if rle_writer is not None:
             for _, image_id, rle in sorted((row for part, _, _ in gathered for row in part), key=lambda r: r[0]):
-                rle_writer.write_row(image_id, rle)
+                for text in (rle or [""]) if isinstance(rle, list) else [rle]:  # per object: one row each
+                    rle_writer.write_row(image_id, text)
     everything = [Path(p) for _, paths, _ in gathered for p in paths]
     return ([outputs.rle] if outputs.rle is not None else []) + everything
 
@@ -229,6 +240,11 @@ def _infer_one(ensemble: Ensemble, image_id: str, path: Path, n_images: int, out
     """One image through the predictor into its own files; returns (its RLE or None, files written)."""
     raster = open_raster(path)
     strips = stream_probs(ensemble, raster, settings, device)
+    if ensemble.targets:  # instance run: watershed objects (segkit.infer.instances)
+        paths = {kind: outputs.per_image(getattr(outputs, kind), image_id, n_images)
+                 for kind in ("instances", "polygons", "mask", "probs")}
+        return infer_objects(strips, path, {**paths, "rle": outputs.rle is not None}, ensemble.targets, settings,
+                             outputs.overwrite)
     masks = post_process(strips, raster, ensemble.preprocess, settings, ensemble.classes)
     encoder = None
     if outputs.rle is not None:
@@ -243,7 +259,7 @@ def stream_probs(ensemble: Ensemble, raster, settings: Settings, device: torch.d
                  region: Optional[Window] = None, tta=None):
     """(row0, probs) strips of `region` (default: the whole image) with the settings' tiling and TTA
     (`tta`, a spec or (view, weight) pairs, overrides it: e.g. [("hflip", 1.0)] for one view alone)."""
-    activation = "sigmoid" if ensemble.classes == 1 else "softmax"
+    activation = "sigmoid" if ensemble.classes == 1 or ensemble.targets else "softmax"
     views = settings.tta if tta is None else tta
     if settings.cls_gate is not None:  # seg+cls: tiles the class head calls empty skip the decoder
         predictor = GatedPredictor(ensemble.models, views, gate=settings.cls_gate, classes=ensemble.classes,

@@ -54,9 +54,6 @@ from segkit.train.optim import create_optimizer, create_scheduler
 from segkit.train.tracking import check_tracking, create_tracker, default_tracking_uri
 from segkit.train.validate import validate
 
-# the validation score that picks the best checkpoint (and drives early stopping), per task
-BEST_METRICS = {"seg": "val_dice", "seg+cls": "val_dice", "cls": "val_f1"}
-
 # Called on rank 0 after every epoch with (run directory, the epoch's record); may raise to stop
 # (StopRun ends the run cleanly with its status, any other exception fails it).
 EpochHook = Callable[[Path, dict], None]
@@ -278,7 +275,7 @@ def _run_epochs(config: Config, parts: st.Parts, run_dir: Path, data: TrainingDa
     """Train, validate, record and checkpoint each epoch; returns (last epoch, its record, best)."""
     t, main = config.train, distributed.is_main()
     settings = fc.validation_settings(config)
-    metric = BEST_METRICS[config.task]
+    metric = fc.best_metric(config)
     checkpoint_dir = run_dir / "checkpoints"
     epoch, record, outcome = start_epoch - 1, {}, "finished"
     try:
@@ -344,7 +341,8 @@ def _validate_epoch(model, data: TrainingData, preprocess: Preprocess, settings,
     """The epoch's validation scores for metrics.jsonl; cls also draws plots/confusion_epoch_NNNN.png."""
     result = validate([(model, 1.0)], data.val_pairs, preprocess, settings, device, progress=progress)
     if settings.task != "cls":
-        return {"val_dice": result["dice"]}
+        objects = {f"val_{k}": result[k] for k in ("object_f1", "dsb") if k in result}
+        return {"val_dice": result["dice"], **objects}
     report = result["report"]
     plot_confusion(report["confusion"], list(settings.class_names), run_dir / "plots" / f"confusion_epoch_{epoch:04d}.png",
                    title=f"epoch {epoch}: accuracy {report['accuracy']:.4f}, macro F1 {report['macro_f1']:.4f}")

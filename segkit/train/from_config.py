@@ -30,13 +30,20 @@ from segkit.data.inputs import (
 from segkit.data.mixing import BatchMix, create_mixup
 from segkit.data.preprocess import Preprocess
 from segkit.data.split import FoldSpec, split_manifest
+from segkit.data.targets import TargetSpec, parse_targets
 from segkit.ground.config import Config, load_config
 from segkit.ground.errors import SegkitError
 from segkit.models.factory import check_input_size, create_model
 from segkit.models.losses import create_task_loss
+from segkit.models.target_loss import TargetLoss
+from segkit.post.watershed import SeedSettings
 from segkit.runs.device import seed_everything
 from segkit.runs.rundir import read_run_info
 from segkit.train.validate import ValidationSettings, activation_for
+
+
+# the validation score that picks the best checkpoint (and drives early stopping), per task
+BEST_METRICS = {"seg": "val_dice", "seg+cls": "val_dice", "cls": "val_f1"}
 
 
 def with_fov(config: Config) -> Config:
@@ -49,7 +56,13 @@ def with_fov(config: Config) -> Config:
 def label_options(config: Config) -> LabelOptions:
     """How the data section says labels are decoded."""
     d = config.data
-    return LabelOptions(d.rle_order, d.class_map, d.class_property, d.pad_mode)
+    return LabelOptions(d.rle_order, d.class_map, d.class_property, d.pad_mode, instances=bool(d.targets))
+
+
+def target_spec(config: Config) -> TargetSpec | None:
+    """The instance targets of data.targets (None: plain class masks)."""
+    names = parse_targets(config.data.targets)
+    return TargetSpec(names, config.data.border_px, config.data.contact_px) if names else None
 
 
 def fold_spec(config: Config) -> FoldSpec:
@@ -101,7 +114,11 @@ def preview_samples(config: Config, count: int) -> list[tuple[np.ndarray, np.nda
 
 def with_classes(config: Config, data: TrainingData) -> Config:
     """cls: data.class_names resolved from the manifest and model.classes = their count (saved in the
-    run's config.yaml, so inference writes the same names); other tasks unchanged."""
+    run's config.yaml, so inference writes the same names); instance targets: model.classes = one
+    output per target; other tasks unchanged."""
+    spec = target_spec(config)
+    if spec is not None:
+        return dataclasses.replace(config, model=dataclasses.replace(config.model, classes=len(spec.names)))
     if config.task != "cls":
         return config
     names = list(data.class_names)
@@ -141,11 +158,14 @@ def train_dataset(config: Config, data: TrainingData, preprocess: Preprocess, au
     return RandomWindowDataset(
         data.train_pairs, data.sampler, size=config.data.size, length=max(t.batch_size, total // world),
         preprocess=preprocess, augment=augment, seed=config.run.seed, rank=rank,
-        tile_class_px=config.data.cls_from_mask if config.task == "seg+cls" else None)
+        tile_class_px=config.data.cls_from_mask if config.task == "seg+cls" else None, targets=target_spec(config))
 
 
 def task_loss(config: Config) -> torch.nn.Module:
-    """train.loss (masks), train.cls_loss (classes), or both summed (seg+cls)."""
+    """train.loss (masks; per target with data.targets), train.cls_loss (classes), or both summed (seg+cls)."""
+    spec = target_spec(config)
+    if spec is not None:
+        return TargetLoss(config.train.loss, spec.names, config.train.target_weights)
     return create_task_loss(config.task, seg_terms=config.train.loss, cls_terms=config.train.cls_loss,
                             classes=config.model.classes, cls_classes=len(TILE_CLASSES))
 
@@ -160,12 +180,26 @@ def validation_settings(config: Config) -> ValidationSettings:
     """Validation predicts as `segkit infer` does with the run's infer section."""
     config = with_fov(config)
     i = config.infer
+    spec = target_spec(config)
     return ValidationSettings(
         fov_px=config.data.fov_px, size=config.data.size, overlap_px=i.overlap_px, tta=i.tta, blend=i.blend,
         threshold=i.threshold, batch_size=i.batch_size, amp=config.train.amp,
-        activation=activation_for(config.model.classes), classes=config.model.classes, margin_px=i.margin_px,
-        task=config.task, class_names=tuple(class_names(config)) if config.task == "cls" else None,
+        activation="sigmoid" if spec else activation_for(config.model.classes), classes=config.model.classes,
+        margin_px=i.margin_px, task=config.task,
+        class_names=tuple(class_names(config)) if config.task == "cls" else None,
+        targets=spec.names if spec else None, seeds=seed_settings(config) if spec else None,
     )
+
+
+def seed_settings(config: Config) -> SeedSettings:
+    """The watershed thresholds of the infer section (instance runs)."""
+    i = config.infer
+    return SeedSettings(mask=i.threshold, seed=i.seed_threshold, border=i.seed_border)
+
+
+def best_metric(config: Config) -> str:
+    """The validation score that picks the best checkpoint: object F1 for instance targets."""
+    return "val_object_f1" if target_spec(config) else BEST_METRICS[config.task]
 
 
 def check_parent_compatible(parent: Path, config: Config) -> Config:

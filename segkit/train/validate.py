@@ -21,7 +21,9 @@ from segkit.infer.predict import predict_probs
 from segkit.infer.tta import parse_tta
 from segkit.metrics.cls import ConfusionAccumulator
 from segkit.metrics.seg import DiceAccumulator
+from segkit.metrics.objects import object_scores
 from segkit.post.morphology import threshold as threshold_probs
+from segkit.post.watershed import SeedSettings, watershed_instances
 
 
 def activation_for(classes: int) -> str:
@@ -37,7 +39,8 @@ class ValidationSettings:
     batch_size, margin_px: the tiling (segkit.infer.predict.predict_strips); tta: view spec
     (segkit.infer.tta.parse_tta); threshold: binary cut (multiclass takes the argmax); amp:
     autocast; activation: sigmoid or softmax; classes: output channels of the model; task: seg,
-    cls or seg+cls; class_names: names of the classifier's outputs (cls).
+    cls or seg+cls; class_names: names of the classifier's outputs (cls); targets / seeds: instance
+    target names and watershed thresholds (segkit.post.watershed), which add object scores.
     """
 
     fov_px: int
@@ -53,13 +56,17 @@ class ValidationSettings:
     margin_px: int = 0
     task: str = "seg"
     class_names: Optional[tuple] = None
+    targets: Optional[tuple] = None  # instance targets (channel names): objects by watershed, object scores
+    seeds: Optional[SeedSettings] = None  # the watershed thresholds (instance targets)
 
 
 def validate(models: list[tuple[torch.nn.Module, float]], pairs, preprocess, settings: ValidationSettings,
              device: torch.device, progress: bool = False) -> dict:
     """Dice over the validation rows (each row's region, or its whole image), predicted tile by tile.
 
-    Returns {"dice": mean over rows, "per_image": {row id: dice}} (cls: validate_classes); the models' train/eval modes
+    Returns {"dice": mean over rows, "per_image": {row id: dice}} (cls: validate_classes); with instance
+    targets also "object_f1" and "dsb" (means over rows of segkit.metrics.objects.object_scores of the
+    watershed's objects against the true ones; Dice is the body's). The models' train/eval modes
     are restored afterwards. ``progress``: per row, a bar on a terminal or plain lines in logs
     (``validate ROW_ID``).
     """
@@ -67,7 +74,8 @@ def validate(models: list[tuple[torch.nn.Module, float]], pairs, preprocess, set
     if s.task == "cls":
         return validate_classes(models, [pair.row for pair in pairs], preprocess, settings, device)
     predictor = EnsemblePredictor(models, s.tta, activation=s.activation, amp=s.amp)
-    accumulator = DiceAccumulator(classes=s.classes)
+    accumulator = DiceAccumulator(classes=1 if s.targets else s.classes)
+    objects = []
     for pair in pairs:
         raster = pair.raster
         region = pair.row.region or Window(0, 0, raster.height, raster.width)
@@ -76,10 +84,18 @@ def validate(models: list[tuple[torch.nn.Module, float]], pairs, preprocess, set
             blend=s.blend, batch_size=s.batch_size, device=device, region=region, margin_px=s.margin_px,
             progress=progress, progress_desc=f"validate {pair.row.id}",
         )
-        mask = threshold_probs(probs, s.threshold if s.classes == 1 else None)
         target = pair.labels.read(region)
+        if s.targets:
+            objects.append(object_scores(watershed_instances(probs, s.targets, s.seeds),
+                                         pair.labels.read_instances(region)))
+            probs = probs[:1]  # Dice of the body
+        mask = threshold_probs(probs, s.threshold if s.classes == 1 or s.targets else None)
         accumulator.add(mask, target, image_id=pair.row.id)
-    return {"dice": float(accumulator.mean()), "per_image": accumulator.per_image()}
+    result = {"dice": float(accumulator.mean()), "per_image": accumulator.per_image()}
+    if objects:
+        result.update(object_f1=float(np.mean([o["f1"] for o in objects])),
+                      dsb=float(np.mean([o["dsb"] for o in objects])))
+    return result
 
 
 def validate_classes(models: list[tuple[torch.nn.Module, float]], rows, preprocess, settings: ValidationSettings,
