@@ -313,12 +313,16 @@ def _validate_tiling(config: Config) -> None:
     if i.overlap_px < 0 or i.margin_px < 0:
         raise SegkitError("config keys infer.overlap_px and infer.margin_px: must be >= 0, got "
                           f"{i.overlap_px} and {i.margin_px}")
+    if config.task == "cls":
+        return  # a classifier sees whole images or rows; it predicts no tile grid
     fov_px = config.data.fov_px or config.data.size
     core = fov_px - 2 * i.margin_px  # the part of each tile that is kept
     if core < 1:
         raise SegkitError(f"config key infer.margin_px: {i.margin_px} leaves nothing of a {fov_px} px tile "
                           f"(must be < {(fov_px + 1) // 2})")
-    if i.overlap_px >= core:
+    # The default overlap stands for "a sensible overlap": on tiles of 64 px or less the predictor
+    # uses half a tile (its one clamp). A value the user chose that cannot be honoured is refused.
+    if i.overlap_px >= core and i.overlap_px != InferConfig.overlap_px:
         raise SegkitError(f"config key infer.overlap_px: {i.overlap_px} px >= the {core} px tile "
                           f"(field of view {fov_px} px{f' - 2 x margin {i.margin_px}' if i.margin_px else ''}); "
                           f"tiles can overlap by at most {core // 2} px")

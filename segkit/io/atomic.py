@@ -226,6 +226,17 @@ def staged_commits() -> Iterator[list]:
         raise
 
 
+@contextmanager
+def commit_at_once() -> Iterator[None]:
+    """Inside :func:`staged_commits`, commit at once the files made in this block: scratch files
+    that their writer reads back before the invocation ends (the OME-TIFF's pyramid levels)."""
+    token = _STAGE.set(None)
+    try:
+        yield
+    finally:
+        _STAGE.reset(token)
+
+
 def _pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segkit.io.atomic import TEMP_SUFFIX, AtomicFile, temp_prefix
+from segkit.io.atomic import TEMP_SUFFIX, AtomicFile, commit_at_once, temp_prefix
 from segkit.io.writers import StripOutput, TiffStripWriter
 
 __all__ = ["OmeTiffStripWriter", "is_ome_path"]
@@ -74,7 +74,8 @@ class OmeTiffStripWriter(StripOutput):
 
     def close(self) -> Path:
         try:
-            self._levels.close()
+            with commit_at_once():  # read back below, before the invocation commits
+                self._levels.close()
             self._convert()
         except BaseException:
             self._atomic.discard()
