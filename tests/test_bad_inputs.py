@@ -269,8 +269,17 @@ def test_table_has_at_least_forty_cases():
     assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
 
 
+def readme_rows() -> list[str]:
+    """The README table rows of CASES (`python tests/test_bad_inputs.py` prints them)."""
+    return [f"| {what} | `{expected.format()}` | {kind} |" for what, _, expected, kind in CASES]
+
+
 def test_readme_lists_every_case():
     """README.md's bad-input table has one row per case, in this order, with the line the user gets."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    rows = re.findall(r"^\| (.+?) \| `(.+?)` \| (error|warning) \|$", readme, flags=re.M)
-    assert rows == [(what, expected.format(), kind) for what, _, expected, kind in CASES]
+    rows = [line for line in readme.splitlines() if re.fullmatch(r"\| .+ \| `.+` \| (error|warning) \|", line)]
+    assert rows == readme_rows()
+
+
+if __name__ == "__main__":
+    print("\n".join(readme_rows()))
