@@ -66,7 +66,9 @@ CASES = [
     ("truncated PNG", MANIFEST + "bad/m_trunc_png.csv", "trunc.png: cannot read image", "error"),
     ("4-D TIFF among 2-D images", MANIFEST + "bad/m_4d.csv", "four_d.tif: holds a 4-D image", "error"),
     ("(2,3,H,W) TIFF", MANIFEST + "bad/m_23.csv", "two3.tif: holds a 4-D image (2, 3, 90, 133)", "error"),
-    ("RGBA PNG among 1-band images", MANIFEST + "bad/m_rgba.csv", "rgba.png: 4 band(s)", "error"),
+    ("RGBA PNG among 1-band images", MANIFEST + "bad/m_rgba.csv", "rgba.png: 4 band(s) (RGBA)", "error"),
+    ("RGBA PNG as the first training image", MANIFEST + "bad/m_rgba_first.csv",
+     "rgba.png: 4 band(s) (RGBA), but 2 of 3 images have 1", "error"),
     ("1x1 image", MANIFEST + "bad/m_one.csv", "one.tif: image is 1x1 px", "error"),
     ("truncated label TIFF", MANIFEST + "bad/m_trunc_label.csv", "trunc.tif: truncated file", "error"),
     ("label of another size", MANIFEST + "bad/m_small_label.csv", "small_mask.tif: label size", "error"),
@@ -195,6 +197,8 @@ def write_bad_files(root: Path) -> None:
     variant("m_23.csv", image=str(bad / "two3.tif"))
     variant("m_rgba.csv", image=str(bad / "rgba.png"))
     variant("m_one.csv", image=str(bad / "one.tif"))
+    _manifest(bad / "m_rgba_first.csv", [dict(base[0], id="rgba", image=str(bad / "rgba.png")), base[0],
+                                         dict(base[1], fold=0), dict(base[1], id="img1b")])
     variant("m_trunc_label.csv", label=str(bad / "trunc.tif"))
     variant("m_small_label.csv", label=str(bad / "small_mask.tif"))
     variant("m_float_label.csv", label=str(bad / "float_mask.tif"))
@@ -269,8 +273,17 @@ def test_table_has_at_least_forty_cases():
     assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
 
 
+def readme_rows() -> list[str]:
+    """The README table rows of CASES (`python tests/test_bad_inputs.py` prints them)."""
+    return [f"| {what} | `{expected.format()}` | {kind} |" for what, _, expected, kind in CASES]
+
+
 def test_readme_lists_every_case():
     """README.md's bad-input table has one row per case, in this order, with the line the user gets."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    rows = re.findall(r"^\| (.+?) \| `(.+?)` \| (error|warning) \|$", readme, flags=re.M)
-    assert rows == [(what, expected.format(), kind) for what, _, expected, kind in CASES]
+    rows = [line for line in readme.splitlines() if re.fullmatch(r"\| .+ \| `.+` \| (error|warning) \|", line)]
+    assert rows == readme_rows()
+
+
+if __name__ == "__main__":
+    print("\n".join(readme_rows()))

@@ -105,6 +105,22 @@ def test_sigterm_inside_a_command_is_one_line_and_143(monkeypatch, trained, proj
     assert list(tmp_path.iterdir()) == []
 
 
+def test_error_from_a_dataloader_worker_is_one_line():
+    """torch re-raises a worker's SegkitError with the worker's traceback in its text; the CLI keeps one line."""
+    from torch._utils import ExceptionWrapper
+
+    from segkit.cli.options import _one_line
+
+    try:
+        raise SegkitError("x.tif: cannot read rows 0..64 (corrupt or truncated file?)")
+    except SegkitError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(SegkitError) as caught:
+        wrapped.reraise()
+    assert "Traceback" in str(caught.value)
+    assert _one_line(str(caught.value)) == "x.tif: cannot read rows 0..64 (corrupt or truncated file?)"
+
+
 def test_staged_commits_all_or_nothing(tmp_path):
     with pytest.raises(RuntimeError):
         with staged_commits():

@@ -60,8 +60,8 @@ def test_bad_later_image_fails_before_any_output(tmp_path, trained, project):
 
 
 def test_read_failure_mid_stream_leaves_no_csv(tmp_path, trained, project):
-    """The first image streams into the CSV, the second is truncated and fails while being read:
-    the CSV (and any temp file) is gone; finished per-image files are complete files."""
+    """The second image is truncated: refused (its tiles point past the end of the file) before any
+    output exists; a file corrupt inside, failing mid-read, is a row of tests/test_bad_inputs.py."""
     broken = tmp_path / "zz_broken.tif"
     tifffile.imwrite(broken, np.full((300, 300), 100, np.uint8), tile=(64, 64))
     data = broken.read_bytes()

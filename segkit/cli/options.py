@@ -44,10 +44,19 @@ class SegkitGroup(click.Group):
                 warnings.showwarning = _one_line_warning
                 return super().invoke(ctx)
         except SegkitError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(_one_line(str(exc))) from None
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (segkit.runs.signals)
             click.echo(f"interrupted ({signal_name(exc)}); outputs not written, checkpoints kept", err=True)
             sys.exit(exit_code(exc))
+
+
+def _one_line(message: str) -> str:
+    """A SegkitError re-raised by a DataLoader worker carries the worker's traceback in its text
+    ("Caught SegkitError in DataLoader worker process 0. Original Traceback ..."): keep its own line."""
+    if "\nOriginal Traceback" not in message:
+        return message
+    last = [line for line in message.splitlines() if line.strip()][-1]
+    return last.split("SegkitError: ", 1)[-1]
 
 
 _PACKAGE = str(Path(__file__).resolve().parents[1])

@@ -10,6 +10,8 @@ segkit.data.grids (cached).
 
 from __future__ import annotations
 
+from collections import Counter
+
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Optional
 
@@ -111,21 +113,26 @@ def open_pairs(rows: list[ManifestRow], options: LabelOptions, *, bands: Optiona
     ``bands`` (e.g. the training images' count, when opening validation rows) fixes it up front.
     """
     pairs = [SourcePair(row, options) for row in rows]
-    reference = None
     for pair in pairs:
         raster = pair.raster
         pair.labels  # noqa: B018 - opening validates the label file against the image
         region_cells((raster.height, raster.width), 1.0, pair)
         if bands is not None and raster.channels != bands:
-            raise SegkitError(f"{raster.path}: {raster.channels} band(s), but the training images have {bands}")
-        if reference is None:
-            reference = raster
-        elif raster.channels != reference.channels:
-            raise SegkitError(
-                f"{raster.path}: {raster.channels} band(s), but {reference.path} has "
-                f"{reference.channels}; every image of a manifest needs the same bands"
-            )
+            raise SegkitError(f"{raster.path}: {_bands(raster)}, but the training images have {bands}")
+    counts = Counter(pair.raster.channels for pair in pairs)
+    if len(counts) > 1:  # blame the odd one out (the bands most images have), not the first image read
+        usual = counts.most_common(1)[0][0]
+        odd = next(pair.raster for pair in pairs if pair.raster.channels != usual)
+        example = next(pair.raster for pair in pairs if pair.raster.channels == usual)
+        raise SegkitError(f"{odd.path}: {_bands(odd)}, but {counts[usual]} of {len(pairs)} images have {usual} "
+                          f"(e.g. {example.path}); every image of a manifest needs the same bands")
     return pairs
+
+
+def _bands(raster) -> str:
+    """'4 band(s) (RGBA)': what a file holds, as its reader saw it."""
+    kind = {(2, "opencv"): " (grey + alpha)", (4, "opencv"): " (RGBA)"}.get((raster.channels, raster.backend), "")
+    return f"{raster.channels} band(s){kind}"
 
 
 # ---------------------------------------------------------------- the training dataset
