@@ -37,6 +37,7 @@ import numpy as np
 
 NAMES = ("body", "border", "contact")
 REGION = (384, 0, 128, 512)  # the held-out rows of the bundled sample (fold 0)
+TRAIN_REGION = (0, 0, 384, 512)  # its training rows (fold 1): where thresholds may be tuned
 
 
 def _train(kind: str, runs_dir: Path, epochs: int, windows: int, size: int) -> Path:
@@ -71,17 +72,39 @@ def _predict(run: Path, region, epochs: str = "best"):
     return strips, time.process_time() - started, settings
 
 
+def _objects(kind: str, probs: np.ndarray, mask_thr: float, seed_thr: float, border_thr: float) -> np.ndarray:
+    from segkit.metrics.objects import label_components
+    from segkit.post.watershed import SeedSettings, watershed_instances
+
+    if kind == "binary":
+        return label_components(probs[0] >= mask_thr, connectivity=4)
+    return watershed_instances(probs, NAMES, SeedSettings(mask=mask_thr, seed=seed_thr, border=border_thr))
+
+
+def _tune(kind: str, run: Path, epochs: str, truth: np.ndarray) -> tuple:
+    """Thresholds with the best object F1 on the TRAINING rows 0-383 (never the held-out ones):
+    the mask threshold (a), the mask, seed and border thresholds (b)."""
+    from segkit.metrics.objects import object_scores
+
+    strips, _, _ = _predict(run, TRAIN_REGION, epochs)
+    probs = np.concatenate([p for _, p in strips], axis=1)
+    grid = [(m, 0.0, 0.0) for m in (0.3, 0.4, 0.5, 0.6, 0.7)] if kind == "binary" else [
+        (m, s, b) for m in (0.4, 0.5) for s in (0.5, 0.6, 0.7, 0.8, 0.9) for b in (0.3, 0.5, 0.7) if s >= m]
+    scored = [(object_scores(_objects(kind, probs, *g), truth)["f1"], g) for g in grid]
+    return max(scored, key=lambda item: item[0])[1]
+
+
 def accuracy(args, runs_dir: Path) -> dict:
     from segkit.data.split import load_rows
     from segkit.ground.geometry import Window
     from segkit.io.instances import open_instances
     from segkit.io.raster import open_raster
-    from segkit.metrics.objects import label_components, object_scores
+    from segkit.metrics.objects import object_scores
     from segkit.metrics.seg import dice_score
-    from segkit.post.watershed import watershed_instances
 
     row = load_rows("sample-instances")[0]
-    truth = open_instances(row.label, open_raster(row.image)).read_instances(Window(*REGION))
+    source = open_instances(row.label, open_raster(row.image))
+    truth, train_truth = source.read_instances(Window(*REGION)), source.read_instances(Window(*TRAIN_REGION))
     out = {}
     for kind in ("binary", "instances"):
         cpu, run = time.process_time(), runs_dir / kind
@@ -89,21 +112,20 @@ def accuracy(args, runs_dir: Path) -> dict:
             run = _train(kind, runs_dir, args.epochs, args.windows, args.size)
         cpu = time.process_time() - cpu
         # best: the checkpoint validation picked (val_dice for a, val_object_f1 for b, both on these
-        # rows); last: the final epoch, free of that choice
-        for epochs in ("best", "last:1"):
+        # rows); last: the final epoch, free of that choice; +tuned: thresholds tuned on training rows
+        for epochs, tuned in (("best", False), ("last:1", False), ("last:1", True)):
             strips, _, settings = _predict(run, REGION, epochs)
             probs = np.concatenate([p for _, p in strips], axis=1)
-            mask = probs[0] >= settings.threshold
-            if kind == "binary":
-                objects = label_components(mask, connectivity=4)
-            else:
-                objects = watershed_instances(probs, NAMES, settings.seeds)
+            s = settings.seeds
+            thresholds = _tune(kind, run, epochs, train_truth) if tuned else (s.mask, s.seed, s.border)
+            objects = _objects(kind, probs, *thresholds)
             scores = object_scores(objects, truth)
-            out[f"{kind}@{epochs}"] = {
-                "object_f1": scores["f1"], "dsb": scores["dsb"], "n_pred": scores["n_pred"],
-                "n_true": scores["n_true"], "dice": float(dice_score(mask.astype(np.uint8), truth > 0)),
-                "train_cpu_s": round(cpu, 1), "run": str(run)}
-            print(json.dumps({f"{kind}@{epochs}": out[f"{kind}@{epochs}"]}), flush=True)
+            mask = probs[0] >= thresholds[0]
+            key = f"{kind}@{epochs}" + ("+tuned" if tuned else "")
+            out[key] = {"object_f1": scores["f1"], "dsb": scores["dsb"], "n_pred": scores["n_pred"],
+                        "n_true": scores["n_true"], "dice": float(dice_score(mask.astype(np.uint8), truth > 0)),
+                        "thresholds": thresholds, "train_cpu_s": round(cpu, 1), "run": str(run)}
+            print(json.dumps({key: out[key]}), flush=True)
     return out
 
 
@@ -231,7 +253,7 @@ def main() -> None:
     result = {}
     if args.part in ("all", "accuracy"):
         result["accuracy"] = accuracy(args, work / "runs")
-        for epochs in ("best", "last:1"):
+        for epochs in ("best", "last:1", "last:1+tuned"):
             a, b = result["accuracy"][f"binary@{epochs}"], result["accuracy"][f"instances@{epochs}"]
             result["accuracy"][f"gain_object_f1@{epochs}"] = round(b["object_f1"] - a["object_f1"], 4)
             result["accuracy"][f"dice_change@{epochs}"] = round(b["dice"] - a["dice"], 4)
