@@ -12,7 +12,9 @@ Three parts, measured side by side in one run (CPU time, fp32, torch threads fix
    with run (b) (predictor strips timed apart from StripWatershed on the same strips).
 3. memory (``--part memory``): peak RSS (VmHWM) of `infer` writing --instances (uint32 TIFF)
    vs --mask (binary, uint8 TIFF) on a synthetic SIZE x SIZE image, each in its own subprocess,
-   with a fixed cheap model (a 1x1 convolution: this measures the output path, not a network).
+   with a fixed cheap model (a 1x1 convolution: this measures the output path, not a network);
+   "3ch" is the same 3-output model written as a class mask, which separates what the two extra
+   output channels cost the predictor's blending from what the watershed and id TIFF cost.
 
     python tools/bench_instances.py                       # all parts (a few minutes)
     python tools/bench_instances.py --part accuracy --epochs 10
@@ -35,6 +37,7 @@ import numpy as np
 
 NAMES = ("body", "border", "contact")
 REGION = (384, 0, 128, 512)  # the held-out rows of the bundled sample (fold 0)
+TRAIN_REGION = (0, 0, 384, 512)  # its training rows (fold 1): where thresholds may be tuned
 
 
 def _train(kind: str, runs_dir: Path, epochs: int, windows: int, size: int) -> Path:
@@ -49,7 +52,7 @@ def _train(kind: str, runs_dir: Path, epochs: int, windows: int, size: int) -> P
     return fit(load_config("sample", overrides))
 
 
-def _predict(run: Path, region):
+def _predict(run: Path, region, epochs: str = "best"):
     import torch
 
     from segkit.ground.config import load_config
@@ -61,7 +64,7 @@ def _predict(run: Path, region):
     config = load_config(run / "config.yaml")
     settings = infer_settings(config)
     settings.progress = False
-    ensemble = load_ensemble([run], "best", torch.device("cpu"))
+    ensemble = load_ensemble([run], epochs, torch.device("cpu"))
     raster = open_raster(load_rows("sample")[0].image)
     window = Window(*region) if region else None
     started = time.process_time()
@@ -69,35 +72,60 @@ def _predict(run: Path, region):
     return strips, time.process_time() - started, settings
 
 
+def _objects(kind: str, probs: np.ndarray, mask_thr: float, seed_thr: float, border_thr: float) -> np.ndarray:
+    from segkit.metrics.objects import label_components
+    from segkit.post.watershed import SeedSettings, watershed_instances
+
+    if kind == "binary":
+        return label_components(probs[0] >= mask_thr, connectivity=4)
+    return watershed_instances(probs, NAMES, SeedSettings(mask=mask_thr, seed=seed_thr, border=border_thr))
+
+
+def _tune(kind: str, run: Path, epochs: str, truth: np.ndarray) -> tuple:
+    """Thresholds with the best object F1 on the TRAINING rows 0-383 (never the held-out ones):
+    the mask threshold (a), the mask, seed and border thresholds (b)."""
+    from segkit.metrics.objects import object_scores
+
+    strips, _, _ = _predict(run, TRAIN_REGION, epochs)
+    probs = np.concatenate([p for _, p in strips], axis=1)
+    grid = [(m, 0.0, 0.0) for m in (0.3, 0.4, 0.5, 0.6, 0.7)] if kind == "binary" else [
+        (m, s, b) for m in (0.4, 0.5) for s in (0.5, 0.6, 0.7, 0.8, 0.9) for b in (0.3, 0.5, 0.7) if s >= m]
+    scored = [(object_scores(_objects(kind, probs, *g), truth)["f1"], g) for g in grid]
+    return max(scored, key=lambda item: item[0])[1]
+
+
 def accuracy(args, runs_dir: Path) -> dict:
     from segkit.data.split import load_rows
     from segkit.ground.geometry import Window
     from segkit.io.instances import open_instances
     from segkit.io.raster import open_raster
-    from segkit.metrics.objects import label_components, object_scores
+    from segkit.metrics.objects import object_scores
     from segkit.metrics.seg import dice_score
-    from segkit.post.watershed import watershed_instances
 
     row = load_rows("sample-instances")[0]
-    truth = open_instances(row.label, open_raster(row.image)).read_instances(Window(*REGION))
+    source = open_instances(row.label, open_raster(row.image))
+    truth, train_truth = source.read_instances(Window(*REGION)), source.read_instances(Window(*TRAIN_REGION))
     out = {}
     for kind in ("binary", "instances"):
-        cpu = time.process_time()
-        run = _train(kind, runs_dir, args.epochs, args.windows, args.size)
+        cpu, run = time.process_time(), runs_dir / kind
+        if not (run / "metrics.jsonl").exists() or args.retrain:  # --work of an earlier run: score it again
+            run = _train(kind, runs_dir, args.epochs, args.windows, args.size)
         cpu = time.process_time() - cpu
-        strips, _, settings = _predict(run, REGION)
-        probs = np.concatenate([p for _, p in strips], axis=1)
-        if kind == "binary":
-            mask = probs[0] >= settings.threshold
-            objects = label_components(mask, connectivity=4)
-        else:
-            mask = probs[0] >= settings.threshold
-            objects = watershed_instances(probs, NAMES, settings.seeds)
-        scores = object_scores(objects, truth)
-        out[kind] = {"object_f1": scores["f1"], "dsb": scores["dsb"], "n_pred": scores["n_pred"],
-                     "n_true": scores["n_true"], "dice": float(dice_score(mask.astype(np.uint8), truth > 0)),
-                     "train_cpu_s": round(cpu, 1), "run": str(run)}
-        print(json.dumps({kind: out[kind]}), flush=True)
+        # best: the checkpoint validation picked (val_dice for a, val_object_f1 for b, both on these
+        # rows); last: the final epoch, free of that choice; +tuned: thresholds tuned on training rows
+        for epochs, tuned in (("best", False), ("last:1", False), ("last:1", True)):
+            strips, _, settings = _predict(run, REGION, epochs)
+            probs = np.concatenate([p for _, p in strips], axis=1)
+            s = settings.seeds
+            thresholds = _tune(kind, run, epochs, train_truth) if tuned else (s.mask, s.seed, s.border)
+            objects = _objects(kind, probs, *thresholds)
+            scores = object_scores(objects, truth)
+            mask = probs[0] >= thresholds[0]
+            key = f"{kind}@{epochs}" + ("+tuned" if tuned else "")
+            out[key] = {"object_f1": scores["f1"], "dsb": scores["dsb"], "n_pred": scores["n_pred"],
+                        "n_true": scores["n_true"], "dice": float(dice_score(mask.astype(np.uint8), truth > 0)),
+                        "thresholds": thresholds, "train_cpu_s": round(cpu, 1), "run": str(run)}
+            print(json.dumps({key: out[key]}), flush=True)
     return out
 
 
@@ -141,7 +169,7 @@ def _child(kind: str, image: Path, out_dir: Path) -> None:
     from segkit.post import watershed
 
     torch.set_num_threads(1)
-    classes = 3 if kind == "instances" else 1
+    classes = 1 if kind == "binary" else 3  # "3ch": a 3-output model through the class-mask path
     model = torch.nn.Conv2d(1, classes, 1)
     with torch.no_grad():  # body = bright; border and contact: never (seeds = bodies)
         model.weight.zero_()
@@ -150,7 +178,7 @@ def _child(kind: str, image: Path, out_dir: Path) -> None:
     ensemble = Ensemble([(model.eval(), 1.0)], lambda raw: raw.astype(np.float32) / 255, fov_px=512, size=512,
                         classes=classes, targets=NAMES if kind == "instances" else ())
     spent = {"watershed": 0.0}
-    push = watershed.StripWatershed.push
+    push = watershed.StripWatershed._push
 
     def timed(self, *a):
         t = time.process_time()
@@ -159,7 +187,7 @@ def _child(kind: str, image: Path, out_dir: Path) -> None:
         finally:
             spent["watershed"] += time.process_time() - t
 
-    watershed.StripWatershed.push = timed
+    watershed.StripWatershed._push = timed
     outputs = Outputs(instances=str(out_dir / "ids.tif"), overwrite=True) if kind == "instances" \
         else Outputs(mask=str(out_dir / "m.tif"), overwrite=True)
     settings = Settings(overlap_px=32, blend="gaussian", tta="none", threshold=0.5, batch_size=4, amp=False,
@@ -179,19 +207,21 @@ def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def memory(size: int, work: Path) -> dict:
+def memory(size: int, work: Path, gdal_cache_mb: int) -> dict:
     image = work / "synthetic.tif"
     if not image.exists():
         _synthetic(image, size)
     out = {}
-    for kind in ("binary", "instances"):
+    for kind in ("binary", "3ch", "instances"):
         done = subprocess.run([sys.executable, __file__, "--child", kind, "--image", str(image), "--out", str(work)],
-                              capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                              capture_output=True, text=True,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1", "GDAL_CACHEMAX": str(gdal_cache_mb)})
         if done.returncode:
             raise SystemExit(done.stderr[-2000:])
         out[kind] = json.loads(done.stdout.strip().splitlines()[-1])
         print(json.dumps(out[kind]), flush=True)
     out["rss_ratio"] = round(out["instances"]["peak_rss_mb"] / out["binary"]["peak_rss_mb"], 3)
+    out["rss_ratio_vs_3ch"] = round(out["instances"]["peak_rss_mb"] / out["3ch"]["peak_rss_mb"], 3)
     return out
 
 
@@ -204,7 +234,11 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=20000, help="memory part: synthetic image side, px")
     parser.add_argument("--work", default=None, help="folder for runs and files (default: a temporary one)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--child", choices=["binary", "instances"], help=argparse.SUPPRESS)
+    parser.add_argument("--gdal-cache-mb", type=int, default=256,
+                        help="memory part: GDAL_CACHEMAX of the children (GDAL's default, 5%% of RAM, keeps "
+                             "written tiles until it is full: a uint32 TIFF fills 4x more of it than a uint8 one)")
+    parser.add_argument("--retrain", action="store_true", help="train again even when --work holds the runs")
+    parser.add_argument("--child", choices=["binary", "3ch", "instances"], help=argparse.SUPPRESS)
     parser.add_argument("--image", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -219,13 +253,14 @@ def main() -> None:
     result = {}
     if args.part in ("all", "accuracy"):
         result["accuracy"] = accuracy(args, work / "runs")
-        a, b = result["accuracy"]["binary"], result["accuracy"]["instances"]
-        result["accuracy"]["gain_object_f1"] = round(b["object_f1"] - a["object_f1"], 4)
-        result["accuracy"]["dice_change"] = round(b["dice"] - a["dice"], 4)
+        for epochs in ("best", "last:1", "last:1+tuned"):
+            a, b = result["accuracy"][f"binary@{epochs}"], result["accuracy"][f"instances@{epochs}"]
+            result["accuracy"][f"gain_object_f1@{epochs}"] = round(b["object_f1"] - a["object_f1"], 4)
+            result["accuracy"][f"dice_change@{epochs}"] = round(b["dice"] - a["dice"], 4)
     if args.part in ("all", "share"):
         result["share"] = share(work / "runs" / "instances")
     if args.part in ("all", "memory"):
-        result["memory"] = memory(args.image_size, work)
+        result["memory"] = memory(args.image_size, work, args.gdal_cache_mb)
     print(json.dumps(result, indent=1))
 
 
