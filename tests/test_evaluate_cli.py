@@ -93,3 +93,23 @@ def test_vs_another_run_finds_a_planted_change(trained, tmp_path):
     assert "vs run old: 1 common image(s), 1 better, 0 worse" in result.output
     text = (tmp_path / "vs.html").read_text()
     assert len(re.findall(r'<img src="data:image/png;base64,', text)) == 1 + 1 + 1  # histograms, worst, 1 change
+
+
+def test_geojson_predictions_score_like_the_masks_they_outline(trained, project, tmp_path):
+    """`infer --polygons 'out/{id}.geojson'` and `infer --mask` of one run, both scored with `evaluate --pred`:
+    GeoJSON predictions are read (rasterised) and give the masks' scores, up to the polygons' pixel edges."""
+    for flag, name in (("--mask", "{id}.tif"), ("--polygons", "{id}.geojson")):
+        folder = tmp_path / flag.strip("-")
+        folder.mkdir()
+        result = invoke("infer", "-r", trained, flag, folder / name)
+        assert result.exit_code == 0, result.output
+        result = invoke("evaluate", "--pred", folder, "--config", project / "tiny.yaml",
+                        "--out", tmp_path / f"{folder.name}.html")
+        assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "polygons").iterdir()) == ["img0.geojson", "img1.geojson"]
+    masks, polygons = (json.loads((tmp_path / f"{n}.json").read_text())["evaluation"]["per_image"]
+                       for n in ("mask", "polygons"))
+    assert set(masks) == set(polygons) == {"img0", "img1"}
+    for image_id in masks:
+        assert polygons[image_id]["dice"] == pytest.approx(masks[image_id]["dice"], abs=0.03)
+        assert polygons[image_id]["dice"] > 0

@@ -17,6 +17,8 @@ WORKDIR/results.jsonl and printed):
 - segcls: configs/sample.yaml trained as seg and as seg+cls (same seed and windows): best
   validation Dice of each; then infer on a mostly empty synthetic slide with infer.cls_gate off
   and on: wall and CPU seconds, tiles gated, and whether the outputs agree where no tile was gated.
+- segcls_empty (not in "all"): the gate timing with a seg+cls run whose training data holds empty
+  background (see tools/bench_cls_gate.py).
 
 CPU seconds are those of the child processes (resource.getrusage), less sensitive than wall
 time to the other jobs on a shared machine; the load average is printed with every result.
@@ -168,7 +170,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench_cls"))
-    parser.add_argument("--part", choices=["all", "digits", "corrupted", "noisy", "segcls"], default="all")
+    parser.add_argument("--part", choices=["all", "digits", "corrupted", "noisy", "segcls", "segcls_empty"], default="all")
     parser.add_argument("--folds", type=int, default=4, help="oof folds of the noisy part")
     parser.add_argument("--oof-epochs", type=int, default=6, help="epochs of each oof fold run")
     parser.add_argument("--seg-epochs", type=int, default=4, help="epochs of each nuclei run (segcls part)")
@@ -186,9 +188,10 @@ def main(argv=None) -> None:
             part_noisy(args.workdir, log, args.folds, args.oof_epochs)
         else:
             sys.path.insert(0, str(Path(__file__).resolve().parent))
-            from bench_cls_gate import part_segcls  # the seg+cls part lives in its own file
+            from bench_cls_gate import part_segcls, part_segcls_empty  # the seg+cls parts live in their own file
 
-            part_segcls(args.workdir, log, args.seg_epochs, args.seg_windows, segkit=segkit, report=report)
+            run_part = part_segcls if part == "segcls" else part_segcls_empty
+            run_part(args.workdir, log, args.seg_epochs, args.seg_windows, segkit=segkit, report=report)
 
 
 if __name__ == "__main__":

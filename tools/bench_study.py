@@ -11,7 +11,8 @@ CPU seconds (children's user + system time) move less than wall time when other 
 machine; the load average is printed at the start and the end. On a crowded machine run it with
 OMP_NUM_THREADS=1: OpenMP threads spin while they wait for a core, which inflates CPU seconds.
 
-    python tools/bench_study.py tune --trials 8       # ~5-15 min on 2 busy cores
+    python tools/bench_study.py tune --trials 8       # ~2-5 min on 2 busy cores
+    python tools/bench_study.py tune --trials 8 --epochs 6   # trials of 6 epochs instead of 3
     python tools/bench_study.py search                # ~5-10 min (trains the demo run)
 """
 
@@ -61,8 +62,8 @@ def best_dice(run_dir: Path) -> float:
     return max(json.loads(line)["val_dice"] for line in (run_dir / "metrics.jsonl").read_text().splitlines())
 
 
-def bench_tune(trials: int, work: Path) -> None:
-    (work / "tiny.yaml").write_text(TINY)
+def bench_tune(trials: int, work: Path, epochs: int | None) -> None:
+    (work / "tiny.yaml").write_text(TINY.replace("epochs: 3,", f"epochs: {epochs},") if epochs else TINY)
     (work / "space.yaml").write_text(SPACE)
     out, wall, cpu = segkit("train", "--config", "tiny.yaml", "--name", "default", cwd=work)
     default = best_dice(work / "runs" / "default")
@@ -100,14 +101,18 @@ def main() -> None:
     parser.add_argument("which", choices=("tune", "search"))
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--stage1-only", action="store_true", help="search: evaluate the demo's first stage (no finetune).")
-    parser.add_argument("--epochs", type=int, default=None, help="search: epochs of the demo's first stage (default 8).")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="tune: epochs of the tiny config (default 3); search: epochs of the demo's first stage (default 8).")
     parser.add_argument("--workdir", default=None, help="Keep the runs here (default: a temporary folder).")
     args = parser.parse_args()
     print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
     with tempfile.TemporaryDirectory(prefix="segkit-bench-study-") as tmp:
         work = Path(args.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        bench_tune(args.trials, work) if args.which == "tune" else bench_search(work, args.stage1_only, args.epochs)
+        if args.which == "tune":
+            bench_tune(args.trials, work, args.epochs)
+        else:
+            bench_search(work, args.stage1_only, args.epochs)
     print(f"load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
 
 

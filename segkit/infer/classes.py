@@ -74,7 +74,8 @@ def validation_rows(config: Config) -> list[ManifestRow]:
     spec = FoldSpec(d.folds, d.fold_method, d.val_fold, config.run.seed)
     _, val = split_rows(rows, spec, task="cls", options=None, where=str(d.manifest))
     if not val:
-        raise SegkitError(f"--calibrate: the run has no validation rows (fold {d.val_fold} of {d.manifest} is empty)")
+        raise SegkitError(f"{d.manifest}: the run validates on fold {d.val_fold}, which holds no rows "
+                          "(--calibrate, oof and evaluate --run need them)")
     return val
 
 

@@ -193,7 +193,8 @@ def evaluate_classes_command(request: EvaluateRequest, echo: Callable[[str], Non
             raise
         label = f"run {run_dir.name}"
     else:
-        rows = {row.id: row for row in load_rows(config.data.manifest)} if request.truth is None or not request.images else {}
+        use_manifest = request.truth is None or not request.images
+        rows = {row.id: row for row in load_rows(config.data.manifest)} if use_manifest else {}
         if request.truth is not None:
             truth = read_class_csv(request.truth, "--truth").labels
         else:
