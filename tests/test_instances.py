@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import warnings
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -227,3 +228,44 @@ def test_watershed_splits_touching_objects_and_keeps_seedless_ones():
     instances = watershed_instances(np.stack([body, border]), ("body", "border"))
     assert len(np.unique(instances)) == 4
     assert instances[10, 5] != instances[10, 20] and instances[3, 26] > 0
+
+
+# ------------------------------------------------------------------ object outputs (no model)
+
+
+def test_object_outputs_from_strips_are_georeferenced_and_one_per_object(tmp_path):
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from segkit.infer.instances import infer_objects
+    from segkit.infer.outputs import WriterOptions
+    from segkit.post.watershed import SeedSettings
+
+    names = ("body", "border", "contact")
+    probs = _probs(shape=(90, 70), count=12, seed=3)
+    image = tmp_path / "geo.tif"
+    transform = from_origin(500000, 4000000, 0.5, 0.5)
+    with rasterio.open(image, "w", driver="GTiff", height=90, width=70, count=1, dtype="uint8",
+                       crs="EPSG:32633", transform=transform) as ds:
+        ds.write(np.zeros((1, 90, 70), np.uint8))
+    # the fields of segkit.infer.run.Settings that infer_objects reads (that module imports torch)
+    settings = SimpleNamespace(writing=WriterOptions(object_type="detection"), seeds=SeedSettings(),
+                               rle_per_object=True, rle_order="F")
+    paths = {"instances": tmp_path / "ids.tif", "polygons": tmp_path / "objects.geojson", "mask": tmp_path / "m.tif",
+             "probs": None, "rle": True}
+    strips = ((r, probs[:, r:r + 7]) for r in range(0, 90, 7))       # objects cross many seams
+    rle, written = infer_objects(strips, image, paths, names, settings, overwrite=False)
+    whole = watershed_instances(probs, names, SeedSettings())
+    with rasterio.open(paths["instances"]) as ds:
+        assert ds.crs.to_epsg() == 32633 and ds.transform == transform and ds.dtypes[0] == "uint32"
+        ids = ds.read(1).astype(np.int64)
+    assert _same_partition(ids, whole)
+    n = len(np.unique(whole)) - 1
+    features = json.loads(paths["polygons"].read_text())["features"]
+    assert len(features) == n == len(rle)
+    from shapely.geometry import shape
+
+    areas = sorted(round(shape(f["geometry"]).area / 0.25) for f in features)   # map units: 0.25 m^2 a pixel
+    assert areas == sorted(np.bincount(ids.ravel())[1:][np.bincount(ids.ravel())[1:] > 0].tolist())
+    assert np.array_equal(tifffile.imread(paths["mask"]), (whole > 0).astype(np.uint8))
+    assert sorted(map(str, written)) == sorted(str(p) for p in (paths["instances"], paths["polygons"], paths["mask"]))
