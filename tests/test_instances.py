@@ -269,3 +269,27 @@ def test_object_outputs_from_strips_are_georeferenced_and_one_per_object(tmp_pat
     assert areas == sorted(np.bincount(ids.ravel())[1:][np.bincount(ids.ravel())[1:] > 0].tolist())
     assert np.array_equal(tifffile.imread(paths["mask"]), (whole > 0).astype(np.uint8))
     assert sorted(map(str, written)) == sorted(str(p) for p in (paths["instances"], paths["polygons"], paths["mask"]))
+
+
+def test_a_region_taller_than_max_rows_is_cut_and_memory_stays_bounded():
+    body = np.zeros((300, 40), np.float32)
+    body[:, 10:30] = 0.9                                     # one region as tall as the image
+    body[100:110, 10:30] = 0.6                               # ... whose seed is interrupted: two objects
+    probs = np.stack([body, np.zeros_like(body)])
+    names = ("body", "border")
+    assert len(np.unique(watershed_instances(probs, names))) == 3
+    stream = StripWatershed(300, 40, names, max_rows=64, chunk_rows=16)
+    held = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = []
+        for r in range(0, 300, 16):
+            out += stream.push(r, probs[:, r:r + 16])
+            held.append(stream._gid.shape[0])
+    got = np.concatenate([s for _, s, _ in out])
+    assert got.shape == (300, 40) and (got[:, 10:30] > 0).all()
+    assert max(held) <= 64 + 16 and stream.cut_rows and len(caught) == 1
+    assert len(np.unique(got)) - 1 > 2                       # split at the cuts, as the warning says
+    exact = StripWatershed(300, 40, names, chunk_rows=16)     # default max_rows: exact
+    assert _same_partition(np.concatenate([s for _, s, _ in exact((r, probs[:, r:r + 16]) for r in range(0, 300, 16))]),
+                           watershed_instances(probs, names)) and not exact.cut_rows
