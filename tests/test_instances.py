@@ -293,3 +293,10 @@ def test_a_region_taller_than_max_rows_is_cut_and_memory_stays_bounded():
     exact = StripWatershed(300, 40, names, chunk_rows=16)     # default max_rows: exact
     assert _same_partition(np.concatenate([s for _, s, _ in exact((r, probs[:, r:r + 16]) for r in range(0, 300, 16))]),
                            watershed_instances(probs, names)) and not exact.cut_rows
+
+
+def test_a_binary_mask_given_as_instances_warns(ids, image, tmp_path):
+    path = tmp_path / "binary.tif"
+    tifffile.imwrite(path, (ids > 0).astype(np.uint8) * 255)
+    with pytest.warns(UserWarning, match=r"binary.tif: looks like a binary mask \(values \[0, 255\]\)"):
+        open_instances(path, image)
