@@ -235,6 +235,20 @@ def test_a_class_without_training_rows_is_a_warning_naming_it(cls_project, digit
         open_class_data(str(tmp_path / "m.csv"), FoldSpec(4, "stratified", 0, 1), LabelOptions(), class_names=NAMES)
 
 
+def test_the_missing_class_warning_is_one_line_in_the_command(cls_project, digits, tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "m.csv").write_text("image,class\n" + "".join(
+        f"{p},{p.parent.name}\n" for p in sorted((digits / "train").glob("[0-7]/*.png"))))
+    done = subprocess.run([sys.executable, "-m", "segkit", "stats", "--config", str(cls_project / "cls.yaml"),
+                           "--set", f"data.manifest={tmp_path / 'm.csv'}"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    warned = [line for line in done.stderr.splitlines() if "have no training rows" in line]
+    assert warned == [f"Warning: {tmp_path / 'm.csv'}: class(es) '8', '9' have no training rows"], done.stderr
+    assert "UserWarning" not in done.stderr and "warn_missing_classes(" not in done.stderr
+
+
 def test_runs_and_outputs_of_the_other_task_are_refused(cls_project, trained, digits, tmp_path):
     runs = cls_project / "runs"
     image = next((digits / "test").glob("*/*.png"))

@@ -2,10 +2,8 @@
 rank 0 only, distinct windows per rank, and both ranks ending with identical weights."""
 
 import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,17 +11,16 @@ import torch
 from test_fit import info, make_project, records
 
 
-def _torchrun():
-    found = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
-    if found is None:
-        pytest.skip("torchrun not found")
-    return found
+def _torchrun() -> list[str]:
+    """torchrun of this interpreter: `python -m torch.distributed.run` is torchrun, and a `torchrun` script
+    found elsewhere on PATH may belong to another environment (another segkit)."""
+    return [sys.executable, "-m", "torch.distributed.run"]
 
 
 def test_two_gloo_ranks_train_one_run(tmp_path):
     project = make_project(tmp_path)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    command = [_torchrun(), "--standalone", "--nproc_per_node=2", "-m", "segkit.cli", "train",
+    command = [*_torchrun(), "--standalone", "--nproc_per_node=2", "-m", "segkit.cli", "train",
                "--config", str(project / "tiny.yaml"), "--device", "cpu", "--epochs", "2"]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
@@ -66,3 +63,33 @@ def test_ranks_draw_distinct_windows(tmp_path):
     windows = [[dataset.read(i)[2] for i in range(4)] for dataset in ranks]
     assert not set(windows[0]) & set(windows[1])
     assert windows[0] == [ranks[0].read(i)[2] for i in range(4)]  # a pure function of (seed, epoch, rank, index)
+
+
+@pytest.mark.slow  # ~35 s; the DDP engine is covered by the seg test above, the cls path by test_cls_cli
+def test_two_gloo_ranks_train_one_cls_run(digits, tmp_path):
+    """--task cls through the same DDP engine: one run directory, the rows split across the ranks, identical weights."""
+    import yaml
+
+    config = {
+        "task": "cls",
+        "run": {"runs_dir": str(tmp_path / "runs"), "progress": False},
+        "data": {"manifest": str(digits / "train.csv"), "size": 16, "folds": 4, "fold_method": "stratified",
+                 "stats_windows": 8},
+        "model": {"encoder": "tu-resnet10t"},
+        "train": {"epochs": 1, "batch_size": 8, "amp": False},
+        "infer": {"tta": "none", "epochs": "last:1"},
+    }
+    (tmp_path / "cls.yaml").write_text(yaml.safe_dump(config))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    command = [*_torchrun(), "--standalone", "--nproc_per_node=2", "-m", "segkit.cli", "train",
+               "--config", str(tmp_path / "cls.yaml"), "--device", "cpu", "--name", "ddp_cls"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "ddp_cls"
+    record = info(run_dir)
+    assert record["status"] == "finished" and list((tmp_path / "runs").iterdir()) == [run_dir]
+    ddp = record["ddp"]
+    assert ddp["world_size"] == 2 and ddp["weights_identical"] is True
+    assert ddp["windows_per_rank"] == 45 // 2  # 45 training rows (3 of 4 folds of 60) split evenly across 2 ranks
+    (epoch,) = records(run_dir)
+    assert "val_f1" in epoch and 0 <= epoch["val_f1"] <= 1

@@ -47,3 +47,24 @@ def test_cls_through_the_cli(tmp_path):
     assert "accuracy 0.6667" in result.output
     text = (tmp_path / "r.html").read_text()
     assert "The 1 most confidently wrong" in text and "c: true 0, predicted 1 (p=0.600)" in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--pred", "{tmp}/missing.csv", "--truth", "{tmp}/truth.csv"], "missing.csv: cannot read --pred"),
+    (["--pred", "{tmp}/pred.csv", "--truth", "{tmp}/nope.csv"], "nope.csv: cannot read --truth"),
+    (["--pred", "{tmp}/pred.csv", "--truth", "{tmp}/truth.csv", "--search"], "--search: needs --run RUN"),
+])
+def test_cls_bad_inputs_are_one_line_and_write_nothing(args, message, tmp_path):
+    from click.testing import CliRunner
+
+    from segkit.cli import cli
+
+    (tmp_path / "pred.csv").write_text("id,label\na,0\n")
+    (tmp_path / "truth.csv").write_text("id,label\na,0\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = CliRunner().invoke(cli, ["evaluate", "--task", "cls", *[a.format(tmp=tmp_path) for a in args],
+                                      "--out", str(tmp_path / "r.html")])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no report, no temporary file

@@ -8,6 +8,9 @@ Library imports happen inside the commands, so `segkit --help` stays fast.
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 import click
 
 from segkit.cli.config import config_command
@@ -40,5 +43,17 @@ for command in (train, finetune, infer, stats, preview, config_command, evaluate
     cli.add_command(command)
 
 
+PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
+_library_format = warnings.formatwarning
+
+
+def one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """segkit's own warnings print as one `Warning:` line, like its errors; other libraries' keep their origin."""
+    if str(filename).startswith(PACKAGE_DIR):
+        return f"Warning: {message}\n"
+    return _library_format(message, category, filename, lineno, line)
+
+
 def main(argv=None):
+    warnings.formatwarning = one_line_warning  # the command's own process only, not on import
     cli.main(args=argv, prog_name="segkit")

@@ -183,26 +183,22 @@ def evaluate_classes_command(request: EvaluateRequest, echo: Callable[[str], Non
     run_dir = resolve_run(request.run, Path(config.run.runs_dir)) if request.run else None
     out = Path(request.out) if request.out else (run_dir / "report.html" if run_dir else Path("report.html"))
     guard = AtomicFile(out, overwrite=request.overwrite or request.out is None)  # refuse before slow work
-    if run_dir is not None:  # the run's validation rows, predicted with its own infer settings
-        from segkit.report.cls_run import predict_validation
-
-        try:
-            pred, truth, class_names, rows = predict_validation(run_dir, request.device)
-        except BaseException:
-            guard.discard()
-            raise
-        label = f"run {run_dir.name}"
-    else:
-        use_manifest = request.truth is None or not request.images
-        rows = {row.id: row for row in load_rows(config.data.manifest)} if use_manifest else {}
-        if request.truth is not None:
-            truth = read_class_csv(request.truth, "--truth").labels
-        else:
-            truth = {i: str(r.target) for i, r in rows.items() if r.target is not None}
-        pred, class_names, label = None, getattr(config.data, "class_names", None), str(request.pred)
     try:
-        evaluation = evaluate_classes(pred or read_class_csv(request.pred, "--pred"), truth,
-                                      class_names=class_names, label=label)
+        if run_dir is not None:  # the run's validation rows, predicted with its own infer settings
+            from segkit.report.cls_run import predict_validation
+
+            pred, truth, class_names, rows = predict_validation(run_dir, request.device)
+            label = f"run {run_dir.name}"
+        else:
+            use_manifest = request.truth is None or not request.images
+            rows = {row.id: row for row in load_rows(config.data.manifest)} if use_manifest else {}
+            if request.truth is not None:
+                truth = read_class_csv(request.truth, "--truth").labels
+            else:
+                truth = {i: str(r.target) for i, r in rows.items() if r.target is not None}
+            pred = read_class_csv(request.pred, "--pred")
+            class_names, label = getattr(config.data, "class_names", None), str(request.pred)
+        evaluation = evaluate_classes(pred, truth, class_names=class_names, label=label)
         text = render_cls_report(evaluation, lambda image_id: _thumbnail(rows.get(image_id)), worst=request.worst)
         guard.tmp.write_text(text, encoding="utf-8")
     except BaseException:
