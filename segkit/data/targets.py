@@ -25,31 +25,10 @@ import numpy as np
 
 from segkit.ground.errors import SegkitError
 from segkit.ground.geometry import Window
+from segkit.ground.targets import PRESETS, TARGET_NAMES, parse_targets  # re-exported
 from segkit.io._window import resize_nearest
 
-TARGET_NAMES = ("body", "border", "contact")
-PRESETS = {"instances": ("body", "border", "contact")}
-
 __all__ = ["TARGET_NAMES", "PRESETS", "TargetSpec", "parse_targets", "instance_targets", "read_targets"]
-
-
-def parse_targets(spec) -> tuple[str, ...]:
-    """``data.targets`` -> target names: None/[] -> () (plain class masks), a preset name
-    (``instances``), or a list of names from TARGET_NAMES that starts with ``body``."""
-    if spec is None or spec == [] or spec == "":
-        return ()
-    if isinstance(spec, str):
-        if spec in PRESETS:
-            return PRESETS[spec]
-        spec = [part.strip() for part in spec.split(",")]
-    names = tuple(str(name) for name in spec)
-    unknown = [name for name in names if name not in TARGET_NAMES]
-    if unknown:
-        raise SegkitError(f"config key data.targets: unknown target {unknown[0]!r}; valid: "
-                          f"{', '.join(TARGET_NAMES)} or a preset ({', '.join(PRESETS)})")
-    if len(set(names)) != len(names) or not names or names[0] != "body":
-        raise SegkitError(f"config key data.targets: expected body first and each target once, got {list(names)}")
-    return names
 
 
 @dataclass(frozen=True)

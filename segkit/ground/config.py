@@ -19,6 +19,7 @@ from typing import Any, Optional
 import yaml
 
 from segkit.ground.errors import SegkitError
+from segkit.ground.targets import check_target_keys
 
 TASKS = ("seg", "cls", "seg+cls")
 # Recipes shipped in the wheel: `--config sample` is segkit/configs/sample.yaml.
@@ -369,20 +370,9 @@ def _validate_names(config: "Config") -> None:
 
 
 def _validate_targets(config: Config) -> None:
-    """The instance keys' shapes; target names are checked by segkit.data.targets.parse_targets."""
-    d, targets = config.data, config.data.targets
-    if targets is not None and not isinstance(targets, str) and not (
-            isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
-        raise SegkitError(f"config key data.targets: expected a list of names or a preset name, got {targets!r}")
-    if d.border_px < 1 or d.contact_px < 1:
-        raise SegkitError("config keys data.border_px and data.contact_px: must be >= 1")
-    if targets and config.task != "seg":
-        raise SegkitError(f"config key data.targets: instance targets are for task seg, not {config.task}")
-    if targets and d.copy_paste:
-        raise SegkitError("config key data.copy_paste: pastes class masks; not with data.targets")
-    weights = config.train.target_weights
-    if weights is not None and not all(isinstance(w, (int, float)) and w >= 0 for w in weights):
-        raise SegkitError(f"config key train.target_weights: expected numbers >= 0, got {weights!r}")
+    check_target_keys(config.data.targets, border_px=config.data.border_px, contact_px=config.data.contact_px,
+                      task=config.task, copy_paste=bool(config.data.copy_paste),
+                      target_weights=config.train.target_weights)
     if not 0 <= config.infer.seed_border <= 1 or not 0 <= config.infer.seed_threshold <= 1:
         raise SegkitError("config keys infer.seed_threshold and infer.seed_border: must be in [0, 1]")
 
