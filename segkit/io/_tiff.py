@@ -160,9 +160,11 @@ def check_complete(path, tif: tifffile.TiffFile, series) -> None:
         for page in level.pages:
             if page is None:
                 continue
-            ends = [o + c for o, c in zip(page.dataoffsets, page.databytecounts) if c]
-            if ends and max(ends) > size:
-                raise SegkitError(f"{path}: truncated file (image data runs to byte {max(ends)}, the file has "
+            counts = np.asarray(page.databytecounts, np.int64)
+            ends = np.asarray(page.dataoffsets, np.int64) + counts
+            end = int(ends[counts > 0].max(initial=0))  # a count of 0: a sparse segment, never written
+            if end > size:
+                raise SegkitError(f"{path}: truncated file (image data runs to byte {end}, the file has "
                                   f"{size} bytes)")
 
 
