@@ -226,6 +226,17 @@ def staged_commits() -> Iterator[list]:
         raise
 
 
+@contextmanager
+def immediate_commits() -> Iterator[None]:
+    """Commit at once inside the block, also within :func:`staged_commits` (a writer's own scratch
+    file that it reads back before its output is complete, e.g. the OME-TIFF levels)."""
+    token = _STAGE.set(None)
+    try:
+        yield
+    finally:
+        _STAGE.reset(token)
+
+
 def _pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
