@@ -80,6 +80,8 @@ CASES = [
     ("empty FeatureCollection", STATS + "bad/m_no_polygons.csv", "none.geojson: no polygons", "warning"),
     ("self-intersecting polygon", STATS + "bad/m_bowtie.csv", "bowtie.geojson: 1 invalid (self-intersecting) "
      "polygon(s) repaired with make_valid", "warning"),
+    ("a stack of 20 planes", STATS + "bad/m_stack.csv", "stack.tif: 20 planes along axis Q (axes QYX) read as "
+     "20 channels", "warning"),
     ("fold column leaving no validation rows", STATS + "bad/m_one_fold.csv", "validation fold 1 has no rows",
      "warning"),
     # --- finetune
@@ -228,6 +230,8 @@ def write_bad_files(root: Path) -> None:
     variant("m_no_polygons.csv", label=str(bad / "none.geojson"))
     variant("m_bowtie.csv", {"label": str(bad / "bowtie.geojson")})
     variant("m_one_fold.csv", fold=0)
+    tifffile.imwrite(bad / "stack.tif", np.stack([image] * 20))
+    variant("m_stack.csv", {"image": str(bad / "stack.tif")}, image=str(bad / "stack.tif"))
     (bad / "no_image_column.csv").write_text("id,label\nimg0,img0_mask.tif\n")
 
 
