@@ -27,8 +27,9 @@ from conftest import HEIGHT, WIDTH, write_tiny_project
 
 from segkit.cli import cli
 
-# (what a user does wrong, command line, text the one line must contain, kind) - {root} is the project.
-# kind: "error" (exit 1, `Error:`), or "warning" (exit 0, `Warning:` with the text, nothing written).
+# (what a user does wrong, command line, text the one line must contain, kind) - {root} is the project,
+# {elsewhere} a folder outside it. kind: "error" (exit 1, `Error:`), or "warning" (exit 0, one `Warning:`
+# line with the text; nothing written in the project).
 TRAIN = "train --config {root}/tiny.yaml --epochs 1"
 MANIFEST = TRAIN + " --set data.manifest={root}/"
 STATS = "stats --config {root}/tiny.yaml --set data.manifest={root}/"
@@ -41,7 +42,6 @@ CASES = [
     ("unknown loss name", TRAIN + " --set 'train.loss=[{{name: nope}}]'", "config key train.loss", "error"),
     ("infer.threshold above 1", TRAIN + " --set infer.threshold=1.5", "config key infer.threshold", "error"),
     ("infer.threshold below 0", TRAIN + " --set infer.threshold=-0.2", "config key infer.threshold", "error"),
-    ("overlap >= field of view", TRAIN + " --set infer.overlap_px=48", "config key infer.overlap_px", "error"),
     ("margin leaving no tile", TRAIN + " --set infer.margin_px=24", "config key infer.margin_px", "error"),
     ("negative overlap", TRAIN + " --set infer.overlap_px=-1", "infer.overlap_px", "error"),
     ("network size 0", TRAIN + " --size 0", "config key data.size", "error"),
@@ -80,6 +80,8 @@ CASES = [
     ("empty FeatureCollection", STATS + "bad/m_no_polygons.csv", "none.geojson: no polygons", "warning"),
     ("self-intersecting polygon", STATS + "bad/m_bowtie.csv", "bowtie.geojson: 1 invalid (self-intersecting) "
      "polygon(s) repaired with make_valid", "warning"),
+    ("a stack of 20 planes", STATS + "bad/m_stack.csv", "stack.tif: 20 planes along axis Q (axes QYX) read as "
+     "20 channels", "warning"),
     ("fold column leaving no validation rows", STATS + "bad/m_one_fold.csv", "validation fold 1 has no rows",
      "warning"),
     # --- finetune
@@ -96,7 +98,10 @@ CASES = [
     ("infer an RGBA PNG with a 1-band run", INFER + " {root}/bad/rgba.png", "rgba.png: has 4 channel(s)", "error"),
     ("infer a missing image", INFER + " {root}/bad/missing.tif", "missing.tif: image file not found", "error"),
     ("infer with threshold 1.5", INFER + " --threshold 1.5 {root}/img0.tif", "infer.threshold", "error"),
-    ("infer with overlap >= field of view", INFER + " --overlap 48 {root}/img0.tif", "infer.overlap_px", "error"),
+    ("infer with overlap >= field of view", "infer --run {root}/runs/stage1 --rle {elsewhere}/o.csv --overwrite "
+     "--overlap 48 {root}/img0.tif", "infer.overlap_px: 48 px is more than half the 48 px tile", "warning"),
+    ("infer a truncated GeoTIFF (rasterio)", INFER + " --mask {root}/out_{{id}}.tif {root}/img0.tif "
+     "{root}/bad/geo_trunc.tif", "geo_trunc.tif: cannot read rows", "error"),
     ("infer, second image corrupt mid-read", INFER + " --mask {root}/out_{{id}}.tif {root}/img0.tif "
      "{root}/bad/corrupt.tif", "corrupt.tif: cannot read rows", "error"),
     ("infer to an existing output", "infer --run {root}/runs/stage1 --rle {root}/manifest.csv {root}/img0.tif",
@@ -153,6 +158,21 @@ def corrupt_tile(src: Path, dst: Path, shape=(300, 300)) -> Path:
     return dst
 
 
+def _truncated_geotiff(image: np.ndarray, path: Path) -> None:
+    """A tiled GeoTIFF (read by rasterio: it has a CRS) cut in half: GDAL opens it, reads fail."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    whole = path.with_name("geo_whole.tif")
+    with rasterio.open(whole, "w", driver="GTiff", height=image.shape[0], width=image.shape[1], count=1,
+                       dtype="uint8", crs="EPSG:32633", transform=from_origin(500000, 4000000, 1, 1), tiled=True,
+                       blockxsize=32, blockysize=32, compress="deflate") as dataset:
+        dataset.write(image, 1)
+    data = whole.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    whole.unlink()
+
+
 def write_bad_files(root: Path) -> None:
     """Every bad file of the table in root/bad, and manifests that put one of them in the second row."""
     bad = root / "bad"
@@ -180,6 +200,7 @@ def write_bad_files(root: Path) -> None:
     _geojson(bad / "none.geojson", [])
     _geojson(bad / "bowtie.geojson", [[[10, 10], [40, 40], [40, 10], [10, 40], [10, 10]]])
     (bad / "broken.yaml").write_text("train: [unclosed\n")
+    _truncated_geotiff(image, bad / "geo_trunc.tif")
 
     base = [{"id": "img0", "image": str(root / "img0.tif"), "label": str(root / "img0_mask.tif"), "fold": 0},
             {"id": "img1", "image": str(root / "img1.tif"), "label": str(root / "img1_mask.tif"), "fold": 1}]
@@ -209,6 +230,8 @@ def write_bad_files(root: Path) -> None:
     variant("m_no_polygons.csv", label=str(bad / "none.geojson"))
     variant("m_bowtie.csv", {"label": str(bad / "bowtie.geojson")})
     variant("m_one_fold.csv", fold=0)
+    tifffile.imwrite(bad / "stack.tif", np.stack([image] * 20))
+    variant("m_stack.csv", {"image": str(bad / "stack.tif")}, image=str(bad / "stack.tif"))
     (bad / "no_image_column.csv").write_text("id,label\nimg0,img0_mask.tif\n")
 
 
@@ -247,7 +270,9 @@ def world(tmp_path_factory, trained):
 def run_cli(line: str, root: Path):
     import shlex
 
-    return CliRunner().invoke(cli, shlex.split(line.format(root=root)))
+    elsewhere = root.with_name(root.name + "_out")
+    elsewhere.mkdir(exist_ok=True)
+    return CliRunner().invoke(cli, shlex.split(line.format(root=root, elsewhere=elsewhere)))
 
 
 @pytest.mark.parametrize("what, line, expected, kind", CASES, ids=[c[0] for c in CASES])

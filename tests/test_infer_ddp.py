@@ -46,12 +46,12 @@ def test_two_ranks_write_the_same_csv_as_one_process(tmp_path, trained, project)
 def test_a_failing_rank_fails_every_rank_and_leaves_no_output(tmp_path, trained, project):
     good = tmp_path / "a_good.tif"
     tifffile.imwrite(good, tifffile.imread(project / "img0.tif"), tile=(32, 32))
-    broken = tmp_path / "b_broken.tif"  # rank 1's image: it opens, and its last tile fails to decode
+    broken = tmp_path / "b_broken.tif"  # rank 1's image: opens, then fails while its tiles are read
     tifffile.imwrite(broken, np.full((300, 300), 100, np.uint8), tile=(64, 64), compression="zlib")
-    with tifffile.TiffFile(broken) as tif:  # (a truncated file is refused at open, before any rank works)
+    with tifffile.TiffFile(broken) as tif:
         offset, count = tif.pages[0].dataoffsets[-1], tif.pages[0].databytecounts[-1]
     data = bytearray(broken.read_bytes())
-    data[offset:offset + count] = b"\xff" * count
+    data[offset:offset + count] = b"\xff" * count  # a truncated file would be refused when opened
     broken.write_bytes(bytes(data))
     out = tmp_path / "out"
     out.mkdir()

@@ -64,7 +64,7 @@ def test_context_margin_is_wired_and_keeps_the_image_size(tmp_path, trained, pro
     assert plain.shape == margin.shape == tifffile.imread(image).shape
     assert (plain != margin).any()  # tiles read 8 px of context each side: a different prediction
     result = infer("--run", trained, "--probs", tmp_path / "bad.tif", "--margin", 24, image, expect=1)
-    assert "infer.margin_px: 24" in result.output and not (tmp_path / "bad.tif").exists()
+    assert "margin_px: 24" in result.output and not (tmp_path / "bad.tif").exists()
 
 
 def test_best_epoch_equals_that_epoch_and_d4_tta_runs(tmp_path, trained, project):

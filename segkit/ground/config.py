@@ -305,7 +305,8 @@ def validate(config: Config) -> None:
 
 
 def _validate_tiling(config: Config) -> None:
-    """Threshold and tile geometry: values that would otherwise be clamped or give empty masks silently."""
+    """Threshold and tile geometry: values that would give empty masks or no tile at all. (An overlap of
+    more than half a tile is used as half a tile, with a warning: infer/predict.py.)"""
     i = config.infer
     if not 0 <= i.threshold <= 1:
         raise SegkitError(f"config key infer.threshold: a probability must be in [0, 1], got {i.threshold}")
@@ -321,12 +322,6 @@ def _validate_tiling(config: Config) -> None:
     if core < 1:
         raise SegkitError(f"config key infer.margin_px: {i.margin_px} leaves nothing of a {fov_px} px tile "
                           f"(must be < {(fov_px + 1) // 2})")
-    # The default overlap stands for "a sensible overlap": on tiles of 64 px or less the predictor
-    # uses half a tile (its one clamp). A value the user chose that cannot be honoured is refused.
-    if i.overlap_px >= core and i.overlap_px != InferConfig.overlap_px:
-        raise SegkitError(f"config key infer.overlap_px: {i.overlap_px} px >= the {core} px tile "
-                          f"(field of view {fov_px} px{f' - 2 x margin {i.margin_px}' if i.margin_px else ''}); "
-                          f"tiles can overlap by at most {core // 2} px")
 
 
 def _validate_outputs(infer: "InferConfig") -> None:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from segkit.data.windows import grid_windows
-from segkit.ground.errors import SegkitError
+from segkit.ground.errors import SegkitError, warn_once
 from segkit.ground.geometry import Window, clip_region
 from segkit.infer.ensemble import EnsemblePredictor
 from segkit.infer.tiling import StripAccumulator, blend_weights
@@ -136,6 +136,9 @@ def predict_strips(
     if margin_px < 0 or core <= 0:
         raise SegkitError(f"margin_px {margin_px}: must be >= 0 and leave a centre (fov_px {fov_px} - 2 x margin > 0)")
     # the one place the overlap is bounded: at most half a tile keeps every grid step positive
+    if overlap_px > core // 2:
+        warn_once(f"infer.overlap_px: {overlap_px} px is more than half the {core} px tile; tiles overlap by "
+                  f"{core // 2} px")
     windows = grid_windows(raster.height, raster.width, core, min(overlap_px, core // 2), region=reg)
     if tissue is not None:
         windows = [w for w in windows if _has_tissue(w, *tissue)]

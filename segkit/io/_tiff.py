@@ -18,7 +18,7 @@ from collections import OrderedDict
 import numpy as np
 import tifffile
 
-from segkit.ground.errors import SegkitError
+from segkit.ground.errors import SegkitError, warn_once
 from segkit.io._window import ceil_div
 
 GEOTIFF_TAGS = (33550, 33922, 34264, 34735)  # ModelPixelScale, ModelTiepoint, ModelTransformation, GeoKeys
@@ -143,6 +143,9 @@ class _ZarrLevel:
         return np.ascontiguousarray(data.reshape(r1 - r0, c1 - c0, self.channels))
 
 
+MAX_PLAIN_CHANNELS = 16  # more planes than this in an unnamed axis: probably a stack, warned about
+
+
 def check_layout(path, series) -> None:
     """HxW, HxWxC or CxHxW only: a stack with two non-image axes (a (2,3,H,W) array, a Z-stack of
     RGB planes) would otherwise be read as 6 "bands" without a word."""
@@ -150,6 +153,9 @@ def check_layout(path, series) -> None:
     if len(extra) > 1:
         raise SegkitError(f"{path}: holds a {len(series.shape)}-D image {tuple(series.shape)} (axes {series.axes}); "
                           "segkit reads HxW, HxWxC or CxHxW images (save one plane, or stack the planes as channels)")
+    if extra and extra[0][0] not in "SC" and (extra[0][0] in "ZT" or extra[0][1] > MAX_PLAIN_CHANNELS):
+        axis, size = extra[0]  # a Z-stack or time series is rarely meant as channels: say how it is read
+        warn_once(f"{path}: {size} planes along axis {axis} (axes {series.axes}) read as {size} channels")
 
 
 def check_complete(path, tif: tifffile.TiffFile, series) -> None:
@@ -160,9 +166,11 @@ def check_complete(path, tif: tifffile.TiffFile, series) -> None:
         for page in level.pages:
             if page is None:
                 continue
-            ends = [o + c for o, c in zip(page.dataoffsets, page.databytecounts) if c]
-            if ends and max(ends) > size:
-                raise SegkitError(f"{path}: truncated file (image data runs to byte {max(ends)}, the file has "
+            counts = np.asarray(page.databytecounts, np.int64)
+            ends = np.asarray(page.dataoffsets, np.int64) + counts
+            end = int(ends[counts > 0].max(initial=0))  # a count of 0: a sparse segment, never written
+            if end > size:
+                raise SegkitError(f"{path}: truncated file (image data runs to byte {end}, the file has "
                                   f"{size} bytes)")
 
 

@@ -227,9 +227,9 @@ def staged_commits() -> Iterator[list]:
 
 
 @contextmanager
-def commit_at_once() -> Iterator[None]:
-    """Inside :func:`staged_commits`, commit at once the files made in this block: scratch files
-    that their writer reads back before the invocation ends (the OME-TIFF's pyramid levels)."""
+def immediate_commits() -> Iterator[None]:
+    """Commit at once inside the block, also within :func:`staged_commits` (a writer's own scratch
+    file that it reads back before its output is complete, e.g. the OME-TIFF levels)."""
     token = _STAGE.set(None)
     try:
         yield

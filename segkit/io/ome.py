@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segkit.io.atomic import TEMP_SUFFIX, AtomicFile, commit_at_once, temp_prefix
+from segkit.io.atomic import TEMP_SUFFIX, AtomicFile, immediate_commits, temp_prefix
 from segkit.io.writers import StripOutput, TiffStripWriter
 
 __all__ = ["OmeTiffStripWriter", "is_ome_path"]
@@ -74,7 +74,7 @@ class OmeTiffStripWriter(StripOutput):
 
     def close(self) -> Path:
         try:
-            with commit_at_once():  # read back below, before the invocation commits
+            with immediate_commits():  # the scratch levels are read back below: not an output to stage
                 self._levels.close()
             self._convert()
         except BaseException:

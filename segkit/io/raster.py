@@ -160,9 +160,12 @@ class Raster:
             except SegkitError:
                 raise
             except Exception as exc:  # a file corrupt past its header fails here, mid-read, in any library
-                detail = (str(exc).splitlines() or [type(exc).__name__])[0] or type(exc).__name__
+                cause = exc
+                while cause.__cause__ is not None:  # rasterio: "Read failed. See previous exception"
+                    cause = cause.__cause__
+                detail = (str(cause).splitlines() or [""])[0] or type(cause).__name__
                 raise SegkitError(f"{self.path}: cannot read rows {r0}..{r1} (corrupt or truncated file? "
-                                  f"{type(exc).__name__}: {detail})") from exc
+                                  f"{type(cause).__name__}: {detail})") from exc
 
         out = read_padded(inside, self.levels[level], window, mode=self.pad_mode, value=self.pad_value,
                           dtype=self.dtype, channels=self.channels)
