@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import warnings
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -227,3 +228,75 @@ def test_watershed_splits_touching_objects_and_keeps_seedless_ones():
     instances = watershed_instances(np.stack([body, border]), ("body", "border"))
     assert len(np.unique(instances)) == 4
     assert instances[10, 5] != instances[10, 20] and instances[3, 26] > 0
+
+
+# ------------------------------------------------------------------ object outputs (no model)
+
+
+def test_object_outputs_from_strips_are_georeferenced_and_one_per_object(tmp_path):
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from segkit.infer.instances import infer_objects
+    from segkit.infer.outputs import WriterOptions
+    from segkit.post.watershed import SeedSettings
+
+    names = ("body", "border", "contact")
+    probs = _probs(shape=(90, 70), count=12, seed=3)
+    image = tmp_path / "geo.tif"
+    transform = from_origin(500000, 4000000, 0.5, 0.5)
+    with rasterio.open(image, "w", driver="GTiff", height=90, width=70, count=1, dtype="uint8",
+                       crs="EPSG:32633", transform=transform) as ds:
+        ds.write(np.zeros((1, 90, 70), np.uint8))
+    # the fields of segkit.infer.run.Settings that infer_objects reads (that module imports torch)
+    settings = SimpleNamespace(writing=WriterOptions(object_type="detection"), seeds=SeedSettings(),
+                               rle_per_object=True, rle_order="F")
+    paths = {"instances": tmp_path / "ids.tif", "polygons": tmp_path / "objects.geojson", "mask": tmp_path / "m.tif",
+             "probs": None, "rle": True}
+    strips = ((r, probs[:, r:r + 7]) for r in range(0, 90, 7))       # objects cross many seams
+    rle, written = infer_objects(strips, image, paths, names, settings, overwrite=False)
+    whole = watershed_instances(probs, names, SeedSettings())
+    with rasterio.open(paths["instances"]) as ds:
+        assert ds.crs.to_epsg() == 32633 and ds.transform == transform and ds.dtypes[0] == "uint32"
+        ids = ds.read(1).astype(np.int64)
+    assert _same_partition(ids, whole)
+    n = len(np.unique(whole)) - 1
+    features = json.loads(paths["polygons"].read_text())["features"]
+    assert len(features) == n == len(rle)
+    from shapely.geometry import shape
+
+    areas = sorted(round(shape(f["geometry"]).area / 0.25) for f in features)   # map units: 0.25 m^2 a pixel
+    assert areas == sorted(np.bincount(ids.ravel())[1:][np.bincount(ids.ravel())[1:] > 0].tolist())
+    assert np.array_equal(tifffile.imread(paths["mask"]), (whole > 0).astype(np.uint8))
+    assert sorted(map(str, written)) == sorted(str(p) for p in (paths["instances"], paths["polygons"], paths["mask"]))
+
+
+def test_a_region_taller_than_max_rows_is_cut_and_memory_stays_bounded():
+    body = np.zeros((300, 40), np.float32)
+    body[:, 10:30] = 0.9                                     # one region as tall as the image
+    body[100:110, 10:30] = 0.6                               # ... whose seed is interrupted: two objects
+    probs = np.stack([body, np.zeros_like(body)])
+    names = ("body", "border")
+    assert len(np.unique(watershed_instances(probs, names))) == 3
+    stream = StripWatershed(300, 40, names, max_rows=64, chunk_rows=16)
+    held = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = []
+        for r in range(0, 300, 16):
+            out += stream.push(r, probs[:, r:r + 16])
+            held.append(stream._gid.shape[0])
+    got = np.concatenate([s for _, s, _ in out])
+    assert got.shape == (300, 40) and (got[:, 10:30] > 0).all()
+    assert max(held) <= 64 + 16 and stream.cut_rows and len(caught) == 1
+    assert len(np.unique(got)) - 1 > 2                       # split at the cuts, as the warning says
+    exact = StripWatershed(300, 40, names, chunk_rows=16)     # default max_rows: exact
+    assert _same_partition(np.concatenate([s for _, s, _ in exact((r, probs[:, r:r + 16]) for r in range(0, 300, 16))]),
+                           watershed_instances(probs, names)) and not exact.cut_rows
+
+
+def test_a_binary_mask_given_as_instances_warns(ids, image, tmp_path):
+    path = tmp_path / "binary.tif"
+    tifffile.imwrite(path, (ids > 0).astype(np.uint8) * 255)
+    with pytest.warns(UserWarning, match=r"binary.tif: looks like a binary mask \(values \[0, 255\]\)"):
+        open_instances(path, image)

@@ -93,3 +93,9 @@ def test_bad_targets_config_is_one_line(tmp_path):
     result = _cli("train", "--set", "data.targets=[body,edge]", "--set", f"run.runs_dir={tmp_path}")
     _one_line_error(result, "config key data.targets: unknown target 'edge'")
     assert os.listdir(tmp_path) == []
+
+
+def test_evaluate_names_what_it_cannot_score_yet(instance_run, tmp_path):
+    result = _cli("evaluate", "--run", instance_run, "--out", tmp_path / "r.html")
+    _one_line_error(result, "segkit evaluate does not score runs with instance targets yet")
+    assert os.listdir(tmp_path) == []

@@ -84,8 +84,13 @@ class InstanceRaster(_Instances):
         kind = self.raster.dtype.kind
         if kind not in "uifb":
             raise SegkitError(f"{self.path}: instance ids must be integers, the raster holds {self.raster.dtype}")
+        thumb = self.raster.thumbnail(512, nearest=True)[0][..., 0]
         if kind == "f":  # fail at open on a thumbnail, and again on any window that shows a fraction
-            self._check(self.raster.thumbnail(512, nearest=True)[0][..., 0])
+            self._check(thumb)
+        values = set(np.unique(thumb).tolist())
+        if len(values) == 2 and values in ({0, 1}, {0, 255}):
+            warnings.warn(f"{self.path}: looks like a binary mask (values {sorted(values)}), read as instance ids: "
+                          "touching objects are one object", UserWarning, stacklevel=2)
 
     def _check(self, raw: np.ndarray) -> np.ndarray:
         if raw.dtype.kind == "f":

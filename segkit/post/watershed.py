@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
+import warnings
+
 import cv2
 import numpy as np
 
@@ -105,12 +107,16 @@ class StripWatershed:
     ``(row0, probs)`` yields the finished strips. Strips are processed ``chunk_rows`` rows at a time
     (the result is the same for any height): the temporaries of labelling and flooding, ~40 bytes
     per pixel, then scale with ``chunk_rows * width``, not with the predictor's strip height.
+    ``max_rows`` bounds the rows held: a region still open after that many rows (a blob as tall as
+    the slide, e.g. from a low threshold on dense tissue) has its upper part flooded then and there,
+    so objects crossing that cut get two ids (a warning line names the rows; ``cut_rows`` lists them).
     """
 
     def __init__(self, height: int, width: int, names: Sequence[str], settings: SeedSettings = SeedSettings(),
-                 *, chunk_rows: int = 64):
+                 *, chunk_rows: int = 64, max_rows: int = 2048):
         self.height, self.width = int(height), int(width)
-        self.chunk_rows = int(chunk_rows)
+        self.chunk_rows, self.max_rows = int(chunk_rows), max(2, int(max_rows))
+        self._cut_rows: list[int] = []  # where a region taller than max_rows was cut
         self.names, self.settings = tuple(names), settings
         self.received = self.emitted = self.objects = 0
         self._body = np.zeros((0, self.width), np.float32)
@@ -185,7 +191,16 @@ class StripWatershed:
         if self.received < self.height:
             is_open[roots[self._last]] = True
             is_open[0] = False
-        closed = (self._gid > 0) & (self._out == 0) & ~is_open[roots[self._gid]]
+        pending = (self._gid > 0) & (self._out == 0)
+        closed = pending & ~is_open[roots[self._gid]]
+        held = self._gid.shape[0]
+        if held > self.max_rows and pending[:held - self.max_rows // 2].any():
+            cut = held - self.max_rows // 2   # flood the open regions' rows above it now
+            closed[:cut] |= pending[:cut]
+            self._cut_rows.append(self.received - held + cut)
+            if len(self._cut_rows) == 1:
+                warnings.warn(f"watershed: an object region is taller than {self.max_rows} rows; cut at row "
+                              f"{self._cut_rows[0]} (objects crossing the cut get two ids)", UserWarning, stacklevel=4)
         if not closed.any():
             return
         rows = np.flatnonzero(closed.any(axis=1))
@@ -219,6 +234,11 @@ class StripWatershed:
         if self.received != self.height:
             raise ValueError(f"got {self.received} rows, image height is {self.height}")
         return []
+
+    @property
+    def cut_rows(self) -> list[int]:
+        """Image rows where a region taller than ``max_rows`` was cut (empty: the result is exact)."""
+        return list(self._cut_rows)
 
     def __call__(self, strips: Iterable[tuple]) -> Iterator[tuple]:
         for row0, probs in strips:

@@ -45,6 +45,9 @@ class RunPredictions:
         self.config = load_config(self.run_dir / "config.yaml")
         read_run_info(self.run_dir)  # a folder that is not a run fails here
         self.settings = infer_settings(self.config)
+        if self.config.data.targets:  # not masks: its labels are object ids and its outputs watershed objects
+            raise SegkitError(f"{self.run_dir}: segkit evaluate does not score runs with instance targets yet; "
+                              "their validation records val_object_f1, val_dsb and val_dice in metrics.jsonl")
         self.ensemble = load_ensemble([self.run_dir], self.config.infer.epochs, device)
         self.masks: dict[str, tuple[Path, Window]] = {}
         self.views: dict[str, dict[str, Path]] = {}
