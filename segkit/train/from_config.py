@@ -56,7 +56,8 @@ def with_fov(config: Config) -> Config:
 def label_options(config: Config) -> LabelOptions:
     """How the data section says labels are decoded."""
     d = config.data
-    return LabelOptions(d.rle_order, d.class_map, d.class_property, d.pad_mode, instances=bool(d.targets))
+    # target names are checked here, before any label file is opened (and warns about its values)
+    return LabelOptions(d.rle_order, d.class_map, d.class_property, d.pad_mode, instances=bool(target_spec(config)))
 
 
 def target_spec(config: Config) -> TargetSpec | None:
