@@ -95,7 +95,19 @@ def test_bad_targets_config_is_one_line(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_evaluate_names_what_it_cannot_score_yet(instance_run, tmp_path):
+def test_evaluate_scores_watershed_objects_per_image(instance_run, tmp_path):
+    """evaluate --run on an instance run: the validation rows' watershed objects against the true ids,
+    object F1 and DSB per image next to the pixel scores, agreeing with what validation recorded."""
     result = _cli("evaluate", "--run", instance_run, "--out", tmp_path / "r.html")
-    _one_line_error(result, "segkit evaluate does not score runs with instance targets yet")
-    assert os.listdir(tmp_path) == []
+    assert result.exit_code == 0, result.output
+    assert "object_f1" in result.output and "dsb" in result.output
+    scores = json.loads((tmp_path / "r.json").read_text())["evaluation"]
+    image = scores["per_image"]["nuclei_val"]
+    assert {"dice", "iou", "object_f1", "dsb"} <= set(image) and scores["classes"] == 1
+    assert 0 <= image["dsb"] <= image["object_f1"] <= 1 and image["dice"] > 0
+    assert scores["summary"]["object_tp"] + scores["summary"]["object_fn"] == 36  # true nuclei of rows 384-511
+    record = [json.loads(line) for line in (instance_run / "metrics.jsonl").read_text().splitlines()][-1]
+    assert image["dsb"] == pytest.approx(record["val_dsb"], abs=1e-6)
+    assert image["object_f1"] == pytest.approx(record["val_object_f1"], abs=1e-6)
+    html = (tmp_path / "r.html").read_text()
+    assert "<th>dsb</th>" in html and "nuclei_val" in html
