@@ -31,7 +31,7 @@ from segkit.io._rlecsv import rle_fields
 from segkit.io._runs import parse_pairs, rasterize_intervals
 from segkit.io._window import read_padded
 from segkit.io.labels import LabelSource
-from segkit.io.masks import POLYGON_SUFFIXES, RLE_SUFFIXES, _stem
+from segkit.io.masks import _stem, open_by_suffix
 from segkit.io.raster import Raster, open_raster
 
 __all__ = ["open_instances", "InstanceRaster", "InstancePolygons", "InstanceRle"]
@@ -40,15 +40,9 @@ __all__ = ["open_instances", "InstanceRaster", "InstancePolygons", "InstanceRle"
 def open_instances(spec, image: Raster, *, image_id: str | None = None, rle_order: str = "F",
                    coords: str = "auto") -> LabelSource:
     """Instance source for ``image``, by suffix: RLE CSV, GeoJSON/JSON polygons, else an id raster."""
-    path = Path(spec)
-    if not path.is_file():
-        raise SegkitError(f"{path}: label file not found")
-    suffix = path.suffix.lower()
-    if suffix in RLE_SUFFIXES:
-        return InstanceRle(path, image, image_id=image_id, order=rle_order)
-    if suffix in POLYGON_SUFFIXES:
-        return InstancePolygons(path, image, coords=coords)
-    return InstanceRaster(path, image)
+    return open_by_suffix(spec, rle=lambda path: InstanceRle(path, image, image_id=image_id, order=rle_order),
+                          polygons=lambda path: InstancePolygons(path, image, coords=coords),
+                          raster=lambda path: InstanceRaster(path, image))
 
 
 class _Instances(LabelSource):
