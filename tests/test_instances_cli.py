@@ -56,7 +56,7 @@ def test_training_records_object_scores(instance_run):
 def test_infer_writes_one_object_per_feature_row_and_id(instance_run, tmp_path):
     out = {"instances": tmp_path / "ids.tif", "polygons": tmp_path / "objects.geojson", "rle": tmp_path / "sub.csv"}
     result = _cli("infer", "--run", instance_run, NUCLEI, "--instances", out["instances"], "--polygons",
-                  out["polygons"], "--object-type", "detection", "--rle", out["rle"], "--rle-per-object",
+                  out["polygons"], "--rle", out["rle"], "--rle-per-object",
                   "--rle-header", "ImageId,EncodedPixels", "--set", "infer.seed_threshold=0.5")
     assert result.exit_code == 0, result.output
     ids = tifffile.imread(out["instances"])
@@ -65,7 +65,7 @@ def test_infer_writes_one_object_per_feature_row_and_id(instance_run, tmp_path):
     assert n > 0
     features = json.loads(out["polygons"].read_text())["features"]
     assert len(features) == n
-    assert {f["properties"]["objectType"] for f in features} == {"detection"}
+    assert {f["properties"]["objectType"] for f in features} == {"detection"}  # objects: detections by default
     assert sorted(f["properties"]["object_id"] for f in features) == sorted(np.unique(ids)[1:].tolist())
     with open(out["rle"]) as fh:
         rows = list(csv.reader(fh))
@@ -73,6 +73,29 @@ def test_infer_writes_one_object_per_feature_row_and_id(instance_run, tmp_path):
     back = open_instances(out["rle"], open_raster(NUCLEI)).read_instances(Window(0, 0, 512, 512))
     match = match_objects(back, ids.astype(np.int64))
     assert len(match.pred_ids) == n and (match.iou == 1).sum() == n
+
+
+def test_polygons_object_type_default_and_explicit(instance_run, tmp_path):
+    """Instance runs write QuPath detections unless --object-type / infer.object_type says otherwise;
+    runs without instance targets keep annotations."""
+    from segkit.ground.config import load_config
+    from segkit.infer.run import infer_settings
+
+    def kind(*overrides):
+        return infer_settings(load_config(None, list(overrides))).writing.object_type
+
+    assert kind() == "annotation" and kind("infer.object_type=detection") == "detection"
+    assert kind("data.targets=instances") == "detection"
+    assert kind("data.targets=instances", "infer.object_type=annotation") == "annotation"
+    crop = tmp_path / "crop.tif"
+    tifffile.imwrite(crop, tifffile.imread(NUCLEI)[:64, :96])
+    for n, (flags, expected) in enumerate((([], "detection"), (["--object-type", "annotation"], "annotation"),
+                                           (["--set", "infer.object_type=annotation"], "annotation"))):
+        out = tmp_path / f"{n}.geojson"
+        result = _cli("infer", "--run", instance_run, crop, "--polygons", out, "--set", "infer.threshold=0.3", *flags)
+        assert result.exit_code == 0, result.output
+        features = json.loads(out.read_text())["features"]
+        assert features and {f["properties"]["objectType"] for f in features} == {expected}
 
 
 def _one_line_error(result, message):
