@@ -56,7 +56,7 @@ def test_training_records_object_scores(instance_run):
 def test_infer_writes_one_object_per_feature_row_and_id(instance_run, tmp_path):
     out = {"instances": tmp_path / "ids.tif", "polygons": tmp_path / "objects.geojson", "rle": tmp_path / "sub.csv"}
     result = _cli("infer", "--run", instance_run, NUCLEI, "--instances", out["instances"], "--polygons",
-                  out["polygons"], "--object-type", "detection", "--rle", out["rle"], "--rle-per-object",
+                  out["polygons"], "--rle", out["rle"], "--rle-per-object",
                   "--rle-header", "ImageId,EncodedPixels", "--set", "infer.seed_threshold=0.5")
     assert result.exit_code == 0, result.output
     ids = tifffile.imread(out["instances"])
@@ -65,7 +65,7 @@ def test_infer_writes_one_object_per_feature_row_and_id(instance_run, tmp_path):
     assert n > 0
     features = json.loads(out["polygons"].read_text())["features"]
     assert len(features) == n
-    assert {f["properties"]["objectType"] for f in features} == {"detection"}
+    assert {f["properties"]["objectType"] for f in features} == {"detection"}  # objects: detections by default
     assert sorted(f["properties"]["object_id"] for f in features) == sorted(np.unique(ids)[1:].tolist())
     with open(out["rle"]) as fh:
         rows = list(csv.reader(fh))
@@ -73,6 +73,29 @@ def test_infer_writes_one_object_per_feature_row_and_id(instance_run, tmp_path):
     back = open_instances(out["rle"], open_raster(NUCLEI)).read_instances(Window(0, 0, 512, 512))
     match = match_objects(back, ids.astype(np.int64))
     assert len(match.pred_ids) == n and (match.iou == 1).sum() == n
+
+
+def test_polygons_object_type_default_and_explicit(instance_run, tmp_path):
+    """Instance runs write QuPath detections unless --object-type / infer.object_type says otherwise;
+    runs without instance targets keep annotations."""
+    from segkit.ground.config import load_config
+    from segkit.infer.run import infer_settings
+
+    def kind(*overrides):
+        return infer_settings(load_config(None, list(overrides))).writing.object_type
+
+    assert kind() == "annotation" and kind("infer.object_type=detection") == "detection"
+    assert kind("data.targets=instances") == "detection"
+    assert kind("data.targets=instances", "infer.object_type=annotation") == "annotation"
+    crop = tmp_path / "crop.tif"
+    tifffile.imwrite(crop, tifffile.imread(NUCLEI)[:64, :96])
+    for n, (flags, expected) in enumerate((([], "detection"), (["--object-type", "annotation"], "annotation"),
+                                           (["--set", "infer.object_type=annotation"], "annotation"))):
+        out = tmp_path / f"{n}.geojson"
+        result = _cli("infer", "--run", instance_run, crop, "--polygons", out, "--set", "infer.threshold=0.3", *flags)
+        assert result.exit_code == 0, result.output
+        features = json.loads(out.read_text())["features"]
+        assert features and {f["properties"]["objectType"] for f in features} == {expected}
 
 
 def _one_line_error(result, message):
@@ -95,7 +118,19 @@ def test_bad_targets_config_is_one_line(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_evaluate_names_what_it_cannot_score_yet(instance_run, tmp_path):
+def test_evaluate_scores_watershed_objects_per_image(instance_run, tmp_path):
+    """evaluate --run on an instance run: the validation rows' watershed objects against the true ids,
+    object F1 and DSB per image next to the pixel scores, agreeing with what validation recorded."""
     result = _cli("evaluate", "--run", instance_run, "--out", tmp_path / "r.html")
-    _one_line_error(result, "segkit evaluate does not score runs with instance targets yet")
-    assert os.listdir(tmp_path) == []
+    assert result.exit_code == 0, result.output
+    assert "object_f1" in result.output and "dsb" in result.output
+    scores = json.loads((tmp_path / "r.json").read_text())["evaluation"]
+    image = scores["per_image"]["nuclei_val"]
+    assert {"dice", "iou", "object_f1", "dsb"} <= set(image) and scores["classes"] == 1
+    assert 0 <= image["dsb"] <= image["object_f1"] <= 1 and image["dice"] > 0
+    assert scores["summary"]["object_tp"] + scores["summary"]["object_fn"] == 36  # true nuclei of rows 384-511
+    record = [json.loads(line) for line in (instance_run / "metrics.jsonl").read_text().splitlines()][-1]
+    assert image["dsb"] == pytest.approx(record["val_dsb"], abs=1e-6)
+    assert image["object_f1"] == pytest.approx(record["val_object_f1"], abs=1e-6)
+    html = (tmp_path / "r.html").read_text()
+    assert "<th>dsb</th>" in html and "nuclei_val" in html

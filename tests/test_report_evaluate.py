@@ -164,3 +164,41 @@ def test_vs_through_the_cli(files):
     text = (root / "report.html").read_text()
     assert len(re.findall(r'<img src="data:image/png;base64,', text)) == 1 + 2 + 1  # histograms, 2 worst, 1 change
     assert (root / "report.json").exists()
+
+
+class _Ids:
+    """A label source with object ids (as segkit.io.instances and evaluate --run's watershed objects)."""
+
+    def __init__(self, ids):
+        self.ids = ids
+
+    def read(self, window, out_size=None):
+        return (self.ids[window.row:window.bottom, window.col:window.right] != 0).astype(np.uint8)
+
+    def read_instances(self, window):
+        return self.ids[window.row:window.bottom, window.col:window.right].astype(np.int32)
+
+
+def test_instances_scored_by_their_ids_with_the_dsb_score(tmp_path):
+    """Three touching true squares: predicted as three ids they are three matches (F1 1, DSB 1); the
+    same pixels as one mask (components) are one merged object (IoU 1/3 with each), F1 0 and DSB 0;
+    the pixel scores are equal."""
+    from segkit.report.evaluate import evaluate_images
+    from segkit.report.sources import EvalImage
+
+    image = tmp_path / "a.tif"
+    tifffile.imwrite(image, np.full((20, 30, 3), 7, np.uint8))
+    truth = np.zeros((20, 30), np.int32)
+    truth[2:12, 2:12], truth[2:12, 12:22], truth[2:12, 22:27] = 5, 9, 4
+    truth[12:17, 22:27] = 4
+    images = [EvalImage("a", image)]
+    by_ids = evaluate_images(images, lambda i, r: _Ids(truth), lambda i, r: _Ids(truth * 3), instances=True)
+    merged = evaluate_images(images, lambda i, r: _Ids(truth), lambda i, r: type("M", (), {
+        "read": lambda self, w, out_size=None: (truth[w.row:w.bottom, w.col:w.right] != 0).astype(np.uint8)})(),
+        instances=True)
+    a, b = by_ids.per_image()["a"], merged.per_image()["a"]
+    assert (a["object_f1"], a["dsb"], b["object_f1"], b["dsb"]) == (1.0, 1.0, 0.0, 0.0)
+    assert a["dice"] == b["dice"] == 1.0
+    assert merged.summary()["object_fp"] == 1 and merged.summary()["object_fn"] == 3
+    plain = evaluate_images(images, lambda i, r: _Ids(truth), lambda i, r: _Ids(truth * 3))
+    assert "dsb" not in plain.per_image()["a"]

@@ -44,7 +44,8 @@ READS = ("infer", "run", "data.manifest", "data.class_names", "train.amp")
                    "pixel (always pixels, origin top left: QuPath), wgs84 (RFC 7946 longitude/latitude). "
                    "Default: infer.geojson_crs (raster).")
 @click.option("--object-type", type=click.Choice(["annotation", "detection"]), default=None,
-              help="QuPath objectType of the polygons (detection for nuclei and cells). Default: annotation.")
+              help="QuPath objectType of the polygons (detection for nuclei and cells). Default: infer.object_type "
+                   "(auto: detection for runs with instance targets, else annotation).")
 @click.option("--simplify", type=float, default=None, metavar="PX",
               help="Simplify polygons with this tolerance in pixels (topology kept). Default: infer.simplify (0).")
 @click.option("--min-polygon-area", type=int, default=None, metavar="PX",

@@ -125,7 +125,7 @@ class InferConfig:
     simplify: float = 0.0  # --polygons: simplification tolerance in pixels (topology kept); 0 = exact pixel edges
     min_polygon_area: int = 0  # --polygons: polygons with fewer pixels are not written
     geojson_crs: str = "raster"  # --polygons coordinates: raster (its CRS, else pixels) | pixel (QuPath) | wgs84 (RFC 7946)
-    object_type: str = "annotation"  # --polygons QuPath objectType: annotation | detection (nuclei, cells)
+    object_type: str = "auto"  # --polygons QuPath objectType: auto (detection with data.targets) | annotation | detection
     overviews: bool = True  # --mask/--probs TIFFs get internal overviews (fast in QGIS and QuPath)
     mask_nodata: Optional[int] = 0  # nodata value declared in --mask TIFFs (0: background transparent); null = none
     rle_header: str = "id,rle"  # --rle column names, e.g. "ImageId,EncodedPixels" or "id,predicted"
@@ -327,7 +327,7 @@ def _validate_tiling(config: Config) -> None:
 def _validate_outputs(infer: "InferConfig") -> None:
     choices = {
         "infer.geojson_crs": (infer.geojson_crs, ("raster", "pixel", "wgs84")),
-        "infer.object_type": (infer.object_type, ("annotation", "detection")),
+        "infer.object_type": (infer.object_type, ("auto", "annotation", "detection")),
         "infer.rle_empty": (infer.rle_empty, ("", "-")),
     }
     for key, (value, valid) in choices.items():

@@ -62,23 +62,7 @@ class LineIntervals:
 
     def rasterize(self, l0: int, l1: int, m0: int, m1: int) -> np.ndarray:
         """uint8 0/1 array (l1-l0, m1-m0) of lines l0..l1 and positions m0..m1 within them."""
-        n_lines, n = l1 - l0, m1 - m0
-        a, b = self.ptr[l0], self.ptr[l1]
-        lo = np.clip(self.lo[a:b], m0, m1).astype(np.int64) - m0
-        hi = np.clip(self.hi[a:b], m0, m1).astype(np.int64) - m0
-        keep = hi > lo
-        line = np.repeat(np.arange(n_lines), np.diff(self.ptr[l0:l1 + 1]))[keep]
-        if line.size == 0:
-            return np.zeros((n_lines, n), np.uint8)
-        # intervals are sorted and disjoint, so their flat edges are sorted: the output is
-        # alternating 0/1 segments, written by one np.repeat (a cumulative sum is ~5x slower)
-        edges = np.empty(2 * line.size + 2, np.int64)
-        edges[0], edges[-1] = 0, n_lines * n
-        edges[1:-1:2] = lo[keep] + line * n
-        edges[2:-1:2] = hi[keep] + line * n
-        values = np.zeros(edges.size - 1, np.uint8)
-        values[1::2] = 1
-        return np.repeat(values, np.diff(edges)).reshape(n_lines, n)
+        return rasterize_intervals(self.ptr, self.lo, self.hi, l0, l1, m0, m1)
 
     def block_any(self, line_edges: np.ndarray, pos_edges: np.ndarray) -> np.ndarray:
         """bool (len(line_edges)-1, len(pos_edges)-1): does a block contain any run pixel?"""
@@ -92,3 +76,31 @@ class LineIntervals:
         np.add.at(diff, (bl, bm0), 1)
         np.add.at(diff, (bl, bm1 + 1), -1)
         return np.cumsum(diff, axis=1)[:, :nm] > 0
+
+
+def rasterize_intervals(ptr: np.ndarray, lo: np.ndarray, hi: np.ndarray, l0: int, l1: int, m0: int, m1: int,
+                        values: np.ndarray | None = None) -> np.ndarray:
+    """(l1-l0, m1-m0) array of lines l0..l1, positions m0..m1, painted from per-line intervals.
+
+    ``lo``/``hi``: each interval's [start, end) position in its line, sorted by line then lo and
+    disjoint; ``ptr[k]``: index of line k's first interval. ``values``: each interval's value
+    (int32 object ids, segkit.io.instances), or None for uint8 1 (a mask).
+    """
+    n_lines, n = l1 - l0, m1 - m0
+    a, b = ptr[l0], ptr[l1]
+    dtype = np.uint8 if values is None else np.int32
+    lo = np.clip(lo[a:b], m0, m1).astype(np.int64) - m0
+    hi = np.clip(hi[a:b], m0, m1).astype(np.int64) - m0
+    keep = hi > lo
+    line = np.repeat(np.arange(n_lines), np.diff(ptr[l0:l1 + 1]))[keep]
+    if line.size == 0:
+        return np.zeros((n_lines, n), dtype)
+    # intervals are sorted and disjoint, so their flat edges are sorted: the output is alternating
+    # background / interval segments, written by one np.repeat (a cumulative sum is ~5x slower)
+    edges = np.empty(2 * line.size + 2, np.int64)
+    edges[0], edges[-1] = 0, n_lines * n
+    edges[1:-1:2] = lo[keep] + line * n
+    edges[2:-1:2] = hi[keep] + line * n
+    painted = np.zeros(edges.size - 1, dtype)
+    painted[1::2] = 1 if values is None else values[a:b][keep]
+    return np.repeat(painted, np.diff(edges)).reshape(n_lines, n)

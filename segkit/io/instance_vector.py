@@ -11,15 +11,11 @@ and measurements, ``mean_prob`` = mean body probability) plus ``object_id``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from segkit.io.atomic import AtomicFile
-from segkit.io.geojson import CoordinateFrame
-from segkit.io.qupath import qupath_properties
-from segkit.io.vector import _union, polygon_rings
+from segkit.io.vector import FeatureStream, _union
 from segkit.io.writers import StripOutput
 
 __all__ = ["InstancePolygonWriter"]
@@ -29,29 +25,22 @@ class InstancePolygonWriter(StripOutput):
     """GeoJSON FeatureCollection, one feature per object, written from (h, W) id strips in row order.
 
     ``write(instances, body=None)``: int ids (0 = background) and optionally the (h, W) body
-    probability for ``mean_prob``. ``simplify`` and ``min_area`` in pixels; ``geojson_crs``,
-    ``object_type`` (QuPath: ``detection`` for nuclei and cells) and ``class_names`` (class 1's name)
-    as PolygonStripWriter. Committed atomically on a clean close.
+    probability for ``mean_prob``. ``object_type``: QuPath's, ``detection`` for nuclei and cells;
+    ``options``: segkit.io.vector.FeatureStream's (transform, crs, simplify and min_area in pixels,
+    overwrite, geojson_crs, class_names: class 1's name), as PolygonStripWriter takes them.
+    Committed atomically on a clean close.
     """
 
-    def __init__(self, path, height: int, width: int, *, transform=None, crs=None, simplify: float = 0.0,
-                 min_area: float = 0, overwrite: bool = False, geojson_crs: str = "raster",
-                 object_type: str = "detection", class_names=None):
+    def __init__(self, path, height: int, width: int, *, object_type: str = "detection", **options):
         self.height, self.width = int(height), int(width)
-        self.frame = CoordinateFrame(geojson_crs, crs=crs, transform=transform, source=str(path))
-        self.simplify, self.min_area = float(simplify), min_area
-        self.object_type, self.class_names = object_type, class_names
-        qupath_properties(1, object_type=object_type)  # an unknown object type fails before any work
-        self.row0, self.count = 0, 0
+        self.row0 = 0
         self._open: dict[int, list] = {}   # id -> [pieces, prob sum, pixel count]
         self._with_probs: bool | None = None
-        self._atomic = AtomicFile(path, overwrite)
-        try:
-            self._fh = open(self._atomic.tmp, "w")
-            self._fh.write(json.dumps(self.frame.header())[:-1] + ', "features": [\n')
-        except BaseException:
-            self._atomic.discard()
-            raise
+        self._out = FeatureStream(path, object_type=object_type, **options)
+
+    @property
+    def count(self) -> int:
+        return self._out.count
 
     def write(self, instances: np.ndarray, body: np.ndarray | None = None) -> None:
         from rasterio.features import shapes
@@ -86,30 +75,15 @@ class InstancePolygonWriter(StripOutput):
 
     def _emit(self, ids: list[int]) -> None:
         done = [(k, *self._open.pop(k)) for k in ids]
-        done = [item for item in done if item[3] >= self.min_area]
-        geometries = self.frame.geometries([polygon_rings(_union(pieces), self.simplify) for _, pieces, _, _ in done])
-        for geometry, (k, _, psum, count) in zip(geometries, done):
-            mean_prob = round(psum / count, 6) if self._with_probs else None
-            props = {"object_id": k, "class": 1, "mean_prob": mean_prob}
-            props.update(qupath_properties(1, class_names=self.class_names, object_type=self.object_type,
-                                           mean_prob=mean_prob, area_px=count, pixel_area=self.frame.pixel_area,
-                                           area_unit=self.frame.area_unit))
-            self._fh.write((",\n" if self.count else "") + json.dumps({"type": "Feature", "properties": props,
-                                                                       "geometry": geometry}))
-            self.count += 1
+        self._out.write([(_union(pieces), 1, psum, count, {"object_id": k}) for k, pieces, psum, count in done],
+                        self._with_probs)
 
     def close(self) -> Path:
-        try:
+        def last():
             if self.row0 != self.height:
                 raise ValueError(f"got {self.row0} rows, image height is {self.height}")
             self._emit(sorted(self._open))
-            self._fh.write("\n]}\n")
-            self._fh.close()
-        except BaseException:
-            self.abort()
-            raise
-        return self._atomic.commit()
+        return self._out.close(last)
 
     def abort(self) -> None:
-        self._fh.close()
-        self._atomic.discard()
+        self._out.abort()

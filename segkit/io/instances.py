@@ -28,10 +28,10 @@ from segkit.ground.errors import SegkitError
 from segkit.ground.geometry import Window
 from segkit.io._polygons import POLYGONAL, PolygonLabels, _features
 from segkit.io._rlecsv import rle_fields
-from segkit.io._runs import parse_pairs
+from segkit.io._runs import parse_pairs, rasterize_intervals
 from segkit.io._window import read_padded
 from segkit.io.labels import LabelSource
-from segkit.io.masks import POLYGON_SUFFIXES, RLE_SUFFIXES, _stem
+from segkit.io.masks import _stem, open_by_suffix
 from segkit.io.raster import Raster, open_raster
 
 __all__ = ["open_instances", "InstanceRaster", "InstancePolygons", "InstanceRle"]
@@ -40,15 +40,9 @@ __all__ = ["open_instances", "InstanceRaster", "InstancePolygons", "InstanceRle"
 def open_instances(spec, image: Raster, *, image_id: str | None = None, rle_order: str = "F",
                    coords: str = "auto") -> LabelSource:
     """Instance source for ``image``, by suffix: RLE CSV, GeoJSON/JSON polygons, else an id raster."""
-    path = Path(spec)
-    if not path.is_file():
-        raise SegkitError(f"{path}: label file not found")
-    suffix = path.suffix.lower()
-    if suffix in RLE_SUFFIXES:
-        return InstanceRle(path, image, image_id=image_id, order=rle_order)
-    if suffix in POLYGON_SUFFIXES:
-        return InstancePolygons(path, image, coords=coords)
-    return InstanceRaster(path, image)
+    return open_by_suffix(spec, rle=lambda path: InstanceRle(path, image, image_id=image_id, order=rle_order),
+                          polygons=lambda path: InstancePolygons(path, image, coords=coords),
+                          raster=lambda path: InstanceRaster(path, image))
 
 
 class _Instances(LabelSource):
@@ -215,22 +209,8 @@ class InstanceRle(_Instances):
         self.count = len(np.unique(ids))
 
     def _rasterize(self, l0: int, l1: int, m0: int, m1: int) -> np.ndarray:
-        """int32 (l1-l0, m1-m0): lines l0..l1, positions m0..m1 (disjoint sorted intervals -> one repeat)."""
-        n_lines, n = l1 - l0, m1 - m0
-        a, b = self.ptr[l0], self.ptr[l1]
-        lo = np.clip(self.lo[a:b], m0, m1) - m0
-        hi = np.clip(self.hi[a:b], m0, m1) - m0
-        keep = hi > lo
-        line = np.repeat(np.arange(n_lines), np.diff(self.ptr[l0:l1 + 1]))[keep]
-        if line.size == 0:
-            return np.zeros((n_lines, n), np.int32)
-        edges = np.empty(2 * line.size + 2, np.int64)
-        edges[0], edges[-1] = 0, n_lines * n
-        edges[1:-1:2] = lo[keep] + line * n
-        edges[2:-1:2] = hi[keep] + line * n
-        values = np.zeros(edges.size - 1, np.int32)
-        values[1::2] = self.id[a:b][keep]
-        return np.repeat(values, np.diff(edges)).reshape(n_lines, n)
+        """int32 (l1-l0, m1-m0): lines l0..l1, positions m0..m1, each interval painted with its id."""
+        return rasterize_intervals(self.ptr, self.lo, self.hi, l0, l1, m0, m1, values=self.id)
 
     def _ids_inside(self, r0, r1, c0, c1):
         if self.order == "F":

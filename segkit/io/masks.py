@@ -37,15 +37,23 @@ def open_labels(spec, image: Raster, *, image_id: str | None = None, rle_order: 
                 class_map: dict | None = None, class_property: str | None = None,
                 coords: str = "auto") -> LabelSource:
     """Label source for `image`. coords (polygons only): "auto" | "pixel" | "crs"."""
+    return open_by_suffix(
+        spec, rle=lambda path: RleLabels(path, image, image_id=image_id, order=rle_order, class_map=class_map),
+        polygons=lambda path: PolygonLabels(path, image, class_map=class_map, class_property=class_property,
+                                            coords=coords),
+        raster=lambda path: RasterLabels(path, image, class_map=class_map))
+
+
+def open_by_suffix(spec, *, rle, polygons, raster):
+    """The label file ``spec`` opened by the opener its suffix names: ``rle`` for an RLE CSV,
+    ``polygons`` for GeoJSON/JSON, else ``raster`` (each called with the path); class labels
+    (open_labels) and instance labels (segkit.io.instances) are told apart the same way."""
     path = Path(spec)
     if not path.is_file():
         raise SegkitError(f"{path}: label file not found")
     suffix = path.suffix.lower()
-    if suffix in RLE_SUFFIXES:
-        return RleLabels(path, image, image_id=image_id, order=rle_order, class_map=class_map)
-    if suffix in POLYGON_SUFFIXES:
-        return PolygonLabels(path, image, class_map=class_map, class_property=class_property, coords=coords)
-    return RasterLabels(path, image, class_map=class_map)
+    opener = rle if suffix in RLE_SUFFIXES else polygons if suffix in POLYGON_SUFFIXES else raster
+    return opener(path)
 
 
 def _class_pairs(class_map: dict | None, path: Path) -> tuple[np.ndarray, np.ndarray, bool] | None:

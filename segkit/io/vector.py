@@ -225,12 +225,51 @@ class PolygonStripWriter(StripOutput):
     def __init__(self, path, height: int, width: int, *, transform=None, crs=None, simplify: float = 0.0,
                  min_area: float = 0, background_channel: bool = True, overwrite: bool = False,
                  geojson_crs: str = "raster", object_type: str = "annotation", class_names=None):
+        self._assembler = PolygonAssembler(height, width, background_channel=background_channel)
+        self._with_probs: bool | None = None
+        self._out = FeatureStream(path, transform=transform, crs=crs, simplify=simplify, min_area=min_area,
+                                  overwrite=overwrite, geojson_crs=geojson_crs, object_type=object_type,
+                                  class_names=class_names)
+
+    @property
+    def count(self) -> int:
+        return self._out.count
+
+    def write(self, mask: np.ndarray, probs: np.ndarray | None = None) -> None:
+        if self._with_probs is None:
+            self._with_probs = probs is not None
+        elif self._with_probs != (probs is not None):
+            raise ValueError("give probs with every strip or with none")
+        self._out.write([(g, cls, psum, count, {}) for g, cls, psum, count in self._assembler.push(mask, probs)],
+                        self._with_probs)
+
+    add = write  # same verb as RleStripWriter.add
+
+    def close(self) -> Path:
+        return self._out.close(lambda: self._out.write(
+            [(g, cls, psum, count, {}) for g, cls, psum, count in self._assembler.finish()], self._with_probs))
+
+    def abort(self) -> None:
+        self._out.abort()
+
+
+class FeatureStream:
+    """The GeoJSON file both polygon writers (this one and segkit.io.instance_vector's) stream into.
+
+    ``write(found, with_probs)``: (geometry, class id, probability sum, pixel count, leading
+    properties) per polygon; those under ``min_area`` pixels are dropped, the others simplified,
+    put in the coordinate frame and written with ``class``, ``mean_prob`` and QuPath's properties.
+    ``close(last)`` runs ``last`` (the writer's final polygons), ends the file and commits it
+    atomically; any failure there, or ``abort()``, removes the temporary file.
+    """
+
+    def __init__(self, path, *, transform=None, crs=None, simplify: float = 0.0, min_area: float = 0,
+                 overwrite: bool = False, geojson_crs: str = "raster", object_type: str = "annotation",
+                 class_names=None):
         self.frame = CoordinateFrame(geojson_crs, crs=crs, transform=transform, source=str(path))
         self.simplify, self.min_area = float(simplify), min_area
         self.object_type, self.class_names = object_type, class_names
         qupath_properties(1, object_type=object_type)  # an unknown object type fails before any work
-        self._assembler = PolygonAssembler(height, width, background_channel=background_channel)
-        self._with_probs: bool | None = None
         self._atomic = AtomicFile(path, overwrite)
         try:  # a Ctrl-C while the writer opens (before any `with` can clean up) must not leave the temp file
             self._fh = open(self._atomic.tmp, "w")
@@ -240,12 +279,12 @@ class PolygonStripWriter(StripOutput):
             raise
         self.count = 0
 
-    def _emit(self, found: list[tuple]) -> None:
+    def write(self, found: list[tuple], with_probs: bool | None) -> None:
         found = [item for item in found if item[3] >= self.min_area]
-        geometries = self.frame.geometries([polygon_rings(g, self.simplify) for g, _, _, _ in found])
-        for geometry, (_, cls, psum, count) in zip(geometries, found):
-            mean_prob = round(psum / count, 6) if self._with_probs else None
-            props = {"class": int(cls), "mean_prob": mean_prob}
+        geometries = self.frame.geometries([polygon_rings(g, self.simplify) for g, _, _, _, _ in found])
+        for geometry, (_, cls, psum, count, lead) in zip(geometries, found):
+            mean_prob = round(psum / count, 6) if with_probs else None
+            props = {**lead, "class": int(cls), "mean_prob": mean_prob}
             props.update(qupath_properties(cls, class_names=self.class_names, object_type=self.object_type,
                                            mean_prob=mean_prob, area_px=count, pixel_area=self.frame.pixel_area,
                                            area_unit=self.frame.area_unit))
@@ -253,17 +292,9 @@ class PolygonStripWriter(StripOutput):
             self._fh.write((",\n" if self.count else "") + json.dumps(feature))
             self.count += 1
 
-    def write(self, mask: np.ndarray, probs: np.ndarray | None = None) -> None:
-        if self._with_probs is None:
-            self._with_probs = probs is not None
-        elif self._with_probs != (probs is not None):
-            raise ValueError("give probs with every strip or with none")
-        self._emit(self._assembler.push(mask, probs))
-
-    add = write  # same verb as RleStripWriter.add
-    def close(self) -> Path:
+    def close(self, last=lambda: None) -> Path:
         try:
-            self._emit(self._assembler.finish())
+            last()
             self._fh.write("\n]}\n")
             self._fh.close()
         except BaseException:
@@ -274,4 +305,3 @@ class PolygonStripWriter(StripOutput):
     def abort(self) -> None:
         self._fh.close()
         self._atomic.discard()
-

@@ -147,6 +147,25 @@ def fill_holes(mask: np.ndarray, max_hole_px: int | None = None) -> np.ndarray:
     return out
 
 
+def find_root(parent: np.ndarray, i: int) -> int:
+    """Union-find over the ``parent`` array of the strip processors (components followed across
+    seams): the root of ``i``, halving the path on the way (``parent`` is updated in place)."""
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = parent[i]
+    return int(i)
+
+
+def all_roots(parent: np.ndarray) -> np.ndarray:
+    """The root of every id of a union-find ``parent`` array, by pointer jumping (vectorised)."""
+    roots = parent.copy()
+    while True:
+        nxt = roots[roots]
+        if np.array_equal(nxt, roots):
+            return roots
+        roots = nxt
+
+
 class _ComponentStream:
     """One exact streaming pass: remove small objects ("small") or fill holes ("holes").
 
@@ -200,11 +219,7 @@ class _ComponentStream:
             _neighbour_classes(labels, mask, n)
 
     def _find(self, i: int) -> int:
-        parent = self._parent
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return int(i)
+        return find_root(self._parent, i)
 
     def _union(self, a: int, b: int) -> None:
         ra, rb = self._find(a), self._find(b)
@@ -235,12 +250,7 @@ class _ComponentStream:
                 self._union(x, y)
 
     def _roots(self) -> np.ndarray:
-        roots = self._parent.copy()
-        while True:
-            nxt = roots[roots]
-            if np.array_equal(nxt, roots):
-                return roots
-            roots = nxt
+        return all_roots(self._parent)
 
     def push(self, row0: int, mask: np.ndarray, *extra: np.ndarray) -> list[tuple]:
         if row0 != self.received:

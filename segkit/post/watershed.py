@@ -25,6 +25,8 @@ import warnings
 import cv2
 import numpy as np
 
+from segkit.post.morphology import all_roots, find_root
+
 __all__ = ["SeedSettings", "seeds_and_mask", "flood", "watershed_instances", "StripWatershed"]
 
 
@@ -126,21 +128,6 @@ class StripWatershed:
         self._last: np.ndarray | None = None                # region ids of the last row received
         self._parent = np.zeros(1, np.int32)
 
-    def _find(self, i: int) -> int:
-        parent = self._parent
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return int(i)
-
-    def _roots(self) -> np.ndarray:
-        roots = self._parent.copy()
-        while True:
-            nxt = roots[roots]
-            if np.array_equal(nxt, roots):
-                return roots
-            roots = nxt
-
     def push(self, row0: int, probs: np.ndarray) -> list[tuple]:
         return list(self._chunks(row0, probs))
 
@@ -169,7 +156,7 @@ class StripWatershed:
         if self._last is not None:   # regions touching across the seam are one region
             touch = (self._last > 0) & (gid[0] > 0)
             for a, b in np.unique(np.stack([self._last[touch], gid[0][touch]]), axis=1).T.tolist():
-                ra, rb = self._find(a), self._find(b)
+                ra, rb = find_root(self._parent, a), find_root(self._parent, b)
                 if ra != rb:
                     self._parent[max(ra, rb)] = min(ra, rb)
         self.received += h
@@ -181,7 +168,7 @@ class StripWatershed:
             self._out = np.concatenate([self._out, np.zeros_like(gid)])
         else:                     # nothing held: keep this strip's arrays, no copies
             self._body, self._seeds, self._gid, self._out = body, seeds, gid, np.zeros_like(gid)
-        roots = self._roots()
+        roots = all_roots(self._parent)
         self._flood_closed(roots)
         return self._emit(roots)
 

@@ -113,23 +113,27 @@ def evaluate(request: EvaluateRequest, echo: Callable[[str], None] = print) -> d
         guard = AtomicFile(out, overwrite=request.overwrite or request.out is None)  # refuse before slow work
         stack.callback(guard.discard)
         other = _Subject(request.vs, runs_dir, reading, stack, request.device) if request.vs else None
-        classes = config.model.classes
+        # instance targets: the objects' union is scored as one class, objects by their ids, plus DSB
+        instances = bool(config.data.targets)
+        classes = 1 if instances else config.model.classes
+        truth_for = truth_opener(truth, reading, instances=instances)
         evaluations = []
         for current in filter(None, (subject, other)):
             current.prepare(images)
             if current.files is not None:
                 evaluations.append(evaluate_files(images, current.files, truth, reading, classes=classes,
-                                                  tile_px=request.tile_px, objects=request.objects, label=current.label))
+                                                  tile_px=request.tile_px, objects=request.objects, label=current.label,
+                                                  instances=instances))
             else:
-                evaluations.append(evaluate_images(images, truth_opener(truth, reading), current.opener(),
-                                                   classes=classes, tile_px=request.tile_px, objects=request.objects,
-                                                   label=current.label))
+                evaluations.append(evaluate_images(images, truth_for, current.opener(), classes=classes,
+                                                   tile_px=request.tile_px, objects=request.objects,
+                                                   label=current.label, instances=instances))
         evaluation: Evaluation = evaluations[0]
         if not evaluation.items:
             raise SegkitError("evaluate: none of the images has labels; nothing to score")
         comparison = compare(evaluation, evaluations[1]) if other is not None else None
         preds = {s.label: s.opener() for s in filter(None, (subject, other))}
-        pictures = Pictures({i.id: i for i in images}, truth_opener(truth, reading), preds)
+        pictures = Pictures({i.id: i for i in images}, truth_for, preds)
         text = render_seg_report(evaluation, pictures, worst=request.worst, comparison=comparison)
         result = {"evaluation": evaluation.to_dict()}
         if comparison is not None:
@@ -158,7 +162,7 @@ def evaluate(request: EvaluateRequest, echo: Callable[[str], None] = print) -> d
 
 def _echo_summary(evaluation: Evaluation, comparison, echo) -> None:
     s = evaluation.summary()
-    line = "  ".join(f"{k} {s[k]:.4f}" for k in ("dice", "iou", "precision", "recall", "object_f1") if k in s)
+    line = "  ".join(f"{k} {s[k]:.4f}" for k in ("dice", "iou", "precision", "recall", "object_f1", "dsb") if k in s)
     echo(f"{evaluation.label}: {s['images']} image(s), {s['items']} item(s): {line}")
     for note in evaluation.notes:
         echo(f"note: {note}")

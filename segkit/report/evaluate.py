@@ -8,7 +8,10 @@ counts in each tile: a small bias on slides, none on images that fit one item).
 
 Object-level scores (object F1 at IoU >= 0.5, matched one-to-one) use the connected components
 of each class (segkit.metrics.objects), the usual reading of instance-like labels such as
-nuclei or glomeruli when the masks carry no instance ids.
+nuclei or glomeruli when the masks carry no instance ids. With ``instances`` (a run with instance
+targets) objects are the sources' own ids (``read_instances``: the watershed objects, the true
+instance labels; connected components where a source has none) and each item also gets the Data
+Science Bowl score (its image's: the mean over its items, exact when the image is one item).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class ItemScore:
     window: Window
     counts: np.ndarray  # (labels, 3) TP, FP, FN pixels per scored class
     objects: Optional[np.ndarray] = None  # (3,) TP, FP, FN objects summed over classes
+    dsb: Optional[float] = None  # Data Science Bowl score of the item's objects (instance runs)
 
     @property
     def key(self) -> str:
@@ -43,6 +47,8 @@ class ItemScore:
         out = mean_scores(self.counts)
         if self.objects is not None:
             out["object_f1"] = object_f1_from_counts(*(int(v) for v in self.objects))
+        if self.dsb is not None:
+            out["dsb"] = self.dsb
         return out
 
 
@@ -77,12 +83,22 @@ class Evaluation:
             out[item.image_id] = (counts + item.counts, objects)
         return out
 
+    def image_dsb(self) -> dict[str, float]:
+        """{image id: mean DSB score of its items} for the images scored by instances."""
+        found: dict = {}
+        for item in self.items:
+            if item.dsb is not None:
+                found.setdefault(item.image_id, []).append(item.dsb)
+        return {image_id: float(np.mean(values)) for image_id, values in found.items()}
+
     def per_image(self) -> dict[str, dict]:
-        out = {}
+        out, dsb = {}, self.image_dsb()
         for image_id, (counts, objects) in self.image_counts().items():
             scores = mean_scores(counts)
             if objects is not None:
                 scores["object_f1"] = object_f1_from_counts(*(int(v) for v in objects))
+            if image_id in dsb:
+                scores["dsb"] = dsb[image_id]
             out[image_id] = scores
         return out
 
@@ -112,6 +128,9 @@ class Evaluation:
         if objects:
             tp, fp, fn = (int(v) for v in np.sum(objects, axis=0))
             out.update(object_f1=object_f1_from_counts(tp, fp, fn), object_tp=tp, object_fp=fp, object_fn=fn)
+        dsb = self.image_dsb()
+        if dsb:
+            out["dsb"] = float(np.mean(list(dsb.values())))
         return out
 
     def to_dict(self) -> dict:
@@ -141,6 +160,19 @@ def score_masks(pred: np.ndarray, truth: np.ndarray, classes: int, objects: bool
     return counts, total
 
 
+def score_instances(pred_ids: np.ndarray, true_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """(pixel counts (1, 3) of the objects' union, object TP/FP/FN at IoU 0.5, DSB score) of one item."""
+    found = object_scores(pred_ids, true_ids)
+    return pixel_counts(pred_ids, true_ids, 1), np.array([found["tp"], found["fp"], found["fn"]], np.int64), found["dsb"]
+
+
+def _instances_of(source, window: Window) -> np.ndarray:
+    """The source's object ids in window; connected components of what it reads when it has no ids."""
+    if hasattr(source, "read_instances"):
+        return source.read_instances(window)
+    return label_components(source.read(window))
+
+
 def image_region(image: EvalImage, height: int, width: int) -> Window:
     """The image's region clipped to the image (the whole image without one)."""
     if image.region is None:
@@ -154,9 +186,13 @@ Opener = Callable[[EvalImage, object], object]  # (image, raster) -> label sourc
 
 
 def evaluate_images(images: list[EvalImage], truth_for: Opener, pred_for: Opener, *, classes: int = 1,
-                    tile_px: int = DEFAULT_TILE_PX, objects: bool = True, label: str = "prediction") -> Evaluation:
+                    tile_px: int = DEFAULT_TILE_PX, objects: bool = True, label: str = "prediction",
+                    instances: bool = False) -> Evaluation:
     """Score every image that has truth; images without truth are skipped and those without a
-    prediction scored as empty, each counted in the notes."""
+    prediction scored as empty, each counted in the notes. ``instances``: binary objects scored
+    by their ids with the DSB score (see the module docstring); ``classes`` must be 1."""
+    if instances and int(classes) != 1:
+        raise ValueError(f"evaluate_images: instances are scored as one class, not {classes}")
     evaluation = Evaluation(label=label, classes=int(classes))
     no_truth, no_pred = [], []
     for image in images:
@@ -174,6 +210,10 @@ def evaluate_images(images: list[EvalImage], truth_for: Opener, pred_for: Opener
             if len(windows) == 1:
                 evaluation.full_images.add(image.id)
             for window in windows:
+                if instances and objects:
+                    counts, found, dsb = score_instances(_instances_of(pred, window), _instances_of(truth, window))
+                    evaluation.items.append(ItemScore(image.id, window, counts, found, dsb))
+                    continue
                 counts, found = score_masks(pred.read(window), truth.read(window), classes, objects)
                 evaluation.items.append(ItemScore(image.id, window, counts, found))
     if no_truth:

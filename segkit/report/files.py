@@ -7,6 +7,7 @@ from typing import Optional
 
 from segkit.data.dataset import LabelOptions
 from segkit.ground.errors import SegkitError
+from segkit.io.instances import open_instances
 from segkit.io.masks import open_labels
 from segkit.report.evaluate import DEFAULT_TILE_PX, Evaluation, evaluate_images
 from segkit.report.sources import EvalImage, LabelSpec
@@ -20,14 +21,17 @@ class LabelReading:
     pred_rle_order: str = "F"
 
 
-def truth_opener(truth: Optional[LabelSpec], reading: LabelReading):
-    """--truth when given, else each image's own label file (the manifest's label column)."""
+def truth_opener(truth: Optional[LabelSpec], reading: LabelReading, *, instances: bool = False):
+    """--truth when given, else each image's own label file (the manifest's label column), read
+    as object ids with ``instances`` (a run with instance targets: its labels are instance labels)."""
     def open_truth(image: EvalImage, raster):
         if truth is not None:
             return truth.open(image.id, raster)
         if image.label is None:
             return None
         t = reading.truth
+        if instances:
+            return open_instances(image.label, raster, image_id=image.id, rle_order=t.rle_order)
         return open_labels(image.label, raster, image_id=image.id, rle_order=t.rle_order, class_map=t.class_map,
                            class_property=t.class_property)
     return open_truth
@@ -55,15 +59,16 @@ def open_specs(pred: str, truth: Optional[str], reading: LabelReading) -> tuple[
 
 def evaluate_files(images: list[EvalImage], pred: LabelSpec, truth: Optional[LabelSpec], reading: LabelReading, *,
                    classes: int = 1, tile_px: int = DEFAULT_TILE_PX, objects: bool = True,
-                   label: Optional[str] = None) -> Evaluation:
+                   label: Optional[str] = None, instances: bool = False) -> Evaluation:
     """Score `pred` on every image that has truth; the notes count what was skipped or taken as empty."""
     if not images:
         raise SegkitError("evaluate: no images to score")
     pred.check_single(images)
     if truth is not None:
         truth.check_single(images)
-    evaluation = evaluate_images(images, truth_opener(truth, reading), pred_opener(pred), classes=classes,
-                                 tile_px=tile_px, objects=objects, label=label or str(pred.path))
+    evaluation = evaluate_images(images, truth_opener(truth, reading, instances=instances), pred_opener(pred),
+                                 classes=classes, tile_px=tile_px, objects=objects, label=label or str(pred.path),
+                                 instances=instances)
     ids = pred.ids()
     if ids is not None:
         known = {image.id for image in images}

@@ -83,16 +83,17 @@ def seg_sections(evaluation: Evaluation, pictures: Pictures, *, worst: int) -> s
     parts = [f"<p>prediction: <b>{html.escape(evaluation.label)}</b>; {summary['images']} image(s), "
              f"{summary['items']} item(s) scored</p>"]
     parts += [f"<p class='note'>{html.escape(note)}</p>" for note in evaluation.notes]
-    keys = [k for k in ("dice", "iou", "precision", "recall", "dice_pooled", "object_f1") if k in summary]
+    keys = [k for k in ("dice", "iou", "precision", "recall", "dice_pooled", "object_f1", "dsb") if k in summary]
     parts.append("<h2>Summary</h2>" + table(keys, [[summary[k] for k in keys]]))
-    parts.append("<p>Means over images; dice_pooled pools all pixels; object_f1 pools objects matched at IoU &ge; 0.5. "
-                 "An image with empty truth and empty prediction scores 1.</p>")
+    parts.append("<p>Means over images; dice_pooled pools all pixels; object_f1 pools objects matched at IoU &ge; 0.5; "
+                 "dsb (runs with instance targets) is the Data Science Bowl score, the mean over IoU thresholds "
+                 "0.5:0.05:0.95 of TP / (TP + FP + FN), averaged over images. An image with empty truth and empty prediction scores 1.</p>")
     per_class = evaluation.per_class()
     if len(per_class) > 1:
         names = ["class", "dice", "iou", "precision", "recall", "dice_pooled", "true_px"]
         parts.append("<h2>Per class</h2>" + table(names, [[row[n] for n in names] for row in per_class]))
     item_scores = [item.scores() for item in evaluation.items]
-    series = {name: [s[name] for s in item_scores] for name in ("dice", "iou", "object_f1") if item_scores and name in item_scores[0]}
+    series = {name: [s[name] for s in item_scores] for name in ("dice", "iou", "object_f1", "dsb") if item_scores and name in item_scores[0]}
     if item_scores:
         parts.append("<h2>Score histograms</h2>" + figure(histogram_png(series, "per item"), "scores per image or tile"))
     order = sorted(range(len(evaluation.items)), key=lambda i: (item_scores[i]["dice"], i))[:worst]
@@ -104,7 +105,7 @@ def seg_sections(evaluation: Evaluation, pictures: Pictures, *, worst: int) -> s
             parts.append(figure(png, f"{item.image_id} rows {item.window.row}-{item.window.bottom} cols "
                                      f"{item.window.col}-{item.window.right}: dice {item_scores[i]['dice']:.4f}"))
     per_image = evaluation.per_image()
-    names = ["image"] + [k for k in ("dice", "iou", "precision", "recall", "object_f1") if per_image and k in next(iter(per_image.values()))]
+    names = ["image"] + [k for k in ("dice", "iou", "precision", "recall", "object_f1", "dsb") if per_image and k in next(iter(per_image.values()))]
     rows = sorted(([image_id] + [s[k] for k in names[1:]] for image_id, s in per_image.items()), key=lambda r: r[1])
     parts.append("<h2>Per image</h2>" + table(names, rows))
     return "\n".join(parts)

@@ -3,7 +3,9 @@
 The validation images (and regions) are the run's own fold of its manifest. Each is predicted by
 the infer predictor with the run's infer settings (tiling, TTA, checkpoints, threshold, small
 objects, holes), the masks written as tiled TIFFs to a temporary folder and read back by window
-like any other prediction. With --search each TTA view is also predicted alone (float
+like any other prediction. A run with instance targets is predicted as `infer --instances` would:
+its watershed objects are written as uint32 ids too, and scored object by object against the true
+ids. With --search each TTA view is also predicted alone (float
 probabilities), so the view weights, threshold and minimum object size can be searched on them
 (segkit.report.postsearch); the best are saved as the run's infer defaults in its config.yaml.
 """
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from segkit.data.targets import parse_targets
 from segkit.ground.config import Config, load_config
 from segkit.ground.errors import SegkitError
 from segkit.ground.geometry import Window
@@ -25,7 +28,8 @@ from segkit.io.raster import open_raster
 from segkit.io.writers import TiffStripWriter
 from segkit.report.evaluate import image_region, item_windows
 from segkit.report.postsearch import PostSetting, search_postprocess
-from segkit.report.sources import EvalImage, OffsetLabels, images_from_rows
+from segkit.post.watershed import StripWatershed
+from segkit.report.sources import EvalImage, OffsetInstances, OffsetLabels, images_from_rows
 from segkit.runs.rundir import read_run_info, save_config, update_run_info
 from segkit.train.from_config import split_rows
 
@@ -45,12 +49,11 @@ class RunPredictions:
         self.config = load_config(self.run_dir / "config.yaml")
         read_run_info(self.run_dir)  # a folder that is not a run fails here
         self.settings = infer_settings(self.config)
-        if self.config.data.targets:  # not masks: its labels are object ids and its outputs watershed objects
-            raise SegkitError(f"{self.run_dir}: segkit evaluate does not score runs with instance targets yet; "
-                              "their validation records val_object_f1, val_dsb and val_dice in metrics.jsonl")
+        self.targets = parse_targets(self.config.data.targets)  # instance run: outputs are watershed objects
         self.ensemble = load_ensemble([self.run_dir], self.config.infer.epochs, device)
         self.masks: dict[str, tuple[Path, Window]] = {}
         self.views: dict[str, dict[str, Path]] = {}
+        self.instances: dict[str, Path] = {}  # instance runs: uint32 object ids next to each mask
 
     def predict_masks(self) -> None:
         """Masks with the run's own settings, through infer's predictor and post-processing."""
@@ -59,13 +62,26 @@ class RunPredictions:
             check_channels(raster, self.ensemble.preprocess)
             region = image_region(image, raster.height, raster.width)
             strips = stream_probs(self.ensemble, raster, self.settings, self.device, region=region)
-            masks = post_process(strips, raster, self.ensemble.preprocess, self.settings, self.ensemble.classes,
-                                 region=region)
             path = self.workdir / f"{len(self.masks):05d}.mask.tif"
-            with TiffStripWriter(path, region.height, region.width, 1, "uint8") as writer:
-                for _, mask, _ in masks:
-                    writer.write(mask)
+            if self.targets:
+                self._write_objects(strips, region, path, image.id)
+            else:
+                masks = post_process(strips, raster, self.ensemble.preprocess, self.settings, self.ensemble.classes,
+                                     region=region)
+                with TiffStripWriter(path, region.height, region.width, 1, "uint8") as writer:
+                    for _, mask, _ in masks:
+                        writer.write(mask)
             self.masks[image.id] = (path, region)
+
+    def _write_objects(self, strips, region: Window, path: Path, image_id: str) -> None:
+        """Watershed objects of the region as infer writes them: their union (mask) and their ids."""
+        ids_path = path.with_name(path.name.replace(".mask.", ".ids."))
+        with TiffStripWriter(path, region.height, region.width, 1, "uint8") as masks, \
+                TiffStripWriter(ids_path, region.height, region.width, 1, "uint32") as ids_writer:
+            for _, ids, _ in StripWatershed(region.height, region.width, self.targets, self.settings.seeds)(strips):
+                masks.write((ids != 0).astype(np.uint8))
+                ids_writer.write(ids.astype(np.uint32))
+        self.instances[image_id] = ids_path
 
     def predict_views(self) -> list[tuple[str, float]]:
         """Each TTA view alone, as float32 probabilities; returns the run's (view, weight) pairs."""
@@ -89,6 +105,8 @@ class RunPredictions:
 
     def pred_for(self, image: EvalImage, raster):
         path, region = self.masks[image.id]
+        if image.id in self.instances:
+            return OffsetInstances(open_labels(path, open_raster(path)), region, open_raster(self.instances[image.id]))
         return OffsetLabels(open_labels(path, open_raster(path)), region)
 
     def search_items(self, truth_for, tile_px: int):

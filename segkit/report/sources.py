@@ -142,3 +142,15 @@ class OffsetLabels:
     def read(self, window: Window, out_size=None) -> np.ndarray:
         shifted = Window(window.row - self.region.row, window.col - self.region.col, window.height, window.width)
         return self.source.read(shifted, out_size)
+
+
+class OffsetInstances(OffsetLabels):
+    """OffsetLabels of predicted objects: also their ids (``ids``: a raster of the region's object ids)."""
+
+    def __init__(self, source, region: Window, ids):
+        super().__init__(source, region)
+        self.ids = ids
+
+    def read_instances(self, window: Window) -> np.ndarray:
+        shifted = Window(window.row - self.region.row, window.col - self.region.col, window.height, window.width)
+        return self.ids.read(shifted)[..., 0].astype(np.int32)
