@@ -75,6 +75,7 @@ def test_ema_freeze_subset_sgd_cosine_floor_and_early_stopping(project):
     # early_stop_delta 1.0: a Dice can never beat the first epoch's by that much -> stop after 1 + 2 epochs
     run("train", "--config", project / "tiny.yaml", "--name", "ema", "--subset", "0.5", "--epochs", 5,
         "--set", "train.ema=0.5", "--set", "model.freeze_fraction=0.5", "--set", "train.optimizer=sgd",
+        "--set", "train.scheduler=cosine", "--set", "train.lr=1e-3",
         "--set", "train.min_lr_ratio=0.1", "--set", "train.momentum=0.8",
         "--set", "train.early_stop=2", "--set", "train.early_stop_delta=1.0")
     run_dir = project / "runs" / "ema"

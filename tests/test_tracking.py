@@ -21,7 +21,7 @@ def test_mlflow_round_trip(tmp_path):
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.run_name == "m1" and run.info.status == "FINISHED"
     assert run.info.run_id == json.loads((root / "runs" / "m1" / "run.json").read_text())["tracking_run_id"]
-    assert run.data.params["train.lr"] == "0.001" and run.data.params["data.fov_px"] == "48"
+    assert run.data.params["train.lr"] == "0.003" and run.data.params["data.fov_px"] == "48"
     history = client.get_metric_history(run.info.run_id, "val_dice")
     assert [m.step for m in history] == [1]
     assert 0 <= history[0].value <= 1

@@ -86,9 +86,9 @@ class TrainConfig:
     subset: float = 1.0  # fraction of windows_per_epoch actually used (fast experiments)
     batch_size: int = 8
     optimizer: str = "adamw"  # adamw | adam | sgd
-    lr: float = 1e-3
+    lr: float = 3e-3
     weight_decay: float = 1e-4
-    scheduler: str = "cosine"  # cosine (with warmup) | onecycle | constant
+    scheduler: str = "onecycle"  # cosine (with warmup) | onecycle | constant
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0  # cosine ends at min_lr_ratio * lr
     momentum: float = 0.9  # SGD momentum (Nesterov when > 0)
