@@ -134,3 +134,32 @@ def test_evaluate_scores_watershed_objects_per_image(instance_run, tmp_path):
     assert image["object_f1"] == pytest.approx(record["val_object_f1"], abs=1e-6)
     html = (tmp_path / "r.html").read_text()
     assert "<th>dsb</th>" in html and "nuclei_val" in html
+
+
+def test_evaluate_search_tunes_the_watershed_seeds(instance_run, tmp_path):
+    """evaluate --search on an instance run: seed thresholds searched on the validation fold for object
+    F1, the best saved as the run's infer defaults (config.yaml) and recorded in run.json."""
+    import re
+    import shutil
+
+    run = tmp_path / "inst"
+    shutil.copytree(instance_run, run)  # --search rewrites config.yaml; the module's run stays as trained
+    result = _cli("evaluate", "--run", run, "--search", "--out", tmp_path / "s.html", "--worst", 1)
+    assert result.exit_code == 0, result.output
+    plain = float(re.search(r"run inst: .*?object_f1 (\d\.\d+)", result.output).group(1))
+    found = re.search(r"search: object_f1 (\d\.\d+) -> (\d\.\d+), dsb (\d\.\d+) -> (\d\.\d+)", result.output)
+    assert found, result.output
+    before, after = float(found.group(1)), float(found.group(2))
+    assert before == pytest.approx(plain, abs=1e-4)  # whole-region watershed = the evaluation's objects
+    assert after >= before
+    record = json.loads((run / "run.json").read_text())["infer_search"]
+    infer = yaml.safe_load((run / "config.yaml").read_text())["infer"]
+    for key in ("threshold", "seed_threshold", "seed_border"):
+        assert infer[key] == record["after"][key]
+    assert record["after"]["object_f1"] == pytest.approx(after, abs=1e-4)
+    assert json.loads((tmp_path / "s.json").read_text())["search"]["seed_threshold"] == infer["seed_threshold"]
+    # infer's streaming watershed with the saved defaults scores what the search found
+    result = _cli("evaluate", "--run", run, "--out", tmp_path / "again.html")
+    assert result.exit_code == 0, result.output
+    again = float(re.search(r"run inst: .*?object_f1 (\d\.\d+)", result.output).group(1))
+    assert again == pytest.approx(after, abs=1e-4)

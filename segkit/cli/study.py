@@ -31,7 +31,8 @@ from segkit.cli.options import ALL_SECTIONS, command_config, common_options, run
 @click.option("--no-objects", is_flag=True, help="Skip object-level F1 (connected components matched at IoU >= 0.5).")
 @click.option("--search", is_flag=True,
               help="With --run: search threshold, minimum object size and the original TTA view's weight on the "
-                   "validation predictions, print the gain and save the best as the run's infer defaults.")
+                   "validation predictions, print the gain and save the best as the run's infer defaults. "
+                   "Instance runs: the watershed's seed_threshold, seed_border and threshold, for object F1.")
 def evaluate(config_path, overrides, runs_dir, device, task, run, pred, truth, images, vs, out, overwrite, worst,
              tile_px, no_objects, search):
     """Score predictions against labels: per image and class, report.html, --vs, --search.

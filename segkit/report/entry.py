@@ -140,7 +140,9 @@ def evaluate(request: EvaluateRequest, echo: Callable[[str], None] = print) -> d
             result["vs"] = {"label": comparison.old.label, **comparison.summary(), "images": comparison.images,
                             "only_new": comparison.only_new, "only_old": comparison.only_old}
         _echo_summary(evaluation, comparison, echo)
-        if request.search:
+        if request.search and instances:
+            result["search"] = _search_seeds(subject, truth_for, echo)
+        elif request.search:
             from segkit.report.runeval import run_search, save_infer_defaults
 
             found = run_search(subject.predictions, truth_opener(truth, reading), request.tile_px)
@@ -158,6 +160,20 @@ def evaluate(request: EvaluateRequest, echo: Callable[[str], None] = print) -> d
         write_text(out.with_suffix(".json"), json.dumps(result, indent=1, default=str) + "\n")
         echo(f"wrote {out}")
     return result
+
+
+def _search_seeds(subject: _Subject, truth_for, echo) -> dict:
+    """--search on an instance run: the watershed's thresholds (segkit.report.seedsearch)."""
+    from segkit.report.runeval import run_seed_search, save_seed_defaults
+
+    found = run_seed_search(subject.predictions, truth_for)
+    (before, old), (after, new) = found["before"], found["after"]
+    scores = ", ".join(f"{k} {old[k]:.4f} -> {new[k]:.4f}" for k in ("object_f1", "dsb", "dice"))
+    echo(f"search: {scores} with seed_threshold {after.seed}, seed_border {after.border}, threshold {after.mask} "
+         f"(was {before.seed}, {before.border}, {before.mask}; {found['cpu_seconds']} CPU s)")
+    echo(f"saved as the run's infer defaults in {save_seed_defaults(subject.run_dir, found)}")
+    return {"before": old, "after": new, "seed_threshold": after.seed, "seed_border": after.border,
+            "threshold": after.mask}
 
 
 def _echo_summary(evaluation: Evaluation, comparison, echo) -> None:

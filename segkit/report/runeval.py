@@ -8,6 +8,8 @@ its watershed objects are written as uint32 ids too, and scored object by object
 ids. With --search each TTA view is also predicted alone (float
 probabilities), so the view weights, threshold and minimum object size can be searched on them
 (segkit.report.postsearch); the best are saved as the run's infer defaults in its config.yaml.
+On an instance run --search predicts the body/border/contact probabilities once and searches the
+watershed's thresholds on them instead (segkit.report.seedsearch).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from segkit.io.raster import open_raster
 from segkit.io.writers import TiffStripWriter
 from segkit.report.evaluate import image_region, item_windows
 from segkit.report.postsearch import PostSetting, search_postprocess
+from segkit.report.seedsearch import search_seeds
 from segkit.post.watershed import StripWatershed
 from segkit.report.sources import EvalImage, OffsetInstances, OffsetLabels, images_from_rows
 from segkit.runs.rundir import read_run_info, save_config, update_run_info
@@ -124,6 +127,38 @@ class RunPredictions:
                         probs = {view: f.read(local)[..., 0].astype(np.float32) for view, f in files.items()}
                         yield image.id, probs, truth.read(window) != 0
         return load
+
+
+def run_seed_search(predictions: RunPredictions, truth_for) -> dict:
+    """Instance runs: the validation regions' body/border/contact probabilities predicted once (kept in
+    memory, a validation region is small) and the watershed thresholds searched on them (seedsearch)."""
+    started = time.process_time()
+    items = []
+    for image in predictions.images:
+        with open_raster(image.image) as raster:
+            truth = truth_for(image, raster)
+            if truth is None:
+                continue
+            region = image_region(image, raster.height, raster.width)
+            probs = np.concatenate([p.astype(np.float32) for _, p in stream_probs(
+                predictions.ensemble, raster, predictions.settings, predictions.device, region=region)], axis=1)
+            items.append((image.id, probs, truth.read_instances(region)))
+    result = search_seeds(lambda: items, predictions.targets, predictions.settings.seeds)
+    result["cpu_seconds"] = round(time.process_time() - started, 1)
+    return result
+
+
+def save_seed_defaults(run_dir: Path, result: dict) -> Path:
+    """The searched watershed thresholds as the run's infer defaults, as save_infer_defaults does."""
+    (before, scores_before), (after, scores_after) = result["before"], result["after"]
+    config = load_config(run_dir / "config.yaml")
+    updated = load_config(None, [f"infer.threshold={after.mask}", f"infer.seed_threshold={after.seed}",
+                                 f"infer.seed_border={after.border}"], base=config)
+    save_config(updated, run_dir / "config.yaml")
+    record = [{"threshold": s.mask, "seed_threshold": s.seed, "seed_border": s.border, **scores}
+              for s, scores in ((before, scores_before), (after, scores_after))]
+    update_run_info(run_dir, infer_search={"before": record[0], "after": record[1], "searched": time.time()})
+    return run_dir / "config.yaml"
 
 
 def run_search(predictions: RunPredictions, truth_for, tile_px: int) -> dict:
