@@ -151,14 +151,11 @@ def run_seed_search(predictions: RunPredictions, truth_for) -> dict:
 def save_seed_defaults(run_dir: Path, result: dict) -> Path:
     """The searched watershed thresholds as the run's infer defaults, as save_infer_defaults does."""
     (before, scores_before), (after, scores_after) = result["before"], result["after"]
-    config = load_config(run_dir / "config.yaml")
-    updated = load_config(None, [f"infer.threshold={after.mask}", f"infer.seed_threshold={after.seed}",
-                                 f"infer.seed_border={after.border}"], base=config)
-    save_config(updated, run_dir / "config.yaml")
-    record = [{"threshold": s.mask, "seed_threshold": s.seed, "seed_border": s.border, **scores}
-              for s, scores in ((before, scores_before), (after, scores_after))]
-    update_run_info(run_dir, infer_search={"before": record[0], "after": record[1], "searched": time.time()})
-    return run_dir / "config.yaml"
+
+    def keys(s):
+        return {"threshold": s.mask, "seed_threshold": s.seed, "seed_border": s.border}
+
+    return _save_search(run_dir, keys(after), {**keys(before), **scores_before}, {**keys(after), **scores_after})
 
 
 def run_search(predictions: RunPredictions, truth_for, tile_px: int) -> dict:
@@ -175,14 +172,17 @@ def run_search(predictions: RunPredictions, truth_for, tile_px: int) -> dict:
 def save_infer_defaults(run_dir: Path, result: dict) -> Path:
     """The searched setting as the run's infer defaults (config.yaml), the search recorded in run.json."""
     (before, dice_before), (after, dice_after) = result["before"], result["after"]
+
+    def keys(s):
+        return {"tta": s.tta_spec(), "threshold": s.threshold, "min_object_px": s.min_px}
+
+    return _save_search(run_dir, keys(after), {**keys(before), "dice": dice_before}, {**keys(after), "dice": dice_after})
+
+
+def _save_search(run_dir: Path, infer_keys: dict, before: dict, after: dict) -> Path:
+    """``infer_keys`` (infer.KEY: value) into the run's config.yaml; before/after recorded in run.json."""
     config = load_config(run_dir / "config.yaml")
-    updated = load_config(None, [f"infer.threshold={after.threshold}", f"infer.min_object_px={after.min_px}",
-                                 f"infer.tta={after.tta_spec()}"], base=config)
+    updated = load_config(None, [f"infer.{key}={value}" for key, value in infer_keys.items()], base=config)
     save_config(updated, run_dir / "config.yaml")
-    update_run_info(run_dir, infer_search={
-        "before": {"tta": before.tta_spec(), "threshold": before.threshold, "min_object_px": before.min_px,
-                   "dice": dice_before},
-        "after": {"tta": after.tta_spec(), "threshold": after.threshold, "min_object_px": after.min_px,
-                  "dice": dice_after},
-        "searched": time.time()})
+    update_run_info(run_dir, infer_search={"before": before, "after": after, "searched": time.time()})
     return run_dir / "config.yaml"
