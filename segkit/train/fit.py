@@ -205,9 +205,9 @@ def _setup_run(config: Config, command: str, parent, resume, parent_epoch, data:
         preprocess = Preprocess.load(parent / "preprocess.json")
     else:
         preprocess = fc.preprocess_for(config, data)
-    fc.build_model(config, preprocess.in_channels)  # a bad --size fails here, before anything is written
+    model = fc.build_model(config, preprocess.in_channels)  # a bad --size fails here, before anything is written
     if parent is not None:
-        preflight.check_parent_weights(config, parent, parent_epoch, preprocess.in_channels)
+        preflight.check_parent_weights(model, path)
     run_dir = create_run_dir(Path(config.run.runs_dir), config.run.name, command)
     config = dataclasses.replace(config, run=dataclasses.replace(config.run, name=run_dir.name))
     save_config(config, run_dir / "config.yaml")

@@ -4,7 +4,7 @@ A training stage creates its run directory only after this passes, so an unknown
 optimizer or scheduler name, or a parent checkpoint that does not load into the model, is a
 one-line error that leaves the runs folder as it was (an empty run left behind would otherwise
 become the default run of `infer` and `finetune`). Building the loss and loading the parent's
-weights here costs a fraction of a second; building them again afterwards keeps fit() simple.
+weights here costs a fraction of a second; loading them again afterwards keeps fit() simple.
 """
 
 from __future__ import annotations
@@ -32,13 +32,10 @@ def check_names(config: Config) -> None:
         raise SegkitError(f"config key {key}: {exc}") from None
 
 
-def check_parent_weights(config: Config, parent: Path, parent_epoch: str | int, in_channels: int) -> Path:
-    """The parent checkpoint a finetune starts from, loaded into this stage's model once as a check."""
-    path, _ = ckpt.select_checkpoint(parent, parent_epoch)
+def check_parent_weights(model, path: Path) -> None:
+    """The parent checkpoint a finetune starts from (``path``), loaded into this stage's ``model`` once as a check."""
     state = ckpt.load_checkpoint(path, required_keys=("model",))["model"]
-    load_model_weights(fc.build_model(config, in_channels), state, path)
-    return path
-
+    load_model_weights(model, state, path)
 
 
 # what exact resume reads from the last checkpoint (fit._restore)
