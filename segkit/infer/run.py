@@ -150,9 +150,9 @@ class Settings:
 def infer_settings(config: Config, *, crf: bool = False) -> Settings:
     """The settings of `segkit infer` from a run's config with the command's overrides."""
     i = config.infer
-    # auto: objects of instance runs (nuclei, cells) are QuPath detections; class regions annotations
-    object_type = ("detection" if parse_targets(config.data.targets) else "annotation") if i.object_type == "auto" \
-        else i.object_type
+    object_type = i.object_type
+    if object_type == "auto":  # objects of instance runs (nuclei, cells) are QuPath detections; class regions annotations
+        object_type = "detection" if parse_targets(config.data.targets) else "annotation"
     writing = WriterOptions(
         class_names=config.data.class_names, geojson_crs=i.geojson_crs, object_type=object_type,
         simplify=i.simplify, min_polygon_area=i.min_polygon_area, overviews=i.overviews, mask_nodata=i.mask_nodata,
