@@ -103,3 +103,26 @@ def test_an_error_never_prints_an_unbounded_value():
     with pytest.raises(SegkitError) as info:
         load_config(None, ["data.group_pattern=[" + ", ".join(["aaaaaaaaaa"] * 10000) + "]"])
     assert len(str(info.value)) < 200 and "list of 10000 items" in str(info.value)
+
+
+def test_choice_lists_match_the_registries_that_build_them():
+    from segkit.train.optim import OPTIMIZERS, SCHEDULERS
+
+    assert set(find_setting("train.optimizer").choices) == set(OPTIMIZERS)
+    assert set(find_setting("train.scheduler").choices) == set(SCHEDULERS)
+
+
+@pytest.mark.parametrize("recipe", ["histology", "aerial", "ct", "small_images", "classification", "digits", "sample"])
+def test_each_kind_of_data_has_a_recipe_that_loads_and_builds(recipe):
+    """The recipes users copy: every key known, every name (losses, channel presets) buildable."""
+    import numpy as np
+
+    from segkit.data.channels import parse_channels
+    from segkit.train.preflight import check_names
+
+    config = load_config(recipe)
+    if config.task == "cls" and config.data.class_names is None:  # the manifest names the classes
+        config = load_config(recipe, ["data.class_names=[cat, dog]"])
+    check_names(config)
+    specs = parse_channels(config.data.channels, bands=3, dtype=np.dtype("int16"))
+    assert len(specs) >= 1
