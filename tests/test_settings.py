@@ -121,8 +121,9 @@ def test_each_kind_of_data_has_a_recipe_that_loads_and_builds(recipe):
     from segkit.train.preflight import check_names
 
     config = load_config(recipe)
-    if config.task == "cls" and config.data.class_names is None:  # the manifest names the classes
-        config = load_config(recipe, ["data.class_names=[cat, dog]", "model.classes=2"])
+    if config.task == "cls":  # training sets model.classes from the class names (or the manifest's)
+        names = config.data.class_names or ["cat", "dog"]
+        config = load_config(recipe, values={"data.class_names": names, "model.classes": len(names)})
     check_names(config)
     specs = parse_channels(config.data.channels, bands=3, dtype=np.dtype("int16"))
     assert len(specs) >= 1
