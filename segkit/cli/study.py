@@ -8,6 +8,11 @@ import click
 
 from segkit.cli.options import ALL_SECTIONS, command_config, common_options, run_option, runs_folder, task_option
 
+# What evaluate reads of --config/--set. Scoring a run: how it is predicted (as `segkit infer` reads
+# them, on top of the run's own config). Scoring files: how labels, classes and RLE are read.
+RUN_READS = ("infer", "run", "train.amp")
+FILE_READS = ("task", "run", "data", "model.classes", "infer.rle_order")
+
 
 @click.command()
 @common_options
@@ -45,14 +50,24 @@ def evaluate(config_path, overrides, runs_dir, device, task, run, pred, truth, i
       segkit evaluate --run stage2 --vs stage1
       segkit evaluate --pred submission.csv --truth train.csv --images slides/
     """
-    from segkit.report.entry import EvaluateRequest
+    from segkit.ground.config import load_config
+    from segkit.report.entry import EvaluateRequest, run_settings
     from segkit.report.entry import evaluate as run_evaluate
+    from segkit.runs.rundir import resolve_run
 
-    config = command_config("evaluate", ALL_SECTIONS, config_path, overrides, runs_dir=runs_dir, device=device,
-                            task=task)
+    folder = runs_folder(config_path, overrides, runs_dir)
+    if run is not None:  # the run's own config, with the infer settings --config/--set give
+        run_dir = resolve_run(run, folder)
+        own = load_config(run_dir / "config.yaml")
+        config = run_settings(own, command_config("evaluate --run", RUN_READS, config_path, overrides,
+                                                  runs_dir=runs_dir, device=device, base=own), task, run_dir)
+        run = str(run_dir)
+    else:
+        config = command_config("evaluate", FILE_READS, config_path, overrides, runs_dir=runs_dir, device=device,
+                                task=task)
     request = EvaluateRequest(config=config, run=run, pred=pred, truth=truth, images=images, vs=vs, out=out,
                               overwrite=overwrite, worst=worst, tile_px=tile_px, objects=not no_objects, search=search,
-                              device=config.run.device)
+                              device=config.run.device, runs_dir=folder, overrides=tuple(overrides))
     run_evaluate(request, echo=click.echo)
 
 
