@@ -70,6 +70,7 @@ def run_oof(config: Config, *, folds: int, name: str, out: Path, overwrite: bool
     if int(folds) < 2:
         raise SegkitError(f"--folds: need at least 2, got {folds}")
     out = check_output(out, overwrite)
+    runs_dir = Path(config.run.runs_dir)
     d = config.data
     rows, names = resolve_classes(load_rows(d.manifest), d.class_names, str(d.manifest), task="cls")
     fold_of = np.array(make_folds(rows, FoldSpec(int(folds), d.fold_method, 0, config.run.seed), task="cls",
