@@ -87,6 +87,7 @@ class TrainConfig:
     batch_size: int = 8
     optimizer: str = "adamw"  # adamw | adam | sgd
     lr: float = 3e-3
+    lr_full_steps: int = 32  # runs of fewer optimizer steps peak at lr * steps / lr_full_steps (at least lr / 3); 0 = off
     weight_decay: float = 1e-4
     scheduler: str = "onecycle"  # cosine (with warmup) | onecycle | constant
     warmup_steps: int = 0
@@ -295,6 +296,8 @@ def validate(config: Config) -> None:
         raise SegkitError("config key run.experiment: must name an MLflow experiment, got an empty string")
     if config.train.swa_epochs < 0:
         raise SegkitError(f"config key train.swa_epochs: must be >= 0, got {config.train.swa_epochs}")
+    if config.train.lr_full_steps < 0:
+        raise SegkitError(f"config key train.lr_full_steps: must be >= 0, got {config.train.lr_full_steps}")
     if not 0 < config.train.subset <= 1:
         raise SegkitError(f"config key train.subset: must be in (0, 1], got {config.train.subset}")
     if not 0 <= config.data.foreground_share <= 1:
