@@ -28,6 +28,7 @@ from segkit.data.targets import parse_targets
 from segkit.infer.instances import check_instance_outputs, infer_objects
 from segkit.infer.predict import predict_strips
 from segkit.infer.outputs import WriterOptions, check_georeferenced, open_image_writers
+from segkit.io.atomic import check_output
 from segkit.io.raster import open_raster
 from segkit.io.writers import RleStripWriter
 from segkit.models.activation import output_activation
@@ -119,10 +120,7 @@ class Outputs:
         for template in (self.polygons, self.mask, self.probs, self.instances):
             paths += [self.per_image(template, i, len(image_ids)) for i in image_ids] if template else []
         for path in paths:
-            if path.exists() and not self.overwrite:
-                raise SegkitError(f"{path}: exists (use --overwrite)")
-            if not path.parent.exists():
-                raise SegkitError(f"{path.parent}: output folder does not exist")
+            check_output(path, self.overwrite)
         if not paths:
             raise SegkitError("no output chosen: give --rle, --polygons, --mask, --probs or --instances")
 
