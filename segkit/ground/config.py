@@ -19,6 +19,7 @@ from typing import Any, Optional
 import yaml
 
 from segkit.ground.errors import SegkitError
+from segkit.ground.safeyaml import safe_load
 from segkit.ground.targets import check_target_keys
 
 TASKS = ("seg", "cls", "seg+cls")
@@ -109,7 +110,7 @@ class TrainConfig:
 
 @dataclass
 class InferConfig:
-    overlap_px: int = 64  # overlap of neighbouring tiles in source pixels
+    overlap_px: Optional[int] = None  # overlap of neighbouring tiles, source px; null = a quarter of the kept tile, at most 64
     blend: str = "gaussian"  # gaussian | pyramid | flat
     tta: str = "hflip"  # none | hflip | flips | d4 | "identity:0.6,hflip:0.4"
     epochs: str = "last:3"  # checkpoints averaged: last:K | best | all | 8,9,10
@@ -203,7 +204,7 @@ def parse_override(text: str) -> dict:
         raise SegkitError(f"--set {text!r}: expected section.key=value")
     dotted, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = safe_load(raw) if raw != "" else ""
     except yaml.YAMLError as exc:
         raise SegkitError(f"--set {dotted}: value {raw!r} is not valid YAML ({exc.problem})") from None
     nested: dict = value
@@ -233,7 +234,7 @@ def read_config_file(spec: str | Path) -> dict:
     """The YAML mapping of a config file or recipe (``find_config``), unchecked."""
     path = find_config(spec)
     try:
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = safe_load(path.read_text()) or {}
     except OSError as exc:
         raise SegkitError(f"{path}: cannot read config ({exc.strerror})") from None
     except yaml.YAMLError as exc:
@@ -312,7 +313,7 @@ def _validate_tiling(config: Config) -> None:
         raise SegkitError(f"config key infer.threshold: a probability must be in [0, 1], got {i.threshold}")
     if i.batch_size < 1:
         raise SegkitError(f"config key infer.batch_size: must be >= 1, got {i.batch_size}")
-    if i.overlap_px < 0 or i.margin_px < 0:
+    if (i.overlap_px or 0) < 0 or i.margin_px < 0:
         raise SegkitError("config keys infer.overlap_px and infer.margin_px: must be >= 0, got "
                           f"{i.overlap_px} and {i.margin_px}")
     if config.task == "cls":

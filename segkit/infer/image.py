@@ -62,7 +62,7 @@ def predict_image(
     classes: int = 1,
     tta: str = "hflip",
     threshold: float = 0.5,
-    overlap_px: int = 64,
+    overlap_px: Optional[int] = None,
     blend: str = "gaussian",
     batch_size: int = 8,
     device: str = "auto",
@@ -82,7 +82,8 @@ def predict_image(
         scaled by its default window (the dtype range; integers wider than 8 bits: the 1st-99th
         percentile of the image's thumbnail). fov_px: source pixels per tile; size: pixels the model sees
         (default fov_px); classes: 1 = sigmoid output, N > 1 = softmax over N classes.
-    tta, threshold, overlap_px, blend, batch_size, amp: as `segkit infer` (its --help).
+    tta, threshold, overlap_px, blend, batch_size, amp: as `segkit infer` (its --help; overlap_px None: a quarter
+        of the tile, at most 64 px).
     """
     image = Path(image)
     ensemble = _as_ensemble(model, preprocess, fov_px, size, classes, image)

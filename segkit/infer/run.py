@@ -128,7 +128,7 @@ class Outputs:
 
 @dataclass
 class Settings:
-    overlap_px: int
+    overlap_px: Optional[int]  # None: predict's default for the tile
     blend: str
     tta: str
     threshold: float
