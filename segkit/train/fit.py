@@ -377,8 +377,14 @@ def _fail(run_dir: Path, exc: BaseException) -> None:
     """Record why the run stopped; a SegkitError (e.g. a NaN loss) is re-raised naming the last good checkpoint."""
     status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if not run_dir.is_dir():
+        raise SegkitError(f"{run_dir}: the run directory disappeared while training (deleted or moved?); "
+                          "stopped") from None
     if distributed.is_main():
-        update_run_info(run_dir, status=status, error=message)
+        try:
+            update_run_info(run_dir, status=status, error=message)
+        except (OSError, SegkitError):  # a full disk: run.json keeps "running" with a dead pid, still resumable
+            pass
     if isinstance(exc, SegkitError):
         kept = ckpt.list_checkpoints(run_dir / "checkpoints")
         where = f"last good checkpoint {kept[-1]}" if kept else "no checkpoint was written"
