@@ -19,6 +19,7 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -394,3 +395,123 @@ def test_alias_bomb_is_refused_fast_with_bounded_memory():
 
 if __name__ == "__main__":
     print("\n".join(docs_rows()))
+
+
+# ------------------------------------------------------------------ several processes on one store
+
+
+_WORKER = """
+import sys, optuna
+from segkit.search.tune import open_storage
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+storage = open_storage(sys.argv[1])
+study = optuna.create_study(study_name="s", storage=storage, direction="maximize", load_if_exists=True)
+study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=int(sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_two_study_workers_at_once_lose_no_trial(tmp_path, kind):
+    """Two processes optimizing one study through segkit's storage at the same moment: no "database is
+    locked", every trial of both recorded and complete."""
+    optuna = pytest.importorskip("optuna")
+    from segkit.search.tune import open_storage
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}" if kind == "sqlite" else str(tmp_path / "study.log")
+    workers = [subprocess.Popen([sys.executable, "-c", _WORKER, url, "15"], env=ENV, stderr=subprocess.PIPE,
+                                text=True) for _ in range(2)]
+    errors = [w.communicate(timeout=300)[1] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], errors
+    trials = optuna.load_study(study_name="s", storage=open_storage(url)).trials
+    assert len(trials) == 30 and {t.state.name for t in trials} == {"COMPLETE"}
+
+
+def test_stale_trial_is_failed_once_when_two_workers_start_together(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    from segkit.search.tune import _fail_stale_trials, open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    trial.set_user_attr("host", os.uname().nodename)
+    trial.set_user_attr("pid", subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                                              capture_output=True, text=True).stdout.strip())
+    other = optuna.load_study(study_name="s", storage=storage)  # the second worker's view, loaded before
+    assert _fail_stale_trials(study) == 1
+    assert _fail_stale_trials(other) == 0  # it finds the trial already failed: no second copy queued
+    states = [t.state.name for t in optuna.load_study(study_name="s", storage=storage).trials]
+    assert states == ["FAIL", "WAITING"]
+
+
+_TRACKER = """
+import sys
+import time
+from pathlib import Path
+from segkit.train.tracking import check_tracking, create_tracker
+uri, runs = sys.argv[1], Path(sys.argv[2])
+check_tracking("mlflow", tracking_uri=uri, experiment="segkit", runs_dir=runs)
+tracker = create_tracker("mlflow", runs / sys.argv[3], tracking_uri=uri, experiment="segkit", params={"a": 1})
+for epoch in (1, 2, 3):
+    tracker(runs / sys.argv[3], {"epoch": epoch, "train_loss": 1.0 / epoch})
+tracker.finish("finished")
+"""
+
+
+def test_two_mlflow_runs_create_and_write_one_sqlite_store_at_once(tmp_path):
+    pytest.importorskip("mlflow")
+    from mlflow import MlflowClient
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    uri = f"sqlite:///{runs / 'mlflow.db'}"
+    workers = [subprocess.Popen([sys.executable, "-c", _TRACKER, uri, str(runs), name], env=ENV,
+                                stderr=subprocess.PIPE, text=True) for name in ("a", "b")]
+    errors = [w.communicate(timeout=300)[1] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], errors
+    client = MlflowClient(uri)
+    found = client.search_runs([client.get_experiment_by_name("segkit").experiment_id])
+    assert sorted(r.info.run_name for r in found) == ["a", "b"]
+    assert all(len(client.get_metric_history(r.info.run_id, "train_loss")) == 3 for r in found)
+
+
+# ------------------------------------------------------------------ slow: real runs side by side
+
+
+@pytest.mark.slow
+def test_two_resumes_of_one_killed_run_exactly_one_proceeds(tmp_path):
+    root = write_tiny_project(tmp_path / "p", train={"epochs": 4})
+    command = [sys.executable, "-m", "segkit.cli", "train", "--config", str(root / "tiny.yaml"), "--name", "r"]
+    first = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    run = root / "runs" / "r"
+    while not (run / "checkpoints" / "epoch_0001.pt").exists():
+        assert first.poll() is None, first.stdout.read().decode()
+        time.sleep(0.1)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    resume = [sys.executable, "-m", "segkit.cli", "train", "--resume", str(run)]
+    both = [subprocess.Popen(resume, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)]
+    outputs = [p.communicate(timeout=900)[0].decode() for p in both]
+    codes = sorted(p.returncode for p in both)
+    assert codes == [0, 1], outputs
+    loser = outputs[[p.returncode for p in both].index(1)].strip().splitlines()
+    assert loser == [loser[0]] and "run is in use by another segkit process" in loser[0], loser
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_two_tune_workers_on_one_sqlite_study(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    root = write_tiny_project(tmp_path / "p", train={"epochs": 1}, infer={"tta": "none"})
+    (root / "space.yaml").write_text("train.lr: {low: 1.0e-4, high: 1.0e-2, log: true}\n")
+    args = [sys.executable, "-m", "segkit.cli", "tune", "--config", str(root / "tiny.yaml"), "--space",
+            str(root / "space.yaml"), "--trials", "4", "--no-prune"]
+    workers = [subprocess.Popen(args, cwd=root, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+               for _ in range(2)]
+    outputs = [w.communicate(timeout=1800)[0].decode() for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs
+    assert not any("locked" in out or "Traceback" in out for out in outputs), outputs
+    trials = optuna.load_study(study_name="tune", storage=f"sqlite:///{root / 'runs' / 'optuna.db'}").trials
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(complete) >= 4 and all((Path(t.user_attrs["run_dir"]) / "run.json").exists() for t in complete)
+    assert len({t.user_attrs["run_dir"] for t in trials}) == len(trials)  # every trial its own run

@@ -16,7 +16,9 @@ from __future__ import annotations
 import errno
 import os
 import socket
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from segkit.ground.errors import SegkitError
 
@@ -74,3 +76,22 @@ def release_all() -> None:
     """Drop every lock this process holds (the end of a training stage, whatever its outcome)."""
     for run_dir in list(_HELD):
         release_run(run_dir)
+
+
+@contextmanager
+def exclusive(path: str | os.PathLike) -> Iterator[None]:
+    """Hold a blocking ``flock`` on ``path`` (created) for the block: processes sharing one store (e.g.
+    two runs creating the MLflow SQLite file, whose schema migration is not safe to run twice at
+    once) take turns. Without flock (Windows, some network mounts) the block runs unlocked."""
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass  # no locking on this filesystem
+        yield
+    finally:
+        os.close(fd)
