@@ -53,6 +53,8 @@ FAULT_CASES = [
      "bomb.jpg: the whole image of 60000 x 60000 px", "error"),
     ("TIFF declaring one 100000 x 100000 px tile", MANIFEST + "m_tiff_bomb.csv",
      "tile_bomb.tif: one tile of 100000 x 100000 px", "error"),
+    ("GeoJSON nested 100000 levels deep", MANIFEST + "m_deep_json.csv",
+     "deep.geojson: JSON nested too deeply to be a GeoJSON", "error"),
     ("YAML alias bomb (9 levels of 9 aliases)", "train --config {root}/faults/bomb.yaml",
      "bomb.yaml: not valid YAML (more than 100000 values once its aliases are expanded", "error"),
     ("YAML alias bomb in --set", TRAIN + " --set 'data.group_pattern=[&a [x,x,x,x,x,x,x,x,x,x], "
@@ -112,6 +114,8 @@ def faults(world):  # noqa: F811 - the fixture imported above
     tifffile.imwrite(bad / "tile_bomb.tif", np.zeros((64, 64), np.uint8), tile=(32, 32))
     _tile_size(bad / "tile_bomb.tif", 100000)
     _manifest(bad / "m_tiff_bomb.csv", [base[0], dict(base[1], image=str(bad / "tile_bomb.tif"))])
+    (bad / "deep.geojson").write_text('{"type": "FeatureCollection", "features": ' + "[" * 10**5 + "]" * 10**5 + "}")
+    _manifest(bad / "m_deep_json.csv", [base[0], dict(base[1], label=str(bad / "deep.geojson"))])
     (bad / "bomb.yaml").write_text(_alias_bomb())
     (bad / "recursive.yaml").write_text("data: &a\n  group_pattern: [*a]\n")
     return root
@@ -139,6 +143,21 @@ def test_fault(faults, what, line, expected, kind):
     assert expected in lines[0], result.output
     assert len(lines[0]) < 600, lines[0]  # bounded, whatever the input held
     assert _tree(faults) == before
+
+
+def test_polygon_file_above_the_limit_is_refused_before_parsing(faults, monkeypatch):
+    monkeypatch.setenv("SEGKIT_MAX_VECTOR_BYTES", "100")
+    big = faults / "faults" / "big.geojson"
+    ring = [[10 + i % 30, 10 + i // 30] for i in range(60)] + [[10, 10]]
+    big.write_text(json.dumps({"type": "Feature", "properties": {}, "geometry": {"type": "Polygon",
+                                                                               "coordinates": [ring]}}))
+    from segkit.io.masks import open_labels
+    from segkit.io.raster import open_raster
+
+    with pytest.raises(SegkitError, match=r"big.geojson: \d+ bytes of polygons, above the 100 bytes segkit parses in memory "
+                                          r"\(SEGKIT_MAX_VECTOR_BYTES\)"):
+        open_labels(str(big), open_raster(faults / "img0.tif"))
+    big.unlink()
 
 
 def docs_rows() -> list[str]:

@@ -6,7 +6,7 @@ epoch (through fit's epoch hook, in the training process) the resident set size,
 descriptors and the threads. Prints them at the start and the end, the slope of RSS over the last
 half (MiB per 100 epochs), and CPU seconds next to wall time.
 
-    python tools/bench_long_run.py [--epochs 200] [--workers 0]
+    python tools/bench_long_run.py [--epochs 200] [--workers 0] [--threads 1]
 """
 
 from __future__ import annotations
@@ -37,7 +37,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the machine is shared)")
     args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
 
     from conftest import write_tiny_project
 
@@ -53,6 +57,9 @@ def main() -> None:
 
     def probe(run_dir: Path, record: dict) -> None:
         samples.append((int(record["epoch"]), _rss_mib(), len(os.listdir("/proc/self/fd")), threading.active_count()))
+        if samples[-1][0] % 10 == 0:  # partial figures survive an interrupted benchmark
+            print("sample epoch {} RSS {:.1f} MiB fds {} threads {} cpu {:.0f} s".format(
+                *samples[-1], time.process_time()), flush=True)
 
     started, cpu = time.time(), time.process_time()
     fit(config, hooks=[probe])

@@ -20,6 +20,7 @@ import numpy as np
 from segkit.ground.errors import SegkitError, warn_once
 from segkit.ground.geometry import Window
 from segkit.io.labels import LabelSource
+from segkit.io.limits import check_vector_file
 from segkit.io.raster import Raster
 
 POLYGONAL = ("Polygon", "MultiPolygon")
@@ -32,9 +33,12 @@ class PolygonLabels(LabelSource):
         if coords not in ("auto", "pixel", "crs"):
             raise SegkitError(f"{self.path}: coords {coords!r}: expected auto, pixel or crs")
         try:
+            check_vector_file(path)
             data = json.loads(Path(path).read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise SegkitError(f"{self.path}: not valid JSON ({str(exc).splitlines()[0]})") from None
+        except RecursionError:
+            raise SegkitError(f"{self.path}: JSON nested too deeply to be a GeoJSON") from None
         features = _features(data, self.path)
         geoms, values = [], []
         for i, feature in enumerate(features):
