@@ -534,3 +534,26 @@ def test_two_tune_workers_on_one_sqlite_study(tmp_path):
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     assert len(complete) >= 4 and all((Path(t.user_attrs["run_dir"]) / "run.json").exists() for t in complete)
     assert len({t.user_attrs["run_dir"] for t in trials}) == len(trials)  # every trial its own run
+
+
+def test_full_disk_under_sqlite_is_one_line(tmp_path):
+    """Optuna's SQLite study on a full (1 MiB tmpfs) disk: the library's error chain becomes the CLI's one line."""
+    optuna = pytest.importorskip("optuna")
+    from segkit.io.atomic import disk_error_line
+    from segkit.search.tune import open_storage
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs as this user")
+    try:
+        storage = open_storage(f"sqlite:///{mount / 'optuna.db'}")
+        study = optuna.create_study(study_name="s", storage=storage)
+        with pytest.raises(Exception) as caught:
+            for _ in range(100000):
+                study.enqueue_trial({"x": 0.5}, user_attrs={"pad": "x" * 4000})
+        assert disk_error_line(caught.value) == ("a SQLite database (the Optuna study or the MLflow store): database "
+                                                 "or disk is full; free space and run the command again (it resumes)")
+        assert disk_error_line(ValueError("unrelated")) is None
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

@@ -278,6 +278,22 @@ def disk_fault(path: str | os.PathLike, tmp: str | os.PathLike | None, exc: Base
     return SegkitError(f"{path}: cannot write it: {reason}; {kept}")
 
 
+def disk_error_line(exc: BaseException) -> str | None:
+    """One line for an error that a full or failing disk caused deep inside a library (SQLite under
+    Optuna or MLflow, a writer that is not segkit's), else None. Follows the exception's chain."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS and exc.errno != errno.ENOENT:
+            where = exc.filename or "a file being written"
+            return f"{where}: {DISK_ERRNOS[exc.errno]}"
+        text = str(exc).splitlines()[0].lower() if str(exc) else ""
+        if "database or disk is full" in text:
+            return ("a SQLite database (the Optuna study or the MLflow store): database or disk is full; "
+                    "free space and run the command again (it resumes)")
+        exc, seen = exc.__cause__ or exc.__context__ or getattr(exc, "orig", None), seen + 1
+    return None
+
+
 def _disk_state(folder: Path, tmp) -> str | None:
     try:
         stats = os.statvfs(folder)
