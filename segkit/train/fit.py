@@ -15,6 +15,7 @@ only rank 0 writes the run directory and validates.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -99,8 +100,8 @@ def fit(
 
 def _fit(config, command, parent, resume, parent_epoch, dist_info, hooks) -> Path:
     main, world, rank = distributed.is_main(), distributed.world_size(), distributed.rank()
-    if main and resume is not None:
-        lock_run(resume)  # one process per run: a second resume fails here, before anything is read
+    if main and resume is not None:  # one process per run: a second resume fails here, before anything is read
+        lock_run(resume)
     if main:  # what a killed stage left half-written
         remove_stale_run_temps(Path(resume).parent if resume is not None else Path(config.run.runs_dir), resume)
     if resume is not None:
@@ -378,13 +379,10 @@ def _fail(run_dir: Path, exc: BaseException) -> None:
     status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if not run_dir.is_dir():
-        raise SegkitError(f"{run_dir}: the run directory disappeared while training (deleted or moved?); "
-                          "stopped") from None
+        raise SegkitError(f"{run_dir}: the run directory disappeared while training (deleted or moved?); stopped")
     if distributed.is_main():
-        try:
+        with contextlib.suppress(OSError, SegkitError):  # a full disk: run.json stays "running", still resumable
             update_run_info(run_dir, status=status, error=message)
-        except (OSError, SegkitError):  # a full disk: run.json keeps "running" with a dead pid, still resumable
-            pass
     if isinstance(exc, SegkitError):
         kept = ckpt.list_checkpoints(run_dir / "checkpoints")
         where = f"last good checkpoint {kept[-1]}" if kept else "no checkpoint was written"
