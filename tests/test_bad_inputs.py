@@ -226,7 +226,7 @@ def write_bad_files(root: Path) -> None:
     variant("m_bad_json.csv", label=str(bad / "broken.geojson"))
     variant("m_far.csv", {"label": str(bad / "far.geojson")})
     variant("m_empty.csv", {"label": str(bad / "empty_mask.tif")}, label=str(bad / "empty_mask.tif"))
-    variant("m_nan.csv", {"image": str(bad / "nan.tif")})
+    variant("m_nan.csv", {"image": str(bad / "nan.tif")}, image=str(bad / "nan.tif"))  # one dtype in a manifest
     variant("m_no_polygons.csv", label=str(bad / "none.geojson"))
     variant("m_bowtie.csv", {"label": str(bad / "bowtie.geojson")})
     variant("m_one_fold.csv", fold=0)

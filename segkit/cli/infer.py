@@ -61,6 +61,8 @@ def infer(images, config_path, overrides, run, soup, rle_path, polygons, mask, p
     data.class_names, train.amp). Under `torchrun --nproc_per_node=N -m segkit.cli infer ...`
     the images are split across ranks. A cls run writes `--csv OUT.csv` with `id,label`
     (+ probabilities with --probs); a seg+cls run gates tiles with infer.cls_gate.
+    Outputs appear whole or not at all; a killed infer leaves .NAME.PID.XXXX.tmp files next to
+    them, removed by the next infer writing into that folder.
     """
     from segkit.infer.run import Outputs, image_list, infer_images, infer_settings, load_ensemble
     from segkit.io.atomic import output_folders, remove_stale_temps, staged_commits

@@ -22,6 +22,7 @@ import click
 from segkit.cli.flags import given_flags, setting_option
 from segkit.ground.config import Config, load_config, parse_override, read_config_file, recipe_names
 from segkit.ground.errors import SegkitError, reset_warnings
+from segkit.io.atomic import disk_error_line
 
 ALL_SECTIONS = ("task", "run", "data", "model", "train", "infer")
 DATA_SECTIONS = ("task", "run", "data")
@@ -58,6 +59,11 @@ class SegkitGroup(click.Group):
                 return super().invoke(ctx)
         except SegkitError as exc:
             raise click.ClickException(_one_line(str(exc))) from None
+        except Exception as exc:  # a full disk deep inside a library (SQLite): one line too
+            line = disk_error_line(exc)
+            if line is None:
+                raise
+            raise click.ClickException(line) from None
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (segkit.runs.signals)
             click.echo(f"interrupted ({signal_name(exc)}); outputs not written, checkpoints kept", err=True)
             sys.exit(exit_code(exc))

@@ -28,6 +28,9 @@ def train(config_path, overrides, resume_run):
     and checkpointed atomically in RUNS/NAME/checkpoints/. Images with integers wider than
     8 bits (uint16, int16) are windowed to their 1-99th percentile by default (data.channels).
     Off a terminal, progress is printed as plain lines (rate, ETA) every few seconds.
+    A run is trained by one process at a time (RUNS/NAME/.lock; --resume of a run in use is
+    refused). A killed run leaves .NAME.PID.XXXX.tmp files (a checkpoint being written); the
+    next train, finetune or --resume in that runs folder removes them.
     """
     from segkit.runs.rundir import resolve_run
     from segkit.train.fit import fit

@@ -105,28 +105,54 @@ def region_cells(shape: tuple[int, int], scale: float, pair: SourcePair) -> tupl
             slice(int(np.floor(c0 / scale)), int(np.ceil(c1 / scale))))
 
 
-def open_pairs(rows: list[ManifestRow], options: LabelOptions, *, bands: Optional[int] = None) -> list[SourcePair]:
+def open_pairs(rows: list[ManifestRow], options: LabelOptions, *,
+               reference: Optional[list[SourcePair]] = None) -> list[SourcePair]:
     """Open every image and label once up front, so a bad file fails before training starts.
 
     Also checked here: each row's region overlaps its image, and all images have the same
-    number of bands (the channel spec and the network input are fixed by the first image);
-    ``bands`` (e.g. the training images' count, when opening validation rows) fixes it up front.
+    number of bands and the same dtype (the channel spec, its intensity windows and the network
+    input are fixed by the first image). ``reference``: pairs already opened (the training rows,
+    when opening validation rows) that the new ones must match; the odd file is blamed over
+    both lists together.
     """
     pairs = [SourcePair(row, options) for row in rows]
     for pair in pairs:
         raster = pair.raster
         pair.labels  # noqa: B018 - opening validates the label file against the image
         region_cells((raster.height, raster.width), 1.0, pair)
-        if bands is not None and raster.channels != bands:
-            raise SegkitError(f"{raster.path}: {_bands(raster)}, but the training images have {bands}")
-    counts = Counter(pair.raster.channels for pair in pairs)
-    if len(counts) > 1:  # blame the odd one out (the bands most images have), not the first image read
-        usual = counts.most_common(1)[0][0]
-        odd = next(pair.raster for pair in pairs if pair.raster.channels != usual)
-        example = next(pair.raster for pair in pairs if pair.raster.channels == usual)
-        raise SegkitError(f"{odd.path}: {_bands(odd)}, but {counts[usual]} of {len(pairs)} images have {usual} "
-                          f"(e.g. {example.path}); every image of a manifest needs the same bands")
+    check_same_images(list(reference or []) + pairs)
     return pairs
+
+
+def check_same_images(pairs: list[SourcePair]) -> None:
+    """Every image has the bands and the dtype most images have; the odd one out is named.
+
+    A mixed uint16/uint8 manifest would apply the window measured on one to the other (a uint8
+    image read through a 3200..40000 window is black), so it is refused rather than guessed.
+    Without a majority (one training, one validation image) an image whose reader added an alpha
+    band is the odd one, else the later one; the message names the other image too.
+    """
+    def bands(raster):
+        return raster.channels
+
+    def dtype(raster):  # floats of any width share their window ([0, 1]); integers differ by dtype
+        kind = np.dtype(raster.dtype)
+        return "float" if kind.kind == "f" else str(kind)
+
+    for key, held, needs in ((bands, _bands, "bands"), (dtype, lambda r: f"dtype {dtype(r)}", "dtype")):
+        counts = Counter(key(pair.raster) for pair in pairs)
+        if len(counts) < 2:
+            continue
+        ranked = sorted(pairs, key=lambda p: (-counts[key(p.raster)], _alpha(p.raster)))  # stable: order kept
+        usual = key(ranked[0].raster)
+        odd = next(pair.raster for pair in ranked if key(pair.raster) != usual)
+        example = ranked[0].raster
+        raise SegkitError(f"{odd.path}: {held(odd)}, but {counts[usual]} of {len(pairs)} images have {usual} "
+                          f"(e.g. {example.path}); every image of a manifest needs the same {needs}")
+
+
+def _alpha(raster) -> bool:
+    return raster.backend == "opencv" and raster.channels in (2, 4)
 
 
 def _bands(raster) -> str:

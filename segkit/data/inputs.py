@@ -55,7 +55,7 @@ def open_training_data(manifest: str, folds: FoldSpec, labels: LabelOptions, *, 
     """
     train_rows, val_rows = split_manifest(manifest, folds, task=task, options=labels)
     train_pairs = open_pairs(train_rows, labels)
-    val_pairs = open_pairs(val_rows, labels, bands=train_pairs[0].raster.channels)
+    val_pairs = open_pairs(val_rows, labels, reference=train_pairs)
     areas = [sampling_area(pair, tissue) for pair in train_pairs]
     labelled = [area.foreground for area in areas if area.foreground is not None]
     if labelled and not any(grid.any() for grid in labelled):
@@ -77,7 +77,7 @@ def open_class_data(manifest: str, folds: FoldSpec, labels: LabelOptions, *,
     train_rows, val_rows = split_rows(rows, folds, task="cls", options=labels, where=str(manifest))
     warn_missing_classes(train_rows, names, str(manifest))
     train_pairs = open_pairs(train_rows, labels)
-    val_pairs = open_pairs(val_rows, labels, bands=train_pairs[0].raster.channels)
+    val_pairs = open_pairs(val_rows, labels, reference=train_pairs)
     for pair in train_pairs[1:] + val_pairs:  # the first stays open: its thumbnail resolves the channels
         pair.release()
     return TrainingData(train_pairs, val_pairs, None, names)

@@ -20,6 +20,7 @@ import yaml
 
 from segkit.ground.errors import SegkitError
 from segkit.ground.fields import brief, check_value
+from segkit.ground.safeyaml import safe_load
 from segkit.ground.settings import TASKS, Config, DataConfig, InferConfig, ModelConfig, RunConfig, TrainConfig
 from segkit.ground.targets import check_target_keys
 
@@ -98,7 +99,7 @@ def parse_override(text: str) -> dict:
         raise SegkitError(f"--set {text!r}: expected section.key=value")
     dotted, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = safe_load(raw) if raw != "" else ""
     except yaml.YAMLError as exc:
         raise SegkitError(f"--set {dotted}: value {raw!r} is not valid YAML ({exc.problem})") from None
     nested: dict = value
@@ -128,7 +129,7 @@ def read_config_file(spec: str | Path) -> dict:
     """The YAML mapping of a config file or recipe (``find_config``), unchecked."""
     path = find_config(spec)
     try:
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = safe_load(path.read_text()) or {}
     except OSError as exc:
         raise SegkitError(f"{path}: cannot read config ({exc.strerror})") from None
     except yaml.YAMLError as exc:

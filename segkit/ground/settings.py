@@ -160,7 +160,8 @@ class TrainConfig:
 
 @dataclass
 class InferConfig:
-    overlap_px: int = setting(64, "Overlap of neighbouring tiles, source pixels.", flag="--overlap", minimum=0)
+    overlap_px: Optional[int] = setting(None, "Overlap of neighbouring tiles, source pixels; null = a quarter of "
+                                              "the kept tile, at most 64.", flag="--overlap", minimum=0)
     blend: str = setting("gaussian", "Tile blend weights.", choices=("gaussian", "pyramid", "flat"))
     tta: str = setting("hflip", "Test-time views: none | hflip (original 0.6 + hflip 0.4) | flips | d4 | "
                                 "view:weight,...", flag="--tta")

@@ -65,7 +65,7 @@ def predict_image(
     classes: int = 1,
     tta: str = InferConfig.tta,
     threshold: float = InferConfig.threshold,
-    overlap_px: int = InferConfig.overlap_px,
+    overlap_px: Optional[int] = InferConfig.overlap_px,
     blend: str = InferConfig.blend,
     batch_size: int = InferConfig.batch_size,
     device: str = RunConfig.device,
@@ -87,7 +87,8 @@ def predict_image(
         scaled by its default window (the dtype range; integers wider than 8 bits: the 1st-99th
         percentile of the image's thumbnail). fov_px: source pixels per tile; size: pixels the model sees
         (default fov_px); classes: 1 = sigmoid output, N > 1 = softmax over N classes.
-    tta, threshold, overlap_px, blend, batch_size, amp: as `segkit infer` (its --help).
+    tta, threshold, overlap_px, blend, batch_size, amp: as `segkit infer` (its --help; overlap_px None: a quarter
+        of the tile, at most 64 px).
     """
     image = Path(image)
     ensemble = _as_ensemble(model, preprocess, fov_px, size, classes, image)

@@ -31,6 +31,12 @@ from segkit.runs.progress import Progress
 # are not blended
 Predictor = Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
 
+def default_overlap_px(core_px: int) -> int:
+    """The overlap used when none is set: a quarter of the kept tile, at most 64 px (the overlap of
+    earlier versions, reached at 256 px tiles), so a default never exceeds what the tile allows."""
+    return min(64, max(0, int(core_px)) // 4)
+
+
 def _resize(probs: np.ndarray, height: int, width: int) -> np.ndarray:
     """(C, h, w) -> (C, height, width), bilinear; cv2 resizes HWC with up to 512 channels at once."""
     if probs.shape[1:] == (height, width):
@@ -82,7 +88,7 @@ def predict_strips(
     *,
     fov_px: int,
     size: int,
-    overlap_px: int,
+    overlap_px: int | None,
     preprocess: Callable[[np.ndarray], np.ndarray],
     blend: str = "gaussian",
     batch_size: int = 8,
@@ -109,7 +115,8 @@ def predict_strips(
     fov_px: source pixels a tile covers; size: pixels the predictor sees (tiles are resampled
         fov_px -> size, predictions back to fov_px).
     overlap_px: overlap of neighbouring tiles in source pixels, at most half a tile (larger
-        values are clamped: a grid step must stay positive).
+        values are clamped, with a warning: a grid step must stay positive); None: the default
+        for this tile, ``default_overlap_px``.
     preprocess: raw HWC tile (raster dtype) -> float32 HWC network input (Preprocess).
     blend: weights of a tile's pixels in the overlap: gaussian, pyramid or flat.
     batch_size: tiles per predictor call; device: where the batch goes.
@@ -126,7 +133,7 @@ def predict_strips(
     """
     if not callable(predictor):
         predictor = EnsemblePredictor(list(predictor), tta, activation=activation, amp=amp, average=average)
-    fov_px, size, overlap_px, batch_size = int(fov_px), int(size), int(overlap_px), int(batch_size)
+    fov_px, size, batch_size = int(fov_px), int(size), int(batch_size)
     if size <= 0 or batch_size <= 0:
         raise SegkitError(f"predict: size ({size}) and batch_size ({batch_size}) must be positive")
     device = torch.device(device)
@@ -135,7 +142,8 @@ def predict_strips(
     core = fov_px - 2 * margin_px
     if margin_px < 0 or core <= 0:
         raise SegkitError(f"margin_px {margin_px}: must be >= 0 and leave a centre (fov_px {fov_px} - 2 x margin > 0)")
-    # the one place the overlap is bounded: at most half a tile keeps every grid step positive
+    # the one place the overlap is resolved and bounded: at most half a tile keeps every grid step positive
+    overlap_px = default_overlap_px(core) if overlap_px is None else int(overlap_px)
     if overlap_px > core // 2:
         warn_once(f"infer.overlap_px: {overlap_px} px is more than half the {core} px tile; tiles overlap by "
                   f"{core // 2} px")

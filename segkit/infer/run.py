@@ -130,7 +130,7 @@ class Settings:
     """What the streaming predictor and the writers need of a config, resolved once by
     :func:`infer_settings` (each field's meaning and default: the infer.* keys of ground/settings.py)."""
 
-    overlap_px: int
+    overlap_px: Optional[int]  # None: a quarter of the kept tile (predict_strips)
     blend: str
     tta: str
     threshold: float

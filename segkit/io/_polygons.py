@@ -20,6 +20,7 @@ import numpy as np
 from segkit.ground.errors import SegkitError, warn_once
 from segkit.ground.geometry import Window
 from segkit.io.labels import LabelSource
+from segkit.io.limits import check_vector_file
 from segkit.io.raster import Raster
 
 POLYGONAL = ("Polygon", "MultiPolygon")
@@ -32,9 +33,12 @@ class PolygonLabels(LabelSource):
         if coords not in ("auto", "pixel", "crs"):
             raise SegkitError(f"{self.path}: coords {coords!r}: expected auto, pixel or crs")
         try:
+            check_vector_file(path)
             data = json.loads(Path(path).read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise SegkitError(f"{self.path}: not valid JSON ({str(exc).splitlines()[0]})") from None
+        except RecursionError:
+            raise SegkitError(f"{self.path}: JSON nested too deeply to be a GeoJSON") from None
         features = _features(data, self.path)
         geoms, values = [], []
         for i, feature in enumerate(features):
@@ -48,14 +52,17 @@ class PolygonLabels(LabelSource):
         self.geoms = self._to_pixels(geoms, _file_crs(data), coords, image)
         self.values = values
         if self.geoms:
-            from shapely.geometry import shape
+            from shapely.geometry import mapping, shape
 
             shapes = []
             for i, g in enumerate(self.geoms):
+                if not np.isfinite(_all_coords([g])).all():  # GEOS would fail later with its own text
+                    raise SegkitError(f"{self.path}: polygon {i} has coordinates that are not finite numbers")
                 try:
                     shapes.append(shape(g))
                 except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
                     raise SegkitError(f"{self.path}: polygon {i} is malformed ({exc})") from None
+                self.geoms[i] = mapping(shapes[-1])  # rings closed as shapely reads them (rasterio skips open ones)
             shapes = self._repair(shapes)
             self.bounds = np.array([s.bounds for s in shapes], dtype=np.float64).reshape(-1, 4)
             inside = ((self.bounds[:, 2] > 0) & (self.bounds[:, 0] < self.width)
@@ -209,17 +216,18 @@ def _file_crs(data):
 
 
 def _all_coords(geoms: list) -> np.ndarray:
+    """Every (x, y) of the geometries as an (N, 2) float array; nesting is walked with a stack
+    (no recursion limit), anything but numbers and lists makes NaN (refused by the caller)."""
     pts = []
-
-    def walk(c):
-        if c and isinstance(c[0], (int, float)):
-            pts.append(c[:2])
+    stack = [g.get("coordinates") or [] for g in reversed(geoms)]
+    while stack:
+        c = stack.pop()
+        if not isinstance(c, list):
+            pts.append((np.nan, np.nan))
+        elif c and isinstance(c[0], (int, float)):
+            pts.append(c[:2] if len(c) >= 2 and all(isinstance(v, (int, float)) for v in c[:2]) else (np.nan, np.nan))
         else:
-            for x in c:
-                walk(x)
-
-    for g in geoms:
-        walk(g.get("coordinates") or [])
+            stack.extend(reversed(c))
     return np.asarray(pts, dtype=np.float64).reshape(-1, 2)
 
 

@@ -20,6 +20,7 @@ import tifffile
 
 from segkit.ground.errors import SegkitError, warn_once
 from segkit.io._window import ceil_div
+from segkit.io.limits import check_decoded, check_image_size
 
 GEOTIFF_TAGS = (33550, 33922, 34264, 34735)  # ModelPixelScale, ModelTiepoint, ModelTransformation, GeoKeys
 CACHE_BYTES = 48 * 2**20
@@ -174,6 +175,22 @@ def check_complete(path, tif: tifffile.TiffFile, series) -> None:
                                   f"{size} bytes)")
 
 
+def check_segments(path, series) -> None:
+    """No level declares an absurd size, and no tile or strip is too large to decode in one piece
+    (a read decodes whole segments: a 1 kB file can declare one 10^9-pixel tile)."""
+    for level in series.levels:
+        page = level.pages[0] if level.pages else None
+        if page is None:
+            continue
+        page = page.keyframe
+        check_image_size(path, page.imagelength, page.imagewidth)
+        if page.is_tiled:
+            check_decoded(path, page.tilelength, page.tilewidth * max(1, page.tiledepth), "one tile")
+        else:
+            check_decoded(path, min(page.rowsperstrip or page.imagelength, page.imagelength), page.imagewidth,
+                          "one strip")
+
+
 class TiffBackend:
     """Levels of the first series of a TIFF (level 0 full resolution, then coarser)."""
 
@@ -182,6 +199,7 @@ class TiffBackend:
         series = self.tif.series[0]
         check_layout(path, series)
         check_complete(path, self.tif, series)
+        check_segments(path, series)
         self._lock = threading.Lock()
         self._cache = _SegmentCache(CACHE_BYTES)
         self.levels_impl = [self._level(i, lvl) for i, lvl in enumerate(series.levels)]

@@ -20,6 +20,10 @@ file (or nothing) behind.
   (e.g. `segkit infer` over many images) writes all its outputs or none.
 - :func:`remove_stale_temps` removes the temporary files of processes that are gone (SIGKILL,
   power loss); commands call it on the folders they are about to write.
+- A write that fails for the disk's sake (full, quota, ulimit -f, read-only, vanished folder)
+  becomes one SegkitError naming the final path and the reason (:func:`disk_fault`), measured
+  before the temporary file is removed: torch, tifffile and SQLite report a full disk in their
+  own words ("unexpected pos", "N requested and M written", "disk I/O error").
 """
 
 from __future__ import annotations
@@ -149,16 +153,16 @@ class AtomicFile:
         if self.done:
             return self.path
         os.chmod(self.tmp, 0o666 & ~_UMASK)
-        if self.durable:
-            with open(self.tmp, "rb+") as handle:
-                os.fsync(handle.fileno())
         try:
+            if self.durable:
+                with open(self.tmp, "rb+") as handle:
+                    os.fsync(handle.fileno())  # a full disk may only show here (delayed allocation)
             if self.overwrite:
                 os.replace(self.tmp, self.path)
             else:
                 self._link_exclusive()
-        except BaseException:
-            self.discard()
+        except BaseException as exc:
+            self.fail(exc)
             raise
         self.done = True
         if self.durable:
@@ -183,6 +187,13 @@ class AtomicFile:
             return
         self.tmp.unlink()
 
+    def fail(self, exc: BaseException) -> None:
+        """Discard the temporary file; a write that failed for the disk's sake raises one line."""
+        fault = disk_fault(self.path, self.tmp, exc) if isinstance(exc, Exception) and not self.done else None
+        self.discard()
+        if fault is not None:
+            raise fault from None
+
     def discard(self) -> None:
         if not self.done:
             self.done = True
@@ -196,7 +207,7 @@ class AtomicFile:
         if exc_type is None:
             self.commit()
         else:
-            self.discard()
+            self.fail(exc)
 
 
 @contextmanager
@@ -209,8 +220,8 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False, **options) -> 
     atomic = AtomicFile(path, overwrite, **options)
     try:
         yield atomic.tmp
-    except BaseException:
-        atomic.discard()
+    except BaseException as exc:
+        atomic.fail(exc)
         raise
     atomic.commit()
 
@@ -274,6 +285,70 @@ def immediate_commits() -> Iterator[None]:
         yield
     finally:
         _STAGE.reset(token)
+
+
+# errno -> what the user reads; other errors are told by the state of the disk (disk_fault)
+DISK_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+               errno.EFBIG: "file too large for this process (ulimit -f)", errno.EROFS: "read-only file system",
+               errno.EACCES: "permission denied", errno.EPERM: "permission denied", errno.EIO: "input/output error",
+               errno.ENOENT: "its folder disappeared (deleted or moved?)"}
+LOW_SPACE_BYTES = 2**20  # less free than this after a failed write: the disk is what failed
+
+
+def disk_fault(path: str | os.PathLike, tmp: str | os.PathLike | None, exc: BaseException) -> SegkitError | None:
+    """A one-line SegkitError when writing ``path`` (through ``tmp``) failed for the disk's sake, else None.
+
+    An OSError's errno says it directly; any other writer error (torch's "unexpected pos", tifffile's
+    "N requested and M written", SQLite's "disk I/O error" or "database or disk is full") counts as a
+    full disk when the folder has less than LOW_SPACE_BYTES free, or as ``ulimit -f`` when the
+    temporary file reached this process's file-size limit. Call it before removing ``tmp``.
+    """
+    path = Path(path)
+    if isinstance(exc, SegkitError):
+        return None  # already one line
+    reason = DISK_ERRNOS.get(exc.errno) if isinstance(exc, OSError) else None
+    if isinstance(exc, OSError) and exc.errno == errno.ENOENT and path.parent.is_dir():
+        reason = None  # some other file was missing, not our folder
+    if reason is None and (isinstance(exc, (OSError, RuntimeError)) or "disk" in str(exc).lower()):
+        reason = _disk_state(path.parent, tmp)
+    if reason is None:
+        return None
+    kept = "the previous file is kept" if path.exists() else "nothing written under that name"
+    return SegkitError(f"{path}: cannot write it: {reason}; {kept}")
+
+
+def disk_error_line(exc: BaseException) -> str | None:
+    """One line for an error that a full or failing disk caused deep inside a library (SQLite under
+    Optuna or MLflow, a writer that is not segkit's), else None. Follows the exception's chain."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS and exc.errno != errno.ENOENT:
+            where = exc.filename or "a file being written"
+            return f"{where}: {DISK_ERRNOS[exc.errno]}"
+        text = str(exc).splitlines()[0].lower() if str(exc) else ""
+        if "database or disk is full" in text:
+            return ("a SQLite database (the Optuna study or the MLflow store): database or disk is full; "
+                    "free space and run the command again (it resumes)")
+        exc, seen = exc.__cause__ or exc.__context__ or getattr(exc, "orig", None), seen + 1
+    return None
+
+
+def _disk_state(folder: Path, tmp) -> str | None:
+    try:
+        stats = os.statvfs(folder)
+    except (OSError, AttributeError):  # vanished folder; Windows has no statvfs
+        return None if folder.is_dir() else DISK_ERRNOS[errno.ENOENT]
+    if stats.f_bavail * stats.f_frsize < LOW_SPACE_BYTES:
+        return DISK_ERRNOS[errno.ENOSPC]
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if soft != resource.RLIM_INFINITY and tmp is not None and os.path.getsize(tmp) >= soft - 2**16:
+            return DISK_ERRNOS[errno.EFBIG]
+    except (ImportError, OSError):
+        pass
+    return None
 
 
 def _pid_alive(pid: int) -> bool:

@@ -20,6 +20,7 @@ import numpy as np
 
 from segkit.ground.errors import SegkitError, warn_once
 from segkit.ground.geometry import Window
+from segkit.io.limits import check_decoded, check_image_size, declared_size
 from segkit.io._window import (
     block_edges,
     check_pad_mode,
@@ -58,6 +59,7 @@ class Raster:
         self.backend = handle.name
         self.levels = list(handle.levels)
         self.height, self.width = self.levels[0]
+        check_image_size(self.path, self.height, self.width)
         if min(self.height, self.width) < 2:
             raise SegkitError(f"{self.path}: image is {self.height}x{self.width} px; nothing to segment or classify")
         self.channels, self.dtype = int(handle.channels), np.dtype(handle.dtype)
@@ -273,6 +275,10 @@ class _OpenCVBackend:
     def __init__(self, path: Path):
         import cv2
 
+        declared = declared_size(path)  # OpenCV decodes the whole file: refuse a bomb before it does
+        if declared is not None:
+            check_image_size(path, *declared)
+            check_decoded(path, *declared, "the whole image")
         data = np.fromfile(path, dtype=np.uint8)
         try:  # OpenCV's own "[ WARN ] ... buffer is incomplete" line would double segkit's one-line error
             cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)

@@ -18,6 +18,7 @@ from typing import Iterable, Mapping
 import numpy as np
 import torch
 
+from segkit.ground.text import first_sentence
 from segkit.ground.errors import SegkitError
 from segkit.io.atomic import atomic_path
 from segkit.runs.rundir import read_run_info
@@ -65,7 +66,7 @@ def load_checkpoint(path: str | Path, map_location="cpu", required_keys: Iterabl
             raise SegkitError(f"{path}: the checkpoint holds more than weights (Python objects that loading it "
                               "would run); refused. segkit only loads tensors (write it with segkit, or re-save "
                               "just its state dict in a session you trust)") from None
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        first = first_sentence(str(e)) or type(e).__name__
         raise SegkitError(f"{path}: not a readable checkpoint (truncated or foreign file): {first}") from None
     if not isinstance(state, dict):
         raise SegkitError(f"{path}: not a segkit checkpoint (holds a {type(state).__name__}, not a dict)")

@@ -136,9 +136,12 @@ def mark_running(run_dir: Path, **changes) -> dict:
     return update_run_info(run_dir, status="running", pid=os.getpid(), host=socket.gethostname(), **changes)
 
 
-def remove_stale_run_temps(runs_dir: Path) -> list[Path]:
+def remove_stale_run_temps(runs_dir: Path, run_dir: Optional[Path] = None) -> list[Path]:
     """Temporary files of killed processes (a checkpoint or run.json being written at SIGKILL) in
-    every run directory, its checkpoints/ and plots/; files of live processes stay."""
+    every run directory, its checkpoints/ and plots/, and in every folder under ``run_dir`` (the
+    run being resumed: also what its evaluations and trackers wrote); files of live processes stay."""
     folders = [folder for run in Path(runs_dir).glob(f"*/{RUN_FILE}")
                for folder in (run.parent, run.parent / "checkpoints", run.parent / "plots")]
+    if run_dir is not None:
+        folders += [Path(run_dir), *(p for p in Path(run_dir).rglob("*") if p.is_dir())]
     return remove_stale_temps(*folders)

@@ -25,6 +25,7 @@ import yaml
 
 from segkit.ground.config import Config, load_config
 from segkit.ground.errors import SegkitError
+from segkit.ground.safeyaml import safe_load
 
 RANGE_KEYS = {"low", "high", "log", "step"}
 
@@ -111,7 +112,7 @@ def load_space(path, base: Optional[Config] = None) -> list[Dimension]:
     """Parse and check a space file against `base` (the config every trial starts from)."""
     path = Path(path)
     try:
-        tree = yaml.safe_load(path.read_text())
+        tree = safe_load(path.read_text())
     except OSError as exc:
         raise SegkitError(f"{path}: cannot read search space ({exc.strerror})") from None
     except yaml.YAMLError as exc:

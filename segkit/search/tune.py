@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import socket
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -26,11 +27,13 @@ from segkit.ground.config import Config, flatten_config, load_config, to_dict
 from segkit.ground.errors import SegkitError
 from segkit.search.space import Dimension, override
 from segkit.train.fit import StopRun
+from segkit.runs.lock import exclusive
 from segkit.runs.rundir import _process_alive, read_jsonl, read_run_info
 
 DEFAULT_STORAGE = "optuna.db"  # in the runs folder
 PRUNER_STARTUP_TRIALS = 2  # trials that always run to the end before the median pruner may stop one
 PRUNER_WARMUP_EPOCHS = 1  # epochs of every trial that are never pruned
+SQLITE_BUSY_SECONDS = 300  # how long a worker waits for another's SQLite write
 METRICS = ("val_dice", "val_f1", "val_accuracy")  # the first a run records is the score maximised
 BOOKKEEPING = {"run.name", "run.runs_dir", "run.progress"}  # not settings of the best config
 
@@ -54,8 +57,13 @@ def open_storage(url: str):
             if not folder.is_dir():
                 raise SegkitError(f"--storage {url}: folder {folder} does not exist")
             return JournalStorage(JournalFileBackend(url))
-        storage = optuna.storages.RDBStorage(url)
-        storage.get_all_studies()  # connect now
+        # SQLite: several workers of one study wait for each other's writes (a busy timeout) instead
+        # of failing with "database is locked"
+        options = {"connect_args": {"timeout": SQLITE_BUSY_SECONDS}} if url.startswith("sqlite:") else None
+        # two workers creating a new SQLite file at once would both create its tables: one at a time
+        with exclusive(url[len("sqlite:///"):] + ".lock") if url.startswith("sqlite:///") else nullcontext():
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=options)
+            storage.get_all_studies()  # connect now
         return storage
     except SegkitError:
         raise
@@ -80,7 +88,10 @@ def _fail_stale_trials(study) -> int:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid = trial.user_attrs.get("pid")
         if trial.user_attrs.get("host") == host and pid and pid != os.getpid() and not _process_alive(int(pid)):
-            study.tell(trial.number, state=TrialState.FAIL)
+            try:
+                study.tell(trial.number, state=TrialState.FAIL)
+            except (RuntimeError, ValueError):  # another worker starting at the same time marked it first
+                continue
             if trial.params:
                 study.enqueue_trial(trial.params, skip_if_exists=False)
             stale += 1
@@ -131,7 +142,8 @@ def tune(base: Config, space: list[Dimension], *, trials: int, fit: Callable, st
         existing = len(optuna.load_study(study_name=study_name, storage=handle).trials)
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=PRUNER_WARMUP_EPOCHS)
               if prune else optuna.pruners.NopPruner())
-    # the sampler's seed moves on with the study, so a resumed search does not replay its first proposals
+    # the sampler's seed moves on with the study, so a resumed search (or a second worker joining) does not
+    # replay its first proposals
     sampler = optuna.samplers.TPESampler(seed=seed + existing)
     study = optuna.create_study(study_name=study_name, storage=handle, direction="maximize", sampler=sampler,
                                 pruner=pruner, load_if_exists=True)

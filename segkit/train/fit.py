@@ -15,6 +15,7 @@ only rank 0 writes the run directory and validates.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -32,6 +33,7 @@ from segkit.models.factory import freeze_encoder
 from segkit.runs import checkpoint as ckpt
 from segkit.runs import distributed
 from segkit.runs.device import make_scaler, pick_device
+from segkit.runs.lock import lock_run, release_all
 from segkit.runs.plots import plot_confusion, plot_metrics
 from segkit.runs.rundir import (
     append_jsonl,
@@ -92,13 +94,16 @@ def fit(
     try:
         return _fit(config, command, parent, resume, parent_epoch, info, hooks)
     finally:
+        release_all()  # the run directory's lock (rank 0), whatever the outcome
         distributed.cleanup()
 
 
 def _fit(config, command, parent, resume, parent_epoch, dist_info, hooks) -> Path:
     main, world, rank = distributed.is_main(), distributed.world_size(), distributed.rank()
-    if main:  # what a killed stage left half-written (issue 10)
-        remove_stale_run_temps(Path(resume).parent if resume is not None else Path(config.run.runs_dir))
+    if main and resume is not None:  # one process per run: a second resume fails here, before anything is read
+        lock_run(resume)
+    if main:  # what a killed stage left half-written
+        remove_stale_run_temps(Path(resume).parent if resume is not None else Path(config.run.runs_dir), resume)
     if resume is not None:
         run_info = check_resumable(resume, check_live=main)  # only rank 0: it marks the run live itself
         config = load_config(resume / "config.yaml")
@@ -209,6 +214,7 @@ def _setup_run(config: Config, command: str, parent, resume, parent_epoch, data:
     if parent is not None:
         preflight.check_parent_weights(model, path)
     run_dir = create_run_dir(Path(config.run.runs_dir), config.run.name, command)
+    lock_run(run_dir)
     config = dataclasses.replace(config, run=dataclasses.replace(config.run, name=run_dir.name))
     save_config(config, run_dir / "config.yaml")
     preprocess.save(run_dir / "preprocess.json")
@@ -376,8 +382,11 @@ def _fail(run_dir: Path, exc: BaseException) -> None:
     """Record why the run stopped; a SegkitError (e.g. a NaN loss) is re-raised naming the last good checkpoint."""
     status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if not run_dir.is_dir():
+        raise SegkitError(f"{run_dir}: the run directory disappeared while training (deleted or moved?); stopped")
     if distributed.is_main():
-        update_run_info(run_dir, status=status, error=message)
+        with contextlib.suppress(OSError, SegkitError):  # a full disk: run.json stays "running", still resumable
+            update_run_info(run_dir, status=status, error=message)
     if isinstance(exc, SegkitError):
         kept = ckpt.list_checkpoints(run_dir / "checkpoints")
         where = f"last good checkpoint {kept[-1]}" if kept else "no checkpoint was written"

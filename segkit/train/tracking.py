@@ -12,6 +12,7 @@ error line, not a failure after the first epoch.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 from segkit.ground.errors import SegkitError
+from segkit.runs.lock import exclusive
 
 MLFLOW_DB = "mlflow.db"  # default store, in the runs folder
 PARAM_CHARS = 6000  # MLflow's limit on a parameter value
@@ -59,6 +61,14 @@ def _experiment_id(client, experiment: str, artifacts: Path) -> str:
     return client.create_experiment(experiment, artifact_location=artifacts.resolve().as_uri())
 
 
+def _store_lock(tracking_uri: str):
+    """A lock beside a SQLite store (mlflow.db.lock): two runs opening a new store at once would both
+    run MLflow's schema migration on it ("table already exists"); other stores need none."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    return exclusive(tracking_uri[len("sqlite:///"):] + ".lock")
+
+
 def _require_tensorboard() -> None:
     try:
         import tensorboard  # noqa: F401
@@ -82,7 +92,7 @@ def check_tracking(tracker: str, *, tracking_uri: str, experiment: str, runs_dir
         if not folder.is_dir():
             raise SegkitError(f"tracking URI {tracking_uri}: folder {folder} does not exist")
     try:
-        with _quick_http():
+        with _quick_http(), _store_lock(tracking_uri):
             _experiment_id(MlflowClient(tracking_uri), experiment, Path(runs_dir) / "mlartifacts")
     except Exception as exc:  # MLflow, SQLAlchemy and requests each raise their own types
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -108,13 +118,14 @@ class MlflowTracker:
         from mlflow import MlflowClient
         from mlflow.entities import Param, RunStatus
 
-        self.client = MlflowClient(tracking_uri)
         self.run_dir = Path(run_dir)
-        if run_id is not None:
-            self.run_id = run_id
-            self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-            return
-        experiment_id = _experiment_id(self.client, experiment, self.run_dir.parent / "mlartifacts")
+        with _store_lock(tracking_uri):  # one process at a time creates the store and the experiment
+            self.client = MlflowClient(tracking_uri)
+            if run_id is not None:
+                self.run_id = run_id
+                self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+                return
+            experiment_id = _experiment_id(self.client, experiment, self.run_dir.parent / "mlartifacts")
         run = self.client.create_run(experiment_id, run_name=self.run_dir.name,
                                      tags={"segkit.run_dir": str(self.run_dir.resolve()), "host": socket.gethostname(),
                                            **{k: str(v) for k, v in (tags or {}).items()}})

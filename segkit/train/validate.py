@@ -40,7 +40,7 @@ class ValidationSettings:
 
     fov_px: int
     size: int
-    overlap_px: int
+    overlap_px: Optional[int]  # None: predict's default for the tile
     tta: str
     blend: str
     threshold: float
