@@ -32,6 +32,7 @@ class RunConfig:
     runs_dir: str = "runs"  # parent folder of all run directories
     seed: int = 42  # seeds windows, augmentation, weights and folds
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dist_timeout_s: float = 1800.0  # torchrun: seconds a collective inside a step waits for a missing rank
     progress: bool = True  # progress bars on long work
     log: str = "none"  # extra epoch logging: none | tensorboard | mlflow (--log; needs that package)
     tracking_uri: Optional[str] = None  # MLflow tracking URI; null = sqlite:///<runs_dir>/mlflow.db
@@ -59,7 +60,7 @@ class DataConfig:
     std: Optional[list] = None  # per-channel std (e.g. from `segkit stats`)
     augment: Optional[dict] = None  # albumentations serialized pipeline (A.to_dict form)
     copy_paste: Optional[dict] = None  # object copy-paste settings; null = off
-    workers: int = 0  # DataLoader worker processes
+    workers: Optional[int] = None  # DataLoader worker processes; null = auto (CUDA: up to 8 per GPU process, CPU: 0)
     class_names: Optional[list] = None  # names by class id (seg: background first; cls: the image classes, null = from the manifest)
     group_pattern: Optional[str] = None  # regex over the image stem giving rows without a group their group
     crop_scale: Optional[list] = None  # cls: [min, max] share of the image area cropped at random, then resized; null = whole image
@@ -95,7 +96,7 @@ class TrainConfig:
     loss: list = field(default_factory=lambda: [{"name": "dice", "weight": 1.0}, {"name": "soft_bce", "weight": 1.0}])
     cls_loss: list = field(default_factory=lambda: [{"name": "ce", "weight": 1.0}])  # class head (cls, seg+cls)
     mixup: Optional[dict] = None  # cls: timm Mixup options, e.g. {mixup_alpha: 0.2, cutmix_alpha: 1.0}; null = off
-    amp: bool = True  # mixed precision where it helps: fp16 + GradScaler on CUDA, bf16 on CPUs with native bf16
+    amp: bool = True  # mixed precision where it helps: bf16 on GPUs that have it, else fp16 + GradScaler; bf16 on CPUs with native bf16
     accumulate: int = 1  # gradient accumulation steps
     clip: Optional[float] = None  # gradient-norm clipping
     ema: Optional[float] = None  # EMA decay of weights (e.g. 0.999); null = off
@@ -104,6 +105,7 @@ class TrainConfig:
     early_stop: int = 0  # stop after N epochs without improvement; 0 = off
     early_stop_delta: float = 0.0  # an epoch counts as better only when it beats the best by more than this
     channels_last: bool = True
+    sync_bn: bool = False  # torchrun: BatchNorm statistics over every rank's batch (SyncBatchNorm; GPUs only)
     target_weights: Optional[list] = None  # data.targets: loss weight per target; null = 1 each
 
 
@@ -114,7 +116,7 @@ class InferConfig:
     tta: str = "hflip"  # none | hflip | flips | d4 | "identity:0.6,hflip:0.4"
     epochs: str = "last:3"  # checkpoints averaged: last:K | best | all | 8,9,10
     threshold: float = 0.5
-    batch_size: int = 8
+    batch_size: Optional[int] = None  # tiles per forward pass; null = auto (CPU 8; CUDA 16, 32 with >= 16 GB)
     min_object_px: int = 0  # remove predicted objects smaller than this
     fill_holes: bool = False
     rle_order: str = "F"  # F column-major 1-indexed (Kaggle HuBMAP) | C row-major
@@ -293,6 +295,10 @@ def validate(config: Config) -> None:
         raise SegkitError(f"config key data.std: every value must be a number > 0, got {config.data.std}")
     if not config.run.experiment.strip():
         raise SegkitError("config key run.experiment: must name an MLflow experiment, got an empty string")
+    if config.data.workers is not None and config.data.workers < 0:
+        raise SegkitError(f"config key data.workers: must be >= 0 or null (auto), got {config.data.workers}")
+    if config.run.dist_timeout_s <= 0:
+        raise SegkitError(f"config key run.dist_timeout_s: must be > 0, got {config.run.dist_timeout_s}")
     if config.train.swa_epochs < 0:
         raise SegkitError(f"config key train.swa_epochs: must be >= 0, got {config.train.swa_epochs}")
     if not 0 < config.train.subset <= 1:
@@ -310,7 +316,7 @@ def _validate_tiling(config: Config) -> None:
     i = config.infer
     if not 0 <= i.threshold <= 1:
         raise SegkitError(f"config key infer.threshold: a probability must be in [0, 1], got {i.threshold}")
-    if i.batch_size < 1:
+    if i.batch_size is not None and i.batch_size < 1:
         raise SegkitError(f"config key infer.batch_size: must be >= 1, got {i.batch_size}")
     if i.overlap_px < 0 or i.margin_px < 0:
         raise SegkitError("config keys infer.overlap_px and infer.margin_px: must be >= 0, got "

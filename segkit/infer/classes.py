@@ -36,7 +36,7 @@ from segkit.metrics.cls import expected_calibration_error
 @dataclass
 class ClassSettings:
     tta: str = "none"
-    batch_size: int = 64
+    batch_size: Optional[int] = 64  # None: by device (segkit.runs.device.infer_batch_size)
     amp: bool = False
 
 

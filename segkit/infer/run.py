@@ -132,7 +132,7 @@ class Settings:
     blend: str
     tta: str
     threshold: float
-    batch_size: int
+    batch_size: Optional[int]  # None: by device (segkit.runs.device.infer_batch_size)
     amp: bool
     rle_order: str = "F"
     min_object_px: int = 0
