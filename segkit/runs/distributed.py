@@ -148,6 +148,18 @@ def all_gather_objects(obj) -> list:
     return out
 
 
+def my_share(items) -> list:
+    """(index, item) of the items this rank handles: index % world == rank (all of them outside torchrun)."""
+    rank_, world = rank(), world_size()
+    return [(index, item) for index, item in enumerate(items) if index % world == rank_]
+
+
+def gather_in_order(results: list) -> list:
+    """Every rank's (index, ...) tuples (from work on my_share), gathered and sorted by index, so
+    the result equals one process's. The gather waits for the slowest rank without the run's timeout."""
+    return sorted((item for part in all_gather_objects(results) for item in part), key=lambda t: t[0])
+
+
 def barrier() -> None:
     """Every rank waits for the others (without the run's timeout: see the module docstring)."""
     if is_distributed():

@@ -76,7 +76,7 @@ def validate(models: list[tuple[torch.nn.Module, float]], pairs, preprocess, set
         return validate_classes(models, [pair.row for pair in pairs], preprocess, settings, device)
     predictor = EnsemblePredictor(models, s.tta, activation=s.activation, amp=s.amp)
     scored = []  # (row index, image id, Dice counts, object scores or None) of this rank's rows
-    for index, pair in _my_share(pairs):
+    for index, pair in distributed.my_share(pairs):
         raster = pair.raster
         region = pair.row.region or Window(0, 0, raster.height, raster.width)
         probs = predict_probs(
@@ -95,7 +95,7 @@ def validate(models: list[tuple[torch.nn.Module, float]], pairs, preprocess, set
         scored.append((index, pair.row.id, one.counts(), objects))
     accumulator = DiceAccumulator(classes=1 if s.targets else s.classes)
     objects = []
-    for _, image_id, counts, scores in _in_row_order(scored):
+    for _, image_id, counts, scores in distributed.gather_in_order(scored):
         accumulator.add_counts(counts, image_ids=[image_id])
         if scores is not None:
             objects.append(scores)
@@ -104,18 +104,6 @@ def validate(models: list[tuple[torch.nn.Module, float]], pairs, preprocess, set
         result.update(object_f1=float(np.mean([o["f1"] for o in objects])),
                       dsb=float(np.mean([o["dsb"] for o in objects])))
     return result
-
-
-def _my_share(items) -> list:
-    """(index, item) of the items this rank validates: index % world == rank (all of them outside torchrun)."""
-    rank, world = distributed.rank(), distributed.world_size()
-    return [(index, item) for index, item in enumerate(items) if index % world == rank]
-
-
-def _in_row_order(scored: list) -> list:
-    """Every rank's (index, ...) tuples, gathered (without the run's timeout: a rank with fewer or
-    smaller rows waits for the others) and sorted by index, so the scores equal one process's."""
-    return sorted((item for part in distributed.all_gather_objects(scored) for item in part), key=lambda t: t[0])
 
 
 def validate_classes(models: list[tuple[torch.nn.Module, float]], rows, preprocess, settings: ValidationSettings,
@@ -127,13 +115,13 @@ def validate_classes(models: list[tuple[torch.nn.Module, float]], rows, preproce
     """
     s = settings
     cache = RasterCache()
-    mine = _my_share(rows)
+    mine = distributed.my_share(rows)
     logits, weights = np.zeros((0, 0, s.classes), np.float32), None
     if mine:
         logits, weights = predict_class_logits(
             models, [row for _, row in mine], read=lambda row: read_row(cache, row, s.size), preprocess=preprocess,
             tta=parse_tta(s.tta), batch_size=s.batch_size, device=device, amp=s.amp)
-    gathered = _in_row_order([(index, logits[:, k], weights) for k, (index, _) in enumerate(mine)])
+    gathered = distributed.gather_in_order([(index, logits[:, k], weights) for k, (index, _) in enumerate(mine)])
     logits = np.stack([member for _, member, _ in gathered], axis=1)  # (members, rows, classes)
     weights = gathered[0][2]
     targets = np.array([int(row.target) for row in rows])
