@@ -227,3 +227,15 @@ def test_validation_restores_the_layout_of_the_model_it_was_given():
     with EnsemblePredictor([(model, 1.0)], "none").prepared(torch.device("cpu")):
         assert model[0].weight.is_contiguous(memory_format=torch.channels_last) and not model.training
     assert model[0].weight.is_contiguous() and model.training
+
+
+def test_sync_batchnorm_is_refused_off_the_gpu(seg_parts):
+    import dataclasses
+
+    from segkit.ground.errors import SegkitError
+    from segkit.train.fit import _build
+
+    config, data, preprocess, _ = seg_parts
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, sync_bn=True))
+    with pytest.raises(SegkitError, match="train.sync_bn: SyncBatchNorm runs on GPUs only"):
+        _build(config, data, preprocess, torch.device("cpu"), None, 2, 0)

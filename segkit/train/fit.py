@@ -234,6 +234,8 @@ def _build(config: Config, data: TrainingData, preprocess: Preprocess, device: t
     if config.model.freeze_fraction > 0:
         freeze_encoder(model, config.model.freeze_fraction)
     if t.sync_bn and world > 1:
+        if device.type != "cuda":
+            raise SegkitError(f"train.sync_bn: SyncBatchNorm runs on GPUs only (this run is on {device.type})")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     if t.channels_last:
