@@ -20,7 +20,9 @@ BLEND_MODES = ("gaussian", "pyramid", "flat")
 # gaussian weights at a tile's corners are ~exp(-32) of the centre; the floor keeps every weight
 # strictly positive (and well above float32 underflow) so no covered pixel is ever divided by 0
 _GAUSSIAN_FLOOR = 1e-4
-_TINY = 1e-30  # divisor floor where no tile covered a pixel (the result is replaced by 0 there)
+# the weight sums start here instead of 0, so that normalising needs no test for uncovered pixels (their
+# weighted sum is 0, and 0 / tiny = 0); added to a blend weight (>= 1e-4) it changes no float32 bit
+_TINY = 1e-30
 
 
 def _gaussian_1d(n: int) -> np.ndarray:
@@ -82,7 +84,7 @@ class StripAccumulator:
         # buffers are reused: flushed rows are shifted out in place, capacity grows only when a
         # taller tile row arrives, so the steady state allocates nothing but the output strips
         self._sums = torch.zeros((self.channels, 0, self.width), dtype=torch.float32, device=self.device)
-        self._weights = torch.zeros((0, self.width), dtype=torch.float32, device=self.device)
+        self._weights = torch.full((0, self.width), _TINY, dtype=torch.float32, device=self.device)
 
     @property
     def rows_held(self) -> int:
@@ -123,7 +125,7 @@ class StripAccumulator:
         need = bottom - self.top
         if need > self._weights.shape[0]:
             sums = torch.zeros((self.channels, need, self.width), dtype=torch.float32, device=self.device)
-            weights = torch.zeros((need, self.width), dtype=torch.float32, device=self.device)
+            weights = torch.full((need, self.width), _TINY, dtype=torch.float32, device=self.device)
             sums[:, :self._held] = self._sums[:, :self._held]
             weights[:self._held] = self._weights[:self._held]
             self._sums, self._weights = sums, weights
@@ -143,7 +145,7 @@ class StripAccumulator:
         for a in range(0, n, self.max_rows):
             b = min(a + self.max_rows, n)
             sums, weights = self._sums[:, a:b], self._weights[a:b]
-            strip = torch.where(weights > 0, sums / weights.clamp_min(_TINY), 0.0)
+            strip = sums / weights  # weights start at _TINY: an uncovered pixel gives 0 / tiny = 0
             yield self.top + a, strip.cpu().numpy()  # the strip's one copy to the host
         rest = self._held - n  # rows still in flight move to the top of the buffers
         if rest:
@@ -153,7 +155,7 @@ class StripAccumulator:
             self._sums[:, :rest] = moved_sums
             self._weights[:rest] = moved_weights
         self._sums[:, rest:self._held] = 0
-        self._weights[rest:self._held] = 0
+        self._weights[rest:self._held] = _TINY
         self._held = rest
         self.top = row
 
