@@ -239,3 +239,57 @@ def test_sync_batchnorm_is_refused_off_the_gpu(seg_parts):
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, sync_bn=True))
     with pytest.raises(SegkitError, match="train.sync_bn: SyncBatchNorm runs on GPUs only"):
         _build(config, data, preprocess, torch.device("cpu"), None, 2, 0)
+
+
+def test_ranks_other_than_0_get_their_own_torch_seed_on_a_fresh_run(tmp_path):
+    from segkit.train.fit import _restore
+
+    for rank in (0, 1, 3):
+        torch.manual_seed(42)
+        assert _restore(None, tmp_path, False, 42, rank) == (1, None)
+        assert torch.initial_seed() == 42 + rank  # distinct dropout masks; rank 0 keeps the single-process seed
+
+
+def test_out_of_gpu_memory_does_not_end_the_study(tmp_path):
+    """Fast: every trial runs out of GPU memory before training; each fails alone, the study goes on."""
+    pytest.importorskip("optuna")
+    from segkit.search.space import Dimension
+    from segkit.search.tune import tune
+
+    root = write_tiny_project(tmp_path, infer={"tta": "none"})
+    calls = []
+
+    def out_of_memory(config, hooks=()):
+        calls.append(config.run.name)
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    space = [Dimension("train.lr", low=1e-3, high=1e-2, log=True)]
+    result = tune(load_config(root / "tiny.yaml"), space, trials=2, fit=out_of_memory, log=lambda line: None)
+    assert [t.state.name for t in result.study.trials] == ["FAIL", "FAIL"] and calls == ["tune-t000", "tune-t001"]
+    assert result.best_run is None
+
+
+@pytest.mark.slow  # ~15 s: trains one tiny run after the failed trial
+def test_a_trial_out_of_gpu_memory_fails_alone(tmp_path):
+    """tune's fit is a parameter: the first trial runs out of GPU memory at its first step, the second
+    trains for real; the study goes on and completes it."""
+    pytest.importorskip("optuna")
+    from segkit.search.space import Dimension
+    from segkit.search.tune import tune
+    from segkit.train.fit import fit
+
+    root = write_tiny_project(tmp_path, train={"epochs": 1, "amp": False}, infer={"tta": "none"})
+    calls = []
+
+    def fit_or_oom(config, hooks=()):
+        calls.append(config.run.name)
+        if len(calls) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return fit(config, hooks=hooks)
+
+    lines = []
+    space = [Dimension("train.lr", low=1e-3, high=1e-2, log=True)]
+    result = tune(load_config(root / "tiny.yaml"), space, trials=2, fit=fit_or_oom, log=lines.append)
+    states = [t.state.name for t in result.study.trials]
+    assert states == ["FAIL", "COMPLETE"] and len(calls) == 2
+    assert any("trial 0: failed: out of GPU memory (CUDA out of memory" in line for line in lines)

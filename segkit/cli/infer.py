@@ -138,9 +138,17 @@ def infer(images, config_path, overrides, runs_dir, device, run, epochs, soup, t
     if dist_info.rank == 0:
         checkpoints = ", ".join(p.name for p in ensemble.checkpoints)
         click.echo(f"predicted {len(images)} image(s) with {len(ensemble.models)} model(s) [{checkpoints}], "
-                   f"tta {settings.tta}" + (f", {dist_info.world_size} ranks" if dist_info.world_size > 1 else ""))
+                   f"tta {settings.tta}" + (f", {dist_info.world_size} ranks" if dist_info.world_size > 1 else "")
+                   + _hardware(settings.batch_size, device_obj, settings.amp))
         for path in written:
             click.echo(f"wrote {path}")
+
+
+def _hardware(batch_size, device, amp: bool) -> str:
+    """What the device made of the automatic choices: ", batch 16 on cuda:0 (bf16)"."""
+    from segkit.runs.device import infer_batch_size, precision_name
+
+    return f", batch {infer_batch_size(batch_size, device)} on {device} ({precision_name(device, amp)})"
 
 
 def _quoted(value):
@@ -182,5 +190,5 @@ def _infer_classes(config, images, run_dirs, soup, csv_path, with_probs, device,
     calibrated = f", temperature {temperature:.3f}" if config.infer.calibrate else ""
     ranks = f", {dist_info.world_size} ranks" if dist_info.world_size > 1 else ""
     click.echo(f"classified {len(rows)} image(s) with {len(ensemble.models)} model(s) [{checkpoints}], "
-               f"tta {settings.tta}{calibrated}{ranks}")
+               f"tta {settings.tta}{calibrated}{ranks}" + _hardware(settings.batch_size, device_obj, settings.amp))
     click.echo(f"wrote {written}")
