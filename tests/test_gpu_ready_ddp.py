@@ -17,10 +17,9 @@ import sys
 import numpy as np
 import pytest
 import tifffile
-import yaml
 from click.testing import CliRunner
 
-from conftest import write_tiny_project
+from conftest import write_digits_cls_config, write_tiny_project
 from segkit.cli import cli
 
 TIMEOUT_S = "1"
@@ -73,16 +72,7 @@ def test_a_validation_longer_than_the_timeout_is_shared_not_waited_for(tmp_path)
 
 
 def test_cls_infer_under_two_ranks_writes_the_one_process_csv(digits, tmp_path):
-    config = {
-        "task": "cls",
-        "run": {"runs_dir": str(tmp_path / "runs"), "progress": False},
-        "data": {"manifest": str(digits / "train.csv"), "size": 16, "folds": 4, "fold_method": "stratified",
-                 "stats_windows": 8},
-        "model": {"encoder": "tu-resnet10t"},
-        "train": {"epochs": 1, "batch_size": 8, "amp": False},
-        "infer": {"tta": "hflip", "epochs": "last:1", "batch_size": 4},
-    }
-    (tmp_path / "cls.yaml").write_text(yaml.safe_dump(config))
+    write_digits_cls_config(digits, tmp_path, infer={"tta": "hflip", "batch_size": 4})
     trained = CliRunner().invoke(cli, ["train", "--config", str(tmp_path / "cls.yaml"), "--name", "c"])
     assert trained.exit_code == 0, trained.output
     run_dir = tmp_path / "runs" / "c"

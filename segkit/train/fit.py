@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
-from torch.utils.data import DataLoader
 
 from segkit.data.inputs import TrainingData
 from segkit.data.preprocess import Preprocess
