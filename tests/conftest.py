@@ -118,3 +118,18 @@ def digits(tmp_path_factory):
     """8 real digits per class at 16x16 px: train.csv (60 rows), test.csv, test_corrupted.csv, train_noisy.csv."""
     pytest.importorskip("sklearn")
     return make_digits(tmp_path_factory.mktemp("digits"), per_class=8, scale=2, test_fraction=0.25, seed=0)
+
+
+def write_digits_cls_config(digits, root, infer=None):
+    """root/cls.yaml: a one-epoch cls run of tu-resnet10t on the digits fixture (runs in root/runs)."""
+    config = {
+        "task": "cls",
+        "run": {"runs_dir": str(root / "runs"), "progress": False},
+        "data": {"manifest": str(digits / "train.csv"), "size": 16, "folds": 4, "fold_method": "stratified",
+                 "stats_windows": 8},
+        "model": {"encoder": "tu-resnet10t"},
+        "train": {"epochs": 1, "batch_size": 8, "amp": False},
+        "infer": {"tta": "none", "epochs": "last:1", **(infer or {})},
+    }
+    (root / "cls.yaml").write_text(yaml.safe_dump(config))
+    return root / "cls.yaml"

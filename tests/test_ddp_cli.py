@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import write_digits_cls_config
 from test_fit import info, make_project, records
 
 
@@ -68,18 +69,7 @@ def test_ranks_draw_distinct_windows(tmp_path):
 @pytest.mark.slow  # ~35 s; the DDP engine is covered by the seg test above, the cls path by test_cls_cli
 def test_two_gloo_ranks_train_one_cls_run(digits, tmp_path):
     """--task cls through the same DDP engine: one run directory, the rows split across the ranks, identical weights."""
-    import yaml
-
-    config = {
-        "task": "cls",
-        "run": {"runs_dir": str(tmp_path / "runs"), "progress": False},
-        "data": {"manifest": str(digits / "train.csv"), "size": 16, "folds": 4, "fold_method": "stratified",
-                 "stats_windows": 8},
-        "model": {"encoder": "tu-resnet10t"},
-        "train": {"epochs": 1, "batch_size": 8, "amp": False},
-        "infer": {"tta": "none", "epochs": "last:1"},
-    }
-    (tmp_path / "cls.yaml").write_text(yaml.safe_dump(config))
+    write_digits_cls_config(digits, tmp_path)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     command = [*_torchrun(), "--standalone", "--nproc_per_node=2", "-m", "segkit.cli", "train",
                "--config", str(tmp_path / "cls.yaml"), "--device", "cpu", "--name", "ddp_cls"]

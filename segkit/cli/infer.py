@@ -67,7 +67,7 @@ def infer(images, config_path, overrides, run, soup, rle_path, polygons, mask, p
     from segkit.infer.run import Outputs, image_list, infer_images, infer_settings, load_ensemble
     from segkit.io.atomic import output_folders, remove_stale_temps, staged_commits
     from segkit.runs import distributed
-    from segkit.runs.device import pick_device
+    from segkit.runs.device import enable_cudnn_benchmark, pick_device
     from segkit.runs.rundir import resolve_run
 
     folder = runs_folder(config_path, overrides)
@@ -88,9 +88,10 @@ def infer(images, config_path, overrides, run, soup, rle_path, polygons, mask, p
         from segkit.data.split import load_rows
 
         images = sorted({str(row.image) for row in load_rows(config.data.manifest)})
-    dist_info = distributed.setup(config.run.device)  # a no-op outside torchrun
+    dist_info = distributed.setup(config.run.device, timeout_s=config.run.dist_timeout_s)  # no-op outside torchrun
     try:
         device_obj = dist_info.device if dist_info.world_size > 1 else pick_device(config.run.device)
+        enable_cudnn_benchmark(device_obj)
         ensemble = load_ensemble(run_dirs, config.infer.epochs, device_obj, soup=soup)
         outputs = Outputs(Path(rle_path) if rle_path else None, polygons, mask, probs, overwrite, instances)
         remove_stale_temps(*output_folders(rle_path, polygons, mask, probs, instances))
@@ -101,9 +102,17 @@ def infer(images, config_path, overrides, run, soup, rle_path, polygons, mask, p
     if dist_info.rank == 0:
         checkpoints = ", ".join(p.name for p in ensemble.checkpoints)
         click.echo(f"predicted {len(images)} image(s) with {len(ensemble.models)} model(s) [{checkpoints}], "
-                   f"tta {settings.tta}" + (f", {dist_info.world_size} ranks" if dist_info.world_size > 1 else ""))
+                   f"tta {settings.tta}" + (f", {dist_info.world_size} ranks" if dist_info.world_size > 1 else "")
+                   + _hardware(settings.batch_size, device_obj, settings.amp))
         for path in written:
             click.echo(f"wrote {path}")
+
+
+def _hardware(batch_size, device, amp: bool) -> str:
+    """What the device made of the automatic choices: ", batch 16 on cuda:0 (bf16)"."""
+    from segkit.runs.device import infer_batch_size, precision_name
+
+    return f", batch {infer_batch_size(batch_size, device)} on {device} ({precision_name(device, amp)})"
 
 
 def _infer_classes(config, images, run_dirs, soup, csv_path, with_probs, overwrite):
@@ -111,19 +120,34 @@ def _infer_classes(config, images, run_dirs, soup, csv_path, with_probs, overwri
     from segkit.data.split import load_rows
     from segkit.infer.classes import ClassSettings, image_rows, infer_classes, run_temperature
     from segkit.infer.run import load_ensemble
-    from segkit.runs.device import pick_device
+    from segkit.runs import distributed
+    from segkit.runs.device import enable_cudnn_benchmark, pick_device
 
     if csv_path is None:
         raise SegkitError("no output chosen: a cls run writes --csv OUT.csv")
     rows = image_rows([Path(p) for p in images]) if images else load_rows(config.data.manifest)
-    device_obj = pick_device(config.run.device)
-    ensemble = load_ensemble(run_dirs, config.infer.epochs, device_obj, soup=soup)
-    settings = ClassSettings(tta=config.infer.tta, batch_size=config.infer.batch_size, amp=config.train.amp)
-    temperature = run_temperature(run_dirs[0], ensemble, settings, device_obj) if config.infer.calibrate else 1.0
-    written = infer_classes(ensemble, rows, Path(csv_path), config.data.class_names, settings=settings,
-                            device=device_obj, with_probs=with_probs, temperature=temperature, overwrite=overwrite)
+    dist_info = distributed.setup(config.run.device,
+                                  timeout_s=config.run.dist_timeout_s)  # a no-op outside torchrun
+    try:
+        device_obj = dist_info.device if dist_info.world_size > 1 else \
+            pick_device(config.run.device)
+        enable_cudnn_benchmark(device_obj)
+        ensemble = load_ensemble(run_dirs, config.infer.epochs, device_obj, soup=soup)
+        settings = ClassSettings(tta=config.infer.tta, batch_size=config.infer.batch_size, amp=config.train.amp)
+        temperature = 1.0
+        if config.infer.calibrate:  # rank 0 fits (and saves) it; the others use its value
+            fitted = run_temperature(run_dirs[0], ensemble, settings, device_obj) if dist_info.rank == 0 else None
+            temperature = distributed.all_gather_objects(fitted)[0]
+        written = infer_classes(ensemble, rows, Path(csv_path), config.data.class_names, settings=settings,
+                                device=device_obj, with_probs=with_probs, temperature=temperature,
+                                overwrite=overwrite)
+    finally:
+        distributed.cleanup()
+    if dist_info.rank != 0:
+        return
     checkpoints = ", ".join(p.name for p in ensemble.checkpoints)
     calibrated = f", temperature {temperature:.3f}" if config.infer.calibrate else ""
+    ranks = f", {dist_info.world_size} ranks" if dist_info.world_size > 1 else ""
     click.echo(f"classified {len(rows)} image(s) with {len(ensemble.models)} model(s) [{checkpoints}], "
-               f"tta {settings.tta}{calibrated}")
+               f"tta {settings.tta}{calibrated}{ranks}" + _hardware(settings.batch_size, device_obj, settings.amp))
     click.echo(f"wrote {written}")

@@ -23,6 +23,9 @@ class RunConfig:
     runs_dir: str = setting("runs", "Parent folder of every run directory.", flag="--runs-dir")
     seed: int = setting(42, "Seeds windows, augmentation, weight initialisation and folds.")
     device: str = setting("auto", "auto (CUDA when available) | cpu | cuda | cuda:N.", flag="--device")
+    dist_timeout_s: float = setting(1800.0, "torchrun: seconds a collective inside a training step waits for a "
+                                            "missing rank.", minimum=1e-3,
+                                    doc="Gathers of results and barriers wait for slower ranks without this limit.")
     progress: bool = setting(True, "Progress bars on long work (plain lines with rate and ETA off a terminal).")
     log: str = setting("none", "Extra epoch logging (needs tensorboard, or the mlflow extra).",
                        choices=("none", "tensorboard", "mlflow"), flag="--log")
@@ -66,7 +69,8 @@ class DataConfig:
     augment: Optional[dict] = setting(None, "Albumentations pipeline in its serialized form (A.to_dict).",
                                       doc="Recipes: `--config augment_baseline`, `--config augment_heavy_noise`.")
     copy_paste: Optional[dict] = setting(None, "Object copy-paste, e.g. {p: 0.5, count: [1, 3]}; null = off.")
-    workers: int = setting(0, "DataLoader worker processes (readers are opened per worker).", minimum=0)
+    workers: Optional[int] = setting(None, "DataLoader worker processes; null = auto (CUDA: up to 8 per GPU "
+                                           "process with pinned memory; CPU: 0).", minimum=0)
     class_names: Optional[list] = setting(
         None, "Names by class id (seg: background first); null = 'class K' (cls: the manifest's names).",
         doc="seg: e.g. [background, tumour, stroma], used in --polygons (QuPath classification), --mask and "
@@ -140,7 +144,8 @@ class TrainConfig:
                                                              "asymmetric, bce, soft_bce.",
                              doc="Options per entry: class_weights [..], label_smoothing, gamma, ...")
     mixup: Optional[dict] = setting(None, "cls: MixUp/CutMix by timm, e.g. {mixup_alpha: 0.2, cutmix_alpha: 1.0}.")
-    amp: bool = setting(True, "Mixed precision where it helps: fp16 on CUDA, bf16 on CPUs with native bf16.",
+    amp: bool = setting(True, "Mixed precision where it helps: bf16 on GPUs that have it, else fp16; bf16 on CPUs "
+                              "with native bf16.",
                         doc="float32 elsewhere: emulated bf16 (AVX2-only CPUs) is about 12x slower.")
     accumulate: int = setting(1, "Gradient accumulation steps.", minimum=1)
     clip: Optional[float] = setting(None, "Clip the gradient norm to this value; null = off.")
@@ -155,6 +160,8 @@ class TrainConfig:
     early_stop_delta: float = setting(0.0, "Better means beating the best validation score by more than this.",
                                       minimum=0)
     channels_last: bool = setting(True, "NHWC memory layout (faster convolutions on CPU and tensor cores).")
+    sync_bn: bool = setting(False, "torchrun: BatchNorm statistics over every rank's batch (SyncBatchNorm; GPUs "
+                                   "only).")
     target_weights: Optional[list] = setting(None, "data.targets: loss weight per target; null = 1 each.")
 
 
@@ -167,7 +174,8 @@ class InferConfig:
                                 "view:weight,...", flag="--tta")
     epochs: str = setting("last:3", "Checkpoints averaged: last:K | best | all | 8,9,10 | swa.", flag="--epochs")
     threshold: float = setting(0.5, "Probability threshold.", flag="--threshold", minimum=0, maximum=1)
-    batch_size: int = setting(8, "Tiles per forward pass.", flag="--batch-size", minimum=1)
+    batch_size: Optional[int] = setting(None, "Tiles per forward pass; null = auto (CPU 8; CUDA 16, 32 with >= 16 "
+                                              "GB).", flag="--batch-size", minimum=1)
     min_object_px: int = setting(0, "Remove predicted objects smaller than this many pixels.", minimum=0)
     fill_holes: bool = setting(False, "Fill holes inside predicted objects.")
     rle_order: str = setting("F", "--rle output: F column-major, 1-indexed (Kaggle HuBMAP) | C row-major.",

@@ -32,12 +32,13 @@ from segkit.infer.tta import parse_tta
 from segkit.io.atomic import check_output
 from segkit.io.class_table import write_class_table
 from segkit.metrics.cls import expected_calibration_error
+from segkit.runs import distributed
 
 
 @dataclass
 class ClassSettings:
     tta: str = "none"
-    batch_size: int = 64
+    batch_size: Optional[int] = 64  # None: by device (segkit.runs.device.infer_batch_size)
     amp: bool = False
 
 
@@ -106,10 +107,35 @@ def infer_classes(ensemble: Ensemble, rows: Sequence[ManifestRow], csv_path: Pat
     check_output(csv_path, overwrite)
     if len(class_names) != ensemble.classes:
         raise SegkitError(f"the run names {len(class_names)} classes for a model with {ensemble.classes} outputs")
-    logits, weights = predict_logits(ensemble, rows, settings, device)
+    logits, weights = _shared_logits(ensemble, rows, settings, device)
+    if distributed.rank() != 0:  # rank 0 writes the one CSV
+        return csv_path
     probs = ensemble_probs(logits, weights, temperature)
     return write_class_table(csv_path, [row.id for row in rows], probs, list(class_names), with_probs=with_probs,
                              overwrite=overwrite)
+
+
+def _shared_logits(ensemble: Ensemble, rows: Sequence[ManifestRow], settings: ClassSettings,
+                   device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """predict_logits over ``rows``; under torchrun each rank predicts row i when i % world == rank and
+    the logits are gathered in row order. A failing rank fails every rank with its message."""
+    world = distributed.world_size()
+    mine = distributed.my_share(rows)
+    part, weights, failure = [], None, None
+    try:
+        if mine:
+            logits, weights = predict_logits(ensemble, [row for _, row in mine], settings, device)
+            part = [(index, logits[:, k], weights) for k, (index, _) in enumerate(mine)]
+    except Exception as exc:
+        if world == 1:
+            raise
+        failure = f"rank {distributed.rank()}: {exc}"
+    gathered = distributed.all_gather_objects((part, failure))  # waits for the slowest rank, no timeout
+    failures = [f for _, f in gathered if f]
+    if failures:
+        raise SegkitError(failures[0])
+    ordered = sorted((item for done, _ in gathered for item in done), key=lambda item: item[0])
+    return np.stack([member for _, member, _ in ordered], axis=1), ordered[0][2]
 
 
 def check_task(config: Config, run_dir: Path, wanted: Optional[str], seg_outputs: bool, csv: bool) -> str:

@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from segkit.ground.errors import SegkitError
+from segkit.infer.ensemble import evaluating
 from segkit.infer.tta import augment
-from segkit.runs.device import autocast
+from segkit.runs.device import autocast, infer_batch_size
 
 
 def class_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -50,7 +51,7 @@ def predict_class_logits(
     read: Callable[[object], np.ndarray],
     preprocess: Callable[[np.ndarray], np.ndarray],
     tta: Sequence[tuple[str, float]] = (("identity", 1.0),),
-    batch_size: int = 32,
+    batch_size: int | None = 32,
     device="cpu",
     amp: bool = False,
     head: Callable[[nn.Module, torch.Tensor], torch.Tensor] = class_logits,
@@ -68,12 +69,10 @@ def predict_class_logits(
     view_total = float(sum(w for _, w in tta))
     weights = np.array([mw / model_total * vw / view_total for _, mw in models for _, vw in tta])
     device = torch.device(device)
-    batches = [rows[i:i + int(batch_size)] for i in range(0, len(rows), int(batch_size))]
-    was_training = [m.training for m, _ in models]
-    for m, _ in models:
-        m.eval().to(device=device, memory_format=torch.channels_last)
+    batch_size = infer_batch_size(batch_size, device)  # None: by device
+    batches = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
     out: list[list[np.ndarray]] = [[] for _ in weights]
-    try:
+    with evaluating([m for m, _ in models], device):
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="segkit-read") as pool:
             pending = pool.submit(_read, batches[0], read, preprocess)
             for i in range(len(batches)):
@@ -85,9 +84,7 @@ def predict_class_logits(
                 with torch.inference_mode(), autocast(device, amp):
                     for model, _ in models:
                         for view, _ in tta:
-                            out[member].append(head(model, augment(x, view)).float().cpu().numpy())
+                            out[member].append(head(model, augment(x, view)).float())
                             member += 1
-    finally:
-        for (m, _), training in zip(models, was_training):
-            m.train(training)
-    return np.stack([np.concatenate(parts) for parts in out]), weights
+    # one copy to the host at the end: no wait on the device after each batch
+    return torch.stack([torch.cat(parts) for parts in out]).cpu().numpy(), weights

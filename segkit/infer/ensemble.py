@@ -98,12 +98,29 @@ class EnsemblePredictor:
 
     @contextlib.contextmanager
     def prepared(self, device: torch.device) -> Iterator["EnsemblePredictor"]:
-        """Models in eval mode, channels_last on ``device`` while in use; train/eval modes restored after."""
-        was_training = [m.training for m, _ in self.models]
-        for m, _ in self.models:
-            m.eval().to(device=device, memory_format=torch.channels_last)
-        try:
+        """Models in eval mode, channels_last on ``device`` while in use; modes and layouts restored after."""
+        with evaluating([m for m, _ in self.models], device):
             yield self
-        finally:
-            for (m, _), training in zip(self.models, was_training):
-                m.train(training)
+
+
+def _channels_last(model: nn.Module) -> bool:
+    """Whether the model's 4-D weights are in channels_last layout (True for a model without any)."""
+    weights = [p for p in model.parameters() if p.dim() == 4]
+    return not weights or weights[0].is_contiguous(memory_format=torch.channels_last)
+
+
+@contextlib.contextmanager
+def evaluating(models: Sequence[nn.Module], device: torch.device) -> Iterator[None]:
+    """``models`` in eval mode and channels_last on ``device`` inside; their train/eval modes and
+    memory layouts restored after. A model being trained (validation inside training, perhaps under
+    DDP with train.channels_last off) thus comes back with the strides its gradient buckets expect."""
+    was = [(m.training, _channels_last(m)) for m in models]
+    for m in models:
+        m.eval().to(device=device, memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        for m, (training, channels_last) in zip(models, was):
+            m.train(training)
+            if not channels_last:
+                m.to(memory_format=torch.contiguous_format)

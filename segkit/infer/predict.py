@@ -4,7 +4,9 @@ Tiles of fov_px x fov_px source pixels (even grid, overlap_px) are read at `size
 run through a predictor (by default every model under every TTA view, averaged with weights:
 segkit.infer.ensemble), resized back to fov_px,
 blended into a StripAccumulator, and finished row strips are yielded as soon as no later tile
-can touch them. Reading runs one batch ahead on a background thread.
+can touch them. Reading runs one batch ahead on a background thread. Resizing, weighting and
+blending run on the predictor's device: the host only reads tiles (uploaded from pinned memory
+on CUDA) and receives each finished strip once.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Callable, Iterator, Sequence
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from segkit.data.windows import grid_windows
@@ -24,6 +27,7 @@ from segkit.ground.errors import SegkitError, warn_once
 from segkit.ground.geometry import Window, clip_region
 from segkit.infer.ensemble import EnsemblePredictor
 from segkit.infer.tiling import StripAccumulator, blend_weights
+from segkit.runs.device import infer_batch_size
 from segkit.runs.progress import Progress
 
 # x: float32 NCHW batch of preprocessed tiles -> float32 NCHW probabilities, same H and W; or
@@ -31,20 +35,35 @@ from segkit.runs.progress import Progress
 # are not blended
 Predictor = Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
 
+
 def default_overlap_px(core_px: int) -> int:
     """The overlap used when none is set: a quarter of the kept tile, at most 64 px (the overlap of
     earlier versions, reached at 256 px tiles), so a default never exceeds what the tile allows."""
     return min(64, max(0, int(core_px)) // 4)
 
 
-def _resize(probs: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(C, h, w) -> (C, height, width), bilinear; cv2 resizes HWC with up to 512 channels at once."""
-    if probs.shape[1:] == (height, width):
+def _resize(probs: torch.Tensor, fov_px: int) -> torch.Tensor:
+    """(N, C, h, w) -> (N, C, fov_px, fov_px), bilinear with half-pixel centres, on the tensor's device:
+    torch's interpolate on a GPU; OpenCV's INTER_LINEAR (the same sampling) on the CPU, where it is about
+    five times faster than torch's (0.16 against 0.8 ms for a 256 -> 512 px tile, one thread)."""
+    if tuple(probs.shape[2:]) == (fov_px, fov_px):
         return probs
-    chans = [probs[i:i + 512].transpose(1, 2, 0) for i in range(0, probs.shape[0], 512)]
-    out = [cv2.resize(np.ascontiguousarray(c), (width, height), interpolation=cv2.INTER_LINEAR) for c in chans]
-    out = [o[:, :, None] if o.ndim == 2 else o for o in out]
-    return np.concatenate(out, axis=2).transpose(2, 0, 1)
+    if probs.device.type != "cpu":
+        return F.interpolate(probs, size=(fov_px, fov_px), mode="bilinear", align_corners=False)
+    out = np.empty((probs.shape[0], fov_px, fov_px, probs.shape[1]), np.float32)  # NHWC: OpenCV's layout
+    for index, tile in enumerate(probs.permute(0, 2, 3, 1).numpy()):
+        for c in range(0, tile.shape[2], 512):  # cv2 resizes up to 512 channels at once
+            part = cv2.resize(np.ascontiguousarray(tile[:, :, c:c + 512]), (fov_px, fov_px),
+                              interpolation=cv2.INTER_LINEAR)
+            out[index, :, :, c:c + 512] = part.reshape(fov_px, fov_px, -1)
+    return torch.from_numpy(out).permute(0, 3, 1, 2)
+
+
+def _host_batch(raster, windows: list[Window], size: int, fov_px: int, preprocess, pin: bool) -> torch.Tensor:
+    """The batch's NCHW float32 tensor on the host (pinned for an asynchronous upload when ``pin``);
+    runs on the reader thread."""
+    x = torch.from_numpy(_read_batch(raster, windows, size, fov_px, preprocess)).permute(0, 3, 1, 2)
+    return x.pin_memory() if pin else x
 
 
 def _read_batch(raster, windows: list[Window], size: int, fov_px: int, preprocess) -> np.ndarray:
@@ -91,7 +110,7 @@ def predict_strips(
     overlap_px: int | None,
     preprocess: Callable[[np.ndarray], np.ndarray],
     blend: str = "gaussian",
-    batch_size: int = 8,
+    batch_size: int | None = 8,
     device="cpu",
     region: Window | None = None,
     progress: bool = False,
@@ -119,7 +138,8 @@ def predict_strips(
         for this tile, ``default_overlap_px``.
     preprocess: raw HWC tile (raster dtype) -> float32 HWC network input (Preprocess).
     blend: weights of a tile's pixels in the overlap: gaussian, pyramid or flat.
-    batch_size: tiles per predictor call; device: where the batch goes.
+    batch_size: tiles per predictor call (None: by device, segkit.runs.device.infer_batch_size);
+        device: where the batch goes.
     region: the part of the image to predict (clipped to the image; None: all of it); strips
         cover exactly the clipped region.
     progress: per image, a bar on a terminal, plain lines with rate and ETA in logs
@@ -133,10 +153,11 @@ def predict_strips(
     """
     if not callable(predictor):
         predictor = EnsemblePredictor(list(predictor), tta, activation=activation, amp=amp, average=average)
-    fov_px, size, batch_size = int(fov_px), int(size), int(batch_size)
+    device = torch.device(device)
+    fov_px, size = int(fov_px), int(size)
+    batch_size = infer_batch_size(batch_size, device)
     if size <= 0 or batch_size <= 0:
         raise SegkitError(f"predict: size ({size}) and batch_size ({batch_size}) must be positive")
-    device = torch.device(device)
     reg = clip_region(int(raster.height), int(raster.width), region)
     margin_px = int(margin_px)
     core = fov_px - 2 * margin_px
@@ -150,7 +171,7 @@ def predict_strips(
     windows = grid_windows(raster.height, raster.width, core, min(overlap_px, core // 2), region=reg)
     if tissue is not None:
         windows = [w for w in windows if _has_tissue(w, *tissue)]
-    weights = blend_weights(core, core, blend)
+    weights = torch.from_numpy(blend_weights(core, core, blend)).to(device)
     batches = [windows[i:i + batch_size] for i in range(0, len(windows), batch_size)]
     reads = [[Window(w.row - margin_px, w.col - margin_px, fov_px, fov_px) for w in b] for b in batches]
     keep = slice(margin_px, margin_px + core)
@@ -161,29 +182,31 @@ def predict_strips(
         with prepared:
             if not batches:  # nothing to run (no tissue): all zeros
                 channels = _output_channels(predictor, raster, size, preprocess, device)
-                yield from StripAccumulator(channels, reg.height, reg.width).finish_iter()
+                yield from StripAccumulator(channels, reg.height, reg.width, device=device).finish_iter()
                 return
             if progress:
                 name = progress_desc or Path(str(getattr(raster, "path", "predict"))).name
                 bar = Progress(len(windows), desc=name, unit="tiles")
             acc = None
-            nxt = pool.submit(_read_batch, raster, reads[0], size, fov_px, preprocess)
+            pin = device.type == "cuda"
+            nxt = pool.submit(_host_batch, raster, reads[0], size, fov_px, preprocess, pin)
             for i, batch in enumerate(batches):
-                arr = nxt.result()
+                host = nxt.result()
                 if i + 1 < len(batches):  # read the next batch while the predictor runs on this one
-                    nxt = pool.submit(_read_batch, raster, reads[i + 1], size, fov_px, preprocess)
-                x = torch.from_numpy(arr).permute(0, 3, 1, 2).to(device).contiguous(memory_format=torch.channels_last)
+                    nxt = pool.submit(_host_batch, raster, reads[i + 1], size, fov_px, preprocess, pin)
+                x = host.to(device, non_blocking=pin).contiguous(memory_format=torch.channels_last)
                 out = predictor(x)
-                kept = out[1].cpu().numpy() if isinstance(out, tuple) else None
-                probs = (out[0] if isinstance(out, tuple) else out).float().cpu().numpy()
+                # everything below stays on the predictor's device until a strip is finished
+                kept = out[1] if isinstance(out, tuple) else None
+                probs = _resize((out[0] if isinstance(out, tuple) else out).float(), fov_px)[:, :, keep, keep]
                 if acc is None:
-                    acc = StripAccumulator(probs.shape[1], reg.height, reg.width)
-                for index, (w, p) in enumerate(zip(batch, probs)):
-                    if kept is not None and not kept[index]:  # gated: not blended, as a tile off the tissue
-                        continue
-                    p = _resize(p, fov_px, fov_px)[:, keep, keep]
+                    acc = StripAccumulator(probs.shape[1], reg.height, reg.width, device=probs.device)
+                for index, w in enumerate(batch):
+                    # a gated tile (not kept) blends with weight 0: like a tile off the tissue, without
+                    # asking the device which tiles were kept
+                    tile_weights = weights if kept is None else weights * kept[index]
                     local = Window(w.row - reg.row, w.col - reg.col, w.height, w.width)
-                    yield from acc.add_iter(local, p, weights)
+                    yield from acc.add_iter(local, probs[index], tile_weights)
                 if bar is not None:
                     bar.update(len(batch))
             yield from acc.finish_iter()

@@ -134,7 +134,7 @@ class Settings:
     blend: str
     tta: str
     threshold: float
-    batch_size: int
+    batch_size: Optional[int]  # None: by device (segkit.runs.device.infer_batch_size)
     amp: bool  # train.amp
     rle_order: str
     min_object_px: int

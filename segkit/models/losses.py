@@ -144,9 +144,8 @@ class CombinedLoss(nn.Module):
         idx = self._index(logits, target)  # onehot; ignored pixels (out of range) stay as their value
         valid = (idx >= 0) & (idx < self.classes)
         hot = F.one_hot(torch.where(valid, idx, 0), self.classes).movedim(-1, 1).to(logits.dtype)
-        if not bool(valid.all()):
-            hot = torch.where(valid.unsqueeze(1), hot, idx.unsqueeze(1).to(logits.dtype))
-        return hot
+        # unconditional (asking whether any pixel is ignored would wait on the GPU every batch)
+        return torch.where(valid.unsqueeze(1), hot, idx.unsqueeze(1).to(logits.dtype))
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         cache: dict[str, torch.Tensor] = {}

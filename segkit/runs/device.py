@@ -7,6 +7,7 @@ device and autocasts exactly as `train` does.
 from __future__ import annotations
 
 import contextlib
+import os
 
 import numpy as np
 import torch
@@ -54,25 +55,83 @@ def cpu_bf16_is_fast() -> bool:
 
 
 def amp_helps(device: torch.device) -> bool:
-    """Whether mixed precision speeds ``device`` up: CUDA (fp16) always, a CPU only with native bf16."""
+    """Whether mixed precision speeds ``device`` up: CUDA always, a CPU only with native bf16."""
     device = torch.device(device)
     return device.type == "cuda" or (device.type == "cpu" and cpu_bf16_is_fast())
 
 
-def autocast(device: torch.device, amp: bool):
-    """The autocast context for ``device`` when ``amp`` is on and helps there (amp_helps): fp16 on
-    CUDA, bf16 on a CPU with native bf16; a no-op otherwise (float32)."""
+def amp_dtype(device: torch.device, amp: bool = True) -> torch.dtype | None:
+    """The autocast dtype of ``device`` (None: float32).
+
+    CUDA: bf16 where the GPU computes it (compute capability 8.0 and later: A100, RTX 30xx, H100),
+    since bf16 has float32's range and an fp16 forward that overflows ends the run as a non-finite
+    loss; fp16 with a GradScaler on older GPUs (V100, T4). CPU: bf16 only with native support.
+    """
     device = torch.device(device)
     if not amp or not amp_helps(device):
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16
+
+
+def precision_name(device: torch.device, amp: bool) -> str:
+    """"bf16", "fp16" or "float32": what the run computes in (for its log and run.json)."""
+    dtype = amp_dtype(device, amp)
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "float32")
+
+
+def autocast(device: torch.device, amp: bool):
+    """The autocast context of amp_dtype(device, amp); a no-op where it is None (float32)."""
+    device = torch.device(device)
+    dtype = amp_dtype(device, amp)
+    if dtype is None:
         return contextlib.nullcontext()
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def make_scaler(device: torch.device, amp: bool) -> torch.amp.GradScaler | None:
-    """A GradScaler for fp16 AMP on CUDA (checkpoint its state_dict); None where not needed."""
-    if amp and torch.device(device).type == "cuda":
+    """A GradScaler for fp16 autocast (CUDA without bf16; checkpoint its state_dict); None where not needed."""
+    if amp_dtype(device, amp) == torch.float16:
         return torch.amp.GradScaler("cuda")
     return None
 
 
+def cpu_cores() -> int:
+    """CPU cores this process may use (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def loader_workers(setting: int | None, device: torch.device, processes: int = 1) -> int:
+    """DataLoader workers: ``setting`` when given; auto (None): 0 on CPU, where workers would take
+    the cores the model computes on, and on CUDA min(8, cores / processes - 1) (one core per GPU
+    process stays with its training loop; ``processes`` = GPU processes on this machine)."""
+    if setting is not None:
+        return int(setting)
+    if torch.device(device).type != "cuda":
+        return 0
+    return max(1, min(8, cpu_cores() // max(1, int(processes)) - 1))
+
+
+def infer_batch_size(setting: int | None, device: torch.device) -> int:
+    """Tiles per forward pass: ``setting`` when given; auto (None): 8 on CPU (larger batches are not
+    faster there), on CUDA 16, or 32 on GPUs with at least 16 GB."""
+    if setting is not None:
+        return int(setting)
+    device = torch.device(device)
+    if device.type != "cuda":
+        return 8
+    memory = torch.cuda.get_device_properties(device).total_memory
+    return 32 if memory >= 16 * 1024 ** 3 else 16
+
+
+def enable_cudnn_benchmark(device: torch.device) -> bool:
+    """cuDNN picks the fastest convolution for each input shape once (shapes are fixed: windows and
+    tiles); left off when deterministic algorithms were asked for. True when turned on."""
+    if torch.device(device).type != "cuda" or torch.backends.cudnn.deterministic:
+        return False
+    torch.backends.cudnn.benchmark = True
+    return True

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+import torch
 import yaml
 
 from segkit.ground.config import Config, flatten_config, load_config, to_dict
@@ -171,6 +172,10 @@ def tune(base: Config, space: list[Dimension], *, trials: int, fit: Callable, st
             run_dir = fit(config, hooks=[report])
         except SegkitError as exc:  # e.g. a sampled size the model cannot take: this trial fails, the search goes on
             log(f"trial {trial.number}: failed: {exc}")
+            return float("nan")
+        except torch.cuda.OutOfMemoryError as exc:  # e.g. a sampled batch or size too large for the GPU: the same
+            torch.cuda.empty_cache()  # give the next trial the memory back (a no-op without CUDA)
+            log(f"trial {trial.number}: failed: out of GPU memory ({str(exc).splitlines()[0][:160]})")
             return float("nan")
         except KeyboardInterrupt:  # Ctrl-C: the trial fails; its parameters are tried first on resume
             trial.study.enqueue_trial(params, skip_if_exists=False)

@@ -50,14 +50,11 @@ class ModelEma:
         if not 0.0 < float(decay) < 1.0:
             raise ValueError(f"ema decay must be in (0, 1), got {decay}")
         self.decay, self.warmup = float(decay), bool(warmup)
-        # use_buffers=False: AveragedModel averages the parameters and copies the buffers as they are
-        self.averaged = AveragedModel(_unwrap(model), multi_avg_fn=self._average, use_buffers=False)
+        # AveragedModel holds the copy and the update count (n_averaged, a buffer saved in checkpoints);
+        # the update itself is ours (update): AveragedModel's reads n_averaged on the host every step
+        self.averaged = AveragedModel(_unwrap(model), use_buffers=False)
         self.averaged.eval()
-
-    def _average(self, averaged: list, current: list, n_averaged) -> None:
-        weight = 1.0 - ema_decay(self.decay, int(n_averaged), self.warmup)
-        for a, c in zip(averaged, current):
-            a.lerp_(c.to(a.device), weight)  # a + weight * (c - a)
+        self._updates = 0  # host copy of averaged.n_averaged
 
     @property
     def module(self) -> nn.Module:
@@ -66,11 +63,24 @@ class ModelEma:
 
     def current_decay(self) -> float:
         """The decay the next update will use."""
-        return ema_decay(self.decay, int(self.averaged.n_averaged), self.warmup)
+        return ema_decay(self.decay, self._updates, self.warmup)
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        self.averaged.update_parameters(_unwrap(model))  # use_buffers=False also copies the live buffers
+        """ema = lerp(ema, live, 1 - decay) over all parameters in one foreach call (the first update
+        copies); buffers are copied from the live model. No host-device synchronisation."""
+        model = _unwrap(model)
+        averaged = [p.detach() for p in self.module.parameters()]
+        current = [p.detach() for p in model.parameters()]
+        if self._updates == 0:
+            torch._foreach_copy_(averaged, current)
+        else:
+            torch._foreach_lerp_(averaged, current, 1.0 - ema_decay(self.decay, self._updates, self.warmup))
+        buffers = [b.detach() for b in self.module.buffers()]
+        if buffers:
+            torch._foreach_copy_(buffers, [b.detach() for b in model.buffers()])
+        self.averaged.n_averaged += 1
+        self._updates += 1
 
     def state_dict(self) -> dict:
         """Averaged weights and the update count, for checkpoints (weights_only-loadable)."""
@@ -80,3 +90,4 @@ class ModelEma:
     def load_state_dict(self, state: dict) -> None:
         self.module.load_state_dict(state["module"])
         self.averaged.n_averaged.copy_(state["n_averaged"])
+        self._updates = int(state["n_averaged"])

@@ -9,8 +9,8 @@ them when resuming (_restore), run the epochs (_run_epochs).
 Exact resume: every item of an epoch (window, augmentation) is a pure function of
 (seed, epoch, rank, index), and a checkpoint holds the weights, optimizer, scheduler, scaler,
 EMA, early-stopping state, best score and RNG states, so `--resume` continues where the
-uninterrupted run would have been. Under torchrun every rank trains on its own windows;
-only rank 0 writes the run directory and validates.
+uninterrupted run would have been. Under torchrun every rank trains on its own windows and
+validates its share of the validation rows; only rank 0 writes the run directory.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
-from torch.utils.data import DataLoader
 
 from segkit.data.inputs import TrainingData
 from segkit.data.preprocess import Preprocess
@@ -34,6 +33,7 @@ from segkit.runs import checkpoint as ckpt
 from segkit.runs import distributed
 from segkit.runs.device import make_scaler, pick_device
 from segkit.runs.lock import lock_run, release_all
+from segkit.train.hardware import choose_hardware, loader_for
 from segkit.runs.plots import plot_confusion, plot_metrics
 from segkit.runs.rundir import (
     append_jsonl,
@@ -90,7 +90,7 @@ def fit(
     continue (its own config is used); hooks: EpochHook callables (tracking, search pruning).
     Under torchrun (WORLD_SIZE > 1) this joins the process group, trains with DDP and leaves it.
     """
-    info = distributed.setup(config.run.device, timeout_s=1800)
+    info = distributed.setup(config.run.device, timeout_s=config.run.dist_timeout_s)
     try:
         return _fit(config, command, parent, resume, parent_epoch, info, hooks)
     finally:
@@ -129,6 +129,10 @@ def _fit(config, command, parent, resume, parent_epoch, dist_info, hooks) -> Pat
     device = dist_info.device if world > 1 else pick_device(config.run.device)
     where = f" on {world} ranks ({dist_info.backend})" if world > 1 else ""
     _log(f"run {run_dir}  ({command}, fov {config.data.fov_px} px -> size {config.data.size} px){where}")
+    hardware = choose_hardware(config, device, world)
+    _log("hardware: " + ", ".join(f"{k} {v}" for k, v in hardware.items()))
+    if main:
+        update_run_info(run_dir, hardware=hardware)
 
     parent_weights = None
     if parent is not None and (resume is None or not ckpt.list_checkpoints(run_dir / "checkpoints")):
@@ -147,7 +151,7 @@ def _fit(config, command, parent, resume, parent_epoch, dist_info, hooks) -> Pat
     try:
         epoch, record, best, outcome = _run_epochs(config, parts, run_dir, data, preprocess, device, start_epoch,
                                                    best, [*hooks, tracker] if tracker else hooks)
-        if parts.swa is not None and main and outcome == "finished":
+        if parts.swa is not None and outcome == "finished":  # every rank: validation is shared
             _finish_average(config, parts, run_dir, data, preprocess, device, epoch)
     except BaseException:
         if tracker is not None:
@@ -234,6 +238,10 @@ def _build(config: Config, data: TrainingData, preprocess: Preprocess, device: t
                               parent_weights)
     if config.model.freeze_fraction > 0:
         freeze_encoder(model, config.model.freeze_fraction)
+    if t.sync_bn and world > 1:
+        if device.type != "cuda":
+            raise SegkitError(f"train.sync_bn: SyncBatchNorm runs on GPUs only (this run is on {device.type})")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -241,8 +249,7 @@ def _build(config: Config, data: TrainingData, preprocess: Preprocess, device: t
 
     dataset = fc.train_dataset(config, data, preprocess, fc.augment_for(config, data, preprocess), rank=rank,
                                world=world)
-    loader = DataLoader(dataset, batch_size=t.batch_size, shuffle=False, drop_last=True,
-                        num_workers=config.data.workers)
+    loader = loader_for(dataset, t.batch_size, config.data.workers, device)
     steps_per_epoch = math.ceil(len(loader) / t.accumulate)
     trainable = [p for p in model.parameters() if p.requires_grad]
     lr = short_run_lr(t.lr, steps_per_epoch * t.epochs, t.lr_full_steps)
@@ -255,7 +262,7 @@ def _build(config: Config, data: TrainingData, preprocess: Preprocess, device: t
     return st.Parts(
         model=model, ddp_model=distributed.wrap_ddp(model, device), ema=ema, dataset=dataset, loader=loader,
         optimizer=optimizer, scheduler=scheduler, scaler=make_scaler(device, t.amp),
-        loss_fn=fc.task_loss(config),
+        loss_fn=fc.task_loss(config).to(device),  # its class / pos weights are buffers: on the model's device
         early=EarlyStopping(t.early_stop or None, mode="max", min_delta=t.early_stop_delta),
         steps_per_epoch=steps_per_epoch, batch_transform=fc.mixup_for(config),
         swa=EpochAverage(ema.module if ema else model, max(1, t.epochs - t.swa_epochs + 1)) if t.swa_epochs else None,
@@ -263,8 +270,13 @@ def _build(config: Config, data: TrainingData, preprocess: Preprocess, device: t
 
 
 def _restore(parts: st.Parts, run_dir: Path, resuming: bool, seed: int, rank: int) -> tuple[int, Optional[dict]]:
-    """(first epoch to run, best so far): 1 and None for a new run, else from the last checkpoint."""
+    """(first epoch to run, best so far): 1 and None for a new run, else from the last checkpoint.
+
+    Ranks other than 0 reseed torch's RNG with seed + 1000 x epochs done + rank, so their dropout
+    masks differ (the windows are seeded per item already)."""
     if not resuming:
+        if rank:
+            torch.manual_seed(seed + rank)
         return 1, None
     existing = ckpt.list_checkpoints(run_dir / "checkpoints")
     done, best = 0, None
@@ -306,7 +318,7 @@ def _run_epochs(config: Config, parts: st.Parts, run_dir: Path, data: TrainingDa
                 parts.swa.update(parts.ema.module if parts.ema is not None else parts.model, epoch)
             record = st.numeric({"epoch": epoch, "train_loss": stats["loss"], "terms": stats.get("terms"),
                                  "lr": stats["lr"]})
-            if main and data.val_pairs:  # the other ranks wait in the broadcast below
+            if data.val_pairs:  # every rank predicts its share of the rows (segkit.train.validate)
                 evaluated = parts.ema.module if parts.ema is not None else parts.model
                 record.update(_validate_epoch(evaluated, data, preprocess, settings, device, run_dir, epoch,
                                               progress=config.run.progress and main))
@@ -354,8 +366,10 @@ def _validate_epoch(model, data: TrainingData, preprocess: Preprocess, settings,
         objects = {f"val_{k}": result[k] for k in ("object_f1", "dsb") if k in result}
         return {"val_dice": result["dice"], **objects}
     report = result["report"]
-    plot_confusion(report["confusion"], list(settings.class_names), run_dir / "plots" / f"confusion_epoch_{epoch:04d}.png",
-                   title=f"epoch {epoch}: accuracy {report['accuracy']:.4f}, macro F1 {report['macro_f1']:.4f}")
+    if distributed.is_main():
+        plot_confusion(report["confusion"], list(settings.class_names),
+                       run_dir / "plots" / f"confusion_epoch_{epoch:04d}.png",
+                       title=f"epoch {epoch}: accuracy {report['accuracy']:.4f}, macro F1 {report['macro_f1']:.4f}")
     return {"val_f1": result["f1"], "val_accuracy": result["accuracy"]}
 
 
@@ -371,8 +385,9 @@ def _finish_average(config: Config, parts: st.Parts, run_dir: Path, data: Traini
         return {"val_dice": result["dice"]} if settings.task != "cls" else {"val_f1": result["f1"]}
 
     result = finish_average(parts.swa, parts.dataset, run_dir / "checkpoints" / "swa.pt", evaluate=evaluate,
-                            batch_size=config.train.batch_size, device=device, epoch=epoch)
-    if result is not None:
+                            batch_size=config.train.batch_size, device=device, epoch=epoch,
+                            save=distributed.is_main())
+    if result is not None and distributed.is_main():
         update_run_info(run_dir, swa=result)
         scores = "  ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in result.items() if k.startswith("val_"))
         _log(f"weight average of epochs {result['epochs'][0]}-{result['epochs'][1]}: {scores}  (checkpoints/swa.pt)")

@@ -4,8 +4,9 @@ Batches are dicts: {"image": NCHW float, "mask": NHW integer} for segmentation,
 {"image": NCHW float, "target": N integer} for classification ((image, target) tuples work too),
 or both "mask" and "target" for seg+cls, whose model returns (mask logits, class logits) and
 whose loss takes (mask, target).
-AMP means bf16 autocast on CPU and fp16 autocast with a GradScaler on CUDA. Losses are computed
-in float32 on the (autocast) logits.
+AMP means autocast in segkit.runs.device.amp_dtype: bf16 on GPUs that support it and on CPUs with
+native bf16, fp16 with a GradScaler on older GPUs. Losses are computed in float32 on the
+(autocast) logits.
 """
 
 from __future__ import annotations
@@ -82,22 +83,68 @@ def _bar(loader, progress: bool, desc: str) -> Progress:
     return Progress(total, desc=desc, unit="batches", enabled=bool(progress))
 
 
-def _optimizer_step(model, optimizer, scaler, clip, grad_scale: float):
+def _optimizer_step(model, optimizer, scaler, clip, grad_scale: float) -> bool:
+    """One optimizer step; False when the GradScaler skipped it (fp16 gradients not finite)."""
     if grad_scale != 1.0:  # a final, short accumulation group: make it a mean over its own batches
-        for p in model.parameters():
-            if p.grad is not None:
-                p.grad.mul_(grad_scale)
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if grads:
+            torch._foreach_mul_(grads, grad_scale)
+    stepped = True
     if scaler is not None:
         if clip:
             scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(model.parameters(), clip)
+        scale = scaler.get_scale()  # scaler.step reads found_inf on the host anyway: no extra stall
         scaler.step(optimizer)
         scaler.update()
+        stepped = scaler.get_scale() >= scale  # a skipped step backs the scale off
     else:
         if clip:
             nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    return stepped
+
+
+class _LateCheck:
+    """The running loss and non-finite flag of a step, read on the host one step later.
+
+    Reading a device value right after queueing a step waits for the GPU to finish it and leaves it
+    idle while the host prepares the next one. Here each step's [bad, loss sum] is copied to
+    (pinned) host memory without blocking, and looked at after the next step is queued, when it is
+    long done. A NaN therefore raises one optimizer step late; nothing is saved in between, so the
+    last checkpoint stays the last good one.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.pending = None  # (host values, CUDA event or None, step, batch)
+
+    def push(self, values: torch.Tensor, step: int, batch: int) -> float | None:
+        """Queue this step's values; returns the previous step's running loss sum (None the first time)."""
+        previous = self.check()
+        if self.device.type == "cuda":
+            host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            host.copy_(values, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+        else:
+            host, event = values.detach().to("cpu"), None
+        self.pending = (host, event, step, batch)
+        return previous
+
+    def check(self) -> float | None:
+        """Raise SegkitError if the pending step's loss was not finite; else its loss sum (None if none)."""
+        if self.pending is None:
+            return None
+        host, event, step, batch = self.pending
+        self.pending = None
+        if event is not None:
+            event.synchronize()
+        bad, loss_sum = host.tolist()
+        if bad:
+            raise SegkitError(f"training: loss became NaN at step {step} (batch {batch}); last good checkpoint kept")
+        return loss_sum
 
 
 def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer, *, scheduler=None, device, amp: bool = False,
@@ -108,11 +155,14 @@ def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer, *, scheduler=N
     plus "terms" ({"loss_dice": .., "loss_bce": ..}) when the loss has several terms.
 
     ``accumulate`` batches make one optimizer step (the scheduler and ``ema`` follow optimizer
-    steps); ``max_steps`` caps optimizer steps (for --subset). ``loss`` is the image-weighted
-    mean over batches, averaged over ranks under DDP. A non-finite loss raises SegkitError
-    (nothing is stepped, so the caller's last checkpoint stays the last good one).
+    steps; a step the fp16 GradScaler skips moves neither); ``max_steps`` caps optimizer steps (for
+    --subset). ``loss`` is the image-weighted mean over batches, averaged over ranks under DDP. A
+    non-finite loss on any rank raises SegkitError on every rank, at most one optimizer step later
+    (_LateCheck: the host never waits on the device inside the epoch).
     ``step_offset`` only numbers steps in that message (global step of the first batch).
     ``batch_transform(x, y) -> (x, y)`` runs on the device batch (MixUp/CutMix of cls).
+
+    .. versionchanged:: the loss and its NaN flag stay on the device between optimizer steps.
     """
     device = torch.device(device)
     accumulate = max(1, int(accumulate))
@@ -123,7 +173,10 @@ def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer, *, scheduler=N
         model.to(memory_format=torch.channels_last)
     optimizer.zero_grad(set_to_none=True)
     is_ddp = isinstance(model, nn.parallel.DistributedDataParallel)
-    loss_sum, images, batches, steps, pending = 0.0, 0, 0, 0, 0
+    images, batches, steps, pending = 0, 0, 0, 0
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    bad = torch.zeros((), dtype=torch.float64, device=device)  # > 0: a loss of this group was not finite
+    late = _LateCheck(device)
     terms: dict = {}
     start = time.perf_counter()
     try:
@@ -150,40 +203,31 @@ def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer, *, scheduler=N
             with autocast(device, amp):
                 logits = model(x)
             loss = loss_fn(_apply(logits, lambda t: t.float()), y)
-            value = float(loss.detach())
-            bad = not math.isfinite(value)
-            if distributed.is_distributed():  # every rank must stop together, or the others hang
-                bad = bool(distributed.all_reduce_sum(torch.tensor([float(bad)])).item() > 0)
-            if bad:
-                raise SegkitError(f"training: loss became NaN at step {step_offset + steps + 1} "
-                                  f"(batch {batches}); last good checkpoint kept")
+            detached = loss.detach()
+            bad += (~torch.isfinite(detached)).double()
             scaled = loss / accumulate
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        loss_sum += value * x.shape[0]
+        loss_sum += detached.double() * x.shape[0]
         images += x.shape[0]
         for name, part in getattr(loss_fn, "last", {}).items():  # per-term values, summed on device
             terms[name] = terms.get(name, 0.0) + part.detach().float() * x.shape[0]
         if last_in_group:
-            _optimizer_step(model, optimizer, scaler, clip, accumulate / pending)
+            steps += _finish_group(model, optimizer, scaler, clip, accumulate / pending, scheduler, ema)
+            previous = late.push(torch.stack([distributed.all_reduce_sum(bad), loss_sum]),
+                                 step_offset + steps, batches)
+            bad.zero_()
             pending = 0
-            steps += 1
-            if scheduler is not None:
-                scheduler.step()
-            if ema is not None:
-                ema.update(model)
-            bar.set_info(loss=f"{loss_sum / images:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+            if previous is not None:
+                bar.set_info(loss=f"{previous / max(1, images):.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
             if max_steps is not None and steps >= max_steps:
                 break
     if pending:  # iterable without len(): the last short group still steps
-        _optimizer_step(model, optimizer, scaler, clip, accumulate / pending)
-        steps += 1
-        if scheduler is not None:
-            scheduler.step()
-        if ema is not None:
-            ema.update(model)
+        steps += _finish_group(model, optimizer, scaler, clip, accumulate / pending, scheduler, ema)
+        late.push(torch.stack([distributed.all_reduce_sum(bad), loss_sum]), step_offset + steps, batches)
+    late.check()
     bar.close()
     seconds = time.perf_counter() - start
-    out = {"loss": loss_sum / max(1, images), "lr": float(optimizer.param_groups[0]["lr"]), "steps": steps,
+    out = {"loss": float(loss_sum) / max(1, images), "lr": float(optimizer.param_groups[0]["lr"]), "steps": steps,
            "batches": batches, "images": images, "seconds": seconds}
     means = {"loss": out["loss"], **{f"loss_{k}": float(v) / max(1, images) for k, v in terms.items()}}
     means = distributed.all_reduce_mean(means)
@@ -191,6 +235,17 @@ def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer, *, scheduler=N
     if len(terms) > 1:  # a single term would only repeat "loss"
         out["terms"] = means
     return out
+
+
+def _finish_group(model, optimizer, scaler, clip, grad_scale: float, scheduler, ema) -> int:
+    """The optimizer step of an accumulation group, then the scheduler and the EMA (not after a step
+    the GradScaler skipped: torch warns when the schedule moves without one). Returns 1 (steps counted)."""
+    if _optimizer_step(model, optimizer, scaler, clip, grad_scale):
+        if scheduler is not None:
+            scheduler.step()
+        if ema is not None:
+            ema.update(model)
+    return 1
 
 
 @torch.no_grad()

@@ -23,6 +23,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, update_bn
 
 from segkit.runs.checkpoint import save_checkpoint
+from segkit.train.stage import sync_buffers
 
 
 class EpochAverage:
@@ -82,9 +83,15 @@ def dataset_images(dataset, batch_size: int, windows: int):
 
 
 def finish_average(average: EpochAverage, dataset, path: Path, *, evaluate: Callable[[nn.Module], dict],
-                   batch_size: int, device: torch.device, windows: int = 64, epoch: int = 0) -> Optional[dict]:
+                   batch_size: int, device: torch.device, windows: int = 64, epoch: int = 0,
+                   save: bool = True) -> Optional[dict]:
     """BatchNorm of the average from ``windows`` training windows, its scores (``evaluate``), and
-    ``path`` (checkpoints/swa.pt: {"model", "epoch", "swa", "metrics"}; `infer --epochs swa` loads it).
+    ``path`` (checkpoints/swa.pt: {"model", "epoch", "swa", "metrics"}; `infer --epochs swa` loads it;
+    written only when ``save``: rank 0 under torchrun).
+
+    Under torchrun every rank calls it (``evaluate`` shares the validation rows between them): the
+    statistics are recomputed on each rank's own windows, then rank 0's are broadcast so that every
+    rank evaluates, and rank 0 saves, the same model.
 
     Returns {"epochs": [first, last], "count", **scores}, or None when no epoch was averaged (a run
     stopped early before the window).
@@ -92,9 +99,11 @@ def finish_average(average: EpochAverage, dataset, path: Path, *, evaluate: Call
     if average.count == 0:
         return None
     recompute_batchnorm(average.module, dataset_images(dataset, batch_size, windows), device)
+    sync_buffers(average.module)
     scores = evaluate(average.module)
     result = {"epochs": [average.first_epoch, average.first_epoch + average.count - 1], "count": average.count,
               **scores}
-    save_checkpoint(path, {"model": average.module.state_dict(), "epoch": int(epoch), "swa": result,
-                           "metrics": scores})
+    if save:
+        save_checkpoint(path, {"model": average.module.state_dict(), "epoch": int(epoch), "swa": result,
+                               "metrics": scores})
     return result

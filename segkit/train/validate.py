@@ -24,6 +24,7 @@ from segkit.metrics.seg import DiceAccumulator
 from segkit.metrics.objects import object_scores
 from segkit.post.morphology import threshold as threshold_probs
 from segkit.post.watershed import SeedSettings, watershed_instances
+from segkit.runs import distributed
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class ValidationSettings:
     tta: str
     blend: str
     threshold: float
-    batch_size: int
+    batch_size: Optional[int]  # None: by device
     amp: bool
     activation: str
     classes: int = 1
@@ -69,9 +70,8 @@ def validate(models: list[tuple[torch.nn.Module, float]], pairs, preprocess, set
     if s.task == "cls":
         return validate_classes(models, [pair.row for pair in pairs], preprocess, settings, device)
     predictor = EnsemblePredictor(models, s.tta, activation=s.activation, amp=s.amp)
-    accumulator = DiceAccumulator(classes=1 if s.targets else s.classes)
-    objects = []
-    for pair in pairs:
+    scored = []  # (row index, image id, Dice counts, object scores or None) of this rank's rows
+    for index, pair in distributed.my_share(pairs):
         raster = pair.raster
         region = pair.row.region or Window(0, 0, raster.height, raster.width)
         probs = predict_probs(
@@ -80,12 +80,20 @@ def validate(models: list[tuple[torch.nn.Module, float]], pairs, preprocess, set
             progress=progress, progress_desc=f"validate {pair.row.id}",
         )
         target = pair.labels.read(region)
+        objects = None
         if s.targets:
-            objects.append(object_scores(watershed_instances(probs, s.targets, s.seeds),
-                                         pair.labels.read_instances(region)))
+            objects = object_scores(watershed_instances(probs, s.targets, s.seeds), pair.labels.read_instances(region))
             probs = probs[:1]  # Dice of the body
         mask = threshold_probs(probs, s.threshold if s.classes == 1 or s.targets else None)
-        accumulator.add(mask, target, image_id=pair.row.id)
+        one = DiceAccumulator(classes=1 if s.targets else s.classes)
+        one.add(mask, target, image_id=pair.row.id)
+        scored.append((index, pair.row.id, one.counts(), objects))
+    accumulator = DiceAccumulator(classes=1 if s.targets else s.classes)
+    objects = []
+    for _, image_id, counts, scores in distributed.gather_in_order(scored):
+        accumulator.add_counts(counts, image_ids=[image_id])
+        if scores is not None:
+            objects.append(scores)
     result = {"dice": float(accumulator.mean()), "per_image": accumulator.per_image()}
     if objects:
         result.update(object_f1=float(np.mean([o["f1"] for o in objects])),
@@ -102,9 +110,15 @@ def validate_classes(models: list[tuple[torch.nn.Module, float]], rows, preproce
     """
     s = settings
     cache = RasterCache()
-    logits, weights = predict_class_logits(
-        models, rows, read=lambda row: read_row(cache, row, s.size), preprocess=preprocess, tta=parse_tta(s.tta),
-        batch_size=s.batch_size, device=device, amp=s.amp)
+    mine = distributed.my_share(rows)
+    logits, weights = np.zeros((0, 0, s.classes), np.float32), None
+    if mine:
+        logits, weights = predict_class_logits(
+            models, [row for _, row in mine], read=lambda row: read_row(cache, row, s.size), preprocess=preprocess,
+            tta=parse_tta(s.tta), batch_size=s.batch_size, device=device, amp=s.amp)
+    gathered = distributed.gather_in_order([(index, logits[:, k], weights) for k, (index, _) in enumerate(mine)])
+    logits = np.stack([member for _, member, _ in gathered], axis=1)  # (members, rows, classes)
+    weights = gathered[0][2]
     targets = np.array([int(row.target) for row in rows])
     accumulator = ConfusionAccumulator(s.classes)
     accumulator.update(ensemble_probs(logits, weights).argmax(axis=1), targets)
