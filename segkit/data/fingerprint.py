@@ -165,6 +165,22 @@ def image_fingerprint(row: ManifestRow, options: LabelOptions, *, kind: str, see
         return image, tally
 
 
+def header_check(rows: list[ManifestRow]) -> None:
+    """Refuse a manifest whose images differ in band count or dtype, naming the first odd file
+    (a network takes one kind of input; plan each kind on its own)."""
+    kinds = []
+    for row in rows:
+        with open_raster(row.image) as raster:
+            kinds.append((raster.channels, str(raster.dtype)))
+    (bands, dtype), count = Counter(kinds).most_common(1)[0]
+    odd = [(row, kind) for row, kind in zip(rows, kinds) if kind != (bands, dtype)]
+    if odd:
+        (row, (b, d)) = odd[0]
+        raise SegkitError(f"{row.image}: {b} band(s) {d}, but {count} of the {len(rows)} images are {bands} band(s) "
+                          f"{dtype} ({len(odd)} odd file(s)); a network takes one kind of input: plan each kind "
+                          "in its own manifest")
+
+
 def _majority(images: list[dict]) -> tuple[dict, list[str]]:
     """The most common (bands, dtype) and the ids of images that differ from it."""
     counts = Counter((im["bands"], im["dtype"]) for im in images)

@@ -145,6 +145,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     infer: InferConfig = field(default_factory=InferConfig)
+    why: Optional[dict] = None  # plans (segkit plan / auto): dotted key -> the rule and figure that set it; read by no stage
 
 
 def _suggest(key: str, valid: list[str], prefix: str) -> str:
@@ -299,6 +300,8 @@ def validate(config: Config) -> None:
         raise SegkitError(f"config key train.subset: must be in (0, 1], got {config.train.subset}")
     if not 0 <= config.data.foreground_share <= 1:
         raise SegkitError(f"config key data.foreground_share: must be in [0, 1], got {config.data.foreground_share}")
+    if config.why is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in config.why.items()):
+        raise SegkitError("config key why: expected a mapping of dotted key -> reason (text)")
     _validate_outputs(config.infer)
     _validate_tiling(config)
     _validate_names(config)
