@@ -135,7 +135,10 @@ def data_rules(config: Config, fp: dict) -> dict:
         return {**decisions, **rules.cls_rule(fp), **rules.optimizer_rule("cls"),
                 "data.augment": (config.data.augment, "cls: no flips planned (they change digits, text, ...)"),
                 "infer.tta": ("none", "cls: flips can change a class"), "infer.epochs": ("best", "cls: the best epoch")}
-    decisions.update({**rules.scale_rule(fp), **rules.foreground_rule(fp), **rules.target_rule(fp)})
+    decisions.update(rules.scale_rule(fp))
+    fov = decisions["data.fov_px"][0]
+    decisions["infer.overlap_px"] = (fov // 4, f"a quarter of the {fov} px field of view: tile seams blended away")
+    decisions.update({**rules.foreground_rule(fp), **rules.target_rule(fp)})
     decisions.update(rules.min_object_rule(fp))
     decisions.update(rules.optimizer_rule(config.task))
     decisions["data.augment"] = (FLIPS_AUGMENT, "flips and 90-degree turns (objects seen from above have no up)")
