@@ -157,3 +157,28 @@ def test_auto_end_to_end_writes_a_run_that_infer_uses_without_flags(project):
                            catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text())["features"]
+
+
+def test_a_cls_plan_reads_the_image_sizes_and_the_class_balance(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tools = Path(__file__).resolve().parents[1] / "tools"
+    subprocess.run([sys.executable, str(tools / "make_digits.py"), str(tmp_path / "d"), "--per-class", "6"],
+                   check=True, capture_output=True)
+    result = CliRunner().invoke(cli, ["plan", str(tmp_path / "d" / "train.csv"), "--task", "cls", "--out",
+                                      str(tmp_path / "plan.yaml")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    config = load_config(tmp_path / "plan.yaml")
+    assert config.task == "cls" and config.data.size == 32 and config.model.encoder == "tu-resnet10t"
+    assert config.infer.calibrate and config.infer.tta == "none" and "data.class_balanced" in config.why
+
+
+def test_a_seg_cls_plan_is_a_seg_plan_with_the_class_head(tmp_path):
+    result = CliRunner().invoke(cli, ["plan", "sample-instances", "--task", "seg+cls", "--out",
+                                      str(tmp_path / "plan.yaml")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    config = load_config(tmp_path / "plan.yaml")
+    assert config.task == "seg+cls" and config.data.targets is None and config.data.fov_px >= 96
+    assert "task seg+cls" in config.why["data.targets"]

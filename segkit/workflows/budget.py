@@ -116,7 +116,7 @@ def _measure(config: Config, device, steps: int, clock) -> Throughput:
     optimizer = create_optimizer(t.optimizer, model.parameters(), lr=t.lr, weight_decay=t.weight_decay,
                                  momentum=t.momentum)
     loss_fn = fc.task_loss(config)
-    batches = iter(loader)  # reading and augmenting the windows is part of a step's time
+    batches = _cycle(loader)  # reading and augmenting the windows is part of a step's time
     # the first step (allocations, lazy opens) is not counted
     train_one_epoch(model, [next(batches)], loss_fn, optimizer, device=device, amp=t.amp, channels_last=t.channels_last, progress=False)
     started = clock()
@@ -132,12 +132,19 @@ def _measure(config: Config, device, steps: int, clock) -> Throughput:
                       str(device))
 
 
-def budget_rule(tp: Throughput, budget_s: float, *, windows_floor: int | None = None) -> Decisions:
+def _cycle(loader):
+    """Batches of ``loader`` pass after pass (a cls epoch may be a single batch)."""
+    while True:
+        yield from loader
+
+
+def budget_rule(tp: Throughput, budget_s: float, *, rows: int | None = None) -> Decisions:
     """train.epochs and train.windows_per_epoch that fit ``budget_s`` with the probe's ``tp``.
 
     budget = startup + epochs x (steps x step_s + val_s) + EMPIRICAL_PASSES x val_s. Epochs: as many
     as keep validation under VALIDATION_SHARE of the training time, 1..MAX_EPOCHS; windows per
-    epoch: the steps left, times the batch size. A budget without room for one epoch of MIN_STEPS
+    epoch: the steps left, times the batch size (cls, ``rows`` training rows: an epoch is one pass,
+    so the epochs are what fits, and a share of the rows when not even one pass does). A budget without room for one epoch of MIN_STEPS
     steps is refused with the smallest one that works.
     """
     empirical = EMPIRICAL_PASSES * tp.val_s
@@ -147,6 +154,8 @@ def budget_rule(tp: Throughput, budget_s: float, *, windows_floor: int | None = 
         raise SegkitError(f"--budget {format_budget(budget_s)} is too small for one epoch on {tp.device} "
                           f"(one step {tp.step_s:.2f} s, one validation pass {tp.val_s:.2f} s); the smallest that "
                           f"works is {format_budget(math.ceil(smallest))}")
+    if rows is not None:
+        return _class_epochs(tp, budget_s, training, rows)
     by_share = int(VALIDATION_SHARE * training / max(tp.val_s, 1e-6))
     epochs = max(1, min(MAX_EPOCHS, by_share))
     while epochs > 1 and (training - epochs * tp.val_s) / epochs < MIN_STEPS * tp.step_s:
@@ -159,6 +168,15 @@ def budget_rule(tp: Throughput, budget_s: float, *, windows_floor: int | None = 
     epochs_why = (f"validation ({tp.val_s:.2f} s a pass) kept under {VALIDATION_SHARE:.0%} of the training time, "
                   f"at most {MAX_EPOCHS}")
     return {"train.epochs": (epochs, epochs_why), "train.windows_per_epoch": (windows, why)}
+
+
+def _class_epochs(tp: Throughput, budget_s: float, training: float, rows: int) -> Decisions:
+    epoch_s = math.ceil(rows / tp.batch_size) * tp.step_s + tp.val_s
+    epochs = max(1, min(3 * MAX_EPOCHS, int(training / epoch_s)))
+    subset = 1.0 if training >= epoch_s else round(max(0.05, (training - tp.val_s) / (epoch_s - tp.val_s)), 2)
+    why = (f"{format_budget(budget_s)}: {epochs} pass(es) over {rows} rows of {epoch_s:.1f} s each (probe on "
+           f"{tp.device}: {tp.step_s:.2f} s a step of {tp.batch_size}, validation {tp.val_s:.2f} s)")
+    return {"train.epochs": (epochs, why), "train.subset": (subset, "the share of the rows one epoch fits")}
 
 
 def planned_seconds(tp: Throughput, epochs: int, windows_per_epoch: int) -> float:

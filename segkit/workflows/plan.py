@@ -138,7 +138,7 @@ def data_rules(config: Config, fp: dict) -> dict:
     decisions.update(rules.scale_rule(fp))
     fov = decisions["data.fov_px"][0]
     decisions["infer.overlap_px"] = (fov // 4, f"a quarter of the {fov} px field of view: tile seams blended away")
-    decisions.update({**rules.foreground_rule(fp), **rules.target_rule(fp)})
+    decisions.update({**rules.foreground_rule(fp), **rules.target_rule(fp, config.task)})
     decisions.update(rules.min_object_rule(fp))
     decisions.update(rules.optimizer_rule(config.task))
     decisions["data.augment"] = (FLIPS_AUGMENT, "flips and 90-degree turns (objects seen from above have no up)")
@@ -176,10 +176,9 @@ def make_plan(config: Config, *, budget_s: float | None, overrides: list[str] = 
     throughput = None
     if budget_s is not None:
         throughput = probe(config)
-        config = _apply(config, budget_rule(throughput, budget_s), why, user)
+        rows = len(train_rows) if config.task == "cls" else None
+        config = _apply(config, budget_rule(throughput, budget_s, rows=rows), why, user)
     config = load_config(None, [f"{k}={_dump(v)}" for k, v in user.items()], base=config)
-    for key in user:
-        why.setdefault(key, "set by --set")
     config = dataclasses.replace(config, why=dict(why))
     return Plan(config, why, fp, throughput, budget_s)
 

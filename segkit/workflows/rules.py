@@ -93,9 +93,11 @@ def foreground_rule(fp: dict) -> Decisions:
                            f"foreground {share:.1%} >= {RARE_FOREGROUND:.0%}: dice + BCE (nnU-Net's loss)")}
 
 
-def target_rule(fp: dict) -> Decisions:
-    """data.targets: instances when the labels hold objects and enough of them touch."""
+def target_rule(fp: dict, task: str = "seg") -> Decisions:
+    """data.targets: instances when the labels hold objects and enough of them touch (task seg)."""
     labels = fp["labels"]
+    if task != "seg":
+        return {"data.targets": (None, f"task {task}: instance targets are for task seg")}
     kind, share, count = labels["object_labels"], labels["touching_share"], labels["objects"]
     if kind != "instances":
         return {"data.targets": (None, "the labels are class masks (touching objects are one region): plain masks")}
@@ -144,6 +146,11 @@ def cls_rule(fp: dict) -> Decisions:
     out = {"data.size": (size, f"median image side {side} px, rounded up to 32"),
            "data.fov_px": (None, "cls: the whole image (or region) resized to size"),
            "infer.calibrate": (True, "temperature scaling on the validation rows (probabilities that mean what they say)")}
+    if side <= 64:
+        out["model.encoder"] = ("tu-resnet10t", f"{side} px images: a timm ResNet-10, 2.5x cheaper than resnet18 at "
+                                                "32 px (segkit/configs/digits.yaml)")
+        out["train.amp"] = (False, f"{side} px convolutions: float32 (bf16 autocast was ~5x slower on CPUs without "
+                                   "native bf16, configs/digits.yaml)")
     if ratio >= 3:
         out["data.class_balanced"] = (True, f"largest/smallest class = {ratio:.1f} (>= 3): classes drawn equally")
         out["train.cls_loss"] = ([{"name": "focal", "weight": 1.0}], f"imbalance {ratio:.1f}: focal loss")
