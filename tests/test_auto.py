@@ -182,3 +182,20 @@ def test_a_seg_cls_plan_is_a_seg_plan_with_the_class_head(tmp_path):
     config = load_config(tmp_path / "plan.yaml")
     assert config.task == "seg+cls" and config.data.targets is None and config.data.fov_px >= 96
     assert "task seg+cls" in config.why["data.targets"]
+
+
+def test_a_local_encoder_weights_file_is_loaded_and_kept_by_the_plan(tmp_path, project):
+    import torch
+
+    from segkit.models.factory import create_model
+    from segkit.workflows.plan import weights_rule
+
+    donor = create_model("Unet", "resnet18", None, in_channels=3)
+    torch.save({"state_dict": {f"encoder.{k}": v for k, v in donor.encoder.state_dict().items()}}, tmp_path / "r18.pth")
+    with pytest.warns(UserWarning, match="1 tensor"):  # conv1 holds 3 bands, this model 1
+        model = create_model("Unet", "resnet18", str(tmp_path / "r18.pth"), in_channels=1)
+    assert torch.equal(model.encoder.layer4[0].conv1.weight, donor.encoder.layer4[0].conv1.weight)
+    config = load_config(project / "base.yaml", [f"model.encoder_weights={tmp_path / 'r18.pth'}"])
+    assert weights_rule(config)["model.encoder_weights"][0] == str(tmp_path / "r18.pth")
+    with pytest.raises(SegkitError, match="weights file not found"):
+        create_model("Unet", "resnet18", str(tmp_path / "nope.pth"), in_channels=1)

@@ -74,7 +74,7 @@ class DataConfig:
 class ModelConfig:
     arch: str = "Unet"  # any segmentation_models_pytorch architecture
     encoder: str = "resnet18"  # encoder name as smp knows it
-    encoder_weights: Optional[str] = None  # null or imagenet (needs internet once)
+    encoder_weights: Optional[str] = None  # null, imagenet (needs internet once) or a local weights file (.pth, .safetensors)
     classes: int = 1  # 1 = binary (sigmoid); N > 1 = multiclass (softmax)
     freeze_fraction: float = 0.0  # share of encoder parameter tensors frozen
 
