@@ -12,7 +12,7 @@ Arms, each with every seed (--seeds) and budget (--budgets, wall seconds of trai
     auto   segkit.workflows.auto.run_auto (plan -> train -> empirical stage); its probe is not in the budget
     grid   the best of a small grid of hand recipes (fov x downscale x epochs; windows per epoch sized to the
            budget from the same probe), picked by its own validation score (optimistic for the grid)
-    bare   tools/bench_baseline.py's bare loop (AdamW 1e-3, Dice + BCE, no validation) for the same CPU
+    bare   tools/bench_baseline.py's bare loop (AdamW 1e-3, Dice + BCE, no validation) for the same wall
            seconds (seg datasets with uint8 images only: its input scaling assumes uint8)
 Scores: auto and grid through `segkit evaluate --run` (the infer path: the run's infer defaults, TTA,
 checkpoints, minimum object size); bare through the same tiled predictor without TTA.
@@ -163,7 +163,7 @@ def arm_bare(manifest, seed, budget) -> dict:
     data = fc.training_data(config)
     channels = fc.preprocess_for(config, data).channels
     bare = BareLoop(data_["image"], data_["mask"], data_["train"], config.data.fov_px, config.data.size, seed)
-    bare.train_until(budget)
+    bare.train_until(budget, clock=time.time)  # wall seconds, as auto's budget
     dice = score([(bare.model, 1.0)], data.val_pairs, bare.preprocess(channels), fc.validation_settings(config), "none")
     return {"dice": round(dice, 4), "steps": bare.steps}
 
