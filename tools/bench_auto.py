@@ -10,6 +10,7 @@ Datasets (made under --workdir; each a manifest with a training and a validation
     digits          tools/make_digits.py, --task cls (macro F1 on the validation fold)
 Arms, each with every seed (--seeds) and budget (--budgets, wall seconds of training plus the empirical stage):
     auto   segkit.workflows.auto.run_auto (plan -> train -> empirical stage); its probe is not in the budget
+           (budget_wall: the seconds the budget covers, against the budget: the time contract)
     grid   the best of a small grid of hand recipes (fov x downscale x epochs; windows per epoch sized to the
            budget from the same probe), picked by its own validation score (optimistic for the grid)
     bare   tools/bench_baseline.py's bare loop (AdamW 1e-3, Dice + BCE, no validation) for the same wall
@@ -124,7 +125,7 @@ def arm_auto(manifest, task, seed, budget, runs, name) -> dict:
     started = time.time()
     summary = run_auto(config, budget_s=budget, echo=lambda _: None)
     return {**score_run(Path(summary["run"]), task), "wall": round(time.time() - started, 1),
-            "plan": summary.get("notes", [])[:1]}
+            "budget_wall": summary["wall_s"], "notes": summary.get("notes", [])}
 
 
 def arm_grid(manifest, task, seed, budget, runs, name, grid) -> dict:
