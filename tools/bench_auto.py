@@ -135,7 +135,8 @@ def arm_grid(manifest, task, seed, budget, runs, name, grid) -> dict:
     from segkit.workflows.budget import probe_throughput
 
     best = None
-    for fov, down, epochs in (grid if task == "seg" else [(None, 1, e) for _, _, e in grid]):
+    points = grid if task == "seg" else sorted({(None, 1, e) for _, _, e in grid} | {(None, 1, 2 * e) for _, _, e in grid})
+    for fov, down, epochs in points:
         keys = [f"data.fov_px={fov}", f"data.size={fov // down}"] if fov else ["data.size=32"]
         config = load_config("sample" if task == "seg" else "digits",
                              base_overrides(manifest, task, seed, runs) + keys + [f"train.epochs={epochs}"])
