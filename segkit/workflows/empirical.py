@@ -123,40 +123,50 @@ def choose(run_dir: Path, device, *, deadline: float, clock=time.time) -> Stage:
         stage.notes.append(f"validation fold holds {objects} objects and {pixels} foreground pixels (< {MIN_OBJECTS} "
                            f"or < {MIN_FOREGROUND_PX}): too few to tell settings apart; the planned values are kept")
         return stage
-    scores = {}
-    for spec in CHECKPOINT_SETS:
-        if scores and clock() > deadline:  # the planned set is always scored
-            stage.notes.append(f"time: checkpoint sets after {list(scores)} not tried")
-            break
-        if spec != stage.epochs and _same(run_dir, spec, scores, stage.epochs):
-            continue
-        ensemble = load_ensemble([run_dir], spec, device)
-        probs = _predict(ensemble, settings, device, items, ("identity",))
-        scores[spec] = (_score(probs, items, (("identity", 1.0),), targets, settings), ensemble, probs)
-    planned = scores[config.infer.epochs][0] if config.infer.epochs in scores else None
-    if planned is not None:  # the planned setting as it is (its minimum object size too)
-        stage.before = _score(scores[config.infer.epochs][2], items, (("identity", 1.0),), targets, settings,
-                              int(settings.min_object_px))
-    best = max(scores, key=lambda s: scores[s][0])
-    if planned is None or scores[best][0] > planned + TIE:
-        stage.epochs = best
-    stage.notes.append("checkpoints: " + ", ".join(f"{s} {v[0]:.4f}" for s, v in scores.items()) + f" -> {stage.epochs}")
-    _, ensemble, probs = scores[stage.epochs]
+    ensemble, probs = _choose_checkpoints(stage, run_dir, device, items, targets, settings, deadline, clock)
     if clock() < deadline:
-        more = _predict(ensemble, settings, device, items, ("hflip", "vflip"))
-        for image_id in probs:
-            probs[image_id].update(more[image_id])
-        view_scores = {views: _score(probs, items, _equal(views), targets, settings) for views in VIEW_SETS}
-        base = view_scores[("identity",)]
-        best_views = max(view_scores, key=lambda v: (view_scores[v] > base + TIE, view_scores[v], -len(v)))
-        stage.views = best_views if view_scores[best_views] > base + TIE else ("identity",)
-        stage.notes.append("views: " + ", ".join(f"{'+'.join(v)} {s:.4f}" for v, s in view_scores.items())
-                           + f" -> {'+'.join(stage.views)}")
+        _choose_views(stage, ensemble, probs, device, items, targets, settings)
     else:
         stage.notes.append("time: TTA views not tried")
     _post(stage, probs, items, targets, settings)
     _save(run_dir, config, stage)
     return stage
+
+
+def _choose_checkpoints(stage: Stage, run_dir: Path, device, items, targets, settings, deadline, clock):
+    """The planned checkpoint set against the others (identity view); returns the chosen (ensemble, probs)."""
+    scores = {}
+    for spec in dict.fromkeys((stage.epochs, *CHECKPOINT_SETS)):  # the planned set first, always scored
+        if scores and clock() > deadline:
+            stage.notes.append(f"time: checkpoint sets after {list(scores)} not tried")
+            break
+        if _same(run_dir, spec, scores):
+            continue
+        ensemble = load_ensemble([run_dir], spec, device)
+        probs = _predict(ensemble, settings, device, items, ("identity",))
+        scores[spec] = (_score(probs, items, (("identity", 1.0),), targets, settings), ensemble, probs)
+    planned = stage.epochs
+    # the planned setting as it is (its minimum object size too)
+    stage.before = _score(scores[planned][2], items, (("identity", 1.0),), targets, settings,
+                          int(settings.min_object_px))
+    best = max(scores, key=lambda s: scores[s][0])
+    if scores[best][0] > scores[planned][0] + TIE:
+        stage.epochs = best
+    stage.notes.append("checkpoints: " + ", ".join(f"{s} {v[0]:.4f}" for s, v in scores.items()) + f" -> {stage.epochs}")
+    return scores[stage.epochs][1:]
+
+
+def _choose_views(stage: Stage, ensemble, probs: dict, device, items, targets, settings) -> None:
+    """Each flip view predicted once; a set of views is kept only if it beats identity alone by TIE."""
+    more = _predict(ensemble, settings, device, items, ("hflip", "vflip"))
+    for image_id in probs:
+        probs[image_id].update(more[image_id])
+    view_scores = {views: _score(probs, items, _equal(views), targets, settings) for views in VIEW_SETS}
+    base = view_scores[("identity",)]
+    best_views = max(view_scores, key=lambda v: (view_scores[v], -len(v)))
+    stage.views = best_views if view_scores[best_views] > base + TIE else ("identity",)
+    stage.notes.append("views: " + ", ".join(f"{'+'.join(v)} {s:.4f}" for v, s in view_scores.items())
+                       + f" -> {'+'.join(stage.views)}")
 
 
 def _targets(config: Config) -> tuple:
@@ -165,8 +175,10 @@ def _targets(config: Config) -> tuple:
     return tuple(parse_targets(config.data.targets) or ())
 
 
-def _same(run_dir: Path, spec: str, scores: dict, planned: str) -> bool:
+def _same(run_dir: Path, spec: str, scores: dict) -> bool:
     """True when ``spec`` selects the same checkpoint files as a set already scored."""
+    if not scores:
+        return False
     files = run_checkpoints(run_dir, spec)
     return any(run_checkpoints(run_dir, other) == files for other in scores)
 
