@@ -9,7 +9,6 @@ import click
 from segkit.cli.options import ALL_SECTIONS, command_config, common_options, task_option
 from segkit.ground.errors import SegkitError
 
-DATA_HELP = "DATA: a manifest CSV, a folder (images/ + masks/, or one sub-folder per class), 'sample', or a config file."
 BUDGET_HELP = "Time for training plus the empirical stage: 90s, 10m, 1.5h."
 
 
@@ -32,7 +31,10 @@ def _config(data: str, config_path, overrides, runs_dir, device, task):
               help="Plan file to write (an ordinary config with a why: note per planned key).")
 @click.option("--fresh-probe", is_flag=True, help="Measure the throughput again instead of the cached figures.")
 def plan(data, config_path, overrides, runs_dir, device, task, budget, out_path, fresh_probe):
-    """Plan a recipe from the data: fingerprint, rules, throughput probe. Trains nothing.
+    """Plan a recipe from DATA: fingerprint, rules, throughput probe. Trains nothing.
+
+    DATA is a manifest CSV, a folder (images/ + masks/, or one sub-folder per class), 'sample',
+    or a config file whose data section names the data.
 
     The fingerprint (image sizes, dtypes, ranges, object sizes, touching share, class balance) is
     read from the training fold by sampled windows; every planned key is printed with its rule
@@ -60,7 +62,9 @@ def plan(data, config_path, overrides, runs_dir, device, task, budget, out_path,
 @click.option("--name", default=None, help="Run directory name (default auto-<timestamp>).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and stop (nothing trained or written).")
 def auto(data, config_path, overrides, runs_dir, device, task, budget, name, dry_run):
-    """Plan from the data, train within --budget, then choose infer settings on the validation fold.
+    """Plan from DATA, train within --budget, then choose infer settings on the validation fold.
+
+    DATA is what `segkit plan` takes (a manifest, a folder, 'sample' or a config file).
 
     The empirical stage compares checkpoint sets (last 3, best, last), TTA views (a view is kept
     only if it helps) and the threshold and minimum object size (instance runs: the watershed's
