@@ -35,6 +35,7 @@ MANIFEST = TRAIN + " --set data.manifest={root}/"
 STATS = "stats --config {root}/tiny.yaml --set data.manifest={root}/"
 INFER = "infer --run {root}/runs/stage1 --rle {root}/out.csv"
 FINETUNE = "finetune --config {root}/tiny.yaml --size 32 --run {root}/runs/"
+PLAN = "plan --config {root}/tiny.yaml --out {elsewhere}/plan.yaml {root}/"
 CASES = [
     # --- config keys and names, checked before any run directory exists
     ("unknown optimizer name", TRAIN + " --set train.optimizer=nope", "config key train.optimizer", "error"),
@@ -116,6 +117,14 @@ CASES = [
      "no checkpoints", "error"),
     ("infer reading a training key", INFER + " --set train.lr=1 {root}/img0.tif", "--set train.lr", "error"),
     ("infer an unknown epoch", INFER + " --epochs 7 {root}/img0.tif", "no checkpoint for epoch 7", "error"),
+    # --- plan and auto
+    ("plan a manifest without labelled pixels", PLAN + "bad/m_empty.csv", "m_empty.csv: no labelled pixels", "error"),
+    ("plan images of mixed band counts", PLAN + "bad/m_rgba.csv", "rgba.png: 4 band(s) uint8, but 1 of the 2", "error"),
+    ("plan with a key no config has", PLAN + "manifest.csv --set data.nope=1", "unknown config key data.nope",
+     "error"),
+    ("auto with a budget too small for one epoch", "auto {root}/tiny.yaml --budget 1s",
+     "--budget 1s is too small for one epoch", "error"),
+    ("auto with a budget that is no time", "auto {root}/tiny.yaml --budget soon", "--budget 'soon'", "error"),
 ]
 
 

@@ -21,6 +21,7 @@ LAYERS = [
     ("segkit.train", "segkit.infer"),
     ("segkit.report",),
     ("segkit.search",),
+    ("segkit.workflows",),
     ("segkit.cli",),
     ("segkit.__main__", "segkit"),  # `python -m segkit` and the public API (segkit/__init__.py)
 ]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from segkit.cli.auto import auto, plan
 from segkit.cli.config import config_command
 from segkit.cli.cls import clean, oof
 from segkit.cli.data import preview, stats
@@ -33,13 +34,15 @@ def cli():
       segkit train --size 256      random windows, low-resolution stage
       segkit finetune --size 512   same field of view at full resolution, from the 256 run
       segkit infer --rle sub.csv   overlapping tiles, blended, TTA + checkpoint ensemble
+    Or all of it planned from the data and the time you have:
+      segkit auto DATA --budget 10m
     Each run lives in runs/NAME/ (config.yaml, metrics.jsonl, checkpoints/, plots/).
     Every command takes --config FILE|RECIPE (e.g. --config sample), --set KEY=VALUE,
     --runs-dir and --device; `segkit config` prints every key with its default.
     """
 
 
-for command in (train, finetune, infer, stats, preview, config_command, evaluate, runs, tune, oof, clean):
+for command in (train, finetune, infer, stats, preview, config_command, evaluate, runs, tune, oof, clean, plan, auto):
     cli.add_command(command)
 
 

@@ -161,6 +161,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
 
 def validate(config: Config) -> None:
     """Checks across keys (one key's type, choices and range are checked as it is merged)."""
+    if config.why is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in config.why.items()):
+        raise SegkitError("config key why: expected a mapping of dotted key -> reason (text)")
     if (config.data.mean is None) != (config.data.std is None):
         raise SegkitError("config keys data.mean and data.std: give both or neither")
     if config.data.std is not None and any(not isinstance(v, (int, float)) or v <= 0 for v in config.data.std):

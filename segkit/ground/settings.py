@@ -97,7 +97,8 @@ class DataConfig:
 class ModelConfig:
     arch: str = setting("Unet", "Any segmentation_models_pytorch architecture: Unet, UnetPlusPlus, FPN, ...")
     encoder: str = setting("resnet18", "Encoder name as smp knows it (resnet34, efficientnet-b0, ...).")
-    encoder_weights: Optional[str] = setting(None, "null (random init) | imagenet (downloads once; needs internet).")
+    encoder_weights: Optional[str] = setting(None, "null (random init) | imagenet (downloads once; needs internet) | "
+                                                   "a local weights file (.pth/.pt/.safetensors; offline sites).")
     classes: int = setting(1, "1 = binary (sigmoid); N > 1 = multiclass (softmax, class 0 = background).",
                            minimum=1)
     freeze_fraction: float = setting(0.0, "Share of encoder parameter tensors frozen (e.g. 0.9 for a late tune).",
@@ -225,6 +226,8 @@ class Config:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     infer: InferConfig = dataclasses.field(default_factory=InferConfig)
+    why: Optional[dict] = setting(None, "Plans written by segkit plan / auto: dotted key -> the rule and the figure "
+                                        "that set it; a note for people, read by no stage.")
 
 
 SECTIONS = ("run", "data", "model", "train", "infer")

@@ -24,6 +24,7 @@ from torch import nn
 
 from segkit.ground.config import TASKS
 from segkit.ground.errors import SegkitError
+from segkit.models.local_weights import load_encoder_weights, local_weights_path
 from segkit.models.classifier import TIMM_PREFIX, Classifier, TimmClassifier, check_forward, timm_classifier
 
 SEG_CLS_HEAD_CLASSES = 2  # seg+cls: the tile head predicts empty (0) / object (1), see data.classes.TILE_CLASSES
@@ -74,8 +75,8 @@ def create_model(arch: str = "Unet", encoder: str = "resnet18", encoder_weights:
                  in_channels: int = 3, classes: int = 1, task: str = "seg", **kw) -> nn.Module:
     """Build a segmentation model, a classifier or a segmenter with a tile-class head (see the module doc).
 
-    ``encoder_weights`` is None/"none" or a weight name smp knows ("imagenet"; fetched from the
-    hub on first use). Extra keywords go to the smp constructor (e.g. decoder_channels) for
+    ``encoder_weights`` is None/"none", a weight name smp knows ("imagenet"; fetched from the
+    hub on first use) or a local weights file (segkit.models.local_weights). Extra keywords go to the smp constructor (e.g. decoder_channels) for
     "seg"/"seg+cls" (``cls_dropout``: dropout of the seg+cls head), or are ``pooling``/``dropout``
     of the head for "cls" (``arch`` is ignored there).
     """
@@ -83,6 +84,11 @@ def create_model(arch: str = "Unet", encoder: str = "resnet18", encoder_weights:
         raise SegkitError(f"model.task: unknown task {task!r}; valid: {', '.join(TASKS)}")
     if int(classes) < 1 or int(in_channels) < 1:
         raise SegkitError(f"model: classes ({classes}) and in_channels ({in_channels}) must be >= 1")
+    local = local_weights_path(encoder_weights)
+    if local is not None:  # built without hub weights, then the file's tensors copied into the encoder
+        model = create_model(arch, encoder, None, in_channels=in_channels, classes=classes, task=task, **kw)
+        load_encoder_weights(model.encoder, local)
+        return model
     weights = _weights(encoder_weights)
     if task == "cls":
         head_kw = {k: kw.pop(k) for k in ("pooling", "dropout") if k in kw}

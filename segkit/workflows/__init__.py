@@ -1,0 +1,1 @@
+"""Workflows: compositions of the rooms below (the auto plan -> train -> empirical stage)."""

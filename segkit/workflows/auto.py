@@ -1,0 +1,78 @@
+"""`segkit auto DATA --budget 10m`: plan, train, then choose the infer defaults on the validation fold.
+
+    result = run_auto(config, budget_s=600, overrides=[...])   # -> {"run": path, "plan": ..., ...}
+
+The budget covers training and the empirical stage (the plan's probe is measured before it
+starts). Training stops after the epoch that would leave too little time for the rest (an
+EpochHook: the run ends "finished (budget)" with its checkpoints), so a slower machine than
+the probe saw still ends near the budget. Ctrl-C or SIGTERM ends it like any run: checkpoints
+kept, `segkit train --resume RUN` continues it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+from segkit.ground.config import Config
+from segkit.io.atomic import write_text
+from segkit.runs.rundir import update_run_info
+from segkit.train.fit import StopRun, fit
+from segkit.workflows.budget import EMPIRICAL_PASSES, format_budget
+from segkit.workflows.empirical import Stage, choose
+from segkit.workflows.plan import Plan, make_plan, summary_line
+
+
+def deadline_hook(train_deadline: float, clock: Callable[[], float] = time.time):
+    """An EpochHook that stops training when another epoch like the last would end after ``train_deadline``."""
+    def hook(run_dir: Path, record: dict) -> None:
+        if clock() + float(record.get("seconds", 0.0)) > train_deadline:
+            raise StopRun("finished (budget)")
+    return hook
+
+
+def run_auto(config: Config, *, budget_s: float, overrides: list[str] = (), dry_run: bool = False,
+             echo: Callable[[str], None] = print, plan: Plan | None = None) -> dict:
+    """Plan (unless ``plan`` is given), train, run the empirical stage; returns the summary dict."""
+    plan = plan or make_plan(config, budget_s=budget_s, overrides=list(overrides))
+    echo(summary_line(plan))
+    echo(plan.table())
+    if dry_run:
+        return {"plan": plan.tree(), "run": None}
+    from segkit.runs.device import pick_device
+
+    tp = plan.throughput
+    planned = plan.config
+    if planned.run.name is None:
+        planned = dataclasses.replace(planned, run=dataclasses.replace(
+            planned.run, name=f"auto-{time.strftime('%Y%m%d-%H%M%S')}"))
+    started = time.time()
+    reserve = EMPIRICAL_PASSES * tp.val_s if tp else 0.0
+    run_dir = fit(planned, command="train", hooks=[deadline_hook(started + budget_s - reserve)])
+    plan.write(run_dir / "plan.yaml")
+    write_text(run_dir / "fingerprint.json", json.dumps(plan.fingerprint, indent=1) + "\n")
+    trained = time.time()
+    if planned.task == "cls":
+        stage = Stage(epochs=planned.infer.epochs, views=("identity",), metric="f1",
+                      notes=["cls: calibration and the best epoch are the run's (infer.calibrate, infer.epochs)"])
+    else:
+        stage = choose(run_dir, pick_device(planned.run.device), deadline=started + budget_s)
+    ended = time.time()
+    summary = {
+        "run": str(run_dir), "budget_s": budget_s, "wall_s": round(ended - started, 1),
+        "train_s": round(trained - started, 1), "empirical_s": round(ended - trained, 1),
+        "metric": stage.metric, "before": stage.before, "after": stage.after, "epochs": stage.epochs,
+        "views": list(stage.views), "infer": stage.keys, "notes": stage.notes,
+    }
+    update_run_info(run_dir, auto=summary)
+    for note in stage.notes:
+        echo(f"empirical: {note}")
+    scores = (f"validation {stage.metric} {stage.before:.4f} (planned) -> {stage.after:.4f} (chosen)"
+              if stage.before is not None and stage.after is not None else "validation: planned values kept")
+    echo(f"{scores}; wall {summary['wall_s']:.0f} s of {format_budget(budget_s)} "
+         f"(train {summary['train_s']:.0f} s, empirical {summary['empirical_s']:.0f} s)")
+    echo(f"run {run_dir}: `segkit infer -r {run_dir} IMAGE` uses these settings")
+    return summary
