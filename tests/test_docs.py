@@ -1,0 +1,163 @@
+"""The docs site: `mkdocs build --strict` passes, and its generated reference pages are complete.
+
+The build is the real one (mkdocs.yml, docs/, the hook docs/hooks/reference.py that writes the
+CLI, configuration and API references from the code), run once per module into a temporary
+folder. Strict: a broken link or anchor, a missing snippet, a config key without help text or a
+command without help fails the build.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+import typing
+from pathlib import Path
+
+import click
+import pytest
+
+import segkit
+from segkit.cli import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _mkdocs(config: Path, site: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config), "-d", str(site)],
+                          cwd=config.parent, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("site")
+    result = _mkdocs(ROOT / "mkdocs.yml", out)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out
+
+
+def _page(site: Path, name: str) -> str:
+    return (site / name / "index.html").read_text()
+
+
+def _text(page: str) -> str:
+    return html.unescape(re.sub(r"<[^>]+>", "", page))
+
+
+def _setting_keys() -> list[str]:
+    """Every config key, found independently of the hook: the typed settings, else the dataclasses."""
+    try:
+        from segkit.ground.settings import iter_settings
+    except ImportError:
+        from segkit.ground.config import Config
+
+        def walk(cls, prefix):
+            hints = typing.get_type_hints(cls)
+            for f in dataclasses.fields(cls):
+                if dataclasses.is_dataclass(hints.get(f.name)):
+                    yield from walk(hints[f.name], f"{prefix}{f.name}.")
+                else:
+                    yield f"{prefix}{f.name}"
+
+        return list(walk(Config, ""))
+    return [s.key for s in iter_settings()]
+
+
+def _commands(group: click.Group, prefix: str = "") -> list[str]:
+    names = []
+    for name, command in group.commands.items():
+        names.append(prefix + name)
+        if isinstance(command, click.Group):
+            names += _commands(command, f"{prefix}{name} ")
+    return names
+
+
+def test_config_reference_lists_every_key_with_its_help(site):
+    page = _page(site, "reference/config")
+    keys = _setting_keys()
+    assert len(keys) > 50 and "infer.threshold" in keys
+    for key in keys:
+        assert f'id="{key}"' in page, key
+    hook = _hook()
+    for setting in hook.settings():
+        assert html.escape(setting.help.strip(), quote=False) in page, setting.key
+
+
+def test_cli_reference_has_every_commands_help(site):
+    text = _text(_page(site, "reference/cli"))
+    for name in _commands(cli):
+        assert f"Usage: segkit {name} [OPTIONS]" in text, name
+        assert f'id="{name.replace(" ", "-")}"' in _page(site, "reference/cli"), name
+    ctx = click.Context(cli.commands["infer"], info_name="infer", terminal_width=100,
+                        parent=click.Context(cli, info_name="segkit", **cli.context_settings))
+    assert cli.commands["infer"].get_help(ctx) in text  # the --help a user gets, verbatim
+
+
+def test_api_reference_and_python_api_page(site):
+    api = _page(site, "reference/api")
+    for name, (module, attribute) in segkit._API.items():
+        assert f"segkit.{name}" in api and f'id="{module}.{attribute}"' in api, name
+    assert "Predict <code>image</code> with <code>model</code>" in api  # predict_image's docstring
+    guide = _text(_page(site, "python-api"))
+    assert 'segkit.predict_image("nuclei.tif", run)' in guide  # the README's executed block, included
+
+
+def test_moved_sections_are_in_the_site(site):
+    """What left the README is on its pages: the bad-input table, the benchmark tables, the layers."""
+    assert "| unknown optimizer name |" in (ROOT / "docs/bad-input.md").read_text()
+    bench = _text(_page(site, "benchmarks"))
+    for heading in ("The demo's figures", "Against a bare loop", "Streaming inference", "Instance figures",
+                    "Classification figures", "Study figures", "Progressive training"):
+        assert heading in bench, heading
+    readme = (ROOT / "README.md").read_text()
+    assert "| image | reader | windows/s |" not in readme and len(readme.splitlines()) < 200
+    layers = (ROOT / "docs/design.md").read_text()
+    from test_layers import LAYERS
+
+    for packages in LAYERS:
+        for package in packages:
+            if package.count(".") == 1 and package != "segkit.__main__":
+                assert f"`{package.split('.')[1]}`" in layers, package
+
+
+def _hook():
+    spec = importlib.util.spec_from_file_location("docs_reference_hook", ROOT / "docs/hooks/reference.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve the module's annotations through it
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_key_without_help_or_a_flag_no_command_offers_stops_the_build():
+    from mkdocs.exceptions import PluginError
+
+    hook = _hook()
+    flags = hook._flag_commands(cli)
+    good = hook.Setting(key="infer.tta", default="hflip", type_name="str", help="TTA views.")
+    assert "### infer.tta {#infer.tta}" in hook.render_config([good], flags)
+    cases = [(dataclasses.replace(good, help=""), "infer.tta: no help text"),
+             (dataclasses.replace(good, help="two\nlines"), "more than one line"),
+             (dataclasses.replace(good, flag="--no-such-flag"), "--no-such-flag is offered by no command"),
+             (dataclasses.replace(good, flag="--task", choices=("seg", "det")), "`segkit infer --task` offers")]
+    for setting, message in cases:
+        with pytest.raises(PluginError, match=re.escape(message)):
+            hook.render_config([setting], flags)
+
+
+def test_a_broken_link_fails_the_strict_build(tmp_path):
+    """The site's own config with one bad link in a page: the strict build refuses it, naming the link."""
+    shutil.copy(ROOT / "mkdocs.yml", tmp_path / "mkdocs.yml")
+    shutil.copy(ROOT / "README.md", tmp_path / "README.md")
+    shutil.copytree(ROOT / "docs", tmp_path / "docs", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("api", "cli", "config"):  # without the generated parts (torch, mkdocstrings): keeps this fast
+        (tmp_path / f"docs/reference/{name}.md").write_text(f"# {name}\n")
+    index = tmp_path / "docs/index.md"
+    index.write_text(index.read_text() + "\nSee [the page](no-such-page.md).\n")
+    result = _mkdocs(tmp_path / "mkdocs.yml", tmp_path / "site")
+    assert result.returncode != 0 and "no-such-page.md" in result.stdout + result.stderr
