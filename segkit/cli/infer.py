@@ -130,7 +130,7 @@ def infer(images, config_path, overrides, runs_dir, device, run, epochs, soup, t
         ensemble = load_ensemble(run_dirs, config.infer.epochs, device_obj, soup=soup)
         outputs = Outputs(Path(rle_path) if rle_path else None, polygons, mask, probs, overwrite, instances)
         remove_stale_temps(*output_folders(rle_path, polygons, mask, probs, instances))
-        with staged_commits():  # all outputs of the invocation, or none (issue 10)
+        with staged_commits():  # all outputs of the invocation, or none
             written = infer_images(ensemble, image_list([Path(p) for p in images]), outputs, settings, device_obj)
     finally:
         distributed.cleanup()

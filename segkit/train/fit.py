@@ -97,7 +97,7 @@ def fit(
 
 def _fit(config, command, parent, resume, parent_epoch, dist_info, hooks) -> Path:
     main, world, rank = distributed.is_main(), distributed.world_size(), distributed.rank()
-    if main:  # what a killed stage left half-written (issue 10)
+    if main:  # what a killed stage left half-written
         remove_stale_run_temps(Path(resume).parent if resume is not None else Path(config.run.runs_dir))
     if resume is not None:
         run_info = check_resumable(resume, check_live=main)  # only rank 0: it marks the run live itself
@@ -117,7 +117,7 @@ def _fit(config, command, parent, resume, parent_epoch, dist_info, hooks) -> Pat
     config = fc.with_classes(config, data)
     if parent is not None and resume is None:
         fc.check_parent_compatible(parent, config)  # again, with the classes resolved from the data
-    preflight.check_names(config)  # before the run directory exists (issue 10)
+    preflight.check_names(config)  # before the run directory exists
     run_dir = _open_run(config, command, parent, resume, parent_epoch, data)
     config = load_config(run_dir / "config.yaml")
     preprocess = Preprocess.load(run_dir / "preprocess.json")
