@@ -161,3 +161,15 @@ def test_a_broken_link_fails_the_strict_build(tmp_path):
     index.write_text(index.read_text() + "\nSee [the page](no-such-page.md).\n")
     result = _mkdocs(tmp_path / "mkdocs.yml", tmp_path / "site")
     assert result.returncode != 0 and "no-such-page.md" in result.stdout + result.stderr
+
+
+def test_pages_link_config_keys_and_refuse_unknown_ones():
+    from mkdocs.exceptions import PluginError
+
+    hook = _hook()
+    page = "Set `infer.threshold`; see `run.json`.\n```yaml\n`infer.threshold`\n```\n"
+    linked = hook.link_keys(page, {"infer.threshold"}, "inference.md")
+    assert linked.startswith("Set [`infer.threshold`](reference/config.md#infer.threshold); see `run.json`.")
+    assert linked.endswith("```yaml\n`infer.threshold`\n```\n")  # code blocks stay as written
+    with pytest.raises(PluginError, match=re.escape("inference.md: `infer.threshhold` is not a configuration key")):
+        hook.link_keys("`infer.threshhold`", {"infer.threshold"}, "inference.md")

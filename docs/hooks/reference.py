@@ -8,14 +8,20 @@ A page holding ``<!-- generated: NAME -->`` gets that marker replaced when the s
 - ``api``: mkdocstrings blocks for every public name of ``segkit/__init__.py`` and the modules
   they come from.
 
-A key without help text, a command without a help line, or a settings flag that no command
-offers (or offers with other choices) stops the build with an error naming it: the docs build
-is part of the test suite, and this is where "every key has help" is enforced.
+On every other page a code span that is a config key (`` `infer.threshold` ``) becomes a link
+to its entry in the configuration reference.
+
+A key without help text, a command without a help line, a settings flag that no command offers
+(or offers with other choices), or a page naming a key that does not exist stops the build with
+an error naming it: the docs build is part of the test suite, and this is where "every key has
+help" is enforced.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import posixpath
+import re
 import typing
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
@@ -206,9 +212,35 @@ def generated(name: str) -> str:
     raise PluginError(f"unknown generated page {name!r}")
 
 
+FENCE = re.compile(r"^[ \t]*(```|~~~).*?^[ \t]*\1[ \t]*$", re.M | re.S)
+KEY_SPAN = re.compile(r"(?<![\[`])`((?:run|data|model|train|infer)\.[a-z_]+)`(?![`\]])")
+FILE_SUFFIXES = {"json", "jsonl", "csv", "yaml", "yml", "py", "md", "pt", "tif", "png", "txt", "npz", "db"}
+
+
+def link_keys(markdown: str, keys: set[str], page_uri: str) -> str:
+    """Link every code span that names a config key to its reference entry (outside fenced code);
+    a span that looks like a key but names none (a key renamed or removed) stops the build."""
+    target = posixpath.relpath("reference/config.md", posixpath.dirname(page_uri) or ".")
+
+    def link(match):
+        key = match.group(1)
+        if key in keys:
+            return f"[`{key}`]({target}#{key})"
+        if key.rsplit(".", 1)[1] in FILE_SUFFIXES:
+            return match.group(0)
+        raise PluginError(f"{page_uri}: `{key}` is not a configuration key")
+
+    out, end = [], 0
+    for fence in FENCE.finditer(markdown):
+        out += [KEY_SPAN.sub(link, markdown[end:fence.start()]), fence.group(0)]
+        end = fence.end()
+    out.append(KEY_SPAN.sub(link, markdown[end:]))
+    return "".join(out)
+
+
 def on_page_markdown(markdown: str, page, config, files) -> str:
     for name in ("cli", "config", "api"):
         marker = f"<!-- generated: {name} -->"
         if marker in markdown:
-            markdown = markdown.replace(marker, generated(name))
-    return markdown
+            return markdown.replace(marker, generated(name))
+    return link_keys(markdown, {s.key for s in settings()}, page.file.src_uri)
