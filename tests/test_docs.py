@@ -8,6 +8,7 @@ command without help fails the build.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import html
 import importlib.util
@@ -134,20 +135,30 @@ def _hook():
     return module
 
 
-def test_a_key_without_help_or_a_flag_no_command_offers_stops_the_build():
+def test_a_key_without_help_or_a_flag_that_disagrees_stops_the_build():
     from mkdocs.exceptions import PluginError
 
+    from segkit.ground.settings import find_setting
+
     hook = _hook()
-    flags = hook._flag_commands(cli)
-    good = hook.Setting(key="infer.tta", default="hflip", type_name="str", help="TTA views.")
-    assert "### infer.tta {#infer.tta}" in hook.render_config([good], flags)
-    cases = [(dataclasses.replace(good, help=""), "infer.tta: no help text"),
-             (dataclasses.replace(good, help="two\nlines"), "more than one line"),
-             (dataclasses.replace(good, flag="--no-such-flag"), "--no-such-flag is offered by no command"),
-             (dataclasses.replace(good, flag="--task", choices=("seg", "det")), "`segkit infer --task` offers")]
-    for setting, message in cases:
+    offered = hook.offered_flags(cli)
+    good = find_setting("infer.geojson_crs")
+    assert good.flag and offered[good.key]
+    assert "### infer.geojson_crs {#infer.geojson_crs}" in hook.render_config([good], offered, {})
+    other_choices = [(command, copy.copy(option)) for command, option in offered[good.key]]
+    for _, option in other_choices:
+        option.type = click.Choice(["raster", "pixel"])
+    own_default = [(command, copy.copy(option)) for command, option in offered[good.key]]
+    for _, option in own_default:
+        option.default = "pixel"
+    cases = [([dataclasses.replace(good, help="")], offered, "infer.geojson_crs: no help text"),
+             ([dataclasses.replace(good, help="two\nlines")], offered, "more than one line"),
+             ([good], {}, "flag --geojson-crs is offered by no command"),
+             ([good], {good.key: other_choices}, "`segkit infer --geojson-crs` offers ['raster', 'pixel']"),
+             ([good], {good.key: own_default}, "has its own default 'pixel'")]
+    for items, flags, message in cases:
         with pytest.raises(PluginError, match=re.escape(message)):
-            hook.render_config([setting], flags)
+            hook.render_config(items, flags, {})
 
 
 def test_a_broken_link_fails_the_strict_build(tmp_path):

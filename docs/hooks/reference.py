@@ -3,93 +3,40 @@
 A page holding ``<!-- generated: NAME -->`` gets that marker replaced when the site is built:
 
 - ``cli``: every command's ``--help``, from the click group ``segkit.cli.cli``;
-- ``config``: every configuration key (type, default, choices, flag, help) from the typed
-  settings in ``segkit/ground/config.py``;
+- ``config``: every configuration key (type, default, choices, range, flag, the commands that
+  read it, help) from the typed settings in ``segkit/ground/settings.py``;
 - ``api``: mkdocstrings blocks for every public name of ``segkit/__init__.py`` and the modules
   they come from.
 
 On every other page a code span that is a config key (`` `infer.threshold` ``) becomes a link
 to its entry in the configuration reference.
 
-A key without help text, a command without a help line, a settings flag that no command offers
-(or offers with other choices), or a page naming a key that does not exist stops the build with
-an error naming it: the docs build is part of the test suite, and this is where "every key has
-help" is enforced.
+A key without help text, a command without a help line, a setting's flag that no command offers
+(or offers with other choices, its own default, or a --help that does not name the key its
+default comes from), or a page naming a key that does not exist stops the build with an error
+naming it: the docs build is part of the test suite, and this is where "every key has help" is
+enforced.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import html
 import posixpath
 import re
-import typing
-from dataclasses import dataclass
-from typing import Any, Iterable, Optional
 
 import click
-import yaml
 from mkdocs.exceptions import PluginError
 
 
-@dataclass(frozen=True)
-class Setting:
-    """One configuration key as the reference shows it (the shape of ``iter_settings()``'s items)."""
+def settings() -> list:
+    """Every key of the typed settings (``segkit.ground.fields.Setting``), in their own order."""
+    from segkit.ground.settings import iter_settings
 
-    key: str
-    default: Any
-    type_name: str
-    help: str = ""
-    choices: Optional[tuple] = None
-    flag: Optional[str] = None
-    doc: str = ""
+    return list(iter_settings())
 
 
-def settings() -> list[Setting]:
-    """Every key of the typed settings: ``segkit.ground.settings.iter_settings()`` when it exists,
-    else the fields of ``Config`` and their ``metadata`` (help, choices, flag, doc)."""
-    try:
-        from segkit.ground.settings import iter_settings
-    except ImportError:
-        return list(_fields_of_config())
-    return [Setting(key=s.key, default=s.default, type_name=str(getattr(s, "type_name", "")),
-                    help=s.help or "", choices=tuple(s.choices) if s.choices else None,
-                    flag=getattr(s, "flag", None), doc=getattr(s, "doc", "") or "")
-            for s in iter_settings()]
-
-
-def _fields_of_config() -> Iterable[Setting]:
-    from segkit.ground.config import Config
-
-    def walk(cls, prefix):
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            key = f"{prefix}{f.name}"
-            if dataclasses.is_dataclass(hints.get(f.name)):
-                yield from walk(hints[f.name], key + ".")
-                continue
-            default = f.default if f.default is not dataclasses.MISSING else (
-                f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-            meta = f.metadata
-            yield Setting(key=key, default=default, type_name=_type_name(hints.get(f.name, f.type)),
-                          help=meta.get("help", ""), choices=tuple(meta["choices"]) if meta.get("choices") else None,
-                          flag=meta.get("flag"), doc=meta.get("doc", ""))
-
-    yield from walk(Config, "")
-
-
-def _type_name(annotation) -> str:
-    text = annotation.__name__ if isinstance(annotation, type) else str(annotation)
-    return text.replace("typing.", "").replace("NoneType", "None")
-
-
-def _yaml(value) -> str:
-    """A value as the user writes it in YAML or after ``--set key=``: null, true, [a, b], {p: 0.5}."""
-    text = yaml.safe_dump(value, default_flow_style=True, sort_keys=False).strip()
-    return text.removesuffix("...").strip()
-
-
-def _flag_commands(cli: click.Group) -> dict[str, list[tuple[str, click.Option]]]:
-    """flag -> [(command name, option)] over every command of the group (nested groups too)."""
+def offered_flags(cli: click.Group) -> dict[str, list[tuple[str, click.Option]]]:
+    """config key -> [(command, option)] for every flag generated from a setting (``segkit_key``)."""
     found: dict[str, list] = {}
 
     def walk(group, prefix):
@@ -97,40 +44,66 @@ def _flag_commands(cli: click.Group) -> dict[str, list[tuple[str, click.Option]]
             if isinstance(command, click.Group):
                 walk(command, f"{prefix}{name} ")
             for param in command.params:
-                if isinstance(param, click.Option):
-                    for opt in param.opts + param.secondary_opts:
-                        found.setdefault(opt, []).append((prefix + name, param))
+                if getattr(param, "segkit_key", None):
+                    found.setdefault(param.segkit_key, []).append((prefix + name, param))
 
     walk(cli, "")
     return found
 
 
-def check_settings(items: list[Setting], flags: dict[str, list]) -> None:
-    """Stop the build on a key without help, or a flag the commands do not offer as the setting says."""
+def check_settings(items: list, offered: dict[str, list]) -> None:
+    """Stop the build on a key without one line of help, or a flag whose commands disagree with its field."""
     problems = []
     for s in items:
-        if not s.help.strip():
+        if not (s.help or "").strip():
             problems.append(f"{s.key}: no help text")
         elif "\n" in s.help.strip():
             problems.append(f"{s.key}: help text is more than one line (longer text goes in 'doc')")
-        if s.flag:
-            offered = flags.get(s.flag, [])
-            if not offered:
-                problems.append(f"{s.key}: flag {s.flag} is offered by no command")
-            for command, option in offered:
-                if s.choices and isinstance(option.type, click.Choice) and \
-                        {str(c) for c in option.type.choices} != {str(c) for c in s.choices}:
-                    problems.append(f"{s.key}: `segkit {command} {s.flag}` offers {list(option.type.choices)}, "
-                                    f"the setting {list(s.choices)}")
+        if s.flag and not offered.get(s.key):
+            problems.append(f"{s.key}: flag {s.flag} is offered by no command")
+        for command, option in offered.get(s.key, []):
+            if s.choices and (not isinstance(option.type, click.Choice)
+                              or [str(c) for c in option.type.choices] != [str(c) for c in s.choices]):
+                problems.append(f"{s.key}: `segkit {command} {s.flag}` offers "
+                                f"{list(getattr(option.type, 'choices', []))}, the setting {list(s.choices)}")
+            if option.default is not None:
+                problems.append(f"{s.key}: `segkit {command} {s.flag}` has its own default {option.default!r}")
+            elif not option.required and s.key not in (option.help or ""):
+                problems.append(f"{s.key}: `segkit {command} {s.flag}` --help does not say its default is {s.key}'s")
     if not items:
         problems.append("no configuration keys found")
     if problems:
         raise PluginError("configuration reference: " + "; ".join(problems))
 
 
-def render_config(items: list[Setting], flags: dict[str, list]) -> str:
-    """Markdown: one section per config section, one entry per key with an anchor of the key itself."""
-    check_settings(items, flags)
+def _facts(s, flags: list[tuple[str, click.Option]], readers: list[str]) -> str:
+    from segkit.ground.fields import show_value
+    from segkit.ground.reference import yaml_value
+
+    facts = [f"type `{s.type_name}`", f"default `{yaml_value(s.default)}`"]
+    if s.choices:
+        facts.append("choices " + ", ".join(f"`{show_value(c)}`" for c in s.choices))
+    bounds = [f">= {s.minimum:g}" if s.minimum is not None else "", f"<= {s.maximum:g}" if s.maximum is not None else ""]
+    if any(bounds):
+        facts.append("range " + " and ".join(b for b in bounds if b))
+    if flags:
+        facts.append(f"flag `{s.flag}` ({', '.join(sorted({c for c, _ in flags}))})")
+    if readers:
+        facts.append("read by " + ", ".join(readers))
+    return " · ".join(facts)
+
+
+def _markdown(text: str) -> str:
+    """Help text as Markdown: HTML-escaped outside `code spans` (so `<command>` is shown, not parsed)."""
+    parts = re.split(r"(`[^`]*`)", text.strip())
+    return "".join(part if part.startswith("`") else html.escape(part, quote=False) for part in parts)
+
+
+def render_config(items: list, offered: dict[str, list], readers: dict[str, list[str]]) -> str:
+    """Markdown: one section per config section, one entry per key, anchored by the key itself.
+
+    ``readers``: key -> the commands that read it."""
+    check_settings(items, offered)
     lines: list[str] = []
     section = None
     for s in items:
@@ -138,14 +111,10 @@ def render_config(items: list[Setting], flags: dict[str, list]) -> str:
         if head != section:
             section = head
             lines += [f"## {section}", ""]
-        facts = [f"type `{s.type_name}`" if s.type_name else None, f"default `{_yaml(s.default)}`",
-                 "choices " + ", ".join(f"`{c}`" for c in s.choices) if s.choices else None]
-        if s.flag:
-            commands = sorted({c for c, _ in flags.get(s.flag, [])})
-            facts.append(f"flag `{s.flag}` ({', '.join(commands)})")
-        lines += [f"### {s.key} {{#{s.key}}}", "", s.help.strip(), "", " · ".join(f for f in facts if f), ""]
+        facts = _facts(s, offered.get(s.key, []), readers.get(s.key, []))
+        lines += [f"### {s.key} {{#{s.key}}}", "", _markdown(s.help), "", facts, ""]
         if s.doc.strip():
-            lines += [s.doc.strip(), ""]
+            lines += [_markdown(s.doc), ""]
     return "\n".join(lines)
 
 
@@ -203,8 +172,11 @@ def generated(name: str) -> str:
         return render_cli(cli)
     if name == "config":
         from segkit.cli import cli
+        from segkit.cli.options import READS, reads_key
 
-        return render_config(settings(), _flag_commands(cli))
+        items = settings()
+        readers = {s.key: [c for c, reads in sorted(READS.items()) if reads_key(s.key, reads)] for s in items}
+        return render_config(items, offered_flags(cli), readers)
     if name == "api":
         import segkit
 
