@@ -85,9 +85,9 @@ def test_config_reference_lists_every_key_with_its_help(site):
     assert len(keys) > 50 and "infer.threshold" in keys
     for key in keys:
         assert f'id="{key}"' in page, key
-    hook = _hook()
-    for setting in hook.settings():
-        assert html.escape(setting.help.strip(), quote=False) in page, setting.key
+    text = _text(page)
+    for setting in _hook().settings():
+        assert setting.help.strip().replace("`", "") in text, setting.key
 
 
 def test_cli_reference_has_every_commands_help(site):
@@ -184,3 +184,12 @@ def test_pages_link_config_keys_and_refuse_unknown_ones():
     assert linked.endswith("```yaml\n`infer.threshold`\n```\n")  # code blocks stay as written
     with pytest.raises(PluginError, match=re.escape("inference.md: `infer.threshhold` is not a configuration key")):
         hook.link_keys("`infer.threshhold`", {"infer.threshold"}, "inference.md")
+
+
+def test_files_the_docs_name_exist():
+    """A path the README or a page names (segkit/..., tools/..., tests/..., docs/...) is in the repository."""
+    path = re.compile(r"(?<![\w/.~-])((?:segkit|tools|tests|docs)/[\w./-]*\w/?)(?![\w*{])")
+    named = {(page.name, match.group(1)) for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+             for match in path.finditer(page.read_text())}
+    assert len(named) > 20
+    assert [(page, name) for page, name in sorted(named) if not (ROOT / name).exists()] == []
