@@ -20,6 +20,7 @@ from segkit.infer.ensemble import EnsemblePredictor
 from segkit.infer.predict import predict_probs
 from segkit.infer.run import Ensemble, Outputs, Settings, infer_images, load_ensemble
 from segkit.io.raster import open_raster
+from segkit.models.activation import output_activation
 from segkit.runs.device import pick_device
 
 
@@ -88,8 +89,8 @@ def predict_image(
     ensemble = _as_ensemble(model, preprocess, fov_px, size, classes, image)
     torch_device = pick_device(device)
     if not any((rle, mask, probs, polygons)):
-        predictor = EnsemblePredictor(ensemble.models, tta, activation="sigmoid" if ensemble.classes == 1 else "softmax",
-                                      amp=amp)
+        predictor = EnsemblePredictor(ensemble.models, tta, amp=amp,
+                                      activation=output_activation(ensemble.classes, ensemble.targets))
         return predict_probs(predictor, open_raster(image), fov_px=ensemble.fov_px, size=ensemble.size,
                              overlap_px=overlap_px, preprocess=ensemble.preprocess, blend=blend,
                              batch_size=batch_size, device=torch_device)

@@ -30,6 +30,7 @@ from segkit.infer.predict import predict_strips
 from segkit.infer.outputs import WriterOptions, check_georeferenced, open_image_writers
 from segkit.io.raster import open_raster
 from segkit.io.writers import RleStripWriter
+from segkit.models.activation import output_activation
 from segkit.models.factory import create_model
 from segkit.post.morphology import StripPostProcessor
 from segkit.post.morphology import threshold as threshold_probs
@@ -262,7 +263,7 @@ def stream_probs(ensemble: Ensemble, raster, settings: Settings, device: torch.d
                  region: Optional[Window] = None, tta=None):
     """(row0, probs) strips of `region` (default: the whole image) with the settings' tiling and TTA
     (`tta`, a spec or (view, weight) pairs, overrides it: e.g. [("hflip", 1.0)] for one view alone)."""
-    activation = "sigmoid" if ensemble.classes == 1 or ensemble.targets else "softmax"
+    activation = output_activation(ensemble.classes, ensemble.targets)
     views = settings.tta if tta is None else tta
     if settings.cls_gate is not None:  # seg+cls: tiles the class head calls empty skip the decoder
         predictor = GatedPredictor(ensemble.models, views, gate=settings.cls_gate, classes=ensemble.classes,
