@@ -17,7 +17,6 @@ import re
 import shutil
 import subprocess
 import sys
-import typing
 from pathlib import Path
 
 import click
@@ -52,21 +51,8 @@ def _text(page: str) -> str:
 
 
 def _setting_keys() -> list[str]:
-    """Every config key, found independently of the hook: the typed settings, else the dataclasses."""
-    try:
-        from segkit.ground.settings import iter_settings
-    except ImportError:
-        from segkit.ground.config import Config
+    from segkit.ground.settings import iter_settings
 
-        def walk(cls, prefix):
-            hints = typing.get_type_hints(cls)
-            for f in dataclasses.fields(cls):
-                if dataclasses.is_dataclass(hints.get(f.name)):
-                    yield from walk(hints[f.name], f"{prefix}{f.name}.")
-                else:
-                    yield f"{prefix}{f.name}"
-
-        return list(walk(Config, ""))
     return [s.key for s in iter_settings()]
 
 
@@ -188,7 +174,7 @@ def test_pages_link_config_keys_and_refuse_unknown_ones():
 
 def test_files_the_docs_name_exist():
     """A path the README or a page names (segkit/..., tools/..., tests/..., docs/...) is in the repository."""
-    path = re.compile(r"(?<![\w/.~-])((?:segkit|tools|tests|docs)/[\w./-]*\w/?)(?![\w*{])")
+    path = re.compile(r"(?<![\w/.~-])((?:segkit|tools|tests|docs|configs)/[\w./-]*\w/?)(?![\w*{])")
     named = {(page.name, match.group(1)) for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
              for match in path.finditer(page.read_text())}
     assert len(named) > 20
