@@ -29,8 +29,11 @@ DATA_SECTIONS = ("task", "run", "data")
 # --explain KEY` lists the commands that read KEY. infer reads its own section, the run section,
 # where the images and class names come from, and AMP; the rest belongs to the trained run.
 READS = {
-    "train": ALL_SECTIONS, "finetune": ALL_SECTIONS, "config": ALL_SECTIONS, "evaluate": ALL_SECTIONS,
-    "tune": ALL_SECTIONS, "oof": ALL_SECTIONS,
+    "train": ALL_SECTIONS, "finetune": ALL_SECTIONS, "config": ALL_SECTIONS, "tune": ALL_SECTIONS,
+    "oof": ALL_SECTIONS,
+    # evaluate --run scores the run as `segkit infer` would predict it; evaluate --pred reads labels
+    "evaluate --run": ("infer", "run", "train.amp"),
+    "evaluate": ("task", "run", "data", "model.classes", "infer.rle_order"),
     "infer": ("infer", "run", "data.manifest", "data.class_names", "train.amp"),
     "stats": DATA_SECTIONS, "preview": DATA_SECTIONS, "clean": DATA_SECTIONS, "runs": ("run",),
 }

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from segkit.cli.flags import given_flags
 from segkit.cli.options import command_config, common_options, run_option, runs_folder, task_option
 
 
@@ -45,13 +46,24 @@ def evaluate(config_path, overrides, run, pred, truth, images, vs, out, overwrit
       segkit evaluate --run stage2 --vs stage1
       segkit evaluate --pred submission.csv --truth train.csv --images slides/
     """
-    from segkit.report.entry import EvaluateRequest
+    from segkit.ground.config import load_config
+    from segkit.report.entry import EvaluateRequest, run_settings
     from segkit.report.entry import evaluate as run_evaluate
+    from segkit.runs.rundir import resolve_run
 
-    config = command_config("evaluate", config_path, overrides)
+    flags = given_flags()
+    folder = runs_folder(config_path, overrides)
+    if run is not None:  # the run's own config, with the infer settings --config/--set give
+        run_dir = resolve_run(run, folder)
+        own = load_config(run_dir / "config.yaml")
+        merged = command_config("evaluate --run", config_path, overrides, base=own, values={"task": own.task})
+        config = run_settings(own, merged, flags.get("task"), run_dir)
+        run = str(run_dir)
+    else:
+        config = command_config("evaluate", config_path, overrides)
     request = EvaluateRequest(config=config, run=run, pred=pred, truth=truth, images=images, vs=vs, out=out,
                               overwrite=overwrite, worst=worst, tile_px=tile_px, objects=not no_objects, search=search,
-                              device=config.run.device)
+                              device=config.run.device, runs_dir=folder, overrides=tuple(overrides))
     run_evaluate(request, echo=click.echo)
 
 

@@ -121,6 +121,10 @@ class TrainConfig:
                         doc="tools/bench_baseline.py: one-cycle to 3e-3 beat a bare AdamW 1e-3 constant loop at "
                             "equal CPU budgets of 15-60 s on both images and at 120 s on the scene, and tied it "
                             "at 120 s on the nuclei; cosine 2e-3 lost on the scene.")
+    lr_full_steps: int = setting(32, "Runs of fewer optimizer steps peak at lr * steps / lr_full_steps (at least "
+                                     "lr / 3); 0 = always the full lr.", minimum=0,
+                                 doc="16-step runs of the sample at the full 3e-3 scored lower than at 1.5e-3, "
+                                     "32-step runs higher than at 2e-3 (tools/bench_short_runs.py, docs/study.md).")
     weight_decay: float = setting(1e-4, "AdamW/SGD weight decay.", minimum=0)
     scheduler: str = setting("onecycle", "Learning-rate schedule, stepped every optimizer step.",
                              choices=("cosine", "onecycle", "constant"),
