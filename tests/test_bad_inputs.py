@@ -3,8 +3,8 @@ key, the exit code, no traceback, and the project folder byte-for-byte unchanged
 
 Every case runs in-process through click's CliRunner on one tiny project made once for the
 module (two 90x133 TIFFs, a copy of the session's trained run, and a folder of bad files); the
-errors are raised before training, so the table stays fast. README.md's "Bad input" table
-lists the same cases (test_readme_lists_every_case keeps them in sync).
+errors are raised before training, so the table stays fast. The docs' bad-input page
+(docs/bad-input.md) lists the same cases (test_docs_list_every_case keeps them in sync).
 """
 
 from __future__ import annotations
@@ -307,17 +307,17 @@ def test_table_has_at_least_forty_cases():
     assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
 
 
-def readme_rows() -> list[str]:
-    """The README table rows of CASES (`python tests/test_bad_inputs.py` prints them)."""
+def docs_rows() -> list[str]:
+    """The docs table rows of CASES (`python tests/test_bad_inputs.py` prints them)."""
     return [f"| {what} | `{expected.format()}` | {kind} |" for what, _, expected, kind in CASES]
 
 
-def test_readme_lists_every_case():
-    """README.md's bad-input table has one row per case, in this order, with the line the user gets."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    rows = [line for line in readme.splitlines() if re.fullmatch(r"\| .+ \| `.+` \| (error|warning) \|", line)]
-    assert rows == readme_rows()
+def test_docs_list_every_case():
+    """docs/bad-input.md's table has one row per case, in this order, with the line the user gets."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "bad-input.md").read_text()
+    rows = [line for line in page.splitlines() if re.fullmatch(r"\| .+ \| `.+` \| (error|warning) \|", line)]
+    assert rows == docs_rows()
 
 
 if __name__ == "__main__":
-    print("\n".join(readme_rows()))
+    print("\n".join(docs_rows()))

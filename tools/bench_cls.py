@@ -1,4 +1,4 @@
-"""Classification figures for the README (`--task cls`, `--task seg+cls`), through the real CLI.
+"""Classification figures of docs/benchmarks.md (`--task cls`, `--task seg+cls`), through the real CLI.
 
     python tools/bench_cls.py --workdir /tmp/bench_cls              # every part, one after the other
     python tools/bench_cls.py --workdir /tmp/bench_cls --part digits

@@ -1,9 +1,9 @@
-"""The study loop's figures for the README, through the real CLI in subprocesses, one at a time.
+"""The study loop's figures of docs/benchmarks.md, through the real CLI in subprocesses, one at a time.
 
   tune:    an N-trial `segkit tune` (TPE + median pruner) of a tiny config on the bundled sample,
            against one run of the same tiny config with the default values of the searched keys:
            wall time and CPU seconds of the search, best trial's validation Dice vs the default's.
-  search:  the README demo run (train --config configs/sample.yaml, finetune --size 256), then
+  search:  the quick-start demo run (train --config configs/sample.yaml, finetune --size 256), then
            `segkit evaluate --run FINETUNE --search`: validation Dice before and after the
            post-processing search (threshold, minimum object size, original TTA view's weight).
 

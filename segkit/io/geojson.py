@@ -13,7 +13,7 @@ a batch of rings at a time, to one of three frames (``--geojson-crs``):
 
 A file without a ``crs`` member is WGS 84 by RFC 7946, so GIS tools (GDAL's GeoJSON driver,
 QGIS, geopandas) place a pixel-space file in degrees near longitude 0, latitude 0 and upside
-down; the README says so.
+down; docs/geotiff.md says so.
 
 Every exterior ring is written counter-clockwise and every hole clockwise in the output frame
 (RFC 7946 section 3.1.6), checked after the mapping because the y flip of a north-up transform

@@ -8,7 +8,7 @@ Warm-up: the k-th update (k = updates before it) uses the decay min(decay, (1 + 
 the ramp of TensorFlow's ``tf.train.ExponentialMovingAverage(decay, num_updates)``; timm's
 ``ModelEmaV3(use_warmup=True)`` ramps the same way with 1 - (1 + k / gamma) ** -power. Without
 it a decay of 0.99 still holds ~(0.99 ** n) of the random initial weights after n steps: 3 % after
-336 steps, which scored Dice 0 for seven epochs on a short run (issue 15).
+336 steps, which scored Dice 0 for seven epochs on a short run.
 
 BatchNorm running statistics (and every other buffer) are copied from the live model instead of
 averaged: averaged statistics lag the averaged weights even more and do not describe the

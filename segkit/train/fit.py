@@ -122,7 +122,7 @@ def _fit(config, command, parent, resume, parent_epoch, dist_info, hooks) -> Pat
     config = fc.with_classes(config, data)
     if parent is not None and resume is None:
         fc.check_parent_compatible(parent, config)  # again, with the classes resolved from the data
-    preflight.check_names(config)  # before the run directory exists (issue 10)
+    preflight.check_names(config)  # before the run directory exists
     run_dir = _open_run(config, command, parent, resume, parent_epoch, data)
     config = load_config(run_dir / "config.yaml")
     preprocess = Preprocess.load(run_dir / "preprocess.json")
