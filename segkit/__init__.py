@@ -23,7 +23,7 @@ the CLI starts fast):
 from segkit.ground import __version__
 
 _API = {
-    "open_raster": ("segkit.io.raster", "open_raster"),
+    "open_raster": ("segkit.io.images.raster", "open_raster"),
     "Window": ("segkit.ground.geometry", "Window"),
     "random_windows": ("segkit.data.inputs", "random_windows"),
     "Preprocess": ("segkit.data.preprocess", "Preprocess"),
@@ -33,7 +33,7 @@ _API = {
     "EnsemblePredictor": ("segkit.infer.ensemble", "EnsemblePredictor"),
     "encode_rle": ("segkit.io.rle", "encode"),
     "decode_rle": ("segkit.io.rle", "decode"),
-    "write_rle_csv": ("segkit.io.writers", "write_rle_csv"),
+    "write_rle_csv": ("segkit.io.writers.strips", "write_rle_csv"),
     "SegkitError": ("segkit.ground.errors", "SegkitError"),
 }
 

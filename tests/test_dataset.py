@@ -38,7 +38,7 @@ from segkit.data.windows import RandomWindowSampler, SamplingArea
 from segkit.ground.errors import SegkitError
 from segkit.ground.geometry import Window
 from segkit.io import rle
-from segkit.io.raster import Raster
+from segkit.io.images.raster import Raster
 
 H, W = 203, 317  # not multiples of anything
 BRIGHT, DARK = 220, 40
@@ -188,7 +188,7 @@ def _counting(monkeypatch, cls, name):
 
 def test_thumbnail_grids_are_cached_in_memory_and_on_disk(files, monkeypatch, tmp_path):
     root, m, _ = files
-    from segkit.io.masks import RleLabels
+    from segkit.io.labels.masks import RleLabels
 
     image_calls = _counting(monkeypatch, Raster, "thumbnail")
     label_calls = _counting(monkeypatch, RleLabels, "thumbnail")

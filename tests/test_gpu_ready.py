@@ -253,8 +253,8 @@ def test_ranks_other_than_0_get_their_own_torch_seed_on_a_fresh_run(tmp_path):
 def test_out_of_gpu_memory_does_not_end_the_study(tmp_path):
     """Fast: every trial runs out of GPU memory before training; each fails alone, the study goes on."""
     pytest.importorskip("optuna")
-    from segkit.search.space import Dimension
-    from segkit.search.tune import tune
+    from segkit.tune.space import Dimension
+    from segkit.tune.optuna import tune
 
     root = write_tiny_project(tmp_path, infer={"tta": "none"})
     calls = []
@@ -274,8 +274,8 @@ def test_a_trial_out_of_gpu_memory_fails_alone(tmp_path):
     """tune's fit is a parameter: the first trial runs out of GPU memory at its first step, the second
     trains for real; the study goes on and completes it."""
     pytest.importorskip("optuna")
-    from segkit.search.space import Dimension
-    from segkit.search.tune import tune
+    from segkit.tune.space import Dimension
+    from segkit.tune.optuna import tune
     from segkit.train.fit import fit
 
     root = write_tiny_project(tmp_path, train={"epochs": 1, "amp": False}, infer={"tta": "none"})

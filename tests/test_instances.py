@@ -15,9 +15,9 @@ import tifffile
 from segkit.data.targets import TargetSpec, instance_targets, parse_targets, read_targets
 from segkit.ground.errors import SegkitError
 from segkit.ground.geometry import Window
-from segkit.io.instance_rle import ObjectRleEncoder, encode_objects
-from segkit.io.instances import open_instances
-from segkit.io.raster import open_raster
+from segkit.io.writers.instance_rle import ObjectRleEncoder, encode_objects
+from segkit.io.labels.instances import open_instances
+from segkit.io.images.raster import open_raster
 from segkit.io.rle import encode
 from segkit.metrics.objects import match_objects
 from segkit.post.watershed import StripWatershed, watershed_instances

@@ -16,8 +16,8 @@ from click.testing import CliRunner
 
 from segkit.cli import cli
 from segkit.ground.geometry import Window
-from segkit.io.instances import open_instances
-from segkit.io.raster import open_raster
+from segkit.io.labels.instances import open_instances
+from segkit.io.images.raster import open_raster
 from segkit.metrics.objects import match_objects
 
 NUCLEI = Path(str(resources.files("segkit") / "sample" / "nuclei.tif"))

@@ -15,8 +15,8 @@ from rasterio.warp import transform_geom
 from segkit.ground.errors import SegkitError
 from segkit.ground.geometry import Window
 from segkit.io import rle
-from segkit.io.masks import open_labels
-from segkit.io.raster import open_raster
+from segkit.io.labels.masks import open_labels
+from segkit.io.images.raster import open_raster
 
 H, W = 301, 457
 TRANSFORM = from_origin(500000, 4600000, 0.5, 0.5)

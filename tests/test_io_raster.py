@@ -12,8 +12,8 @@ from rasterio.transform import from_origin
 
 from segkit.ground.errors import SegkitError
 from segkit.ground.geometry import Window
-from segkit.io import raster as raster_mod
-from segkit.io.raster import open_raster
+from segkit.io.images import raster as raster_mod
+from segkit.io.images.raster import open_raster
 
 H, W = 301, 457  # not multiples of the 64 px tiles / 17 row strips
 WINDOWS = [

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from segkit.report.postsearch import PostSetting, reweight, search_postprocess, threshold_curve
+from segkit.tune.thresholds import PostSetting, reweight, search_postprocess, threshold_curve
 
 
 def _case():

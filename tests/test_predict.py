@@ -305,12 +305,12 @@ def test_background_tiles_are_skipped_with_zero_output():
     assert sum(calls) == 1 and probs.shape == (1, 64, 96) and probs.max() == 0  # one blank forward for C
 
 
-# ---- a real tiled TIFF through segkit.io.raster
+# ---- a real tiled TIFF through segkit.io.images.raster
 
 
 def test_identity_through_a_real_tiff(tmp_path):
     tifffile = pytest.importorskip("tifffile")
-    raster_mod = pytest.importorskip("segkit.io.raster")
+    raster_mod = pytest.importorskip("segkit.io.images.raster")
     img = image(61, 77, c=3, seed=4)
     path = tmp_path / "img.tif"
     tifffile.imwrite(path, img, tile=(32, 32), photometric="rgb")

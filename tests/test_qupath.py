@@ -5,7 +5,7 @@ import json
 import pytest
 
 from segkit.io.classes import PALETTE, class_colour, class_name
-from segkit.io.qupath import AREA_PX, MEAN_PROB, qupath_properties
+from segkit.io.writers.qupath import AREA_PX, MEAN_PROB, qupath_properties
 
 from qupath_import import read_qupath_objects
 

@@ -10,11 +10,11 @@ import tifffile
 
 from segkit.ground.errors import SegkitError
 from segkit.io.rle import encode
-from segkit.report.evaluate import compare
-from segkit.report.files import LabelReading, evaluate_files, open_specs, pred_opener, truth_opener
+from segkit.evaluate.scoring import compare
+from segkit.evaluate.files import LabelReading, evaluate_files, open_specs, pred_opener, truth_opener
 from segkit.report.html import render_seg_report
 from segkit.report.overlay import Pictures
-from segkit.report.sources import images_from_paths
+from segkit.evaluate.sources import images_from_paths
 
 SIZES = {"a": (61, 77), "b": (45, 50), "c": (30, 41), "d": (33, 35)}  # d has no truth
 
@@ -167,7 +167,7 @@ def test_vs_through_the_cli(files):
 
 
 class _Ids:
-    """A label source with object ids (as segkit.io.instances and evaluate --run's watershed objects)."""
+    """A label source with object ids (as segkit.io.labels.instances and evaluate --run's watershed objects)."""
 
     def __init__(self, ids):
         self.ids = ids
@@ -183,8 +183,8 @@ def test_instances_scored_by_their_ids_with_the_dsb_score(tmp_path):
     """Three touching true squares: predicted as three ids they are three matches (F1 1, DSB 1); the
     same pixels as one mask (components) are one merged object (IoU 1/3 with each), F1 0 and DSB 0;
     the pixel scores are equal."""
-    from segkit.report.evaluate import evaluate_images
-    from segkit.report.sources import EvalImage
+    from segkit.evaluate.scoring import evaluate_images
+    from segkit.evaluate.sources import EvalImage
 
     image = tmp_path / "a.tif"
     tifffile.imwrite(image, np.full((20, 30, 3), 7, np.uint8))

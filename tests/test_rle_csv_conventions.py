@@ -7,10 +7,10 @@ import pytest
 import tifffile
 
 from segkit.data.manifest import read_manifest
-from segkit.io.masks import open_labels
-from segkit.io.raster import open_raster
+from segkit.io.labels.masks import open_labels
+from segkit.io.images.raster import open_raster
 from segkit.io.rle import RleStripEncoder, decode, encode
-from segkit.io.writers import RleStripWriter
+from segkit.io.writers.strips import RleStripWriter
 
 
 @pytest.fixture

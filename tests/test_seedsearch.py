@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from segkit.post.watershed import SeedSettings
-from segkit.report.seedsearch import score_seeds, search_seeds
+from segkit.tune.seeds import score_seeds, search_seeds
 
 NAMES = ("body", "border", "contact")
 

@@ -16,7 +16,7 @@ from segkit.ground.config import load_config
 from segkit.infer.ensemble import EnsemblePredictor
 from segkit.infer.gate import GatedPredictor, head_logits
 from segkit.infer.predict import predict_probs
-from segkit.io.raster import open_raster
+from segkit.io.images.raster import open_raster
 from segkit.models.factory import create_model
 from segkit.runs.checkpoint import list_checkpoints, load_checkpoint
 

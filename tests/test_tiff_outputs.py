@@ -6,8 +6,8 @@ import rasterio
 import tifffile
 from rasterio.transform import from_origin
 
-from segkit.io.ome import OmeTiffStripWriter, is_ome_path
-from segkit.io.writers import TiffStripWriter
+from segkit.io.writers.ome import OmeTiffStripWriter, is_ome_path
+from segkit.io.writers.strips import TiffStripWriter
 
 from conftest import row_strips
 

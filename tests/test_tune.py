@@ -86,7 +86,7 @@ def test_unreachable_storage_fails_before_training(tmp_path, project):
 
 
 def test_journal_file_storage(tmp_path):
-    from segkit.search.tune import open_storage
+    from segkit.tune.optuna import open_storage
 
     storage = open_storage(str(tmp_path / "study.log"))  # a path, not a URL: Optuna's journal file
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize")

@@ -10,8 +10,8 @@ from scipy import ndimage
 from shapely.geometry import Point, shape
 
 from segkit.ground.errors import SegkitError
-from segkit.io.geojson import geojson_crs
-from segkit.io.vector import PolygonStripWriter, mask_to_polygons
+from segkit.io.writers.geojson import geojson_crs
+from segkit.io.writers.polygons import PolygonStripWriter, mask_to_polygons
 from qupath_import import read_qupath_objects
 
 

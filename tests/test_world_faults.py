@@ -151,8 +151,8 @@ def test_polygon_file_above_the_limit_is_refused_before_parsing(faults, monkeypa
     ring = [[10 + i % 30, 10 + i // 30] for i in range(60)] + [[10, 10]]
     big.write_text(json.dumps({"type": "Feature", "properties": {}, "geometry": {"type": "Polygon",
                                                                                "coordinates": [ring]}}))
-    from segkit.io.masks import open_labels
-    from segkit.io.raster import open_raster
+    from segkit.io.labels.masks import open_labels
+    from segkit.io.images.raster import open_raster
 
     with pytest.raises(SegkitError, match=r"big.geojson: \d+ bytes of polygons, above the 100 bytes segkit parses in memory "
                                           r"\(SEGKIT_MAX_VECTOR_BYTES\)"):
@@ -421,7 +421,7 @@ if __name__ == "__main__":
 
 _WORKER = """
 import sys, optuna
-from segkit.search.tune import open_storage
+from segkit.tune.optuna import open_storage
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 storage = open_storage(sys.argv[1])
 study = optuna.create_study(study_name="s", storage=storage, direction="maximize", load_if_exists=True)
@@ -434,7 +434,7 @@ def test_two_study_workers_at_once_lose_no_trial(tmp_path, kind):
     """Two processes optimizing one study through segkit's storage at the same moment: no "database is
     locked", every trial of both recorded and complete."""
     optuna = pytest.importorskip("optuna")
-    from segkit.search.tune import open_storage
+    from segkit.tune.optuna import open_storage
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}" if kind == "sqlite" else str(tmp_path / "study.log")
     workers = [subprocess.Popen([sys.executable, "-c", _WORKER, url, "15"], env=ENV, stderr=subprocess.PIPE,
@@ -447,7 +447,7 @@ def test_two_study_workers_at_once_lose_no_trial(tmp_path, kind):
 
 def test_stale_trial_is_failed_once_when_two_workers_start_together(tmp_path):
     optuna = pytest.importorskip("optuna")
-    from segkit.search.tune import _fail_stale_trials, open_storage
+    from segkit.tune.optuna import _fail_stale_trials, open_storage
 
     storage = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
@@ -540,7 +540,7 @@ def test_full_disk_under_sqlite_is_one_line(tmp_path):
     """Optuna's SQLite study on a full (1 MiB tmpfs) disk: the library's error chain becomes the CLI's one line."""
     optuna = pytest.importorskip("optuna")
     from segkit.io.atomic import disk_error_line
-    from segkit.search.tune import open_storage
+    from segkit.tune.optuna import open_storage
 
     mount = tmp_path / "disk"
     mount.mkdir()

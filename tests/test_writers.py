@@ -14,7 +14,7 @@ from rasterio.transform import from_origin
 from segkit.ground.errors import SegkitError
 from segkit.io.atomic import atomic_path
 from segkit.io.rle import RleStripEncoder, decode, encode
-from segkit.io.writers import (
+from segkit.io.writers.strips import (
     RleStripWriter,
     TiffStripWriter,
     probs_to_uint8,
@@ -259,7 +259,7 @@ def test_strip_pipeline_equals_full_image(tmp_path):
     from rasterio.features import rasterize
     from shapely.geometry import shape
 
-    from segkit.io.vector import PolygonStripWriter, mask_to_polygons
+    from segkit.io.writers.polygons import PolygonStripWriter, mask_to_polygons
     from segkit.post.morphology import (
         StripPostProcessor,
         fill_holes,

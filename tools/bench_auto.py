@@ -109,7 +109,7 @@ def score_run(run_dir: Path, task: str) -> dict:
     if task == "cls":
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
         return {"f1": max(r.get("val_f1", 0.0) for r in records)}
-    from segkit.report.entry import EvaluateRequest, evaluate
+    from segkit.workflows.evaluate_run import EvaluateRequest, evaluate
 
     config = load_config(run_dir / "config.yaml")
     out = Path(tempfile.mkdtemp()) / "report.html"

@@ -65,7 +65,7 @@ def gated_cover(run: Path, slide: Path, gate: float, rounds: int = 2) -> tuple[n
     from segkit.infer.gate import GatedPredictor
     from segkit.infer.image import load_run
     from segkit.infer.predict import predict_strips
-    from segkit.io.raster import open_raster
+    from segkit.io.images.raster import open_raster
 
     torch.set_num_threads(1)
     config = load_config(run / "config.yaml")

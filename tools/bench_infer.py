@@ -69,7 +69,7 @@ def write_tiff(path: Path, height: int, width: int, tile: int = 256) -> None:
 
 
 class _TiffRaster:
-    """Fallback reader (tifffile + zarr) with the Raster API, used only if segkit.io.raster is absent."""
+    """Fallback reader (tifffile + zarr) with the Raster API, used only if segkit.io.images.raster is absent."""
 
     def __init__(self, path):
         import zarr
@@ -92,10 +92,10 @@ class _TiffRaster:
 
 def open_image(path):
     try:
-        from segkit.io.raster import open_raster
+        from segkit.io.images.raster import open_raster
     except ImportError:
         return _TiffRaster(path), "bench fallback (tifffile+zarr)"
-    return open_raster(path), "segkit.io.raster.open_raster"
+    return open_raster(path), "segkit.io.images.raster.open_raster"
 
 
 def preprocess(raw: np.ndarray) -> np.ndarray:

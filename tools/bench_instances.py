@@ -58,7 +58,7 @@ def _predict(run: Path, region, epochs: str = "best"):
     from segkit.ground.config import load_config
     from segkit.ground.geometry import Window
     from segkit.infer.run import infer_settings, load_ensemble, stream_probs
-    from segkit.io.raster import open_raster
+    from segkit.io.images.raster import open_raster
     from segkit.data.split import load_rows
 
     config = load_config(run / "config.yaml")
@@ -97,8 +97,8 @@ def _tune(kind: str, run: Path, epochs: str, truth: np.ndarray) -> tuple:
 def accuracy(args, runs_dir: Path) -> dict:
     from segkit.data.split import load_rows
     from segkit.ground.geometry import Window
-    from segkit.io.instances import open_instances
-    from segkit.io.raster import open_raster
+    from segkit.io.labels.instances import open_instances
+    from segkit.io.images.raster import open_raster
     from segkit.metrics.objects import object_scores
     from segkit.metrics.seg import dice_score
 

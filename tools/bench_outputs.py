@@ -48,9 +48,9 @@ def _strips(size: int, strip: int = 256):
 def _run_case(case: str, size: int, out_dir: Path) -> dict:
     from rasterio.transform import from_origin
 
-    from segkit.io.ome import OmeTiffStripWriter
-    from segkit.io.vector import PolygonStripWriter
-    from segkit.io.writers import TiffStripWriter
+    from segkit.io.writers.ome import OmeTiffStripWriter
+    from segkit.io.writers.polygons import PolygonStripWriter
+    from segkit.io.writers.strips import TiffStripWriter
 
     geo = {"crs": "EPSG:32633", "transform": from_origin(500000, 4000000, 0.5, 0.5)}
     if case.startswith("tiff"):

@@ -80,7 +80,7 @@ def _worker(method: str, image: str, kind: str, threads: int, rle: bool = True) 
     else:
         from segkit.ground.geometry import Window
         from segkit.infer.predict import predict_strips
-        from segkit.io.raster import open_raster
+        from segkit.io.images.raster import open_raster
     idle = _rss_mb()
     start = time.perf_counter()
     with torch.inference_mode():

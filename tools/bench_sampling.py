@@ -125,8 +125,8 @@ def measure(mode: str, image: str, label: str, image_id: str, fov: int, size: in
     import tifffile
 
     from segkit.ground.geometry import Window
-    from segkit.io.masks import open_labels
-    from segkit.io.raster import open_raster
+    from segkit.io.labels.masks import open_labels
+    from segkit.io.images.raster import open_raster
     from segkit.io.rle import decode
 
     rng = np.random.default_rng(0)

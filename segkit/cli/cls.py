@@ -26,7 +26,7 @@ def oof(config_path, overrides, folds, name, out_path, overwrite):
     running the same command again after an interruption resumes the unfinished fold and reuses
     the finished ones. The CSV is the input of `segkit clean`.
     """
-    from segkit.report.oof import run_oof
+    from segkit.workflows.oof import run_oof
 
     config = command_config("oof", config_path, overrides)
     out = Path(out_path) if out_path else Path(config.run.runs_dir) / f"{name}.csv"

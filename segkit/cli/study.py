@@ -47,8 +47,8 @@ def evaluate(config_path, overrides, run, pred, truth, images, vs, out, overwrit
       segkit evaluate --pred submission.csv --truth train.csv --images slides/
     """
     from segkit.ground.config import load_config
-    from segkit.report.entry import EvaluateRequest, run_settings
-    from segkit.report.entry import evaluate as run_evaluate
+    from segkit.workflows.evaluate_run import EvaluateRequest, run_settings
+    from segkit.workflows.evaluate_run import evaluate as run_evaluate
     from segkit.runs.rundir import resolve_run
 
     flags = given_flags()
@@ -118,11 +118,11 @@ def tune(config_path, overrides, space_path, trials, storage, study_name, no_pru
     Prints the best config as YAML ready for --config.
     """
     from segkit.io.atomic import write_text
-    from segkit.search.space import load_space
+    from segkit.tune.space import load_space
 
     config = command_config("tune", config_path, overrides, values={"run.progress": False})
     space = load_space(space_path, base=config)  # a bad space fails before torch and optuna are imported
-    from segkit.search.tune import tune as run_tune
+    from segkit.tune.optuna import tune as run_tune
     from segkit.train.fit import fit
 
     result = run_tune(config, space, trials=trials, fit=fit, storage=storage, study_name=study_name,

@@ -27,7 +27,7 @@ from segkit.data.dataset import network_input
 from segkit.data.manifest import ManifestRow
 from segkit.ground.errors import SegkitError
 from segkit.ground.geometry import Window, clip_region
-from segkit.io.raster import open_raster
+from segkit.io.images.raster import open_raster
 
 if TYPE_CHECKING:
     from segkit.data.preprocess import Preprocess

@@ -25,9 +25,9 @@ from segkit.data.targets import TargetSpec, read_targets
 from segkit.data.windows import RandomWindowSampler
 from segkit.ground.errors import SegkitError
 from segkit.ground.geometry import Window, clip_region
-from segkit.io.instances import open_instances
-from segkit.io.masks import open_labels
-from segkit.io.raster import open_raster
+from segkit.io.labels.instances import open_instances
+from segkit.io.labels.masks import open_labels
+from segkit.io.images.raster import open_raster
 
 if TYPE_CHECKING:
     from segkit.data.preprocess import Preprocess
@@ -42,7 +42,7 @@ class LabelOptions:
     class_map: Optional[dict] = None
     class_property: Optional[str] = None
     pad_mode: str = "constant"
-    instances: bool = False  # labels hold objects (segkit.io.instances): data.targets is set
+    instances: bool = False  # labels hold objects (segkit.io.labels.instances): data.targets is set
 
 
 class SourcePair:

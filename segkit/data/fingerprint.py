@@ -27,9 +27,9 @@ from segkit.data.dataset import LabelOptions
 from segkit.data.manifest import ManifestRow
 from segkit.ground.errors import SegkitError
 from segkit.ground.geometry import Window
-from segkit.io.instances import open_instances
-from segkit.io.masks import open_labels
-from segkit.io.raster import open_raster
+from segkit.io.labels.instances import open_instances
+from segkit.io.labels.masks import open_labels
+from segkit.io.images.raster import open_raster
 
 WINDOW_PX = 1024  # side of one sampled window, source pixels
 WINDOWS = 8  # windows sampled per image (an image that fits in WINDOWS windows is read whole)

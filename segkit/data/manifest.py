@@ -23,7 +23,7 @@ import numpy as np
 
 from segkit.ground.errors import SegkitError
 from segkit.ground.geometry import Window
-from segkit.io._rlecsv import allow_long_fields
+from segkit.io.labels.rle_rows import allow_long_fields
 from segkit.io.atomic import atomic_path
 
 COLUMNS = ("id", "image", "label", "class", "group", "region", "fold")

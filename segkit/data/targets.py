@@ -26,7 +26,7 @@ import numpy as np
 from segkit.ground.errors import SegkitError
 from segkit.ground.geometry import Window
 from segkit.ground.targets import PRESETS, TARGET_NAMES, parse_targets  # re-exported
-from segkit.io._window import resize_nearest
+from segkit.io.images.window import resize_nearest
 
 __all__ = ["TARGET_NAMES", "PRESETS", "TargetSpec", "parse_targets", "instance_targets", "read_targets"]
 
@@ -89,7 +89,7 @@ def instance_targets(ids: np.ndarray, names, *, border_px: int = 2, contact_px: 
 
 def read_targets(source, window: Window, spec: TargetSpec, out_size: tuple[int, int] | None = None) -> np.ndarray:
     """(h, w, T) uint8 targets of ``window`` (source pixels) from an instance source
-    (segkit.io.instances: ``read_instances``), resized to ``out_size`` by nearest.
+    (segkit.io.labels.instances: ``read_instances``), resized to ``out_size`` by nearest.
 
     HWC because augmentation takes masks that way; the dataset turns it to CHW.
     """

@@ -21,7 +21,7 @@ from segkit.infer.predict import predict_probs
 from segkit.ground.config import load_config
 from segkit.ground.settings import InferConfig, RunConfig, TrainConfig
 from segkit.infer.run import Ensemble, Outputs, infer_images, infer_settings, load_ensemble
-from segkit.io.raster import open_raster
+from segkit.io.images.raster import open_raster
 from segkit.models.activation import output_activation
 from segkit.runs.device import pick_device
 

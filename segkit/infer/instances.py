@@ -5,9 +5,9 @@ The predictor's (row0, probs) strips (body, border, contact) go through the stre
 
 - ``--instances out.tif``: tiled uint32 instance-id TIFF (0 = background), georeferenced when the
   input is, with nearest overviews;
-- ``--polygons``: one GeoJSON feature per object (segkit.io.instance_vector);
+- ``--polygons``: one GeoJSON feature per object (segkit.io.writers.instance_polygons);
 - ``--rle``: with ``infer.rle_per_object`` one row per object (Data Science Bowl format, via
-  segkit.io.instance_rle), else one row per image of the union of the objects;
+  segkit.io.writers.instance_rle), else one row per image of the union of the objects;
 - ``--mask`` / ``--probs``: the objects' union and the body probability, as for a binary run.
 """
 
@@ -21,11 +21,11 @@ import numpy as np
 
 from segkit.ground.errors import SegkitError
 from segkit.infer.outputs import open_image_writers
-from segkit.io.instance_rle import ObjectRleEncoder
-from segkit.io.instance_vector import InstancePolygonWriter
-from segkit.io.raster import open_raster
+from segkit.io.writers.instance_rle import ObjectRleEncoder
+from segkit.io.writers.instance_polygons import InstancePolygonWriter
+from segkit.io.images.raster import open_raster
 from segkit.io.rle import RleStripEncoder
-from segkit.io.writers import TiffStripWriter
+from segkit.io.writers.strips import TiffStripWriter
 from segkit.post.watershed import StripWatershed
 
 __all__ = ["check_instance_outputs", "infer_objects"]

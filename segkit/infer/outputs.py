@@ -23,9 +23,9 @@ from segkit.ground.config import Config
 from segkit.ground.errors import SegkitError
 from segkit.ground.targets import parse_targets
 from segkit.io.classes import class_colour, class_name
-from segkit.io.ome import OmeTiffStripWriter, is_ome_path
-from segkit.io.vector import PolygonStripWriter
-from segkit.io.writers import TiffStripWriter
+from segkit.io.writers.ome import OmeTiffStripWriter, is_ome_path
+from segkit.io.writers.polygons import PolygonStripWriter
+from segkit.io.writers.strips import TiffStripWriter
 
 __all__ = ["WriterOptions", "open_image_writers", "mask_class_ids", "check_georeferenced"]
 

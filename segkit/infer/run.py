@@ -29,8 +29,8 @@ from segkit.infer.instances import check_instance_outputs, infer_objects
 from segkit.infer.predict import predict_strips
 from segkit.infer.outputs import WriterOptions, check_georeferenced, open_image_writers
 from segkit.io.atomic import check_output
-from segkit.io.raster import open_raster
-from segkit.io.writers import RleStripWriter
+from segkit.io.images.raster import open_raster
+from segkit.io.writers.strips import RleStripWriter
 from segkit.models.activation import output_activation
 from segkit.models.factory import create_model
 from segkit.post.morphology import StripPostProcessor

@@ -13,7 +13,7 @@ import io
 import time
 from typing import Optional
 
-from segkit.report.evaluate import Comparison, Evaluation
+from segkit.evaluate.scoring import Comparison, Evaluation
 from segkit.report.overlay import FN_RGB, FP_RGB, TP_RGB, Pictures, data_uri
 
 STYLE = """

@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 
 from segkit.ground.geometry import Window
-from segkit.io.raster import open_raster
-from segkit.report.sources import EmptyLabels, EvalImage
+from segkit.io.images.raster import open_raster
+from segkit.evaluate.sources import EmptyLabels, EvalImage
 
 TP_RGB, FP_RGB, FN_RGB = (40, 200, 70), (235, 50, 50), (50, 110, 255)
 ALPHA = 0.5  # overlay opacity: the image stays visible under the colours

@@ -5,11 +5,11 @@ After training, in this order (each tried only while the stage's time lasts):
 2. the TTA views: identity alone, + hflip, + vflip, + both (a view is kept only if it helps:
    flips hurt on off-nadir aerial images);
 3. post-processing: for mask runs the view weights, threshold and minimum object size of
-   segkit.report.postsearch; for instance runs the watershed's thresholds (segkit.report.seedsearch).
+   segkit.tune.thresholds; for instance runs the watershed's thresholds (segkit.tune.seeds).
 Every choice needs evidence: with fewer than MIN_OBJECTS objects or MIN_FOREGROUND_PX foreground
 pixels in the validation fold, or when every candidate scores within TIE of the planned one, the
 rule-based value is kept and the result says why. The validation probabilities are kept in memory
-(a validation fold is a few regions; segkit.report.runeval keeps instance ones the same way).
+(a validation fold is a few regions; segkit.workflows.run_scores keeps instance ones the same way).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from segkit.data.dataset import SourcePair
 from segkit.ground.config import Config, load_config
 from segkit.ground.geometry import Window
 from segkit.infer.run import infer_settings, load_ensemble, stream_probs
-from segkit.io.raster import open_raster
-from segkit.report.postsearch import PostSetting, search_postprocess, size_curve
-from segkit.report.seedsearch import score_seeds, search_seeds
+from segkit.io.images.raster import open_raster
+from segkit.tune.thresholds import PostSetting, search_postprocess, size_curve
+from segkit.tune.seeds import score_seeds, search_seeds
 from segkit.runs.checkpoint import run_checkpoints
 from segkit.runs.rundir import save_config, update_run_info
 from segkit.train.from_config import label_options, split_rows

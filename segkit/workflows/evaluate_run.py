@@ -20,11 +20,11 @@ from segkit.data.split import load_rows
 from segkit.ground.config import Config
 from segkit.ground.errors import SegkitError
 from segkit.io.atomic import AtomicFile, write_text
-from segkit.report.evaluate import DEFAULT_TILE_PX, Evaluation, compare, evaluate_images
-from segkit.report.files import LabelReading, evaluate_files, pred_opener, pred_spec, truth_opener, truth_spec
+from segkit.evaluate.scoring import DEFAULT_TILE_PX, Evaluation, compare, evaluate_images
+from segkit.evaluate.files import LabelReading, evaluate_files, pred_opener, pred_spec, truth_opener, truth_spec
 from segkit.report.html import render_seg_report
 from segkit.report.overlay import Pictures
-from segkit.report.sources import EvalImage, images_from_paths, images_from_rows
+from segkit.evaluate.sources import EvalImage, images_from_paths, images_from_rows
 from segkit.runs.rundir import RUN_FILE, resolve_run
 from segkit.train.from_config import label_options
 
@@ -85,7 +85,7 @@ class _Subject:
 
     def prepare(self, images: list[EvalImage]) -> None:
         if self.run_dir is not None and self.predictions is None:
-            from segkit.report.runeval import RunPredictions
+            from segkit.workflows.run_scores import RunPredictions
             from segkit.runs.device import pick_device
 
             workdir = Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="segkit-evaluate-")))
@@ -102,7 +102,7 @@ def _images(request: EvaluateRequest, subject: _Subject) -> tuple[list[EvalImage
     if request.images:
         return images_from_paths(list(request.images)), request.config
     if subject.run_dir is not None and request.pred is None:
-        from segkit.report.runeval import validation_images
+        from segkit.workflows.run_scores import validation_images
 
         return validation_images(request.config, subject.run_dir), request.config
     return images_from_rows(load_rows(request.config.data.manifest)), request.config
@@ -163,7 +163,7 @@ def evaluate(request: EvaluateRequest, echo: Callable[[str], None] = print) -> d
         if request.search and instances:
             result["search"] = _search_seeds(subject, truth_for, echo, request.config)
         elif request.search:
-            from segkit.report.runeval import run_search, save_infer_defaults
+            from segkit.workflows.run_scores import run_search, save_infer_defaults
 
             found = run_search(subject.predictions, truth_opener(truth, reading), request.tile_px)
             (before, dice_before), (after, dice_after) = found["before"], found["after"]
@@ -183,8 +183,8 @@ def evaluate(request: EvaluateRequest, echo: Callable[[str], None] = print) -> d
 
 
 def _search_seeds(subject: _Subject, truth_for, echo, config: Config) -> dict:
-    """--search on an instance run: the watershed's thresholds (segkit.report.seedsearch)."""
-    from segkit.report.runeval import run_seed_search, save_seed_defaults
+    """--search on an instance run: the watershed's thresholds (segkit.tune.seeds)."""
+    from segkit.workflows.run_scores import run_seed_search, save_seed_defaults
 
     found = run_seed_search(subject.predictions, truth_for)
     (before, old), (after, new) = found["before"], found["after"]
@@ -225,7 +225,7 @@ def evaluate_classes_command(request: EvaluateRequest, echo: Callable[[str], Non
     guard = AtomicFile(out, overwrite=request.overwrite or request.out is None)  # refuse before slow work
     try:
         if run_dir is not None:  # the run's validation rows, predicted with its own infer settings
-            from segkit.report.cls_run import predict_validation
+            from segkit.workflows.cls_scores import predict_validation
 
             pred, truth, class_names, rows = predict_validation(run_dir, request.device, config)
             label = f"run {run_dir.name}"
@@ -273,7 +273,7 @@ def _thumbnail(row, side: int = 192) -> Optional[bytes]:
     if row is None:
         return None
     from segkit.ground.geometry import Window
-    from segkit.io.raster import open_raster
+    from segkit.io.images.raster import open_raster
     from segkit.report.overlay import display_size, png_bytes, to_display
 
     with open_raster(row.image) as raster:

@@ -3,8 +3,8 @@
 Polygons are 4-connected regions of one class (GDAL polygonize through
 ``rasterio.features.shapes``), holes kept. Geometry is built in pixel coordinates (x = column,
 y = row, pixel corners on integers, so pieces from neighbouring strips share exact edges) and
-mapped to the output frame (``segkit.io.geojson``: pixels, the raster's CRS or WGS 84) only
-when written, with QuPath's properties (``segkit.io.qupath``) next to segkit's own.
+mapped to the output frame (``segkit.io.writers.geojson``: pixels, the raster's CRS or WGS 84) only
+when written, with QuPath's properties (``segkit.io.writers.qupath``) next to segkit's own.
 
 Seams: each strip is polygonized alone. The last row of component labels of the previous strip
 is kept; a component of the new strip whose first-row pixel sits under a pixel of the same
@@ -23,9 +23,9 @@ import cv2
 import numpy as np
 
 from segkit.io.atomic import AtomicFile
-from segkit.io.geojson import CoordinateFrame
-from segkit.io.qupath import qupath_properties
-from segkit.io.writers import StripOutput
+from segkit.io.writers.geojson import CoordinateFrame
+from segkit.io.writers.qupath import qupath_properties
+from segkit.io.writers.strips import StripOutput
 
 __all__ = ["mask_to_polygons", "polygon_rings", "PolygonStripWriter", "PolygonAssembler"]
 
@@ -217,8 +217,8 @@ class PolygonStripWriter(StripOutput):
 
     Properties of each feature: ``class`` (id) and ``mean_prob`` (null without probs) for GIS
     users, and QuPath's ``objectType`` (``object_type``), ``classification`` (name from
-    ``class_names``, fixed colour per class) and ``measurements`` (``segkit.io.qupath``).
-    ``geojson_crs`` picks the coordinate frame (``segkit.io.geojson``: raster, pixel, wgs84).
+    ``class_names``, fixed colour per class) and ``measurements`` (``segkit.io.writers.qupath``).
+    ``geojson_crs`` picks the coordinate frame (``segkit.io.writers.geojson``: raster, pixel, wgs84).
     ``simplify`` in pixels, ``min_area`` in pixels.
     """
 
@@ -254,7 +254,7 @@ class PolygonStripWriter(StripOutput):
 
 
 class FeatureStream:
-    """The GeoJSON file both polygon writers (this one and segkit.io.instance_vector's) stream into.
+    """The GeoJSON file both polygon writers (this one and segkit.io.writers.instance_polygons's) stream into.
 
     ``write(found, with_probs)``: (geometry, class id, probability sum, pixel count, leading
     properties) per polygon; those under ``min_area`` pixels are dropped, the others simplified,

@@ -19,9 +19,9 @@ import numpy as np
 
 from segkit.ground.errors import SegkitError, warn_once
 from segkit.ground.geometry import Window
-from segkit.io.labels import LabelSource
+from segkit.io.labels.base import LabelSource
 from segkit.io.limits import check_vector_file
-from segkit.io.raster import Raster
+from segkit.io.images.raster import Raster
 
 POLYGONAL = ("Polygon", "MultiPolygon")
 
@@ -158,7 +158,7 @@ class PolygonLabels(LabelSource):
                          transform=transform, fill=0, dtype=np.uint8, all_touched=all_touched)
 
     def thumbnail(self, max_side: int = 1024) -> tuple[np.ndarray, float]:
-        from segkit.io._window import thumb_shape
+        from segkit.io.images.window import thumb_shape
 
         oh, ow = thumb_shape(self.height, self.width, max_side)
         # all_touched: an object smaller than a thumbnail pixel still marks it (like a block max)

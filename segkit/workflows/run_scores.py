@@ -7,9 +7,9 @@ like any other prediction. A run with instance targets is predicted as `infer --
 its watershed objects are written as uint32 ids too, and scored object by object against the true
 ids. With --search each TTA view is also predicted alone (float
 probabilities), so the view weights, threshold and minimum object size can be searched on them
-(segkit.report.postsearch); the best are saved as the run's infer defaults in its config.yaml.
+(segkit.tune.thresholds); the best are saved as the run's infer defaults in its config.yaml.
 On an instance run --search predicts the body/border/contact probabilities once and searches the
-watershed's thresholds on them instead (segkit.report.seedsearch).
+watershed's thresholds on them instead (segkit.tune.seeds).
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ from segkit.ground.errors import SegkitError
 from segkit.ground.geometry import Window
 from segkit.infer.run import check_channels, infer_settings, load_ensemble, post_process, stream_probs
 from segkit.infer.tta import parse_tta
-from segkit.io.masks import open_labels
-from segkit.io.raster import open_raster
-from segkit.io.writers import TiffStripWriter
-from segkit.report.evaluate import image_region, item_windows
-from segkit.report.postsearch import PostSetting, search_postprocess
-from segkit.report.seedsearch import search_seeds
+from segkit.io.labels.masks import open_labels
+from segkit.io.images.raster import open_raster
+from segkit.io.writers.strips import TiffStripWriter
+from segkit.evaluate.scoring import image_region, item_windows
+from segkit.tune.thresholds import PostSetting, search_postprocess
+from segkit.tune.seeds import search_seeds
 from segkit.post.watershed import StripWatershed
-from segkit.report.sources import EvalImage, OffsetInstances, OffsetLabels, images_from_rows
+from segkit.evaluate.sources import EvalImage, OffsetInstances, OffsetLabels, images_from_rows
 from segkit.runs.rundir import read_run_info, save_config, update_run_info
 from segkit.train.from_config import split_rows
 

@@ -5,7 +5,7 @@
                          class_map={"glomerulus": 1})
     labels = open_labels("masks/slide.png", raster, class_map={255: 1})
 
-Three kinds, chosen by the spec's suffix: a mask raster (any format segkit.io.raster opens), an RLE
+Three kinds, chosen by the spec's suffix: a mask raster (any format segkit.io.images.raster opens), an RLE
 CSV (`id,<rle>`: runs kept as per-column intervals, see _runs.py) or polygons in GeoJSON/JSON
 (rasterized per window, holes respected; pixel or CRS coordinates, see _polygons.py).
 Windows past the border are padded like the image (reflect when the image reflects, else 0).
@@ -22,12 +22,12 @@ import numpy as np
 
 from segkit.ground.errors import SegkitError
 from segkit.ground.geometry import Window
-from segkit.io._polygons import PolygonLabels
-from segkit.io._rlecsv import rle_fields
-from segkit.io._runs import LineIntervals
-from segkit.io._window import block_edges, resize_nearest, thumb_shape
-from segkit.io.labels import LabelSource
-from segkit.io.raster import Raster, open_raster
+from segkit.io.labels.polygons import PolygonLabels
+from segkit.io.labels.rle_rows import rle_fields
+from segkit.io.labels.rle_runs import LineIntervals
+from segkit.io.images.window import block_edges, resize_nearest, thumb_shape
+from segkit.io.labels.base import LabelSource
+from segkit.io.images.raster import Raster, open_raster
 from segkit.io.rle import parse_rle, rle_runs
 
 RLE_SUFFIXES = {".csv"}
@@ -48,7 +48,7 @@ def open_labels(spec, image: Raster, *, image_id: str | None = None, rle_order: 
 def open_by_suffix(spec, *, rle, polygons, raster):
     """The label file ``spec`` opened by the opener its suffix names: ``rle`` for an RLE CSV,
     ``polygons`` for GeoJSON/JSON, else ``raster`` (each called with the path); class labels
-    (open_labels) and instance labels (segkit.io.instances) are told apart the same way."""
+    (open_labels) and instance labels (segkit.io.labels.instances) are told apart the same way."""
     path = Path(spec)
     if not path.is_file():
         raise SegkitError(f"{path}: label file not found")

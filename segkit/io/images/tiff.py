@@ -1,4 +1,4 @@
-"""tifffile backend of segkit.io.raster: window reads that decode only the tiles (strips) they touch.
+"""tifffile backend of segkit.io.images.raster: window reads that decode only the tiles (strips) they touch.
 
 Two paths per pyramid level:
 - direct: a level stored in one TIFF page (YX, YXS interleaved or SYX planar; tiled or striped;
@@ -19,7 +19,7 @@ import numpy as np
 import tifffile
 
 from segkit.ground.errors import SegkitError, warn_once
-from segkit.io._window import ceil_div
+from segkit.io.images.window import ceil_div
 from segkit.io.limits import check_decoded, check_image_size
 
 GEOTIFF_TAGS = (33550, 33922, 34264, 34735)  # ModelPixelScale, ModelTiepoint, ModelTransformation, GeoKeys

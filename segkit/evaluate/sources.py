@@ -5,7 +5,7 @@ A `--pred` or `--truth` argument is one of
 - a folder: one file per image, matched by stem (`ID.png`, `ID.tif`, `ID_mask.png`, `ID.geojson`),
   e.g. what `segkit infer --mask 'out/{id}.tif'` or `--polygons 'out/{id}.geojson'` writes;
 - one mask raster or GeoJSON file, for a single image.
-Each image's source is opened through segkit.io.masks.open_labels, so it is read by window
+Each image's source is opened through segkit.io.labels.masks.open_labels, so it is read by window
 and a slide is never decoded whole. Images come from the manifest (id, image, region) or from
 `--images` (ids are file stems).
 """
@@ -21,8 +21,8 @@ import numpy as np
 from segkit.data.manifest import IMAGE_SUFFIXES, LABEL_SUFFIXES, ManifestRow
 from segkit.ground.geometry import Window
 from segkit.ground.errors import SegkitError
-from segkit.io._rlecsv import rle_ids
-from segkit.io.masks import _stem, open_labels
+from segkit.io.labels.rle_rows import rle_ids
+from segkit.io.labels.masks import _stem, open_labels
 
 # GeoJSON written by `segkit infer --polygons` keeps the class id in this property
 PRED_CLASS_PROPERTY = "class"

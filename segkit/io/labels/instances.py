@@ -5,7 +5,7 @@
     labels = open_instances("stage1_train_labels.csv", raster)      # DSB: ImageId,EncodedPixels per object
     ids = labels.read_instances(Window(0, 0, 256, 256))             # (h, w) int32, 0 = background
 
-They are label sources like those of segkit.io.masks (``read(window)`` gives uint8 class ids:
+They are label sources like those of segkit.io.labels.masks (``read(window)`` gives uint8 class ids:
 1 on every object), so the sampler's foreground grid and pixel Dice work unchanged, and
 ``read_instances(window)`` gives the object ids that instance targets and object scores need.
 No kind builds a full-size id image: the raster is read by window, polygons are rasterized per
@@ -26,13 +26,13 @@ import numpy as np
 
 from segkit.ground.errors import SegkitError
 from segkit.ground.geometry import Window
-from segkit.io._polygons import POLYGONAL, PolygonLabels, _features
-from segkit.io._rlecsv import rle_fields
-from segkit.io._runs import rasterize_intervals
-from segkit.io._window import read_padded
-from segkit.io.labels import LabelSource
-from segkit.io.masks import _stem, open_by_suffix
-from segkit.io.raster import Raster, open_raster
+from segkit.io.labels.polygons import POLYGONAL, PolygonLabels, _features
+from segkit.io.labels.rle_rows import rle_fields
+from segkit.io.labels.rle_runs import rasterize_intervals
+from segkit.io.images.window import read_padded
+from segkit.io.labels.base import LabelSource
+from segkit.io.labels.masks import _stem, open_by_suffix
+from segkit.io.images.raster import Raster, open_raster
 from segkit.io.rle import parse_rle, rle_runs
 
 __all__ = ["open_instances", "InstanceRaster", "InstancePolygons", "InstanceRle"]
@@ -107,7 +107,7 @@ class InstancePolygons(_Instances):
 
     Features that share a GeoJSON feature ``id`` (or property ``object_id``) are one object split
     across features: they are read as one object, with a warning line that says so. Coordinates as
-    segkit.io._polygons (pixel or CRS, ``coords``); a pixel belongs to a polygon when its centre
+    segkit.io.labels.polygons (pixel or CRS, ``coords``); a pixel belongs to a polygon when its centre
     does; where polygons overlap, the later feature wins.
     """
 

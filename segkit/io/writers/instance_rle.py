@@ -10,7 +10,7 @@ then left to right: the DSB and HuBMAP convention) or row-major (``"C"``). Runs 
 and per line and joined when they touch, so each object's RLE equals ``rle.encode(instances == id)``
 of the whole image. An object is finished once it is absent from the last row received (objects
 that are not connected stay open until the end). Only open objects' runs are held.
-The inverse, reading such rows back per window, is segkit.io.instances.InstanceRle.
+The inverse, reading such rows back per window, is segkit.io.labels.instances.InstanceRle.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ import yaml
 
 from segkit.ground.config import Config, flatten_config, load_config, to_dict
 from segkit.ground.errors import SegkitError
-from segkit.search.space import Dimension, override
+from segkit.tune.space import Dimension, override
 from segkit.train.fit import StopRun
 from segkit.runs.lock import exclusive
 from segkit.runs.rundir import _process_alive, read_jsonl, read_run_info

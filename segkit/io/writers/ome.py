@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from segkit.io.atomic import TEMP_SUFFIX, AtomicFile, immediate_commits, temp_prefix
-from segkit.io.writers import StripOutput, TiffStripWriter
+from segkit.io.writers.strips import StripOutput, TiffStripWriter
 
 __all__ = ["OmeTiffStripWriter", "is_ome_path"]
 

@@ -72,7 +72,7 @@ def rasterize_intervals(ptr: np.ndarray, lo: np.ndarray, hi: np.ndarray, l0: int
 
     ``lo``/``hi``: each interval's [start, end) position in its line, sorted by line then lo and
     disjoint; ``ptr[k]``: index of line k's first interval. ``values``: each interval's value
-    (int32 object ids, segkit.io.instances), or None for uint8 1 (a mask).
+    (int32 object ids, segkit.io.labels.instances), or None for uint8 1 (a mask).
     """
     n_lines, n = l1 - l0, m1 - m0
     a, b = ptr[l0], ptr[l1]

@@ -23,11 +23,11 @@ from typing import Callable, Optional
 import numpy as np
 
 from segkit.ground.geometry import Window
-from segkit.io.raster import open_raster
+from segkit.io.images.raster import open_raster
 from segkit.metrics.objects import label_components, object_scores
 from segkit.metrics.scores import SCORES, mean_scores, pixel_counts, pixel_scores, scored_labels
 from segkit.metrics.seg import f1_from_counts
-from segkit.report.sources import EmptyLabels, EvalImage
+from segkit.evaluate.sources import EmptyLabels, EvalImage
 
 DEFAULT_TILE_PX = 2048  # items larger than this are scored (and shown) tile by tile
 

@@ -2,8 +2,8 @@
 
 A subclass implements ``_read_inside(r0, r1, c0, c1)`` (uint8 class ids of an in-image block);
 this base pads windows past the border like the image, resamples by nearest and builds
-max-pooled thumbnails. The kinds (mask rasters, RLE CSVs, polygons) live in segkit.io.masks
-and segkit.io._polygons; segkit.io.masks.open_labels picks one.
+max-pooled thumbnails. The kinds (mask rasters, RLE CSVs, polygons) live in segkit.io.labels.masks
+and segkit.io.labels.polygons; segkit.io.labels.masks.open_labels picks one.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from segkit.ground.geometry import Window
-from segkit.io._window import block_edges, read_padded, resize_nearest, thumb_shape
-from segkit.io.raster import Raster
+from segkit.io.images.window import block_edges, read_padded, resize_nearest, thumb_shape
+from segkit.io.images.raster import Raster
 
 STRIP_PIXELS = 32 * 2**20  # label pixels rasterized at once when building a thumbnail
 

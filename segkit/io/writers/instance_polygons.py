@@ -5,7 +5,7 @@ Each object's pixels are polygonized per strip (GDAL polygonize through
 (segkit.post.watershed.StripWatershed), so the pieces of an object that crosses a seam are simply
 merged by id (``shapely.unary_union``). Touching objects stay separate features. An object is
 written once it is absent from the last row received, so only objects crossing the current seam
-are held. Properties as segkit.io.vector.PolygonStripWriter (QuPath's objectType, classification
+are held. Properties as segkit.io.writers.polygons.PolygonStripWriter (QuPath's objectType, classification
 and measurements, ``mean_prob`` = mean body probability) plus ``object_id``.
 """
 
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from segkit.io.vector import FeatureStream, _union
-from segkit.io.writers import StripOutput
+from segkit.io.writers.polygons import FeatureStream, _union
+from segkit.io.writers.strips import StripOutput
 
 __all__ = ["InstancePolygonWriter"]
 
@@ -26,7 +26,7 @@ class InstancePolygonWriter(StripOutput):
 
     ``write(instances, body=None)``: int ids (0 = background) and optionally the (h, W) body
     probability for ``mean_prob``. ``object_type``: QuPath's, ``detection`` for nuclei and cells;
-    ``options``: segkit.io.vector.FeatureStream's (transform, crs, simplify and min_area in pixels,
+    ``options``: segkit.io.writers.polygons.FeatureStream's (transform, crs, simplify and min_area in pixels,
     overwrite, geojson_crs, class_names: class 1's name), as PolygonStripWriter takes them.
     Committed atomically on a clean close.
     """

@@ -7,10 +7,10 @@ from typing import Optional
 
 from segkit.data.dataset import LabelOptions
 from segkit.ground.errors import SegkitError
-from segkit.io.instances import open_instances
-from segkit.io.masks import _stem, open_labels
-from segkit.report.evaluate import DEFAULT_TILE_PX, Evaluation, evaluate_images
-from segkit.report.sources import EvalImage, LabelSpec
+from segkit.io.labels.instances import open_instances
+from segkit.io.labels.masks import _stem, open_labels
+from segkit.evaluate.scoring import DEFAULT_TILE_PX, Evaluation, evaluate_images
+from segkit.evaluate.sources import EvalImage, LabelSpec
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import numpy as np
 from segkit.ground.errors import SegkitError, warn_once
 from segkit.ground.geometry import Window
 from segkit.io.limits import check_decoded, check_image_size, declared_size
-from segkit.io._window import (
+from segkit.io.images.window import (
     block_edges,
     check_pad_mode,
     read_padded,
@@ -190,7 +190,7 @@ def _open_backend(path: Path):
     if suffix in TIFF_SUFFIXES or _is_tiff(path):
         import tifffile
 
-        from segkit.io._tiff import TiffBackend, has_geotiff_tags
+        from segkit.io.images.tiff import TiffBackend, has_geotiff_tags
 
         try:
             tif = tifffile.TiffFile(path)

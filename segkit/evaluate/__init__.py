@@ -1,0 +1,1 @@
+"""Scoring predictions against labels: per image and class, from files or a run."""

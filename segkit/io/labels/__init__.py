@@ -1,0 +1,1 @@
+"""Label sources: masks, instance ids, polygons and RLE CSVs read per window."""

@@ -1,0 +1,1 @@
+"""Output writers: RLE CSV, tiled and OME TIFF, GeoJSON polygons, streamed from row strips."""

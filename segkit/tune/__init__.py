@@ -1,0 +1,1 @@
+"""Searches: Optuna hyperparameter studies, threshold and watershed-seed searches."""
