@@ -64,6 +64,8 @@ def infer(images, config_path, overrides, run, soup, rle_path, polygons, mask, p
     Outputs appear whole or not at all; a killed infer leaves .NAME.PID.XXXX.tmp files next to
     them, removed by the next infer writing into that folder.
     """
+    # why: a click command receives one parameter per option it declares; the settings flags are already folded
+    # into given_flags().
     from segkit.infer.run import Outputs, image_list, infer_images, infer_settings, load_ensemble
     from segkit.io.atomic import output_folders, remove_stale_temps, staged_commits
     from segkit.runs import distributed

@@ -46,6 +46,7 @@ def evaluate(config_path, overrides, run, pred, truth, images, vs, out, overwrit
       segkit evaluate --run stage2 --vs stage1
       segkit evaluate --pred submission.csv --truth train.csv --images slides/
     """
+    # why: a click command receives one parameter per option it declares.
     from segkit.ground.config import load_config
     from segkit.workflows.evaluate_run import EvaluateRequest, run_settings
     from segkit.workflows.evaluate_run import evaluate as run_evaluate

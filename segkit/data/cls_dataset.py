@@ -93,6 +93,8 @@ class ClassImageDataset(Dataset):
                  augment: Optional[Callable] = None, seed: int = 0, rank: int = 0, world: int = 1,
                  balanced: bool = False, fraction: float = 1.0, crop_scale: Optional[Sequence[float]] = None,
                  min_length: int = 1, pad_mode: str = "constant"):
+        # why: keyword options of the dataset, each one a config key passed by the one composition root
+        # (train/from_config.py).
         if any(row.target is None or not isinstance(row.target, int) for row in rows):
             raise SegkitError("ClassImageDataset: every row needs an integer class (resolve_classes first)")
         self.rows = list(rows)

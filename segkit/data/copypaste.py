@@ -150,6 +150,8 @@ class CopyPaste:
     def __init__(self, bank: ObjectBank, p: float = 0.5, count=(1, 3), scale=(0.8, 1.25), rotate=30.0,
                  hflip: bool = True, vflip: bool = True, class_weights=None, blur_sigma: float = 1.0,
                  seed: int | None = None):
+        # why: keyword options of the transform (probability, counts, scales, ...) as its users set them in
+        # data.copy_paste.
         if not 0 <= p <= 1:
             raise SegkitError(f"copy_paste.p: expected a probability in [0, 1], got {p!r}")
         self.bank, self.p = bank, float(p)

@@ -213,6 +213,8 @@ class RandomWindowDataset(Dataset):
         tile_class_px: Optional[float] = None,
         targets: Optional[TargetSpec] = None,
     ):
+        # why: keyword options of the dataset, each one a config key passed by the one composition root
+        # (train/from_config.py).
         self.pairs = pairs
         self.targets = targets
         self.tile_class_px = tile_class_px

@@ -173,6 +173,8 @@ def random_windows(images, labels=None, *, fov_px: int, size: int | None = None,
     otsu (where windows may fall); seed: item i of epoch e is a pure function of (seed, e, i).
     Items are dicts: ``image`` CHW float32, ``mask`` HW int64 (labelled images), ``window``.
     """
+    # why: the sampler's keyword options (sizes in source px, shares, seeds), each a config key; torchgeo's
+    # samplers take theirs the same way.
     labels = list(labels) if labels is not None else [None] * len(images)
     if len(labels) != len(images):
         raise SegkitError(f"random_windows: {len(labels)} label sources for {len(images)} images")

@@ -311,6 +311,8 @@ def assign_folds(
       group with an explicit fold pulls all its rows into it; groups fill the smallest folds
       largest first.
     """
+    # why: the three fold methods share the explicit-fold checks and the fold totals computed at the top; split,
+    # each would repeat them.
     if method not in FOLD_METHODS:
         raise SegkitError(f"fold method {method!r}: unknown, valid: {', '.join(FOLD_METHODS)}")
     if int(n_folds) < 2:

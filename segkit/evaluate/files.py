@@ -72,6 +72,8 @@ def evaluate_files(images: list[EvalImage], pred: LabelSpec, truth: Optional[Lab
                    classes: int = 1, tile_px: int = DEFAULT_TILE_PX, objects: bool = True,
                    label: Optional[str] = None, instances: bool = False) -> Evaluation:
     """Score `pred` on every image that has truth; the notes count what was skipped or taken as empty."""
+    # why: keyword options of one scoring pass (what to read, how to tile, what to show), passed by the evaluate
+    # workflow.
     if not images:
         raise SegkitError("evaluate: no images to score")
     pred.check_single(images)

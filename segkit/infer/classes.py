@@ -104,6 +104,7 @@ def infer_classes(ensemble: Ensemble, rows: Sequence[ManifestRow], csv_path: Pat
                   settings: ClassSettings, device: torch.device, with_probs: bool = False,
                   temperature: float = 1.0, overwrite: bool = False) -> Path:
     """Predict ``rows`` and write ``id,label[,<class>...]`` to ``csv_path`` (checked before any work)."""
+    # why: keyword options of the cls inference entry (settings, device, outputs), passed by the CLI.
     check_output(csv_path, overwrite)
     if len(class_names) != ensemble.classes:
         raise SegkitError(f"the run names {len(class_names)} classes for a model with {ensemble.classes} outputs")

@@ -63,6 +63,7 @@ def predict_class_logits(
     segkit.data.cls_dataset.read_row); preprocess: raw -> float32 HWC; ``head`` maps (model,
     batch) to logits. The models' train/eval mode is restored afterwards.
     """
+    # why: one loop over batches whose TTA, gating and accumulation share local state; the options are keywords.
     if not models or not rows:
         raise SegkitError("predict classes: no models or no rows")
     model_total = float(sum(w for _, w in models))

@@ -72,8 +72,6 @@ def predict_image(
     amp: bool = TrainConfig.amp,
     overwrite: bool = False,
 ) -> np.ndarray | list[Path]:
-    # Many keyword parameters on purpose: this is the one-call public API (like smp's and MONAI's
-    # inferers), every option a keyword with the default of its config key.
     """Predict ``image`` with ``model`` and write the chosen outputs, or return the probabilities.
 
     model: a torch module (e.g. your smp model, logits out), a list of modules or (module, weight)
@@ -90,6 +88,8 @@ def predict_image(
     tta, threshold, overlap_px, blend, batch_size, amp: as `segkit infer` (its --help; overlap_px None: a quarter
         of the tile, at most 64 px).
     """
+    # why: the one-call public API (like smp's and MONAI's inferers): every option a keyword with the default of
+    # its config key.
     image = Path(image)
     ensemble = _as_ensemble(model, preprocess, fov_px, size, classes, image)
     torch_device = pick_device(device)

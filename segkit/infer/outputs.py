@@ -72,6 +72,7 @@ def check_georeferenced(raster, options: WriterOptions) -> None:
 
 def _tiff(path, height, width, channels, *, resampling: Optional[str], channel_names: list, description: str,
           overwrite: bool, **options):
+    # why: it forwards the TIFF writers' keyword options unchanged.
     if is_ome_path(path):
         return OmeTiffStripWriter(path, height, width, channels, "uint8", overwrite=overwrite,
                                   overviews=resampling or "nearest", channel_names=channel_names,

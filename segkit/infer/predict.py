@@ -151,6 +151,8 @@ def predict_strips(
     Models of an EnsemblePredictor are in eval mode, channels_last on ``device`` while the
     generator runs; their train/eval mode is restored when it finishes or is closed.
     """
+    # why: the streaming predictor is one loop (read ahead, predict, blend, flush strips) whose buffers are local
+    # state; its options are the tiling keywords MONAI's sliding_window_inference takes too.
     if not callable(predictor):
         predictor = EnsemblePredictor(list(predictor), tta, activation=activation, amp=amp, average=average)
     device = torch.device(device)

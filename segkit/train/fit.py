@@ -99,6 +99,8 @@ def fit(
 
 
 def _fit(config, command, parent, resume, parent_epoch, dist_info, hooks) -> Path:
+    # why: the stage read top to bottom: open, build, restore, train, finish; its pieces are functions, this is
+    # their order.
     main, world, rank = distributed.is_main(), distributed.world_size(), distributed.rank()
     if main and resume is not None:  # one process per run: a second resume fails here, before anything is read
         lock_run(resume)
@@ -165,7 +167,7 @@ def _fit(config, command, parent, resume, parent_epoch, dist_info, hooks) -> Pat
                           "weights_identical": len(set(digests)) == 1, "weights_sha1": digests[0]}
         if len(set(digests)) != 1:
             _log(f"warning: ranks ended with different weights ({', '.join(d[:8] for d in digests)})")
-    summary = _summary(run_dir, epoch, record, best, time.time() - started)
+    summary = st.summary_line(run_dir, epoch, record, best, time.time() - started)
     if main:
         update_run_info(run_dir, status=outcome, summary=summary, pid=None, **changes)
         if tracker is not None:
@@ -295,6 +297,8 @@ def _restore(parts: st.Parts, run_dir: Path, resuming: bool, seed: int, rank: in
 def _run_epochs(config: Config, parts: st.Parts, run_dir: Path, data: TrainingData, preprocess: Preprocess,
                 device: torch.device, start_epoch: int, best: Optional[dict], hooks: Sequence[EpochHook]):
     """Train, validate, record and checkpoint each epoch; returns (last epoch, its record, best)."""
+    # why: the epoch loop with its hooks, checkpointing and early stop in one place, as nanoGPT keeps its loop
+    # readable in one sitting.
     t, main = config.train, distributed.is_main()
     settings = fc.validation_settings(config)
     metric = fc.best_metric(config)
@@ -412,10 +416,3 @@ def _record_epoch(run_dir: Path, record: dict) -> None:
     """metrics.jsonl before the checkpoint: a crash in between leaves a record that resume drops."""
     append_jsonl(run_dir / "metrics.jsonl", record)
     plot_metrics(run_dir / "metrics.jsonl", run_dir / "plots")
-
-
-def _summary(run_dir: Path, epoch: int, record: dict, best, seconds: float) -> str:
-    loss = f"  final loss {record['train_loss']:.4f}" if "train_loss" in record else ""
-    name = best.get("metric", "val_dice").replace("_", " ") if best else ""
-    score = f"  best {name} {best['value']:.4f} at epoch {best['epoch']}" if best else "  (no validation rows)"
-    return f"done: {run_dir}  {epoch} epochs{loss}{score}  ({seconds:.0f} s this session)"

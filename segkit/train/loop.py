@@ -164,6 +164,8 @@ def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer, *, scheduler=N
 
     .. versionchanged:: the loss and its NaN flag stay on the device between optimizer steps.
     """
+    # why: one training loop read in a sitting (nanoGPT's style): its accumulators and the late NaN check are local
+    # state; its options are keywords with defaults.
     device = torch.device(device)
     accumulate = max(1, int(accumulate))
     if scaler is None:
@@ -258,6 +260,7 @@ def evaluate(model: nn.Module, loader, loss_fn=None, *, device, amp: bool = Fals
     cls: {"loss", "accuracy", "f1" (macro)}. Under DDP the counts are gathered from every rank.
     Binary outputs use sigmoid > ``threshold``; several classes use argmax.
     """
+    # why: keyword options of the tiled validation pass, each a run setting passed by ValidationSettings' users.
     device = torch.device(device)
     model.eval()
     acc = DiceAccumulator(classes) if task == "seg" else ConfusionAccumulator(classes)

@@ -141,3 +141,11 @@ def numeric(record: dict) -> dict:
         elif value is not None:
             out[key] = value
     return out
+
+
+def summary_line(run_dir: Path, epoch: int, record: dict, best, seconds: float) -> str:
+    """The stage's last line: run, epochs, final loss, best score and this session's time."""
+    loss = f"  final loss {record['train_loss']:.4f}" if "train_loss" in record else ""
+    name = best.get("metric", "val_dice").replace("_", " ") if best else ""
+    score = f"  best {name} {best['value']:.4f} at epoch {best['epoch']}" if best else "  (no validation rows)"
+    return f"done: {run_dir}  {epoch} epochs{loss}{score}  ({seconds:.0f} s this session)"

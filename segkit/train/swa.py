@@ -96,6 +96,7 @@ def finish_average(average: EpochAverage, dataset, path: Path, *, evaluate: Call
     Returns {"epochs": [first, last], "count", **scores}, or None when no epoch was averaged (a run
     stopped early before the window).
     """
+    # why: keyword options of the SWA finish (BatchNorm windows, validation, checkpointing), passed by the stage.
     if average.count == 0:
         return None
     recompute_batchnorm(average.module, dataset_images(dataset, batch_size, windows), device)

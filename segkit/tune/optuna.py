@@ -125,6 +125,8 @@ def tune(base: Config, space: list[Dimension], *, trials: int, fit: Callable, st
          study_name: str = "tune", seed: int = 42, prune: bool = True, log: Callable[[str], None] = print) -> TuneResult:
     """Run trials until the study has `trials` finished ones. `fit(config, hooks=[...])` trains one run
     and returns its directory (segkit.train.fit.fit; a parameter, so a test or a caller can wrap it)."""
+    # why: the study loop (create or resume, ask, run a trial, prune, tell) is one sequence; its options are
+    # keywords from the CLI.
     try:
         import optuna
     except ImportError:

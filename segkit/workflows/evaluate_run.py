@@ -110,6 +110,8 @@ def _images(request: EvaluateRequest, subject: _Subject) -> tuple[list[EvalImage
 
 def evaluate(request: EvaluateRequest, echo: Callable[[str], None] = print) -> dict:
     """Score, compare, write report.html (+ .json) and, with --search, tune and save post-processing."""
+    # why: the evaluate workflow in order: choose the subject, read truth, score, compare, write, search; each step
+    # is a function.
     if (request.run is None) == (request.pred is None):
         raise SegkitError("evaluate: give either --run RUN or --pred FILE (a Kaggle CSV, a mask folder, GeoJSON)")
     if request.search and request.run is None:

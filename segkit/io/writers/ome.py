@@ -51,6 +51,8 @@ class OmeTiffStripWriter(StripOutput):
     def __init__(self, path, height: int, width: int, channels: int = 1, dtype="uint8", *,
                  overwrite: bool = False, overviews: str = "nearest", channel_names: list | None = None,
                  description: str | None = None, tile: int = 256, **tiff_options):
+        # why: keyword options of the OME-TIFF file (tiles, overviews, channel names, compression), each with a
+        # default.
         self._atomic = AtomicFile(path, overwrite)
         self.tile, self.channels = int(tile), int(channels)
         self.channel_names = list(channel_names) if channel_names else None

@@ -89,6 +89,8 @@ class PolygonAssembler:
         self._last_row: np.ndarray | None = None  # open-entry index + 1 per column (0 = none)
 
     def push(self, mask: np.ndarray, probs: np.ndarray | None = None) -> list[tuple]:
+        # why: one pass over a strip's labelled regions that joins pieces across the seam; the union-find state is
+        # local to it.
         from rasterio.features import shapes
         from rasterio.transform import Affine
 
@@ -225,6 +227,7 @@ class PolygonStripWriter(StripOutput):
     def __init__(self, path, height: int, width: int, *, transform=None, crs=None, simplify: float = 0.0,
                  min_area: float = 0, background_channel: bool = True, overwrite: bool = False,
                  geojson_crs: str = "raster", object_type: str = "annotation", class_names=None):
+        # why: keyword options of the GeoJSON file (frame, simplification, QuPath properties), each with a default.
         self._assembler = PolygonAssembler(height, width, background_channel=background_channel)
         self._with_probs: bool | None = None
         self._out = FeatureStream(path, transform=transform, crs=crs, simplify=simplify, min_area=min_area,
@@ -266,6 +269,7 @@ class FeatureStream:
     def __init__(self, path, *, transform=None, crs=None, simplify: float = 0.0, min_area: float = 0,
                  overwrite: bool = False, geojson_crs: str = "raster", object_type: str = "annotation",
                  class_names=None):
+        # why: keyword options of the GeoJSON file (frame, simplification, QuPath properties), each with a default.
         self.frame = CoordinateFrame(geojson_crs, crs=crs, transform=transform, source=str(path))
         self.simplify, self.min_area = float(simplify), min_area
         self.object_type, self.class_names = object_type, class_names

@@ -130,6 +130,8 @@ class TiffStripWriter(StripOutput):
                  overviews: str | None = None, colormap: dict | None = None, nodata: float | None = None,
                  scales: list | None = None, offsets: list | None = None, descriptions: list | None = None,
                  tags: dict | None = None):
+        # why: keyword options of the TIFF file (tiles, compression, overviews, georeferencing, colour table,
+        # scale), each with a default, as rasterio's profile keys.
         import rasterio
         from rasterio.errors import NotGeoreferencedWarning
 
