@@ -106,8 +106,8 @@ CASES = [
      "{root}/bad/corrupt.tif", "corrupt.tif: cannot read rows", "error"),
     ("infer to an existing output", "infer --run {root}/runs/stage1 --rle {root}/manifest.csv {root}/img0.tif",
      "manifest.csv: exists (use --overwrite)", "error"),
-    ("infer into a missing folder", "infer --run {root}/runs/stage1 --rle {root}/nowhere/o.csv {root}/img0.tif",
-     "output folder does not exist", "error"),
+    ("infer into a folder under a file", "infer --run {root}/runs/stage1 --rle {root}/manifest.csv/o.csv "
+     "{root}/img0.tif", "manifest.csv: is a file, so the output folder", "error"),
     ("several images, one output path without an id", INFER + " --mask {root}/m.tif {root}/img0.tif {root}/img1.tif",
      "need '{{id}}'", "error"),
     ("infer with a tampered checkpoint", "infer --run {root}/runs/evil --rle {root}/o.csv {root}/img0.tif",

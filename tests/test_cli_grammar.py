@@ -86,12 +86,12 @@ def test_stats_takes_the_grammar_and_a_fold(tmp_path, project):
 
 
 def test_recipes_are_addressable_by_name_and_listed_in_errors():
-    assert {"sample", "default", "augment_baseline", "augment_heavy_noise"} <= set(recipe_names())
+    assert {"sample", "augment_baseline", "augment_heavy_noise"} <= set(recipe_names())
     assert load_config("sample").data.fov_px == 256
     assert load_config("sample.yaml").train.epochs == load_config(RECIPES_DIR / "sample.yaml").train.epochs
     result = run_cli("stats", "--config", "sampel", expect=1)
     assert result.output.startswith("Error: sampel: cannot read config (no such file; recipes shipped with segkit: "
-                                    "augment_baseline, augment_heavy_noise, default, digits, sample)")
+                                    "augment_baseline, augment_heavy_noise, digits, sample)")
 
 
 def test_package_data_ships_the_recipes():
@@ -100,7 +100,7 @@ def test_package_data_ships_the_recipes():
     root = Path(__file__).resolve().parents[1]
     patterns = read_configuration(root / "setup.cfg")["options"]["package_data"]["segkit"]
     shipped = {p.relative_to(root / "segkit").as_posix() for pattern in patterns for p in (root / "segkit").glob(pattern)}
-    assert {f"configs/{name}.yaml" for name in recipe_names()} <= shipped and "configs/default.yaml" in shipped
+    assert {f"configs/{name}.yaml" for name in recipe_names()} <= shipped and "configs/sample.yaml" in shipped
 
 
 @pytest.mark.slow

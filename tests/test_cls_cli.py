@@ -155,6 +155,34 @@ def test_evaluate_a_cls_run_scores_its_validation_rows_as_infer_predicts_them(cl
     assert not (tmp_path / "x.html").exists()
 
 
+def test_a_class_manifest_is_a_truth_file(cls_project, digits, tmp_path):
+    """`evaluate --task cls --truth test.csv` with the manifest make_digits writes (id,image,class) scores like an
+    id,label truth file of the same classes, and shows the manifest's images next to the wrong rows."""
+    import json
+
+    images = sorted((digits / "test").glob("*/*.png"))
+    _ok("infer", *images, "--run", cls_project / "runs" / "c1", "--csv", tmp_path / "p.csv", "--probs")
+    manifest = _rows(digits / "test.csv")
+    assert list(manifest[0]) == ["id", "image", "class"]
+    with open(tmp_path / "plain.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([["id", "label"]] + [[r["id"], r["class"]] for r in manifest])
+    reports = {}
+    for name, truth in (("manifest", digits / "test.csv"), ("plain", tmp_path / "plain.csv")):
+        out = _ok("evaluate", "--task", "cls", "--pred", tmp_path / "p.csv", "--truth", truth,
+                  "--out", tmp_path / f"{name}.html")
+        assert "accuracy" in out and "note:" not in out, out  # every row scored
+        reports[name] = json.loads((tmp_path / f"{name}.json").read_text())["report"]
+    assert reports["manifest"] == reports["plain"] and sum(map(sum, reports["plain"]["confusion"])) == len(images)
+    wrong = len(images) - int(round(reports["plain"]["accuracy"] * len(images)))
+    pictures = (tmp_path / "manifest.html").read_text().count("data:image/png;base64,")
+    assert pictures == 1 + min(wrong, 12)  # the confusion matrix and one picture per wrong row shown
+    # a prediction file whose extra columns are not probabilities is named with what is expected
+    result = _run("evaluate", "--task", "cls", "--pred", digits / "test.csv", "--truth", tmp_path / "plain.csv",
+                  "--out", tmp_path / "bad.html")
+    assert result.exit_code == 1 and "--pred is read as id (id), label (class) and one probability column per " \
+        "class; image must hold numbers" in result.output, result.output
+
+
 def _digest(folder):
     return {str(p): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
 

@@ -256,11 +256,11 @@ def _rle_case(root, text):
 
 
 def _case_rle_past_the_image(root):
-    return _rle_case(root, f"1 5 {H * W - 2} 9"), [], rf"bad\.csv: id a: run '{H * W - 2} 9' ends at pixel .* past"
+    return _rle_case(root, f"1 5 {H * W - 2} 9"), [], rf"bad\.csv: id a \(image .*\): rle: run '{H * W - 2} 9' ends at pixel .* past"
 
 
 def _case_rle_odd_count(root):
-    return _rle_case(root, "1 5 20"), [], r"bad\.csv: line 2 \(id a\): odd number of RLE values \(3\)"
+    return _rle_case(root, "1 5 20"), [], r"bad\.csv: line 2 \(id a\): rle: odd number of values \(3\)"
 
 
 def _case_polygons_outside(root):

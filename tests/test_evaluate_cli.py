@@ -113,3 +113,69 @@ def test_geojson_predictions_score_like_the_masks_they_outline(trained, project,
     for image_id in masks:
         assert polygons[image_id]["dice"] == pytest.approx(masks[image_id]["dice"], abs=0.03)
         assert polygons[image_id]["dice"] > 0
+
+
+@pytest.fixture
+def own_run(trained, tmp_path):
+    """The shared trained run with its own settings (run_copy's are rewritten by --search)."""
+    path = tmp_path / "runs" / "stage1"
+    shutil.copytree(trained, path)
+    return path
+
+
+def test_set_changes_what_a_run_is_scored_with_like_infer(own_run, project, tmp_path):
+    """`evaluate --run R --set infer.threshold=T` scores R as `infer --set infer.threshold=T` predicts it,
+    prints the settings it used, and a threshold of 0.99 changes the scores."""
+    by_run = {}
+    for threshold in ("0.5", "0.99"):
+        result = invoke("evaluate", "--run", own_run, "--set", f"infer.threshold={threshold}",
+                        "--out", tmp_path / f"run{threshold}.html", "--worst", 1)
+        assert result.exit_code == 0, result.output
+        assert re.search(rf"run stage1 \(infer.threshold={threshold}\): checkpoints \[epoch_0001.pt, epoch_0002.pt\] "
+                         rf"\(infer.epochs last:2\), tta hflip, threshold {threshold}, min_object_px 0", result.output)
+        by_run[threshold] = json.loads((tmp_path / f"run{threshold}.json").read_text())["evaluation"]["per_image"]
+        masks = tmp_path / f"masks{threshold}"
+        result = invoke("infer", "-r", own_run, "--set", f"infer.threshold={threshold}", "--mask", masks / "{id}.tif")
+        assert result.exit_code == 0, result.output  # the folder is made for the masks
+        result = invoke("evaluate", "--pred", masks, "--config", project / "tiny.yaml",
+                        "--out", tmp_path / f"files{threshold}.html")
+        assert result.exit_code == 0, result.output
+        by_files = json.loads((tmp_path / f"files{threshold}.json").read_text())["evaluation"]["per_image"]
+        assert by_files["img1"] == pytest.approx(by_run[threshold]["img1"])
+    assert by_run["0.99"]["img1"]["dice"] != pytest.approx(by_run["0.5"]["img1"]["dice"])
+    assert by_run["0.99"]["img1"]["recall"] < by_run["0.5"]["img1"]["recall"]
+    # other infer keys too: one checkpoint, no TTA
+    result = invoke("evaluate", "--run", own_run, "--set", "infer.epochs=best", "--set", "infer.tta=none",
+                    "--out", tmp_path / "best.html", "--worst", 1)
+    assert result.exit_code == 0, result.output
+    assert re.search(r"checkpoints \[epoch_000\d.pt\] \(infer.epochs best\), tta none", result.output)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--run", "{run}", "--set", "train.lr=1"],
+     "--set train.lr: `segkit evaluate --run` does not read it (it reads infer.*, run.*, train.amp)"),
+    (["--run", "{run}", "--set", "data.size=64"], "--set data.size: `segkit evaluate --run` does not read it"),
+    (["--pred", "{tmp}/sub.csv", "--set", "infer.threshold=0.9"], "--set infer.threshold: `segkit evaluate` does not"),
+    (["--run", "{run}", "--set", "infer.threshold=2"], "config key infer.threshold"),
+])
+def test_keys_evaluate_does_not_read_are_refused(args, message, trained, tmp_path, project):
+    (tmp_path / "sub.csv").write_text("id,rle\nimg0,1 3\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = invoke("evaluate", "--config", project / "tiny.yaml",
+                    *[a.format(tmp=tmp_path, run=trained) for a in args], "--out", tmp_path / "r.html")
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_vs_the_same_run_under_other_settings_names_both_sides(own_run, tmp_path):
+    result = invoke("evaluate", "--run", own_run, "--set", "infer.threshold=0.99", "--vs", own_run,
+                    "--out", tmp_path / "vs.html", "--worst", 1)
+    assert result.exit_code == 0, result.output
+    assert "run stage1 (infer.threshold=0.99): checkpoints" in result.output
+    assert "run stage1: checkpoints" in result.output  # the other side keeps the run's own settings
+    assert re.search(r"vs run stage1: 1 common image\(s\), 0 better, 1 worse; mean dice \d\.\d{4} "
+                     r"\(run stage1 \(infer.threshold=0.99\)\) vs \d\.\d{4} \(run stage1\)", result.output)
+    text = (tmp_path / "vs.html").read_text()
+    assert "before" not in text and "<th>run stage1 (infer.threshold=0.99)</th><th>run stage1</th>" in text

@@ -45,9 +45,14 @@ def test_channel_count_mismatch_names_the_image(tmp_path, trained):
     assert_one_line_error(result, "rgb.tif: has 3 channel(s) but the run's channel spec reads 1")
 
 
-def test_missing_output_folder(tmp_path, trained, project):
+def test_missing_output_folders_are_made_unless_the_command_fails(tmp_path, trained, project):
     result = infer("--run", trained, "--rle", tmp_path / "nowhere" / "x.csv", project / "img0.tif")
-    assert_one_line_error(result, "output folder does not exist")
+    assert result.exit_code == 0 and (tmp_path / "nowhere" / "x.csv").is_file(), result.output
+    # an image that fails: neither the outputs nor the folders made for them stay
+    result = infer("--run", trained, "--rle", tmp_path / "a" / "x.csv", "--mask", tmp_path / "a" / "b" / "{id}.tif",
+                   project / "img0.tif", tmp_path / "missing.tif")
+    assert_one_line_error(result, "missing.tif")
+    assert not (tmp_path / "a").exists()
 
 
 def test_bad_later_image_fails_before_any_output(tmp_path, trained, project):

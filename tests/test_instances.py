@@ -239,6 +239,7 @@ def test_object_outputs_from_strips_are_georeferenced_and_one_per_object(tmp_pat
     from rasterio.transform import from_origin
 
     from segkit.infer.instances import infer_objects
+    from segkit.ground.config import load_config
     from segkit.infer.outputs import WriterOptions
     from segkit.post.watershed import SeedSettings
 
@@ -250,7 +251,9 @@ def test_object_outputs_from_strips_are_georeferenced_and_one_per_object(tmp_pat
                        crs="EPSG:32633", transform=transform) as ds:
         ds.write(np.zeros((1, 90, 70), np.uint8))
     # the fields of segkit.infer.run.Settings that infer_objects reads (that module imports torch)
-    settings = SimpleNamespace(writing=WriterOptions(object_type="detection"), seeds=SeedSettings(),
+    writing = WriterOptions.from_config(load_config(None, ["data.targets=instances"]))
+    assert writing.object_type == "detection"
+    settings = SimpleNamespace(writing=writing, seeds=SeedSettings(),
                                rle_per_object=True, rle_order="F")
     paths = {"instances": tmp_path / "ids.tif", "polygons": tmp_path / "objects.geojson", "mask": tmp_path / "m.tif",
              "probs": None, "rle": True}

@@ -163,3 +163,19 @@ def test_evaluate_search_tunes_the_watershed_seeds(instance_run, tmp_path):
     assert result.exit_code == 0, result.output
     again = float(re.search(r"run inst: .*?object_f1 (\d\.\d+)", result.output).group(1))
     assert again == pytest.approx(after, abs=1e-4)
+
+
+def test_predict_image_on_an_instance_run_applies_a_sigmoid_per_target(instance_run, tmp_path):
+    """The Python API and `segkit infer` share one activation rule: body, border and contact are
+    independent maps (a sigmoid each), not classes competing in a softmax that sums to 1."""
+    from segkit import predict_image
+
+    probs = predict_image(NUCLEI, instance_run, tta="none", overlap_px=16, device="cpu")
+    assert probs.shape == (3, 512, 512)
+    assert not np.allclose(probs.sum(axis=0), 1.0, atol=1e-3)  # a softmax across the targets sums to 1
+    result = _cli("infer", "--run", instance_run, NUCLEI, "--probs", tmp_path / "p.tif", "--instances",
+                  tmp_path / "ids.tif", "--tta", "none", "--overlap", 16)
+    assert result.exit_code == 0, result.output
+    body = tifffile.imread(tmp_path / "p.tif")  # the body probability as uint8 0..255
+    assert body.shape == (512, 512)
+    assert np.abs(body.astype(np.float32) / 255 - probs[0]).max() <= 1 / 255 + 1e-4

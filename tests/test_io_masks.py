@@ -225,7 +225,7 @@ def test_label_raster_size_differs(tmp_path, data):
 @pytest.mark.parametrize("content,match", [
     ("id,rle\nslide,1 5 9\n", "odd number"),
     (f"id,rle\nslide,1 5 {H * W} 2\n", "past the"),
-    ("id,rle\nslide,0 5\n", ">= 1"),
+    ("id,rle\nslide,0 5\n", "start 0 < 1"),
     ("id,rle\nslide,1 x\n", "not an integer"),
     ("id,rle\nsomething_else,1 5\n", "no row with id 'slide'"),
     ("", "empty CSV"),

@@ -143,3 +143,40 @@ def test_a_planted_upward_import_is_caught(tmp_path):
     assert not _allowed("segkit.post.crf", "segkit.models.factory")
     assert _allowed("segkit.train.validate", "segkit.infer.predict")
     assert _allowed("segkit.cli.infer", "segkit.infer.run")
+
+
+MAX_FUNCTION_LINES = 60  # "no function over about 60 lines or 8 parameters without a comment saying why"
+MAX_PARAMETERS = 8
+WHY = "# why:"  # a comment in the function's first lines that says why it is long or takes many parameters
+
+
+def _oversized(path: Path):
+    """(line, name, lines, parameters) of the functions over either limit without a `# why:` comment."""
+    source = path.read_text()
+    lines = source.splitlines()
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        args = node.args
+        names = [a.arg for a in args.posonlyargs + args.args + args.kwonlyargs if a.arg not in ("self", "cls")]
+        count = len(names) + bool(args.vararg) + bool(args.kwarg)
+        length = node.end_lineno - node.lineno + 1
+        if length <= MAX_FUNCTION_LINES and count <= MAX_PARAMETERS:
+            continue
+        head = "\n".join(lines[node.lineno - 1: node.body[0].end_lineno + 3])
+        if WHY not in head:
+            yield node.lineno, node.name, length, count
+
+
+def test_functions_stay_short_or_say_why():
+    found = [f"{path.relative_to(ROOT.parent)}:{line}: {name} ({length} lines, {count} parameters)"
+             for path in FILES for line, name, length, count in _oversized(path)]
+    assert not found, (f"functions over {MAX_FUNCTION_LINES} lines or {MAX_PARAMETERS} parameters without a "
+                       f"'{WHY}' comment at their top:\n" + "\n".join(found))
+
+
+def test_the_function_size_check_catches_a_long_function(tmp_path):
+    body = "\n".join(f"    x{k} = {k}" for k in range(70))
+    (tmp_path / "long.py").write_text(f"def long():\n{body}\n\n\ndef wide(a, b, c, d, e, f, g, h, i):\n    pass\n"
+                                      f"\n\ndef told(a, b, c, d, e, f, g, h, i):\n    # why: a test\n    pass\n")
+    assert [name for _, name, _, _ in _oversized(tmp_path / "long.py")] == ["long", "wide"]

@@ -1,5 +1,6 @@
 """`segkit runs`: parents, settings that differ, best score, sorting, curves PNG."""
 
+import re
 import shutil
 
 import pytest
@@ -86,3 +87,31 @@ def test_a_running_run_whose_process_is_gone_is_stale(runs, tmp_path):
         (copy / name / "run.json").write_text(json.dumps(info))
     status = {r["name"]: r["status"] for r in collect_runs(copy)}
     assert status == {"lost": "stale", "alive": "running"}
+
+
+def test_a_scalar_change_shows_within_the_default_width_next_to_a_large_one(trained, tmp_path):
+    """A run differing from the defaults by an augmentation pipeline and the learning rate: `segkit runs` at its
+    default width shows train.lr=0.001 and summarises the pipeline by a short hash (the same value, the same hash)."""
+    import yaml
+
+    from segkit.cli import cli
+    from segkit.ground.config import Config, to_dict
+
+    augment = {"transform": {"__class_fullname__": "Compose", "transforms": [
+        {"__class_fullname__": "HorizontalFlip", "p": 0.5}, {"__class_fullname__": "RandomRotate90", "p": 0.5}]}}
+    for name in ("a", "b"):
+        shutil.copytree(trained, tmp_path / name)
+        config = to_dict(Config())
+        config["data"]["augment"] = augment
+        config["train"]["lr"] = 0.001
+        (tmp_path / name / "config.yaml").write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(cli, ["runs", "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith(("a ", "b "))]
+    assert len(lines) == 2
+    hashes = set()
+    for line in lines:
+        found = re.search(r"train\.lr=0\.001 data\.augment=<dict #([0-9a-f]{6})>", line)
+        assert found, result.output
+        hashes.add(found.group(1))
+    assert len(hashes) == 1

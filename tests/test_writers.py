@@ -81,10 +81,16 @@ def test_existing_output_refused_without_overwrite(tmp_path):
     assert out.read_text().splitlines() == ["id,rle", "a,1 2"]
 
 
-def test_missing_output_folder_named(tmp_path):
-    folder = tmp_path / "nope"
-    with pytest.raises(SegkitError, match="nope: output folder does not exist"):
-        write_rle_csv(folder / "sub.csv", [])
+def test_missing_output_folders_are_made_and_removed_again_on_failure(tmp_path):
+    write_rle_csv(tmp_path / "new" / "deeper" / "sub.csv", [("a", "1 2")])
+    assert (tmp_path / "new" / "deeper" / "sub.csv").read_text().splitlines() == ["id,rle", "a,1 2"]
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "made" / "for" / "x.csv") as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("failed while writing")
+    assert not (tmp_path / "made").exists()  # the folders made for the output are gone with it
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SegkitError, match="file: is a file, so the output folder .*file/sub cannot be made"):
+        write_rle_csv(tmp_path / "file" / "sub" / "sub.csv", [])
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write to read-only folders")

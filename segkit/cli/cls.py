@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from segkit.cli.options import ALL_SECTIONS, command_config, common_options, task_option
+from segkit.cli.options import command_config, common_options, task_option
 from segkit.ground.errors import SegkitError
 
 
@@ -19,7 +19,7 @@ from segkit.ground.errors import SegkitError
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
               help="The CSV to write (default RUNS_DIR/NAME.csv): id,fold,class,label + one probability per class.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
-def oof(config_path, overrides, runs_dir, device, task, folds, name, out_path, overwrite):
+def oof(config_path, overrides, folds, name, out_path, overwrite):
     """Out-of-fold predictions: train K fold runs and predict every row with the one that did not train on it.
 
     Each fold is a normal run directory (`segkit infer`, `finetune` and `--resume` work on it);
@@ -28,7 +28,7 @@ def oof(config_path, overrides, runs_dir, device, task, folds, name, out_path, o
     """
     from segkit.report.oof import run_oof
 
-    config = command_config("oof", ALL_SECTIONS, config_path, overrides, runs_dir=runs_dir, device=device, task=task)
+    config = command_config("oof", config_path, overrides)
     out = Path(out_path) if out_path else Path(config.run.runs_dir) / f"{name}.csv"
     run_oof(config, folds=folds, name=name, out=out, overwrite=overwrite, device=config.run.device, log=click.echo)
 
@@ -45,7 +45,7 @@ def oof(config_path, overrides, runs_dir, device, task, folds, name, out_path, o
 @click.option("--issues", "issues_path", type=click.Path(dir_okay=False), default=None,
               help="The ranked label issues (default: label_issues.csv beside --out).")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
-def clean(config_path, overrides, runs_dir, device, task, oof_path, manifest, out_path, issues_path, overwrite):
+def clean(config_path, overrides, oof_path, manifest, out_path, issues_path, overwrite):
     """Find likely label errors with confident learning and write a manifest without them.
 
     Per class, the threshold is the mean out-of-fold probability of that class over the rows
@@ -60,8 +60,7 @@ def clean(config_path, overrides, runs_dir, device, task, oof_path, manifest, ou
     from segkit.data.split import load_rows
     from segkit.io.class_table import read_class_table
 
-    config = command_config("clean", ("task", "run", "data"), config_path, overrides, runs_dir=runs_dir, device=device,
-                            task=task)
+    config = command_config("clean", config_path, overrides)
     table = read_class_table(oof_path, extra=("fold", "class"))
     if table.probs is None:
         raise SegkitError(f"{oof_path}: has no probability columns (write it with `segkit oof`)")

@@ -6,21 +6,18 @@ import dataclasses
 
 import click
 
+from segkit.cli.flags import setting_options
 from segkit.cli.options import command_config, common_options, task_option
 from segkit.ground.errors import SegkitError
-
-READS = ("task", "run", "data")  # what stats and preview read; model/train/infer keys are refused
-FOLD_HELP = "Validation fold K: the windows come from the other folds, as `train --fold K` draws them."
 
 
 @click.command()
 @common_options
 @task_option
-@click.option("--size", type=int, default=None, help="Network size of the windows sampled.")
-@click.option("--fold", "val_fold", type=int, default=None, help=FOLD_HELP)
+@setting_options("data.size", "data.val_fold")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the statistics as JSON (atomically).")
-def stats(config_path, overrides, runs_dir, device, task, size, val_fold, out_path):
+def stats(config_path, overrides, out_path):
     """Per-channel mean/std of training windows after channel stacking.
 
     Samples data.stats_windows random training windows, stacks the channels of data.channels
@@ -31,8 +28,7 @@ def stats(config_path, overrides, runs_dir, device, task, size, val_fold, out_pa
     from segkit.data.stats import save_stats
     from segkit.train.from_config import preprocess_for, training_data
 
-    config = command_config("stats", READS, config_path, overrides, runs_dir=runs_dir, device=device, task=task,
-                            **{"data.size": size, "data.val_fold": val_fold, "data.normalize": True})
+    config = command_config("stats", config_path, overrides, values={"data.normalize": True})
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, mean=None, std=None))
     preprocess = preprocess_for(config, training_data(config))
     for index, (spec, mean, std) in enumerate(zip(preprocess.channels, preprocess.mean, preprocess.std)):
@@ -53,9 +49,8 @@ def stats(config_path, overrides, runs_dir, device, task, size, val_fold, out_pa
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True, help="PNG file to write.")
 @click.option("--count", type=int, default=16, show_default=True, help="Windows in the grid.")
 @click.option("--columns", type=int, default=4, show_default=True, help="Windows per row of the grid.")
-@click.option("--size", type=int, default=None, help="Network size of the windows (default: data.size).")
-@click.option("--fold", "val_fold", type=int, default=None, help=FOLD_HELP)
-def preview(config_path, overrides, runs_dir, device, task, out_path, count, columns, size, val_fold):
+@setting_options("data.size", "data.val_fold")
+def preview(config_path, overrides, out_path, count, columns):
     """Write a PNG grid of training windows as the network sees them.
 
     Windows are drawn by the training sampler, stacked into channels (data.channels) and
@@ -67,7 +62,6 @@ def preview(config_path, overrides, runs_dir, device, task, out_path, count, col
 
     if count < 1:
         raise SegkitError(f"--count must be >= 1, got {count}")
-    config = command_config("preview", READS, config_path, overrides, runs_dir=runs_dir, device=device, task=task,
-                            **{"data.size": size, "data.val_fold": val_fold})
+    config = command_config("preview", config_path, overrides)
     path = write_preview(preview_samples(config, count), out_path, columns=columns)
     click.echo(f"wrote {path}")

@@ -6,50 +6,31 @@ from pathlib import Path
 
 import click
 
+from segkit.cli.flags import setting_option, setting_options
 from segkit.cli.options import command_config, common_options, run_option, runs_folder
 from segkit.ground.config import TASKS, load_config
 from segkit.ground.errors import SegkitError
-from segkit.data.targets import parse_targets
 from segkit.infer.classes import check_task
-from segkit.infer.instances import check_instance_outputs
 
-# What infer reads of a config: its own section, the run section, where the images and class
-# names come from, and AMP; the rest belongs to the trained run and cannot change here.
-READS = ("infer", "run", "data.manifest", "data.class_names", "train.amp")
-
+RUNS = "the run's "  # infer starts from the run's config: a flag's default is the run's value
 
 @click.command()
 @click.argument("images", nargs=-1, type=click.Path(dir_okay=False))
 @common_options
 @run_option(multiple=True, help="Run(s) to predict with (repeatable: several runs are averaged). Default: the "
                                 "newest run. Under torchrun spell it -r: torchrun's parser rejects --run.")
-@click.option("--epochs", default=None,
-              help="Checkpoints averaged per run: last:K, best, all, a list like 8,9,10, or swa (the weight average of train.swa_epochs). Default: infer.epochs (last:3).")
+@setting_option("infer.epochs", default_from=RUNS)
 @click.option("--soup", is_flag=True, help="Average the checkpoints' weights into one model instead of their predictions.")
-@click.option("--tta", default=None,
-              help="Test-time augmentation: none, hflip (original 0.6 + hflip 0.4), flips, d4, or view:weight,... "
-                   "Default: infer.tta (hflip).")
+@setting_option("infer.tta", default_from=RUNS)
 @click.option("--rle", "rle_path", type=click.Path(dir_okay=False), default=None,
               help="Write a Kaggle CSV: 'start length' pairs, column-major (top to bottom, then left to right), "
                    "1-indexed, as in HuBMAP (infer.rle_order=C: row-major).")
-@click.option("--rle-header", default=None, metavar="ID,RLE",
-              help="Column names of the --rle CSV, e.g. ImageId,EncodedPixels or id,predicted. Default: id,rle.")
-@click.option("--rle-empty", type=click.Choice(["", "-"]), default=None,
-              help="RLE cell of an image without foreground: '' (empty, the default) or '-'.")
+@setting_options("infer.rle_header", "infer.rle_empty", default_from=RUNS)
 @click.option("--polygons", default=None,
               help="Write GeoJSON polygons with QuPath's objectType, classification and measurements "
                    "({id} in the path for several images).")
-@click.option("--geojson-crs", type=click.Choice(["raster", "pixel", "wgs84"]), default=None,
-              help="--polygons coordinates: raster (the image's CRS with a crs member; pixels without one), "
-                   "pixel (always pixels, origin top left: QuPath), wgs84 (RFC 7946 longitude/latitude). "
-                   "Default: infer.geojson_crs (raster).")
-@click.option("--object-type", type=click.Choice(["annotation", "detection"]), default=None,
-              help="QuPath objectType of the polygons (detection for nuclei and cells). Default: infer.object_type "
-                   "(auto: detection for runs with instance targets, else annotation).")
-@click.option("--simplify", type=float, default=None, metavar="PX",
-              help="Simplify polygons with this tolerance in pixels (topology kept). Default: infer.simplify (0).")
-@click.option("--min-polygon-area", type=int, default=None, metavar="PX",
-              help="Do not write polygons of fewer pixels. Default: infer.min_polygon_area (0).")
+@setting_options("infer.geojson_crs", "infer.object_type", "infer.simplify", "infer.min_polygon_area",
+                 default_from=RUNS)
 @click.option("--mask", default=None,
               help="Write class ids as a tiled TIFF with overviews and a colour table; a *.ome.tif path writes "
                    "a pyramidal OME-TIFF ({id} for several images).")
@@ -59,28 +40,19 @@ READS = ("infer", "run", "data.manifest", "data.class_names", "train.amp")
 @click.option("--instances", default=None,
               help="Runs with instance targets: write object ids as a tiled uint32 TIFF, georeferenced like the "
                    "image ({id} for several images).")
-@click.option("--rle-per-object", is_flag=True, default=None,
-              help="Runs with instance targets: --rle writes one row per object (Data Science Bowl format).")
+@setting_option("infer.rle_per_object", default_from=RUNS)
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None,
               help="cls: write `id,label` per image (the run's class names), atomically.")
-@click.option("--task", type=click.Choice(TASKS), default=None,
+@click.option("--task", "task", type=click.Choice(TASKS), default=None,
               help="The run's task, checked (a cls run cannot write masks, a seg run no class CSV). "
                    "Default: the run's own task.")
-@click.option("--calibrate", is_flag=True, default=None,
-              help="cls: temperature scaling fitted on the run's validation rows (saved in RUN/calibration.json).")
+@setting_option("infer.calibrate", default_from=RUNS)
 @click.option("--crf", is_flag=True, help="Dense-CRF post-processing (needs the crf extra: pip install 'segkit[crf]').")
-@click.option("--threshold", type=float, default=None, help="Probability threshold. Default: infer.threshold (0.5).")
-@click.option("--overlap", "overlap_px", type=int, default=None, help="Tile overlap in source pixels. Default: infer.overlap_px.")
-@click.option("--margin", "margin_px", type=int, default=None,
-              help="Context margin in source pixels: each tile is predicted, only its centre is kept. "
-                   "Default: infer.margin_px (0).")
-@click.option("--skip-background", is_flag=True, default=None,
-              help="Do not run tiles that are background on the thumbnail (output 0 there); method: infer.tissue.")
-@click.option("--batch-size", type=int, default=None, help="Tiles per forward pass.")
+@setting_options("infer.threshold", "infer.overlap_px", "infer.margin_px", "infer.skip_background",
+                 "infer.batch_size", default_from=RUNS)
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
-def infer(images, config_path, overrides, runs_dir, device, run, epochs, soup, tta, rle_path, rle_header, rle_empty,
-          polygons, geojson_crs, object_type, simplify, min_polygon_area, mask, probs, crf, threshold, overlap_px,
-          margin_px, skip_background, batch_size, overwrite, csv_path, task, calibrate, instances, rle_per_object):
+def infer(images, config_path, overrides, run, soup, rle_path, polygons, mask, probs, instances, csv_path, task,
+          crf, overwrite):
     """Predict large images tile by tile and write RLE, polygons or TIFFs.
 
     Tiles overlap and are blended with gaussian weights in row strips, so memory stays at about
@@ -98,18 +70,9 @@ def infer(images, config_path, overrides, runs_dir, device, run, epochs, soup, t
     from segkit.runs.device import pick_device
     from segkit.runs.rundir import resolve_run
 
-    folder = runs_folder(config_path, overrides, runs_dir)
+    folder = runs_folder(config_path, overrides)
     run_dirs = [resolve_run(spec, folder) for spec in run] or [resolve_run(None, folder)]
-    config = command_config("infer", READS, config_path, overrides, runs_dir=runs_dir, device=device,
-                            base=load_config(run_dirs[0] / "config.yaml"), **{
-                                "infer.epochs": epochs, "infer.tta": tta, "infer.threshold": threshold,
-                                "infer.overlap_px": overlap_px, "infer.batch_size": batch_size,
-                                "infer.margin_px": margin_px, "infer.skip_background": True if skip_background else None,
-                                "infer.rle_header": rle_header, "infer.rle_empty": _quoted(rle_empty),
-                                "infer.geojson_crs": geojson_crs, "infer.object_type": object_type,
-                                "infer.simplify": simplify, "infer.min_polygon_area": min_polygon_area,
-                                "infer.calibrate": True if calibrate else None,
-                                "infer.rle_per_object": True if rle_per_object else None})
+    config = command_config("infer", config_path, overrides, base=load_config(run_dirs[0] / "config.yaml"))
     run_task = check_task(config, run_dirs[0], task, any((rle_path, polygons, mask, instances)), csv_path is not None)
     if config.infer.cls_gate is not None and run_task != "seg+cls":
         raise SegkitError(f"infer.cls_gate: {run_dirs[0]} is a {run_task} run; gating needs a seg+cls run")
@@ -117,8 +80,7 @@ def infer(images, config_path, overrides, runs_dir, device, run, epochs, soup, t
         if probs:
             raise SegkitError(f"--probs {probs}: with a cls run --probs is a switch that adds probability "
                               "columns to the --csv (put it after the images)")
-        return _infer_classes(config, images, run_dirs, soup, csv_path, probs is not None, device, overwrite)
-    check_instance_outputs(parse_targets(config.data.targets), instances, config.infer.rle_per_object, run_dirs[0])
+        return _infer_classes(config, images, run_dirs, soup, csv_path, probs is not None, overwrite)
     if probs == "":
         raise SegkitError("--probs: give the probability TIFF to write (--probs OUT.tif)")
     settings = infer_settings(config, crf=crf)
@@ -132,7 +94,7 @@ def infer(images, config_path, overrides, runs_dir, device, run, epochs, soup, t
         ensemble = load_ensemble(run_dirs, config.infer.epochs, device_obj, soup=soup)
         outputs = Outputs(Path(rle_path) if rle_path else None, polygons, mask, probs, overwrite, instances)
         remove_stale_temps(*output_folders(rle_path, polygons, mask, probs, instances))
-        with staged_commits():  # all outputs of the invocation, or none (issue 10)
+        with staged_commits():  # all outputs of the invocation, or none
             written = infer_images(ensemble, image_list([Path(p) for p in images]), outputs, settings, device_obj)
     finally:
         distributed.cleanup()
@@ -144,12 +106,7 @@ def infer(images, config_path, overrides, runs_dir, device, run, epochs, soup, t
             click.echo(f"wrote {path}")
 
 
-def _quoted(value):
-    """A flag value passed through --set parsing as a YAML string ('' and '-' stay strings)."""
-    return None if value is None else repr(value)
-
-
-def _infer_classes(config, images, run_dirs, soup, csv_path, with_probs, device, overwrite):
+def _infer_classes(config, images, run_dirs, soup, csv_path, with_probs, overwrite):
     """The cls branch of `segkit infer`: rows (IMAGES, or the run's manifest rows) -> --csv."""
     from segkit.data.split import load_rows
     from segkit.infer.classes import ClassSettings, image_rows, infer_classes, run_temperature
@@ -159,7 +116,7 @@ def _infer_classes(config, images, run_dirs, soup, csv_path, with_probs, device,
     if csv_path is None:
         raise SegkitError("no output chosen: a cls run writes --csv OUT.csv")
     rows = image_rows([Path(p) for p in images]) if images else load_rows(config.data.manifest)
-    device_obj = pick_device(config.run.device if device is None else device)
+    device_obj = pick_device(config.run.device)
     ensemble = load_ensemble(run_dirs, config.infer.epochs, device_obj, soup=soup)
     settings = ClassSettings(tta=config.infer.tta, batch_size=config.infer.batch_size, amp=config.train.amp)
     temperature = run_temperature(run_dirs[0], ensemble, settings, device_obj) if config.infer.calibrate else 1.0

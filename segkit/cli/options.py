@@ -6,8 +6,9 @@
 - ``run_option``: ``--run/-r RUN`` wherever a command starts from a run (``--from`` is finetune's
   alias; ``train --resume RUN`` stays), resolved the same way everywhere (:func:`find_runs`);
 - :func:`command_config`: defaults (or a run's config) <- ``--config`` <- ``--set`` <- dedicated
-  flags, refusing ``--set`` keys the command does not read (``infer --set train.lr=1`` is an
-  error that names what infer reads, instead of silently doing nothing).
+  flags (typed, generated from the settings: ``segkit.cli.flags``), refusing ``--set`` keys the
+  command does not read (``infer --set train.lr=1`` is an error that names what infer reads,
+  instead of silently doing nothing). What each command reads is the table :data:`READS`.
 """
 
 from __future__ import annotations
@@ -18,14 +19,26 @@ from pathlib import Path
 
 import click
 
-from segkit.ground.config import TASKS, Config, load_config, parse_override, read_config_file, recipe_names
+from segkit.cli.flags import given_flags, setting_option
+from segkit.ground.config import Config, load_config, parse_override, read_config_file, recipe_names
 from segkit.ground.errors import SegkitError, reset_warnings
 from segkit.io.atomic import disk_error_line
 
 ALL_SECTIONS = ("task", "run", "data", "model", "train", "infer")
+DATA_SECTIONS = ("task", "run", "data")
+# What each command reads of a config; `--set` keys outside it are refused, and `segkit config
+# --explain KEY` lists the commands that read KEY. infer reads its own section, the run section,
+# where the images and class names come from, and AMP; the rest belongs to the trained run.
+READS = {
+    "train": ALL_SECTIONS, "finetune": ALL_SECTIONS, "config": ALL_SECTIONS, "tune": ALL_SECTIONS,
+    "oof": ALL_SECTIONS,
+    # evaluate --run scores the run as `segkit infer` would predict it; evaluate --pred reads labels
+    "evaluate --run": ("infer", "run", "train.amp"),
+    "evaluate": ("task", "run", "data", "model.classes", "infer.rle_order"),
+    "infer": ("infer", "run", "data.manifest", "data.class_names", "train.amp"),
+    "stats": DATA_SECTIONS, "preview": DATA_SECTIONS, "clean": DATA_SECTIONS, "runs": ("run",),
+}
 SET_HELP = "Override one config key, e.g. --set train.lr=3e-4 (repeatable; value parsed as YAML)."
-DEVICE_HELP = "auto (CUDA when available), cpu, cuda or cuda:N. Default: run.device."
-RUNS_DIR_HELP = "Folder of the run directories. Default: run.runs_dir (runs)."
 
 
 def _config_help() -> str:
@@ -78,17 +91,16 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 
 def common_options(function):
-    """--config, --set, --runs-dir and --device (parameters config_path, overrides, runs_dir, device)."""
-    function = click.option("--device", default=None, help=DEVICE_HELP)(function)
-    function = click.option("--runs-dir", "runs_dir", default=None, metavar="DIR", help=RUNS_DIR_HELP)(function)
+    """--config, --set (parameters config_path, overrides), --runs-dir and --device (setting flags)."""
+    function = setting_option("run.device")(function)
+    function = setting_option("run.runs_dir", metavar="DIR")(function)
     function = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)(function)
     function = click.option("--config", "config_path", default=None, metavar="FILE|RECIPE", help=_config_help())(function)
     return function
 
 
 def task_option(function):
-    return click.option("--task", type=click.Choice(TASKS), default=None,
-                        help="seg: segmentation masks; cls: one class per image/tile. Default: the config's task.")(function)
+    return setting_option("task")(function)
 
 
 def run_option(function=None, *, multiple: bool = False, aliases: tuple = (), help: str | None = None):
@@ -115,28 +127,31 @@ def _dotted_keys(tree: dict, prefix: str = "") -> list[str]:
     return keys
 
 
-def _reads(key: str, reads: tuple) -> bool:
+def reads_key(key: str, reads: tuple) -> bool:
+    """True when a command reading ``reads`` (sections or dotted keys) reads ``key``."""
     return any(key == r or key.startswith(f"{r}.") for r in reads)
 
 
-def check_keys(command: str, reads: tuple, overrides) -> None:
+def check_keys(command: str, overrides) -> None:
     """Refuse --set keys outside ``reads`` (sections like "infer" or keys like "data.manifest").
 
     Only --set: a --config file is usually the project's whole config, shared by train, stats,
     preview and infer, so its other sections are expected there.
     """
+    reads = READS[command]
     if tuple(reads) == ALL_SECTIONS:
         return
     readable = ", ".join(r if "." in r or r == "task" else f"{r}.*" for r in reads)
     for text in overrides:
         for key in _dotted_keys(parse_override(text)):
-            if not _reads(key, reads):
+            if not reads_key(key, reads):
                 raise SegkitError(f"--set {key}: `segkit {command}` does not read it (it reads {readable})")
 
 
-def runs_folder(config_path, overrides, runs_dir) -> Path:
+def runs_folder(config_path, overrides) -> Path:
     """Where runs are looked up before any run's config is read: --runs-dir, else run.runs_dir of
     --set, else of --config, else the default."""
+    runs_dir = given_flags().get("run.runs_dir")
     if runs_dir is not None:
         return Path(runs_dir)
     for text in reversed(list(overrides)):
@@ -150,23 +165,15 @@ def runs_folder(config_path, overrides, runs_dir) -> Path:
     return Path(Config().run.runs_dir)
 
 
-def command_config(command: str, reads: tuple, config_path, overrides, *, runs_dir=None, device=None, task=None,
-                   base: Config | None = None, **shortcuts) -> Config:
-    """Defaults (or ``base``, a run's config) <- --config <- --set <- dedicated flags (a flag given wins).
-
-    ``shortcuts`` map dotted keys to the values of dedicated flags (None: not given).
-    """
-    check_keys(command, reads, overrides)
-    shortcuts = {**shortcuts, "run.runs_dir": runs_dir, "run.device": device, "task": task}
-    extra = [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
-    return load_config(config_path, list(overrides) + extra, base=base)
+def command_config(command: str, config_path, overrides, *, base: Config | None = None,
+                   values: dict | None = None) -> Config:
+    """Defaults (or ``base``, a run's config) <- --config <- --set <- the setting flags given to the
+    current command <- ``values`` (what the command itself fixes), refusing --set keys it does not read."""
+    check_keys(command, overrides)
+    return load_config(config_path, list(overrides), base=base, values={**given_flags(), **(values or {})})
 
 
 def tracking_options(function):
     """--log and --tracking-uri, shared by the training commands."""
-    function = click.option("--tracking-uri", "tracking_uri", default=None, metavar="URI",
-                            help="MLflow tracking URI (default: sqlite:///RUNS/mlflow.db).")(function)
-    function = click.option("--log", "log", type=click.Choice(["none", "tensorboard", "mlflow"]), default=None,
-                            help="Also log epochs to TensorBoard (RUN/tensorboard; pip install tensorboard) or "
-                                 "MLflow (params, metrics, artifacts; pip install 'segkit[mlflow]').")(function)
-    return function
+    function = setting_option("run.tracking_uri", metavar="URI")(function)
+    return setting_option("run.log")(function)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from segkit.cli.options import ALL_SECTIONS, command_config, common_options, run_option, runs_folder, task_option
+from segkit.cli.flags import given_flags
+from segkit.cli.options import command_config, common_options, run_option, runs_folder, task_option
 
 
 @click.command()
@@ -33,7 +34,7 @@ from segkit.cli.options import ALL_SECTIONS, command_config, common_options, run
               help="With --run: search threshold, minimum object size and the original TTA view's weight on the "
                    "validation predictions, print the gain and save the best as the run's infer defaults. "
                    "Instance runs: the watershed's seed_threshold, seed_border and threshold, for object F1.")
-def evaluate(config_path, overrides, runs_dir, device, task, run, pred, truth, images, vs, out, overwrite, worst,
+def evaluate(config_path, overrides, run, pred, truth, images, vs, out, overwrite, worst,
              tile_px, no_objects, search):
     """Score predictions against labels: per image and class, report.html, --vs, --search.
 
@@ -45,14 +46,24 @@ def evaluate(config_path, overrides, runs_dir, device, task, run, pred, truth, i
       segkit evaluate --run stage2 --vs stage1
       segkit evaluate --pred submission.csv --truth train.csv --images slides/
     """
-    from segkit.report.entry import EvaluateRequest
+    from segkit.ground.config import load_config
+    from segkit.report.entry import EvaluateRequest, run_settings
     from segkit.report.entry import evaluate as run_evaluate
+    from segkit.runs.rundir import resolve_run
 
-    config = command_config("evaluate", ALL_SECTIONS, config_path, overrides, runs_dir=runs_dir, device=device,
-                            task=task)
+    flags = given_flags()
+    folder = runs_folder(config_path, overrides)
+    if run is not None:  # the run's own config, with the infer settings --config/--set give
+        run_dir = resolve_run(run, folder)
+        own = load_config(run_dir / "config.yaml")
+        merged = command_config("evaluate --run", config_path, overrides, base=own, values={"task": own.task})
+        config = run_settings(own, merged, flags.get("task"), run_dir)
+        run = str(run_dir)
+    else:
+        config = command_config("evaluate", config_path, overrides)
     request = EvaluateRequest(config=config, run=run, pred=pred, truth=truth, images=images, vs=vs, out=out,
                               overwrite=overwrite, worst=worst, tile_px=tile_px, objects=not no_objects, search=search,
-                              device=config.run.device)
+                              device=config.run.device, runs_dir=folder, overrides=tuple(overrides))
     run_evaluate(request, echo=click.echo)
 
 
@@ -65,7 +76,7 @@ def evaluate(config_path, overrides, runs_dir, device, task, run, pred, truth, i
 @click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
               help="Write the validation curves of the runs listed (NAMES, default all) in one PNG.")
 @click.option("--width", default=60, show_default=True, help="Characters shown of the 'changed' column.")
-def runs(config_path, overrides, runs_dir, device, names, sort_by, desc, plot_path, width):
+def runs(config_path, overrides, names, sort_by, desc, plot_path, width):
     """One table of every run: parent, size, fov, changed settings, best score, time, status.
 
     'changed' lists the settings that differ from the parent run (for a finetune) or else from
@@ -73,8 +84,8 @@ def runs(config_path, overrides, runs_dir, device, names, sort_by, desc, plot_pa
     """
     from segkit.report.runs_table import collect_runs, format_table, plot_curves, select_rows, sort_rows
 
-    command_config("runs", ("run",), config_path, overrides, runs_dir=runs_dir, device=device)  # checks --set keys
-    runs_dir = runs_folder(config_path, overrides, runs_dir)
+    command_config("runs", config_path, overrides)  # checks --set keys
+    runs_dir = runs_folder(config_path, overrides)
     rows = collect_runs(Path(runs_dir))
     if names:
         rows = select_rows(rows, list(names))
@@ -98,7 +109,7 @@ def runs(config_path, overrides, runs_dir, device, names, sort_by, desc, plot_pa
               help="Study name; trial runs are named STUDY-tNNN.")
 @click.option("--no-prune", is_flag=True, help="Run every trial to its last epoch (no median pruner).")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Also write the best config YAML here.")
-def tune(config_path, overrides, runs_dir, device, task, space_path, trials, storage, study_name, no_prune, out):
+def tune(config_path, overrides, space_path, trials, storage, study_name, no_prune, out):
     """Search hyperparameters with Optuna (TPE sampler, median pruner on the per-epoch validation score).
 
     Each trial is a normal training run (runs/STUDY-tNNN). The study is stored in SQLite in the
@@ -109,8 +120,7 @@ def tune(config_path, overrides, runs_dir, device, task, space_path, trials, sto
     from segkit.io.atomic import write_text
     from segkit.search.space import load_space
 
-    config = command_config("tune", ALL_SECTIONS, config_path, overrides, runs_dir=runs_dir, device=device, task=task,
-                            **{"run.progress": False})
+    config = command_config("tune", config_path, overrides, values={"run.progress": False})
     space = load_space(space_path, base=config)  # a bad space fails before torch and optuna are imported
     from segkit.search.tune import tune as run_tune
     from segkit.train.fit import fit

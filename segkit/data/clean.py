@@ -25,7 +25,7 @@ import numpy as np
 
 from segkit.data.manifest import ManifestRow, write_manifest
 from segkit.ground.errors import SegkitError
-from segkit.io.atomic import atomic_path
+from segkit.io.atomic import atomic_path, check_output
 
 
 @dataclass
@@ -96,10 +96,7 @@ def clean_rows(rows: Sequence[ManifestRow], probs_by_id: dict[str, np.ndarray], 
     for path in (issues_path, manifest_path):
         if Path(path).resolve() == Path(source).resolve():
             raise SegkitError(f"{path}: is the input manifest; clean never overwrites its input")
-        if Path(path).exists() and not overwrite:
-            raise SegkitError(f"{path}: exists (use --overwrite)")
-        if not Path(path).parent.is_dir():
-            raise SegkitError(f"{Path(path).parent}: output folder does not exist")
+        check_output(path, overwrite)
     labels = np.array([int(row.target) for row in rows])
     probs = np.stack([probs_by_id[row.id] for row in rows])
     issues = find_label_issues(labels, probs)

@@ -29,6 +29,7 @@ from segkit.infer.calibrate import ensemble_probs, fit_temperature, load_calibra
 from segkit.infer.classify import predict_class_logits
 from segkit.infer.run import Ensemble, check_channels
 from segkit.infer.tta import parse_tta
+from segkit.io.atomic import check_output
 from segkit.io.class_table import write_class_table
 from segkit.metrics.cls import expected_calibration_error
 
@@ -102,10 +103,7 @@ def infer_classes(ensemble: Ensemble, rows: Sequence[ManifestRow], csv_path: Pat
                   settings: ClassSettings, device: torch.device, with_probs: bool = False,
                   temperature: float = 1.0, overwrite: bool = False) -> Path:
     """Predict ``rows`` and write ``id,label[,<class>...]`` to ``csv_path`` (checked before any work)."""
-    if csv_path.exists() and not overwrite:
-        raise SegkitError(f"{csv_path}: exists (use --overwrite)")
-    if not csv_path.parent.is_dir():
-        raise SegkitError(f"{csv_path.parent}: output folder does not exist")
+    check_output(csv_path, overwrite)
     if len(class_names) != ensemble.classes:
         raise SegkitError(f"the run names {len(class_names)} classes for a model with {ensemble.classes} outputs")
     logits, weights = predict_logits(ensemble, rows, settings, device)

@@ -18,8 +18,11 @@ from segkit.data.preprocess import Preprocess
 from segkit.ground.errors import SegkitError
 from segkit.infer.ensemble import EnsemblePredictor
 from segkit.infer.predict import predict_probs
-from segkit.infer.run import Ensemble, Outputs, Settings, infer_images, load_ensemble
+from segkit.ground.config import load_config
+from segkit.ground.settings import InferConfig, RunConfig, TrainConfig
+from segkit.infer.run import Ensemble, Outputs, infer_images, infer_settings, load_ensemble
 from segkit.io.raster import open_raster
+from segkit.models.activation import output_activation
 from segkit.runs.device import pick_device
 
 
@@ -60,15 +63,17 @@ def predict_image(
     fov_px: Optional[int] = None,
     size: Optional[int] = None,
     classes: int = 1,
-    tta: str = "hflip",
-    threshold: float = 0.5,
-    overlap_px: Optional[int] = None,
-    blend: str = "gaussian",
-    batch_size: int = 8,
-    device: str = "auto",
-    amp: bool = True,
+    tta: str = InferConfig.tta,
+    threshold: float = InferConfig.threshold,
+    overlap_px: Optional[int] = InferConfig.overlap_px,
+    blend: str = InferConfig.blend,
+    batch_size: int = InferConfig.batch_size,
+    device: str = RunConfig.device,
+    amp: bool = TrainConfig.amp,
     overwrite: bool = False,
 ) -> np.ndarray | list[Path]:
+    # Many keyword parameters on purpose: this is the one-call public API (like smp's and MONAI's
+    # inferers), every option a keyword with the default of its config key.
     """Predict ``image`` with ``model`` and write the chosen outputs, or return the probabilities.
 
     model: a torch module (e.g. your smp model, logits out), a list of modules or (module, weight)
@@ -82,20 +87,20 @@ def predict_image(
         scaled by its default window (the dtype range; integers wider than 8 bits: the 1st-99th
         percentile of the image's thumbnail). fov_px: source pixels per tile; size: pixels the model sees
         (default fov_px); classes: 1 = sigmoid output, N > 1 = softmax over N classes.
-    tta, threshold, overlap_px, blend, batch_size, amp: as `segkit infer` (its --help; overlap_px None: a quarter
-        of the tile, at most 64 px).
+    tta, threshold, overlap_px, blend, batch_size, amp: as `segkit infer` (its --help).
     """
     image = Path(image)
     ensemble = _as_ensemble(model, preprocess, fov_px, size, classes, image)
     torch_device = pick_device(device)
     if not any((rle, mask, probs, polygons)):
-        predictor = EnsemblePredictor(ensemble.models, tta, activation="sigmoid" if ensemble.classes == 1 else "softmax",
-                                      amp=amp)
+        predictor = EnsemblePredictor(ensemble.models, tta, amp=amp,
+                                      activation=output_activation(ensemble.classes, ensemble.targets))
         return predict_probs(predictor, open_raster(image), fov_px=ensemble.fov_px, size=ensemble.size,
                              overlap_px=overlap_px, preprocess=ensemble.preprocess, blend=blend,
                              batch_size=batch_size, device=torch_device)
     outputs = Outputs(Path(rle) if rle else None, str(polygons) if polygons else None, str(mask) if mask else None,
                       str(probs) if probs else None, overwrite)
-    settings = Settings(overlap_px=overlap_px, blend=blend, tta=tta, threshold=threshold, batch_size=batch_size,
-                        amp=amp, progress=False)
+    settings = infer_settings(load_config(None, values={
+        "infer.overlap_px": overlap_px, "infer.blend": blend, "infer.tta": tta, "infer.threshold": threshold,
+        "infer.batch_size": batch_size, "train.amp": amp, "run.progress": False}))
     return infer_images(ensemble, [(image.stem, image)], outputs, settings, torch_device)

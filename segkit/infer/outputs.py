@@ -19,7 +19,9 @@ import contextlib
 from dataclasses import dataclass
 from typing import Optional
 
+from segkit.ground.config import Config
 from segkit.ground.errors import SegkitError
+from segkit.ground.targets import parse_targets
 from segkit.io.classes import class_colour, class_name
 from segkit.io.ome import OmeTiffStripWriter, is_ome_path
 from segkit.io.vector import PolygonStripWriter
@@ -30,19 +32,31 @@ __all__ = ["WriterOptions", "open_image_writers", "mask_class_ids", "check_geore
 PROBABILITY_SCALE = 1 / 255
 
 
-@dataclass
+@dataclass(frozen=True)
 class WriterOptions:
-    """How the files are written (infer.* output keys and data.class_names)."""
+    """How the files are written: the infer.* output keys (their help is in ground/settings.py) and
+    data.class_names, resolved by :meth:`from_config`."""
 
-    class_names: Optional[list] = None  # names by class id, 0 = background
-    geojson_crs: str = "raster"  # raster | pixel | wgs84
-    object_type: str = "annotation"  # QuPath objectType of the polygons
-    simplify: float = 0.0  # polygon simplification tolerance, pixels
-    min_polygon_area: int = 0  # polygons with fewer pixels are not written
-    overviews: bool = True  # internal overviews in mask/probs TIFFs
-    mask_nodata: Optional[int] = 0  # nodata value declared in the mask TIFF (None: none)
-    rle_header: tuple = ("id", "rle")  # the two column names of the RLE CSV
-    rle_empty: str = ""  # RLE cell of an image without foreground
+    class_names: Optional[list]
+    geojson_crs: str
+    object_type: str  # annotation | detection (infer.object_type "auto" resolved)
+    simplify: float
+    min_polygon_area: int
+    overviews: bool
+    mask_nodata: Optional[int]
+    rle_header: tuple  # the two column names of the RLE CSV
+    rle_empty: str
+
+    @classmethod
+    def from_config(cls, config: Config) -> "WriterOptions":
+        i = config.infer
+        object_type = i.object_type
+        if object_type == "auto":  # objects of instance runs (nuclei, cells) are QuPath detections
+            object_type = "detection" if parse_targets(config.data.targets) else "annotation"
+        return cls(class_names=config.data.class_names, geojson_crs=i.geojson_crs, object_type=object_type,
+                   simplify=i.simplify, min_polygon_area=i.min_polygon_area, overviews=i.overviews,
+                   mask_nodata=i.mask_nodata, rle_header=tuple(name.strip() for name in i.rle_header.split(",")),
+                   rle_empty=i.rle_empty)
 
 
 def mask_class_ids(classes: int) -> range:

@@ -28,8 +28,10 @@ from segkit.data.targets import parse_targets
 from segkit.infer.instances import check_instance_outputs, infer_objects
 from segkit.infer.predict import predict_strips
 from segkit.infer.outputs import WriterOptions, check_georeferenced, open_image_writers
+from segkit.io.atomic import check_output
 from segkit.io.raster import open_raster
 from segkit.io.writers import RleStripWriter
+from segkit.models.activation import output_activation
 from segkit.models.factory import create_model
 from segkit.post.morphology import StripPostProcessor
 from segkit.post.morphology import threshold as threshold_probs
@@ -118,52 +120,45 @@ class Outputs:
         for template in (self.polygons, self.mask, self.probs, self.instances):
             paths += [self.per_image(template, i, len(image_ids)) for i in image_ids] if template else []
         for path in paths:
-            if path.exists() and not self.overwrite:
-                raise SegkitError(f"{path}: exists (use --overwrite)")
-            if not path.parent.exists():
-                raise SegkitError(f"{path.parent}: output folder does not exist")
+            check_output(path, self.overwrite)
         if not paths:
             raise SegkitError("no output chosen: give --rle, --polygons, --mask, --probs or --instances")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Settings:
+    """What the streaming predictor and the writers need of a config, resolved once by
+    :func:`infer_settings` (each field's meaning and default: the infer.* keys of ground/settings.py)."""
+
     overlap_px: Optional[int]  # None: predict's default for the tile
     blend: str
     tta: str
     threshold: float
     batch_size: int
-    amp: bool
-    rle_order: str = "F"
-    min_object_px: int = 0
-    fill_holes: bool = False
-    crf: Optional[dict] = None
-    progress: bool = True
-    margin_px: int = 0  # context margin: predict fov_px tiles, keep their centre
-    tissue: Optional[str] = None  # skip tiles that are background by this thumbnail method (None: run every tile)
-    writing: WriterOptions = field(default_factory=WriterOptions)  # how the files are written
-    cls_gate: Optional[float] = None  # seg+cls: tiles whose "empty" probability >= this are background (gate.py)
-    seeds: SeedSettings = field(default_factory=SeedSettings)  # instance runs: watershed thresholds
-    rle_per_object: bool = False  # instance runs: one RLE row per object
+    amp: bool  # train.amp
+    rle_order: str
+    min_object_px: int
+    fill_holes: bool
+    crf: Optional[dict]  # None: no CRF (the --crf switch), else infer.crf's parameters
+    progress: bool  # run.progress
+    margin_px: int
+    tissue: Optional[str]  # skip_background's thumbnail method resolved; None: every tile is run
+    writing: WriterOptions
+    cls_gate: Optional[float]
+    seeds: SeedSettings  # instance runs: the watershed's thresholds
+    rle_per_object: bool
 
 
 def infer_settings(config: Config, *, crf: bool = False) -> Settings:
     """The settings of `segkit infer` from a run's config with the command's overrides."""
     i = config.infer
-    object_type = i.object_type
-    if object_type == "auto":  # objects of instance runs (nuclei, cells) are QuPath detections; class regions annotations
-        object_type = "detection" if parse_targets(config.data.targets) else "annotation"
-    writing = WriterOptions(
-        class_names=config.data.class_names, geojson_crs=i.geojson_crs, object_type=object_type,
-        simplify=i.simplify, min_polygon_area=i.min_polygon_area, overviews=i.overviews, mask_nodata=i.mask_nodata,
-        rle_header=tuple(name.strip() for name in i.rle_header.split(",")), rle_empty=i.rle_empty,
-    )
     return Settings(
         overlap_px=i.overlap_px, blend=i.blend, tta=i.tta, threshold=i.threshold, batch_size=i.batch_size,
         amp=config.train.amp, rle_order=i.rle_order, min_object_px=i.min_object_px, fill_holes=i.fill_holes,
         crf=(i.crf or {}) if crf else None, progress=config.run.progress, margin_px=i.margin_px,
-        tissue=tissue_method(config), writing=writing, cls_gate=i.cls_gate, rle_per_object=i.rle_per_object,
-        seeds=SeedSettings(mask=i.threshold, seed=i.seed_threshold, border=i.seed_border),
+        tissue=tissue_method(config), writing=WriterOptions.from_config(config), cls_gate=i.cls_gate,
+        rle_per_object=i.rle_per_object, seeds=SeedSettings(mask=i.threshold, seed=i.seed_threshold,
+                                                            border=i.seed_border),
     )
 
 
@@ -262,7 +257,7 @@ def stream_probs(ensemble: Ensemble, raster, settings: Settings, device: torch.d
                  region: Optional[Window] = None, tta=None):
     """(row0, probs) strips of `region` (default: the whole image) with the settings' tiling and TTA
     (`tta`, a spec or (view, weight) pairs, overrides it: e.g. [("hflip", 1.0)] for one view alone)."""
-    activation = "sigmoid" if ensemble.classes == 1 or ensemble.targets else "softmax"
+    activation = output_activation(ensemble.classes, ensemble.targets)
     views = settings.tta if tta is None else tta
     if settings.cls_gate is not None:  # seg+cls: tiles the class head calls empty skip the decoder
         predictor = GatedPredictor(ensemble.models, views, gate=settings.cls_gate, classes=ensemble.classes,

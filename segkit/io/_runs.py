@@ -9,18 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from segkit.io.rle import EMPTY_MARKERS
-
-
-def parse_pairs(text) -> np.ndarray:
-    """The integers of one RLE field (None / NaN / rle.EMPTY_MARKERS "" and "-" -> none).
-
-    ValueError on a non-integer token.
-    """
-    if text is None or (isinstance(text, float) and text != text) or str(text).strip() in EMPTY_MARKERS:
-        return np.zeros(0, np.int64)
-    return np.array(str(text).split(), dtype=np.int64)
-
 
 def merge_runs(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sorted, disjoint, non-touching [start, end) runs covering the union of the input runs."""

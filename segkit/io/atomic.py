@@ -13,6 +13,9 @@ file (or nothing) behind.
   target appeared meanwhile: two processes writing one path cannot both "win".
 - ``durable=True`` also fsyncs the file and its folder (checkpoints: survive a power cut).
 - Files get the mode the umask gives (mkstemp alone would leave them 0600).
+- Missing parent folders of an output are created (every command, every output path), and
+  removed again when the file is discarded and they are still empty: a failed command leaves
+  no empty folders behind. :func:`check_output` refuses a path before slow work starts.
 - :func:`staged_commits` holds every commit made inside it back to its end: one invocation
   (e.g. `segkit infer` over many images) writes all its outputs or none.
 - :func:`remove_stale_temps` removes the temporary files of processes that are gone (SIGKILL,
@@ -70,35 +73,70 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def check_output(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Refuse an output path before any work: an existing file without ``overwrite``, a folder, or a
+    parent that cannot become a folder (a file on the way, an unwritable folder). Missing parent
+    folders are fine: :class:`AtomicFile` creates them."""
+    path = Path(path)
+    if path.is_dir():
+        raise SegkitError(f"{path}: is a folder, expected a file path")
+    if path.exists() and not overwrite:
+        raise SegkitError(f"{path}: exists (use --overwrite)")
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SegkitError(f"{existing}: is a file, so the output folder {path.parent} cannot be made")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SegkitError(f"{existing}: output folder is not writable")
+    return path
+
+
+def _make_folders(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; returns those created, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for made in reversed(missing):
+        try:
+            made.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise SegkitError(f"{made}: cannot make the output folder ({exc.strerror})") from None
+    return missing
+
+
 class AtomicFile:
     """A temporary file next to ``path`` that becomes ``path`` on :meth:`commit`.
 
-    Refuses an existing ``path`` unless ``overwrite``, and checks that the folder exists and is
-    writable up front, so a bad output path fails before any (slow) work starts.
-    ``make_parents`` creates missing folders (run directories, caches) instead of refusing.
-    Only a hard kill (SIGKILL, power loss) can leave the temporary file behind.
+    Refuses an existing ``path`` unless ``overwrite`` (:func:`check_output`), so a bad output path
+    fails before any (slow) work starts. Missing parent folders are created; :meth:`discard`
+    removes the ones it created if they are still empty. ``make_parents`` is accepted for older
+    callers (folders are always made). Only a hard kill (SIGKILL, power loss) can leave the
+    temporary file behind.
     """
 
     def __init__(self, path: str | os.PathLike, overwrite: bool = False, *, durable: bool = False,
-                 make_parents: bool = False):
-        self.path = Path(path)
+                 make_parents: bool = True):
+        self.path = check_output(path, overwrite)
         self.overwrite, self.durable = bool(overwrite), bool(durable)
-        if self.path.is_dir():
-            raise SegkitError(f"{self.path}: is a folder, expected a file path")
-        if self.path.exists() and not self.overwrite:
-            raise SegkitError(f"{self.path}: exists (use --overwrite)")
         folder = self.path.parent
-        if make_parents:
-            folder.mkdir(parents=True, exist_ok=True)
-        if not folder.is_dir():
-            raise SegkitError(f"{folder}: output folder does not exist")
+        self.made_folders = _make_folders(folder)
         try:
             fd, tmp = tempfile.mkstemp(prefix=temp_prefix(self.path), suffix=TEMP_SUFFIX, dir=folder)
         except OSError as exc:
+            self._remove_made_folders()
             raise SegkitError(f"{folder}: output folder is not writable ({exc.strerror})") from None
         os.close(fd)
         self.tmp = Path(tmp)
         self.done = False
+
+    def _remove_made_folders(self) -> None:
+        for folder in self.made_folders:  # deepest first; a folder something else wrote into stays
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
     def commit(self) -> Path:
         """Make ``path``; inside :func:`staged_commits` this is held back until the block ends."""
@@ -160,6 +198,7 @@ class AtomicFile:
         if not self.done:
             self.done = True
             self.tmp.unlink(missing_ok=True)
+            self._remove_made_folders()
 
     def __enter__(self) -> "AtomicFile":
         return self
@@ -219,7 +258,7 @@ def staged_commits() -> Iterator[list]:
         yield pending
     except BaseException:
         _STAGE.reset(token)
-        for atomic in pending:
+        for atomic in reversed(pending):  # the last made first, so folders made for them empty out in order
             atomic.discard()
         raise
     _STAGE.reset(token)
@@ -232,7 +271,7 @@ def staged_commits() -> Iterator[list]:
     except BaseException:
         for path in made:
             path.unlink(missing_ok=True)
-        for atomic in pending:
+        for atomic in reversed(pending):
             atomic.discard()
         raise
 

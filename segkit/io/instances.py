@@ -28,11 +28,12 @@ from segkit.ground.errors import SegkitError
 from segkit.ground.geometry import Window
 from segkit.io._polygons import POLYGONAL, PolygonLabels, _features
 from segkit.io._rlecsv import rle_fields
-from segkit.io._runs import parse_pairs, rasterize_intervals
+from segkit.io._runs import rasterize_intervals
 from segkit.io._window import read_padded
 from segkit.io.labels import LabelSource
 from segkit.io.masks import _stem, open_by_suffix
 from segkit.io.raster import Raster, open_raster
+from segkit.io.rle import parse_rle, rle_runs
 
 __all__ = ["open_instances", "InstanceRaster", "InstancePolygons", "InstanceRle"]
 
@@ -173,14 +174,9 @@ class InstanceRle(_Instances):
         starts, ends, ids, line_nos = [], [], [], []
         for k, (line_no, text) in enumerate(rows, start=1):
             try:
-                pairs = parse_pairs(text)
-            except (ValueError, OverflowError):
-                raise SegkitError(f"{self.path}: line {line_no}: RLE has a value that is not an integer") from None
-            if pairs.size % 2:
-                raise SegkitError(f"{self.path}: line {line_no}: odd number of RLE values; expected 'start length' pairs")
-            s, n = pairs[0::2] - 1, pairs[1::2]
-            if s.size and (s.min() < 0 or n.min() < 0 or (s + n).max() > self.height * self.width):
-                raise SegkitError(f"{self.path}: line {line_no}: runs outside the {self.height}x{self.width} image")
+                s, n = rle_runs(parse_rle(text), self.height, self.width)
+            except SegkitError as exc:
+                raise SegkitError(f"{self.path}: line {line_no}: {exc}") from None
             keep = n > 0
             starts.append(s[keep])
             ends.append((s + n)[keep])

@@ -24,10 +24,11 @@ from segkit.ground.errors import SegkitError
 from segkit.ground.geometry import Window
 from segkit.io._polygons import PolygonLabels
 from segkit.io._rlecsv import rle_fields
-from segkit.io._runs import LineIntervals, parse_pairs
+from segkit.io._runs import LineIntervals
 from segkit.io._window import block_edges, resize_nearest, thumb_shape
 from segkit.io.labels import LabelSource
 from segkit.io.raster import Raster, open_raster
+from segkit.io.rle import parse_rle, rle_runs
 
 RLE_SUFFIXES = {".csv"}
 POLYGON_SUFFIXES = {".geojson", ".json"}
@@ -162,27 +163,16 @@ class RleLabels(LabelSource):
         found, values = bool(rows), []
         for line_no, text in rows:
             try:
-                values.append(parse_pairs(text))
-            except (ValueError, OverflowError):
-                raise SegkitError(f"{self.path}: line {line_no} (id {self.image_id}): RLE has a "
-                                  "value that is not an integer") from None
-            if values[-1].size % 2:
-                raise SegkitError(f"{self.path}: line {line_no} (id {self.image_id}): odd number of "
-                                  f"RLE values ({values[-1].size}); expected 'start length' pairs")
+                values.append(parse_rle(text))
+            except SegkitError as exc:
+                raise SegkitError(f"{self.path}: line {line_no} (id {self.image_id}): {exc}") from None
         if not found:
             raise SegkitError(f"{self.path}: no row with id {self.image_id!r} (image {self.image_path})")
         pairs = np.concatenate(values) if values else np.zeros(0, np.int64)
-        starts, lengths = pairs[0::2] - 1, pairs[1::2]
-        total = self.height * self.width
-        if starts.size:
-            if starts.min() < 0 or lengths.min() < 0:
-                raise SegkitError(f"{self.path}: id {self.image_id}: RLE starts must be >= 1 and lengths >= 0")
-            worst = int(np.argmax(starts + lengths))
-            if starts[worst] + lengths[worst] > total:
-                raise SegkitError(
-                    f"{self.path}: id {self.image_id}: run '{starts[worst] + 1} {lengths[worst]}' ends at "
-                    f"pixel {starts[worst] + lengths[worst]}, past the {self.height}x{self.width} image "
-                    f"{self.image_path} ({total} pixels)")
+        try:
+            starts, lengths = rle_runs(pairs, self.height, self.width)
+        except SegkitError as exc:
+            raise SegkitError(f"{self.path}: id {self.image_id} (image {self.image_path}): {exc}") from None
         return starts, starts + lengths
 
     def read(self, window: Window, out_size: tuple[int, int] | None = None) -> np.ndarray:

@@ -64,8 +64,12 @@ def encode(mask: np.ndarray, order: str = "F") -> str:
     return _format(starts + 1, lengths)
 
 
-def _parse(rle) -> np.ndarray:
-    """The integers of an RLE string (None, NaN and the EMPTY_MARKERS "" and "-" are empty)."""
+def parse_rle(rle) -> np.ndarray:
+    """The integers of an RLE string, checked as 'start length' pairs: the one RLE parser.
+
+    None, NaN and the EMPTY_MARKERS "" and "-" are empty. SegkitError on a non-integer token or an
+    odd count; callers that read files add the file and line to the message.
+    """
     if rle is None or (isinstance(rle, float) and math.isnan(rle)):
         return np.zeros(0, dtype=np.int64)
     if not isinstance(rle, str):
@@ -76,19 +80,15 @@ def _parse(rle) -> np.ndarray:
     try:
         values = np.array(tokens, dtype=np.int64)
     except (ValueError, OverflowError):
-        bad = next(t for t in tokens if not t.lstrip("+-").isdigit())
-        raise SegkitError(f"rle: {bad!r} is not an integer (expected 'start length' pairs)") from None
+        bad = next((t for t in tokens if not t.lstrip("+-").isdigit()), tokens[0])
+        raise SegkitError(f"rle: {bad[:20]!r} is not an integer (expected 'start length' pairs)") from None
     if values.size % 2:
         raise SegkitError(f"rle: odd number of values ({values.size}); expected 'start length' pairs")
     return values
 
 
-def decode(rle: str, shape: tuple[int, int], order: str = "F") -> np.ndarray:
-    """uint8 (0/1) mask of `shape` (height, width) from an RLE string; overlapping runs are merged."""
-    _check_order(order)
-    height, width = (int(v) for v in shape)
-    total = height * width
-    values = _parse(rle)
+def rle_runs(values: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, lengths) of parsed RLE values: 0-based starts, each run checked inside the image."""
     starts, lengths = values[0::2] - 1, values[1::2]
     if starts.size:
         if starts.min() < 0:
@@ -97,11 +97,20 @@ def decode(rle: str, shape: tuple[int, int], order: str = "F") -> np.ndarray:
             raise SegkitError(f"rle: negative run length {int(lengths.min())}")
         ends = starts + lengths
         worst = int(np.argmax(ends))
-        if ends[worst] > total:
+        if ends[worst] > height * width:
             raise SegkitError(
                 f"rle: run '{int(starts[worst]) + 1} {int(lengths[worst])}' ends at pixel {int(ends[worst])}, "
-                f"past the {height}x{width} image ({total} pixels)"
+                f"past the {height}x{width} image ({height * width} pixels)"
             )
+    return starts, lengths
+
+
+def decode(rle: str, shape: tuple[int, int], order: str = "F") -> np.ndarray:
+    """uint8 (0/1) mask of `shape` (height, width) from an RLE string; overlapping runs are merged."""
+    _check_order(order)
+    height, width = (int(v) for v in shape)
+    total = height * width
+    starts, lengths = rle_runs(parse_rle(rle), height, width)
     flat = np.zeros(total + 1, dtype=np.int8)
     if starts.size:
         # merge overlapping / touching runs, then +1 at each start, -1 at each end and a cumulative

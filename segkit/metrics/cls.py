@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from segkit.ground.errors import SegkitError
-from segkit.metrics.seg import as_numpy, safe_ratio
+from segkit.metrics.seg import as_numpy, f1_from_counts, safe_ratio
 
 
 def confusion_matrix(pred, target, classes: int) -> np.ndarray:
@@ -32,7 +32,7 @@ def _f1_from_confusion(conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     tp = np.diag(conf).astype(np.float64)
     support = conf.sum(axis=1)
     predicted = conf.sum(axis=0)
-    f1 = safe_ratio(2 * tp, support + predicted)
+    f1 = f1_from_counts(tp, predicted - tp, support - tp)
     present = (support + predicted) > 0
     return f1, present
 

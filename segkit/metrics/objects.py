@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from segkit.metrics.seg import f1_from_counts
+
 #: IoU thresholds of the 2018 Data Science Bowl score: 0.50, 0.55, ..., 0.95.
 DSB_THRESHOLDS = tuple(round(0.5 + 0.05 * k, 2) for k in range(10))
 
@@ -115,10 +117,6 @@ def match_objects(pred_instances, true_instances) -> ObjectMatch:
                        intersection=inter)
 
 
-def _f1(tp: int, fp: int, fn: int) -> float:
-    return 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
-
-
 def object_f1(pred_instances, true_instances, iou: float = 0.5) -> dict:
     """Object F1 at one IoU threshold: dict(tp, fp, fn, precision, recall, f1).
 
@@ -129,7 +127,7 @@ def object_f1(pred_instances, true_instances, iou: float = 0.5) -> dict:
     return {"tp": tp, "fp": fp, "fn": fn,
             "precision": 1.0 if tp + fp == 0 else tp / (tp + fp),
             "recall": 1.0 if tp + fn == 0 else tp / (tp + fn),
-            "f1": _f1(tp, fp, fn)}
+            "f1": f1_from_counts(tp, fp, fn)}
 
 
 def dsb_score(pred_instances, true_instances, thresholds=DSB_THRESHOLDS) -> float:
@@ -150,6 +148,6 @@ def object_scores(pred_instances, true_instances, iou: float = 0.5) -> dict:
     """Object F1 at ``iou`` and the DSB score from one matching: dict(tp, fp, fn, f1, dsb, n_pred, n_true)."""
     match = match_objects(pred_instances, true_instances)
     tp, fp, fn = match.counts(iou)
-    return {"tp": tp, "fp": fp, "fn": fn, "f1": _f1(tp, fp, fn),
+    return {"tp": tp, "fp": fp, "fn": fn, "f1": f1_from_counts(tp, fp, fn),
             "dsb": float(np.mean([_precision_at(match, t) for t in DSB_THRESHOLDS])),
             "n_pred": len(match.pred_ids), "n_true": len(match.true_ids)}

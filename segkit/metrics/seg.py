@@ -28,13 +28,21 @@ def safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return out
 
 
+def f1_from_counts(tp, fp, fn):
+    """2 TP / (2 TP + FP + FN): the Dice of pixels and the F1 of objects or classes, the one copy of
+    the rule. 1.0 where TP + FP + FN = 0 (nothing to find, nothing found). Arrays give arrays."""
+    tp, fp, fn = (np.asarray(v, dtype=np.float64) for v in (tp, fp, fn))
+    out = safe_ratio(2 * tp, 2 * tp + fp + fn)
+    return float(out) if out.ndim == 0 else out
+
+
 def dice_score(pred, target) -> float:
     """2|P & T| / (|P| + |T|) for boolean masks (numpy or torch); both empty -> 1.0."""
     p, t = as_numpy(pred).astype(bool), as_numpy(target).astype(bool)
     if p.shape != t.shape:
         raise SegkitError(f"dice_score: shapes differ {p.shape} vs {t.shape}")
     inter = np.count_nonzero(p & t)
-    return float(safe_ratio(2 * inter, np.count_nonzero(p) + np.count_nonzero(t)))
+    return f1_from_counts(inter, np.count_nonzero(p) - inter, np.count_nonzero(t) - inter)
 
 
 def iou_score(pred, target) -> float:
@@ -110,7 +118,7 @@ class DiceAccumulator:
         return len(self._rows)
 
     def _dice(self, c: np.ndarray) -> np.ndarray:
-        return safe_ratio(2 * c[..., 0], c[..., 1] + c[..., 2])
+        return f1_from_counts(c[..., 0], c[..., 1] - c[..., 0], c[..., 2] - c[..., 0])
 
     def per_image(self) -> np.ndarray:
         """(images,) Dice of each image, averaged over the scored classes."""

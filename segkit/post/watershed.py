@@ -25,6 +25,7 @@ import warnings
 import cv2
 import numpy as np
 
+from segkit.ground.settings import InferConfig
 from segkit.post.morphology import all_roots, find_root
 
 __all__ = ["SeedSettings", "seeds_and_mask", "flood", "watershed_instances", "StripWatershed"]
@@ -35,9 +36,9 @@ class SeedSettings:
     """Thresholds on probabilities: ``mask`` (body >= mask: object pixel), ``seed`` (body >= seed and
     border, contact < ``border``: seed pixel)."""
 
-    mask: float = 0.5
-    seed: float = 0.7
-    border: float = 0.5
+    mask: float = InferConfig.threshold
+    seed: float = InferConfig.seed_threshold
+    border: float = InferConfig.seed_border
 
 
 def seeds_and_mask(probs: np.ndarray, names: Sequence[str], settings: SeedSettings):

@@ -4,8 +4,9 @@ matrix and the most confidently wrong examples, from CSV files.
 A prediction CSV has an id column (`id`, else the first), a label column (`label`, `class`,
 `target` or `prediction`, else the second) and, optionally, one probability column per class
 (what `segkit infer --task cls --probs` writes); with probabilities, the wrong rows are ranked by
-the probability given to the wrong class. The truth is a CSV of the same shape or the manifest's
-`class` column. Labels may be class ids or names (`data.class_names` gives the order; without it
+the probability given to the wrong class. The truth is a CSV with the same id and label columns,
+any other columns ignored: a class manifest (`id,image,class`, what tools/make_digits.py writes)
+is one; by default the configured manifest's `class` column. Labels may be class ids or names (`data.class_names` gives the order; without it
 names are sorted). The scores are segkit.metrics.cls's.
 """
 
@@ -34,7 +35,9 @@ class ClassRows:
     prob_columns: list = field(default_factory=list)
 
 
-def read_class_csv(path, what: str) -> ClassRows:
+def read_class_csv(path, what: str, probs: bool = True) -> ClassRows:
+    """The id and label columns of a CSV; with ``probs`` every other column is a class probability,
+    without (a truth file, e.g. a manifest) the other columns are ignored and rows without a label skipped."""
     path = Path(path)
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
@@ -48,18 +51,21 @@ def read_class_csv(path, what: str) -> ClassRows:
         raise SegkitError(f"{path}: {what} needs columns id,label (got {header})")
     id_col = lower.index("id") if "id" in lower else 0
     label_col = next((lower.index(c) for c in LABEL_COLUMNS if c in lower), 1 if id_col == 0 else 0)
-    prob_cols = [i for i in range(len(header)) if i not in (id_col, label_col)]
+    prob_cols = [i for i in range(len(header)) if i not in (id_col, label_col)] if probs else []
     out = ClassRows({}, prob_columns=[header[i] for i in prob_cols])
     for line, row in enumerate(rows, start=2):
         if len(row) <= max(id_col, label_col):
             raise SegkitError(f"{path}: line {line}: expected at least {max(id_col, label_col) + 1} fields")
+        if not probs and not row[label_col].strip():
+            continue
         out.labels[row[id_col].strip()] = row[label_col].strip()
         if prob_cols:
             try:
                 out.probs[row[id_col].strip()] = np.array([float(row[i]) for i in prob_cols])
             except (ValueError, IndexError):
-                raise SegkitError(f"{path}: line {line}: probability columns {', '.join(out.prob_columns)} "
-                                  "must hold numbers") from None
+                raise SegkitError(f"{path}: line {line}: {what} is read as id ({header[id_col]}), label "
+                                  f"({header[label_col]}) and one probability column per class; "
+                                  f"{', '.join(out.prob_columns)[:200]} must hold numbers") from None
     return out
 
 

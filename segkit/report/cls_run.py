@@ -10,8 +10,9 @@ its infer settings, through the one classification predictor, so the scores are 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
-from segkit.ground.config import load_config
+from segkit.ground.config import Config, load_config
 from segkit.infer.calibrate import ensemble_probs
 from segkit.infer.classes import ClassSettings, predict_logits, validation_rows
 from segkit.infer.run import load_ensemble
@@ -19,10 +20,11 @@ from segkit.report.cls_report import ClassRows
 from segkit.runs.device import pick_device
 
 
-def predict_validation(run_dir: Path, device: str = "auto") -> tuple[ClassRows, dict, list, dict]:
+def predict_validation(run_dir: Path, device: str = "auto", config: Optional[Config] = None
+                       ) -> tuple[ClassRows, dict, list, dict]:
     """(predictions with probabilities, truth {id: class name}, class names, {id: manifest row}) of the
-    run's validation rows."""
-    config = load_config(Path(run_dir) / "config.yaml")
+    run's validation rows; ``config``: the run's config with the infer settings to use (default: its own)."""
+    config = config if config is not None else load_config(Path(run_dir) / "config.yaml")
     rows = validation_rows(config)
     torch_device = pick_device(device)
     ensemble = load_ensemble([Path(run_dir)], config.infer.epochs, torch_device)

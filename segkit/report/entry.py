@@ -7,6 +7,8 @@ from the run's fold, or from `--images`/the manifest and `--truth`/the manifest'
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import json
 import tempfile
 from contextlib import ExitStack
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from segkit.data.split import load_rows
-from segkit.ground.config import Config, load_config
+from segkit.ground.config import Config
 from segkit.ground.errors import SegkitError
 from segkit.io.atomic import AtomicFile, write_text
 from segkit.report.evaluate import DEFAULT_TILE_PX, Evaluation, compare, evaluate_images
@@ -42,6 +44,19 @@ class EvaluateRequest:
     objects: bool = True
     search: bool = False
     device: str = "auto"
+    runs_dir: Optional[Path] = None  # where run names are looked up (default: config.run.runs_dir)
+    overrides: tuple = ()  # the --set texts; with --run they are applied to the run's config (run_settings)
+
+
+def run_settings(own: Config, merged: Config, task: Optional[str] = None, run_dir: Optional[Path] = None) -> Config:
+    """What `evaluate --run` scores: the run's own config (``own``) with the infer settings of ``merged``
+    (``own`` <- --config <- --set): its infer and run sections and train.amp, as `segkit infer` reads
+    them; data and model stay the run's. ``task`` (--task) is checked against the run's task."""
+    if task is not None and task != own.task:
+        raise SegkitError(f"{run_dir}: is a {own.task} run; evaluate --task {task} scores a {task} run "
+                          "or prediction files")
+    return dataclasses.replace(own, infer=merged.infer, run=merged.run,
+                               train=dataclasses.replace(own.train, amp=merged.train.amp))
 
 
 def _is_run(spec: str, runs_dir: Path) -> bool:
@@ -55,12 +70,15 @@ def _reading(config: Config) -> LabelReading:
 class _Subject:
     """One prediction to score: a run (predicted on the fly) or files."""
 
-    def __init__(self, spec: str, runs_dir: Path, reading: LabelReading, stack: ExitStack, device, run: bool = False):
+    def __init__(self, spec: str, runs_dir: Path, reading: LabelReading, stack: ExitStack, device,
+                 config: Optional[Config] = None, changed: tuple = ()):
+        """``config``: the run's settings to predict with (its own config.yaml when None); ``changed``:
+        the --set texts behind them, shown in the label so a run scored two ways is told apart."""
         self.spec, self.run_dir, self.predictions, self.files = spec, None, None, None
-        if run or _is_run(spec, runs_dir):
+        if config is not None or _is_run(spec, runs_dir):
             self.run_dir = resolve_run(spec, runs_dir)
-            self.label = f"run {self.run_dir.name}"
-            self._stack, self._device = stack, device
+            self.label = f"run {self.run_dir.name}" + (f" ({', '.join(changed)})" if changed else "")
+            self._stack, self._device, self._config = stack, device, config
         else:
             self.files = pred_spec(spec, reading)
             self.label = str(spec)
@@ -71,7 +89,8 @@ class _Subject:
             from segkit.runs.device import pick_device
 
             workdir = Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="segkit-evaluate-")))
-            self.predictions = RunPredictions(self.run_dir, images, pick_device(self._device), workdir)
+            self.predictions = RunPredictions(self.run_dir, images, pick_device(self._device), workdir,
+                                              config=self._config)
             self.predictions.predict_masks()
 
     def opener(self):
@@ -85,8 +104,7 @@ def _images(request: EvaluateRequest, subject: _Subject) -> tuple[list[EvalImage
     if subject.run_dir is not None and request.pred is None:
         from segkit.report.runeval import validation_images
 
-        config = load_config(subject.run_dir / "config.yaml")
-        return validation_images(config, subject.run_dir), config
+        return validation_images(request.config, subject.run_dir), request.config
     return images_from_rows(load_rows(request.config.data.manifest)), request.config
 
 
@@ -96,16 +114,16 @@ def evaluate(request: EvaluateRequest, echo: Callable[[str], None] = print) -> d
         raise SegkitError("evaluate: give either --run RUN or --pred FILE (a Kaggle CSV, a mask folder, GeoJSON)")
     if request.search and request.run is None:
         raise SegkitError("evaluate --search: needs --run RUN (it searches on the run's validation predictions)")
-    runs_dir = Path(request.config.run.runs_dir)
-    run_task = load_config(resolve_run(request.run, runs_dir) / "config.yaml").task if request.run else None
-    if run_task == "cls" or (request.config.task == "cls" and request.run is None):
+    runs_dir = Path(request.runs_dir or request.config.run.runs_dir)
+    if request.config.task == "cls":  # with --run, request.config is the run's own (run_settings)
         return evaluate_classes_command(request, echo)
-    if request.config.task == "cls":
-        raise SegkitError(f"{request.run}: is a {run_task} run; evaluate --task cls scores a cls run or a class CSV")
     reading = _reading(request.config)
     with ExitStack() as stack:
-        subject = _Subject(request.run or request.pred, runs_dir, reading, stack, request.device,
-                           run=request.run is not None)
+        if request.run is not None:
+            changed = tuple(text for text in request.overrides if text.startswith(("infer.", "train.amp")))
+            subject = _Subject(request.run, runs_dir, reading, stack, request.device, request.config, changed)
+        else:
+            subject = _Subject(request.pred, runs_dir, reading, stack, request.device)
         images, config = _images(request, subject)
         reading = _reading(config)
         truth = truth_spec(request.truth, reading)
@@ -120,6 +138,8 @@ def evaluate(request: EvaluateRequest, echo: Callable[[str], None] = print) -> d
         evaluations = []
         for current in filter(None, (subject, other)):
             current.prepare(images)
+            if current.predictions is not None:
+                echo(f"{current.label}: {current.predictions.describe()}")
             if current.files is not None:
                 evaluations.append(evaluate_files(images, current.files, truth, reading, classes=classes,
                                                   tile_px=request.tile_px, objects=request.objects, label=current.label,
@@ -141,7 +161,7 @@ def evaluate(request: EvaluateRequest, echo: Callable[[str], None] = print) -> d
                             "only_new": comparison.only_new, "only_old": comparison.only_old}
         _echo_summary(evaluation, comparison, echo)
         if request.search and instances:
-            result["search"] = _search_seeds(subject, truth_for, echo)
+            result["search"] = _search_seeds(subject, truth_for, echo, request.config)
         elif request.search:
             from segkit.report.runeval import run_search, save_infer_defaults
 
@@ -151,7 +171,7 @@ def evaluate(request: EvaluateRequest, echo: Callable[[str], None] = print) -> d
                  f"{after.tta_spec()}, threshold {after.threshold}, min_object_px {after.min_px} "
                  f"(was tta {before.tta_spec()}, threshold {before.threshold}, min_object_px {before.min_px}; "
                  f"{found['cpu_seconds']} CPU s)")
-            path = save_infer_defaults(subject.run_dir, found)
+            path = save_infer_defaults(subject.run_dir, found, request.config)
             echo(f"saved as the run's infer defaults in {path}")
             result["search"] = {"before": dice_before, "after": dice_after, "tta": after.tta_spec(),
                                 "threshold": after.threshold, "min_object_px": after.min_px}
@@ -162,7 +182,7 @@ def evaluate(request: EvaluateRequest, echo: Callable[[str], None] = print) -> d
     return result
 
 
-def _search_seeds(subject: _Subject, truth_for, echo) -> dict:
+def _search_seeds(subject: _Subject, truth_for, echo, config: Config) -> dict:
     """--search on an instance run: the watershed's thresholds (segkit.report.seedsearch)."""
     from segkit.report.runeval import run_seed_search, save_seed_defaults
 
@@ -171,7 +191,7 @@ def _search_seeds(subject: _Subject, truth_for, echo) -> dict:
     scores = ", ".join(f"{k} {old[k]:.4f} -> {new[k]:.4f}" for k in ("object_f1", "dsb", "dice"))
     echo(f"search: {scores} with seed_threshold {after.seed}, seed_border {after.border}, threshold {after.mask} "
          f"(was {before.seed}, {before.border}, {before.mask}; {found['cpu_seconds']} CPU s)")
-    echo(f"saved as the run's infer defaults in {save_seed_defaults(subject.run_dir, found)}")
+    echo(f"saved as the run's infer defaults in {save_seed_defaults(subject.run_dir, found, config)}")
     return {"before": old, "after": new, "seed_threshold": after.seed, "seed_border": after.border,
             "threshold": after.mask}
 
@@ -185,7 +205,7 @@ def _echo_summary(evaluation: Evaluation, comparison, echo) -> None:
     if comparison is not None:
         c = comparison.summary()
         echo(f"vs {comparison.old.label}: {c['common']} common image(s), {c['better']} better, {c['worse']} worse; "
-             f"mean dice {c['new_mean']:.4f} vs {c['old_mean']:.4f}")
+             f"mean dice {c['new_mean']:.4f} ({evaluation.label}) vs {c['old_mean']:.4f} ({comparison.old.label})")
         if comparison.only_new or comparison.only_old:
             echo(f"note: not compared: {len(comparison.only_new)} image(s) only here "
                  f"({', '.join(comparison.only_new[:5])}), {len(comparison.only_old)} only in {comparison.old.label} "
@@ -207,13 +227,13 @@ def evaluate_classes_command(request: EvaluateRequest, echo: Callable[[str], Non
         if run_dir is not None:  # the run's validation rows, predicted with its own infer settings
             from segkit.report.cls_run import predict_validation
 
-            pred, truth, class_names, rows = predict_validation(run_dir, request.device)
+            pred, truth, class_names, rows = predict_validation(run_dir, request.device, config)
             label = f"run {run_dir.name}"
         else:
             use_manifest = request.truth is None or not request.images
-            rows = {row.id: row for row in load_rows(config.data.manifest)} if use_manifest else {}
+            rows = {row.id: row for row in load_rows(_rows_source(request.truth, config))} if use_manifest else {}
             if request.truth is not None:
-                truth = read_class_csv(request.truth, "--truth").labels
+                truth = read_class_csv(request.truth, "--truth", probs=False).labels
             else:
                 truth = {i: str(r.target) for i, r in rows.items() if r.target is not None}
             pred = read_class_csv(request.pred, "--pred")
@@ -232,6 +252,20 @@ def evaluate_classes_command(request: EvaluateRequest, echo: Callable[[str], Non
     write_text(out.with_suffix(".json"), json.dumps({"report": rep, "wrong": evaluation.wrong}, indent=1) + "\n")
     echo(f"wrote {out}")
     return rep
+
+
+def _rows_source(truth: Optional[str], config: Config) -> str:
+    """Where the pictures of cls rows come from: a --truth manifest (it has an image column), else the
+    configured manifest."""
+    if truth is not None:
+        try:
+            with open(truth, newline="", encoding="utf-8-sig") as handle:
+                header = [cell.strip().lower() for cell in next(csv.reader(handle), [])]
+        except (OSError, UnicodeDecodeError, csv.Error):  # read_class_csv names the problem
+            header = []
+        if "image" in header:
+            return truth
+    return config.data.manifest
 
 
 def _thumbnail(row, side: int = 192) -> Optional[bytes]:

@@ -25,7 +25,8 @@ import numpy as np
 from segkit.ground.geometry import Window
 from segkit.io.raster import open_raster
 from segkit.metrics.objects import label_components, object_scores
-from segkit.report.scores import SCORES, mean_scores, object_f1_from_counts, pixel_counts, pixel_scores, scored_labels
+from segkit.metrics.scores import SCORES, mean_scores, pixel_counts, pixel_scores, scored_labels
+from segkit.metrics.seg import f1_from_counts
 from segkit.report.sources import EmptyLabels, EvalImage
 
 DEFAULT_TILE_PX = 2048  # items larger than this are scored (and shown) tile by tile
@@ -46,7 +47,7 @@ class ItemScore:
     def scores(self) -> dict:
         out = mean_scores(self.counts)
         if self.objects is not None:
-            out["object_f1"] = object_f1_from_counts(*(int(v) for v in self.objects))
+            out["object_f1"] = f1_from_counts(*(int(v) for v in self.objects))
         if self.dsb is not None:
             out["dsb"] = self.dsb
         return out
@@ -96,7 +97,7 @@ class Evaluation:
         for image_id, (counts, objects) in self.image_counts().items():
             scores = mean_scores(counts)
             if objects is not None:
-                scores["object_f1"] = object_f1_from_counts(*(int(v) for v in objects))
+                scores["object_f1"] = f1_from_counts(*(int(v) for v in objects))
             if image_id in dsb:
                 scores["dsb"] = dsb[image_id]
             out[image_id] = scores
@@ -127,7 +128,7 @@ class Evaluation:
         objects = [o for _, o in self.image_counts().values() if o is not None]
         if objects:
             tp, fp, fn = (int(v) for v in np.sum(objects, axis=0))
-            out.update(object_f1=object_f1_from_counts(tp, fp, fn), object_tp=tp, object_fp=fp, object_fn=fn)
+            out.update(object_f1=f1_from_counts(tp, fp, fn), object_tp=tp, object_fp=fp, object_fn=fn)
         dsb = self.image_dsb()
         if dsb:
             out["dsb"] = float(np.mean(list(dsb.values())))

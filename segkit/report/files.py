@@ -8,7 +8,7 @@ from typing import Optional
 from segkit.data.dataset import LabelOptions
 from segkit.ground.errors import SegkitError
 from segkit.io.instances import open_instances
-from segkit.io.masks import open_labels
+from segkit.io.masks import _stem, open_labels
 from segkit.report.evaluate import DEFAULT_TILE_PX, Evaluation, evaluate_images
 from segkit.report.sources import EvalImage, LabelSpec
 
@@ -37,8 +37,19 @@ def truth_opener(truth: Optional[LabelSpec], reading: LabelReading, *, instances
     return open_truth
 
 
+def pred_key(pred: LabelSpec, image: EvalImage) -> str:
+    """The id an image's prediction is found under: its own id, else its file's stem, which is how `segkit
+    infer` names its outputs (a manifest row with a region, e.g. the sample's nuclei_val, reads the prediction
+    of its whole image, nuclei, over its region)."""
+    ids = pred.ids()
+    if ids is None or image.id in ids:
+        return image.id
+    stem = _stem(image.image)
+    return stem if stem in ids else image.id
+
+
 def pred_opener(pred: LabelSpec):
-    return lambda image, raster: pred.open(image.id, raster)
+    return lambda image, raster: pred.open(pred_key(pred, image), raster)
 
 
 def pred_spec(pred: str, reading: LabelReading) -> LabelSpec:
@@ -71,8 +82,8 @@ def evaluate_files(images: list[EvalImage], pred: LabelSpec, truth: Optional[Lab
                                  instances=instances)
     ids = pred.ids()
     if ids is not None:
-        known = {image.id for image in images}
-        scored = set(evaluation.image_ids())
+        known = {pred_key(pred, image) for image in images}
+        scored = {pred_key(pred, image) for image in images if image.id in set(evaluation.image_ids())}
         unlabeled = sorted(i for i in ids if i in known and i not in scored)
         unknown = sorted(ids - known)
         if unlabeled:

@@ -117,7 +117,8 @@ def vs_sections(comparison: Comparison, pictures: Pictures, *, changes: int) -> 
     parts = [f"<h2>Against {html.escape(comparison.old.label)}</h2>",
              f"<p>{s['common']} image(s) in both: <span class='up'>{s['better']} better</span>, "
              f"<span class='down'>{s['worse']} worse</span>, {s['same']} unchanged; mean {comparison.measure} "
-             f"{s['new_mean']:.4f} now vs {s['old_mean']:.4f} before.</p>"]
+             f"{s['new_mean']:.4f} for {html.escape(comparison.new.label)} vs {s['old_mean']:.4f} for "
+             f"{html.escape(comparison.old.label)}.</p>"]
     if comparison.only_new:
         parts.append(f"<p class='note'>only in this prediction's images (not compared): {html.escape(', '.join(comparison.only_new))}</p>")
     if comparison.only_old:
@@ -132,7 +133,8 @@ def vs_sections(comparison: Comparison, pictures: Pictures, *, changes: int) -> 
             parts.append(figure(png, f"{row['key']}: {comparison.measure} {row['old']:.4f} -> {row['new']:.4f} "
                                      f"({row['delta']:+.4f})"))
     rows = [[r["id"], r["new"], r["old"], r["delta"]] for r in comparison.images if r["delta"] != 0]
-    parts.append("<h3>Changed images</h3>" + table(["image", "now", "before", "change"], rows))
+    parts.append("<h3>Changed images</h3>" + table(["image", comparison.new.label, comparison.old.label, "change"],
+                                                    rows))
     return "\n".join(parts)
 
 

@@ -27,6 +27,7 @@ from segkit.ground.errors import SegkitError
 from segkit.infer.calibrate import ensemble_probs
 from segkit.infer.classes import ClassSettings, predict_logits, validation_rows
 from segkit.infer.run import load_ensemble
+from segkit.io.atomic import check_output
 from segkit.io.class_table import write_class_table
 from segkit.runs.device import pick_device
 from segkit.runs.rundir import read_run_info
@@ -68,13 +69,8 @@ def run_oof(config: Config, *, folds: int, name: str, out: Path, overwrite: bool
         raise SegkitError(f"oof: out-of-fold class probabilities need --task cls (the config's task is {config.task})")
     if int(folds) < 2:
         raise SegkitError(f"--folds: need at least 2, got {folds}")
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise SegkitError(f"{out}: exists (use --overwrite)")
+    out = check_output(out, overwrite)
     runs_dir = Path(config.run.runs_dir)
-    # the runs folder is made by the first fold run, so the default --out (RUNS_DIR/NAME.csv) may wait for it
-    if not out.parent.is_dir() and out.parent.resolve() != runs_dir.resolve():
-        raise SegkitError(f"{out.parent}: output folder does not exist")
     d = config.data
     rows, names = resolve_classes(load_rows(d.manifest), d.class_names, str(d.manifest), task="cls")
     fold_of = np.array(make_folds(rows, FoldSpec(int(folds), d.fold_method, 0, config.run.seed), task="cls",

@@ -22,7 +22,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from segkit.post.morphology import fill_holes, remove_small_objects
-from segkit.report.scores import pixel_scores
+from segkit.metrics.scores import pixel_scores
 
 THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(2, 19))  # 0.10 .. 0.90
 ORIGINAL_WEIGHTS = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)

@@ -14,6 +14,7 @@ watershed's thresholds on them instead (segkit.report.seedsearch).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -47,9 +48,10 @@ def validation_images(config: Config, run_dir: Path) -> list[EvalImage]:
 class RunPredictions:
     """A run's predictions of its validation images, as files in `workdir` (a temporary folder)."""
 
-    def __init__(self, run_dir: Path, images: list[EvalImage], device, workdir: Path):
+    def __init__(self, run_dir: Path, images: list[EvalImage], device, workdir: Path, config: Config | None = None):
+        """``config``: the run's config with the infer settings to use (default: its own config.yaml)."""
         self.run_dir, self.images, self.device, self.workdir = Path(run_dir), images, device, Path(workdir)
-        self.config = load_config(self.run_dir / "config.yaml")
+        self.config = config if config is not None else load_config(self.run_dir / "config.yaml")
         read_run_info(self.run_dir)  # a folder that is not a run fails here
         self.settings = infer_settings(self.config)
         self.targets = parse_targets(self.config.data.targets)  # instance run: outputs are watershed objects
@@ -57,6 +59,16 @@ class RunPredictions:
         self.masks: dict[str, tuple[Path, Window]] = {}
         self.views: dict[str, dict[str, Path]] = {}
         self.instances: dict[str, Path] = {}  # instance runs: uint32 object ids next to each mask
+
+    def describe(self) -> str:
+        """The settings the predictions are made with, as one line."""
+        s = self.settings
+        text = (f"checkpoints [{', '.join(p.name for p in self.ensemble.checkpoints)}] (infer.epochs "
+                f"{self.config.infer.epochs}), tta {s.tta}, threshold {s.threshold}, min_object_px {s.min_object_px}, "
+                f"fill_holes {str(s.fill_holes).lower()}")
+        if self.targets:
+            text += f", seed_threshold {s.seeds.seed}, seed_border {s.seeds.border}"
+        return text
 
     def predict_masks(self) -> None:
         """Masks with the run's own settings, through infer's predictor and post-processing."""
@@ -148,14 +160,15 @@ def run_seed_search(predictions: RunPredictions, truth_for) -> dict:
     return result
 
 
-def save_seed_defaults(run_dir: Path, result: dict) -> Path:
+def save_seed_defaults(run_dir: Path, result: dict, config: Config | None = None) -> Path:
     """The searched watershed thresholds as the run's infer defaults, as save_infer_defaults does."""
     (before, scores_before), (after, scores_after) = result["before"], result["after"]
 
     def keys(s):
         return {"threshold": s.mask, "seed_threshold": s.seed, "seed_border": s.border}
 
-    return _save_search(run_dir, keys(after), {**keys(before), **scores_before}, {**keys(after), **scores_after})
+    return _save_search(run_dir, keys(after), {**keys(before), **scores_before}, {**keys(after), **scores_after},
+                        config)
 
 
 def run_search(predictions: RunPredictions, truth_for, tile_px: int) -> dict:
@@ -169,19 +182,25 @@ def run_search(predictions: RunPredictions, truth_for, tile_px: int) -> dict:
     return result
 
 
-def save_infer_defaults(run_dir: Path, result: dict) -> Path:
-    """The searched setting as the run's infer defaults (config.yaml), the search recorded in run.json."""
+def save_infer_defaults(run_dir: Path, result: dict, config: Config | None = None) -> Path:
+    """The searched setting as the run's infer defaults (config.yaml), the search recorded in run.json.
+    ``config``: the settings the search ran under (evaluate --set); its infer keys that differ from the
+    run's are saved with the searched ones, so `infer --run` reproduces the searched score."""
     (before, dice_before), (after, dice_after) = result["before"], result["after"]
 
     def keys(s):
         return {"tta": s.tta_spec(), "threshold": s.threshold, "min_object_px": s.min_px}
 
-    return _save_search(run_dir, keys(after), {**keys(before), "dice": dice_before}, {**keys(after), "dice": dice_after})
+    return _save_search(run_dir, keys(after), {**keys(before), "dice": dice_before}, {**keys(after), "dice": dice_after},
+                        config)
 
 
-def _save_search(run_dir: Path, infer_keys: dict, before: dict, after: dict) -> Path:
-    """``infer_keys`` (infer.KEY: value) into the run's config.yaml; before/after recorded in run.json."""
+def _save_search(run_dir: Path, infer_keys: dict, before: dict, after: dict, searched_under: Config | None) -> Path:
+    """``infer_keys`` (infer.KEY: value) into the run's config.yaml, over the infer section the search ran
+    under (``searched_under``, default the run's own); before/after recorded in run.json."""
     config = load_config(run_dir / "config.yaml")
+    if searched_under is not None:
+        config = dataclasses.replace(config, infer=dataclasses.replace(searched_under.infer))
     updated = load_config(None, [f"infer.{key}={value}" for key, value in infer_keys.items()], base=config)
     save_config(updated, run_dir / "config.yaml")
     update_run_info(run_dir, infer_search={"before": before, "after": after, "searched": time.time()})

@@ -9,6 +9,7 @@ on this host shows as `stale`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 from pathlib import Path
@@ -25,8 +26,26 @@ METRICS = ("val_dice", "val_f1", "val_accuracy")  # the first one a run's metric
 IGNORED = {"run.name", "run.runs_dir", "run.progress"}  # bookkeeping, not settings
 
 
+SHORT = 24  # characters of a value shown in full in the `changed` column
+
+
 def _compact(value) -> str:
     return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+
+
+def changed_text(changed: dict) -> str:
+    """The `changed` cell: short scalar settings first (`train.lr=0.001`), then large values summarised by
+    their kind and a short hash of their text (`data.augment=<dict #3f2a9c>`; equal values, equal hashes),
+    so a scalar difference stays visible in a narrow column."""
+    short, large = [], []
+    for key, value in sorted(changed.items()):
+        text = _compact(value)
+        if not isinstance(value, (dict, list)) and len(text) <= SHORT:
+            short.append(f"{key}={text}")
+        else:
+            kind = "dict" if isinstance(value, dict) else "list" if isinstance(value, list) else "text"
+            large.append(f"{key}=<{kind} #{hashlib.sha1(text.encode()).hexdigest()[:6]}>")
+    return " ".join(short + large)
 
 
 def differences(config: dict, reference: dict) -> dict:
@@ -84,7 +103,7 @@ def collect_runs(runs_dir: Path) -> list[dict]:
         rows.append({
             "name": run_dir.name, "parent": parent.name if parent else "", "task": config.get("task", "?"),
             "size": config.get("data.size"), "fov": config.get("data.fov_px"),
-            "changed": " ".join(f"{k}={_compact(v)}" for k, v in sorted(changed.items())), "changes": changed,
+            "changed": changed_text(changed), "changes": changed,
             "best": best, "epoch": epoch, "time": round(sum(float(r.get("seconds", 0)) for r in records), 1),
             "status": _status(info), "metric": metric, "run_dir": run_dir, "created": info.get("created") or 0,
         })

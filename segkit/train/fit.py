@@ -52,7 +52,7 @@ from segkit.train import stage as st
 from segkit.train.ema import ModelEma
 from segkit.train.swa import EpochAverage, finish_average
 from segkit.train.loop import EarlyStopping, train_one_epoch
-from segkit.train.optim import create_optimizer, create_scheduler
+from segkit.train.optim import create_optimizer, create_scheduler, short_run_lr
 from segkit.train.tracking import check_tracking, create_tracker, default_tracking_uri
 from segkit.train.validate import validate
 
@@ -245,7 +245,11 @@ def _build(config: Config, data: TrainingData, preprocess: Preprocess, device: t
                         num_workers=config.data.workers)
     steps_per_epoch = math.ceil(len(loader) / t.accumulate)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = create_optimizer(t.optimizer, trainable, lr=t.lr, weight_decay=t.weight_decay, momentum=t.momentum)
+    lr = short_run_lr(t.lr, steps_per_epoch * t.epochs, t.lr_full_steps)
+    if lr != t.lr:
+        _log(f"peak lr {lr:.2g} (train.lr {t.lr:g} scaled for a run of {steps_per_epoch * t.epochs} optimizer steps, "
+             f"fewer than train.lr_full_steps {t.lr_full_steps})")
+    optimizer = create_optimizer(t.optimizer, trainable, lr=lr, weight_decay=t.weight_decay, momentum=t.momentum)
     scheduler = create_scheduler(t.scheduler, optimizer, total_steps=steps_per_epoch * t.epochs,
                                  warmup_steps=t.warmup_steps, min_lr_ratio=t.min_lr_ratio)
     return st.Parts(

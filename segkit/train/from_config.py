@@ -39,7 +39,8 @@ from segkit.models.target_loss import TargetLoss
 from segkit.post.watershed import SeedSettings
 from segkit.runs.device import seed_everything
 from segkit.runs.rundir import read_run_info
-from segkit.train.validate import ValidationSettings, activation_for
+from segkit.models.activation import output_activation
+from segkit.train.validate import ValidationSettings
 
 
 # the validation score that picks the best checkpoint (and drives early stopping), per task
@@ -184,7 +185,7 @@ def validation_settings(config: Config) -> ValidationSettings:
     return ValidationSettings(
         fov_px=config.data.fov_px, size=config.data.size, overlap_px=i.overlap_px, tta=i.tta, blend=i.blend,
         threshold=i.threshold, batch_size=i.batch_size, amp=config.train.amp,
-        activation="sigmoid" if spec else activation_for(config.model.classes), classes=config.model.classes,
+        activation=output_activation(config.model.classes, spec.names if spec else None), classes=config.model.classes,
         margin_px=i.margin_px, task=config.task,
         class_names=tuple(class_names(config)) if config.task == "cls" else None,
         targets=spec.names if spec else None, seeds=seed_settings(config) if spec else None,

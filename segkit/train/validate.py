@@ -26,11 +26,6 @@ from segkit.post.morphology import threshold as threshold_probs
 from segkit.post.watershed import SeedSettings, watershed_instances
 
 
-def activation_for(classes: int) -> str:
-    """Binary models end in a sigmoid, multiclass ones in a softmax over classes."""
-    return "sigmoid" if classes == 1 else "softmax"
-
-
 @dataclass(frozen=True)
 class ValidationSettings:
     """How validation predicts (the run's infer settings) and scores.

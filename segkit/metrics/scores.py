@@ -16,13 +16,17 @@ scores 0, so an empty prediction is never rewarded where there was something to 
 
 ``classes`` follows the model: 1 = binary (any non-zero value is foreground), C > 1 = class ids
 with classes 1..C-1 scored (0 is background). The mean per-image Dice over the scored classes is
-the number training reports as val_dice (segkit.metrics.seg.DiceAccumulator), so
+the number training reports as val_dice (segkit.metrics.seg.DiceAccumulator; both compute Dice
+with segkit.metrics.seg.f1_from_counts), so
 ``segkit evaluate`` and the training log agree on the same predictions.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from segkit.ground.errors import SegkitError
+from segkit.metrics.seg import f1_from_counts
 
 SCORES = ("dice", "iou", "precision", "recall")
 
@@ -36,7 +40,7 @@ def pixel_counts(pred: np.ndarray, truth: np.ndarray, classes: int = 1) -> np.nd
     """(labels, 3) int64 TP, FP, FN pixels of each scored class, from two class-id maps."""
     p, t = np.asarray(pred), np.asarray(truth)
     if p.shape != t.shape:
-        raise ValueError(f"pixel_counts: prediction {p.shape} and truth {t.shape} differ")
+        raise SegkitError(f"pixel_counts: prediction {p.shape} and truth {t.shape} differ")
     if int(classes) <= 1:
         p, t = p.reshape(-1) != 0, t.reshape(-1) != 0
         tp = int(np.count_nonzero(p & t))
@@ -64,7 +68,7 @@ def pixel_scores(counts: np.ndarray) -> dict[str, np.ndarray]:
     tp, fp, fn = c[..., 0], c[..., 1], c[..., 2]
     empty = (tp + fp + fn) == 0
     return {
-        "dice": _ratio(2 * tp, 2 * tp + fp + fn, empty),
+        "dice": np.asarray(f1_from_counts(tp, fp, fn)),
         "iou": _ratio(tp, tp + fp + fn, empty),
         "precision": _ratio(tp, tp + fp, empty),
         "recall": _ratio(tp, tp + fn, empty),
@@ -76,7 +80,3 @@ def mean_scores(counts: np.ndarray) -> dict[str, float]:
     return {name: float(values.mean()) for name, values in pixel_scores(counts).items()}
 
 
-def object_f1_from_counts(tp: int, fp: int, fn: int) -> float:
-    """Object F1 = 2 TP / (2 TP + FP + FN) from pooled object counts; 1.0 when there are no objects."""
-    total = 2 * tp + fp + fn
-    return 1.0 if total == 0 else 2 * tp / total

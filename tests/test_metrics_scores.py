@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from segkit.report.evaluate import score_masks
-from segkit.report.scores import mean_scores, pixel_counts, pixel_scores
+from segkit.metrics.scores import mean_scores, pixel_counts, pixel_scores
 from segkit.metrics.seg import DiceAccumulator
 
 
