@@ -557,3 +557,35 @@ def test_full_disk_under_sqlite_is_one_line(tmp_path):
         assert disk_error_line(ValueError("unrelated")) is None
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.slow
+def test_oof_after_a_kill_trains_only_the_missing_folds(tmp_path, digits):
+    """oof killed during fold 1 (its epoch 2 lost), fold 2 never started: the next oof leaves fold 0
+    untouched, resumes fold 1 from its epoch 1 and trains fold 2."""
+    import yaml
+
+    from test_cls_cli import _digest
+
+    config = {"task": "cls", "run": {"runs_dir": str(tmp_path / "runs"), "progress": False},
+              "data": {"manifest": str(digits / "train.csv"), "size": 16, "fold_method": "stratified",
+                       "stats_windows": 8},
+              "model": {"encoder": "tu-resnet10t"}, "train": {"epochs": 2, "batch_size": 8, "amp": False}}
+    (tmp_path / "cls.yaml").write_text(yaml.safe_dump(config))
+    args = ["oof", "--config", str(tmp_path / "cls.yaml"), "--folds", "3", "--name", "o", "--out", str(tmp_path / "o.csv")]
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    runs = tmp_path / "runs"
+    (tmp_path / "o.csv").unlink()
+    shutil.rmtree(runs / "o-fold2")  # never started
+    fold1 = runs / "o-fold1"  # killed in its second epoch
+    (fold1 / "checkpoints" / "epoch_0002.pt").unlink()
+    info = json.loads((fold1 / "run.json").read_text())
+    info.update(status="running", pid=999999999, last_epoch=1)
+    (fold1 / "run.json").write_text(json.dumps(info))
+    kept = _digest(runs / "o-fold0")
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0, again.output
+    assert _digest(runs / "o-fold0") == kept
+    assert [json.loads(line)["epoch"] for line in (fold1 / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert json.loads((runs / "o-fold2" / "run.json").read_text())["status"] == "finished"

@@ -85,8 +85,7 @@ def predict_image(
         scaled by its default window (the dtype range; integers wider than 8 bits: the 1st-99th
         percentile of the image's thumbnail). fov_px: source pixels per tile; size: pixels the model sees
         (default fov_px); classes: 1 = sigmoid output, N > 1 = softmax over N classes.
-    tta, threshold, overlap_px, blend, batch_size, amp: as `segkit infer` (its --help; overlap_px None: a quarter
-        of the tile, at most 64 px).
+    tta, threshold, overlap_px, blend, batch_size, amp: as `segkit infer` (its --help).
     """
     # why: the one-call public API (like smp's and MONAI's inferers): every option a keyword with the default of
     # its config key.

@@ -102,7 +102,7 @@ def _fit(config, command, parent, resume, parent_epoch, dist_info, hooks) -> Pat
     # why: the stage read top to bottom: open, build, restore, train, finish; its pieces are functions, this is
     # their order.
     main, world, rank = distributed.is_main(), distributed.world_size(), distributed.rank()
-    if main and resume is not None:  # one process per run: a second resume fails here, before anything is read
+    if main and resume is not None and Path(resume).is_dir():  # one process per run: a second resume fails here
         lock_run(resume)
     if main:  # what a killed stage left half-written
         remove_stale_run_temps(Path(resume).parent if resume is not None else Path(config.run.runs_dir), resume)
