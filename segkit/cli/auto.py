@@ -6,20 +6,20 @@ from pathlib import Path
 
 import click
 
-from segkit.cli.flags import setting_option
+from segkit.cli.flags import setting_options
 from segkit.cli.options import command_config, common_options, task_option
 from segkit.ground.errors import SegkitError
 
 BUDGET_HELP = "Time for training plus the empirical stage: 90s, 10m, 1.5h."
 
 
-def _config(data: str, config_path, overrides):
+def _config(command: str, data: str, config_path, overrides):
     """DATA names a config (a .yaml file) or the data itself (data.manifest); --config applies underneath."""
     if data.endswith((".yaml", ".yml")):
         if config_path is not None:
             raise SegkitError(f"{data}: DATA is a config file; give it or --config, not both")
-        return command_config("plan", data, overrides)
-    return command_config("plan", config_path, overrides, values={"data.manifest": data})
+        return command_config(command, data, overrides)
+    return command_config(command, config_path, overrides, values={"data.manifest": data})
 
 
 @click.command()
@@ -46,7 +46,7 @@ def plan(data, config_path, overrides, budget, out_path, fresh_probe):
     from segkit.workflows.plan import make_plan, summary_line
 
     budget_s = parse_budget(budget) if budget is not None else None
-    config = _config(data, config_path, overrides)
+    config = _config("plan", data, config_path, overrides)
     planned = make_plan(config, budget_s=budget_s, overrides=list(overrides),
                         probe=partial(probe_throughput, fresh=fresh_probe))
     click.echo(summary_line(planned))
@@ -59,7 +59,7 @@ def plan(data, config_path, overrides, budget, out_path, fresh_probe):
 @common_options
 @task_option
 @click.option("--budget", required=True, help=BUDGET_HELP)
-@setting_option("run.name")
+@setting_options("run.name")
 @click.option("--dry-run", is_flag=True, help="Print the plan and stop (nothing trained or written).")
 def auto(data, config_path, overrides, budget, dry_run):
     """Plan from DATA, train within --budget, then choose infer settings on the validation fold.
@@ -77,5 +77,5 @@ def auto(data, config_path, overrides, budget, dry_run):
     from segkit.workflows.budget import parse_budget
 
     budget_s = parse_budget(budget)
-    config = _config(data, config_path, overrides)
+    config = _config("auto", data, config_path, overrides)  # --name, --device, ... are read as their settings
     run_auto(config, budget_s=budget_s, overrides=list(overrides), dry_run=dry_run, echo=click.echo)

@@ -31,7 +31,7 @@ DATA_SECTIONS = ("task", "run", "data")
 # where the images and class names come from, and AMP; the rest belongs to the trained run.
 READS = {
     "train": ALL_SECTIONS, "finetune": ALL_SECTIONS, "config": ALL_SECTIONS, "tune": ALL_SECTIONS,
-    "oof": ALL_SECTIONS, "plan": ALL_SECTIONS,
+    "oof": ALL_SECTIONS, "plan": ALL_SECTIONS, "auto": ALL_SECTIONS,
     # evaluate --run scores the run as `segkit infer` would predict it; evaluate --pred reads labels
     "evaluate --run": ("infer", "run", "train.amp"),
     "evaluate": ("task", "run", "data", "model.classes", "infer.rle_order"),
