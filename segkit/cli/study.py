@@ -1,4 +1,4 @@
-"""`segkit evaluate`, `segkit runs`, `segkit tune`: the study loop (segkit.report, segkit.search)."""
+"""`segkit evaluate`, `segkit runs`, `segkit tune`: the study loop (segkit.workflows, segkit.report, segkit.tune)."""
 
 from __future__ import annotations
 
