@@ -77,7 +77,7 @@ def test_ema_freeze_subset_sgd_cosine_floor_and_early_stopping(project):
         "--set", "train.ema=0.5", "--set", "model.freeze_fraction=0.5", "--set", "train.optimizer=sgd",
         "--set", "train.scheduler=cosine", "--set", "train.lr=1e-3",
         "--set", "train.min_lr_ratio=0.1", "--set", "train.momentum=0.8",
-        "--set", "train.early_stop=2", "--set", "train.early_stop_delta=1.0")
+        "--set", "train.early_stop=2", "--set", "train.early_stop_delta=1.0", "--set", "train.lr_full_steps=0")
     run_dir = project / "runs" / "ema"
     assert [r["epoch"] for r in records(run_dir)] == [1, 2, 3]
     assert load(run_dir, 3)["early_stop"]["bad_epochs"] == 2
