@@ -401,7 +401,7 @@ def _fail(run_dir: Path, exc: BaseException) -> None:
     """Record why the run stopped; a SegkitError (e.g. a NaN loss) is re-raised naming the last good checkpoint."""
     status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if not run_dir.is_dir():
+    if not (run_dir / "run.json").is_file():
         raise SegkitError(f"{run_dir}: the run directory disappeared while training (deleted or moved?); stopped")
     if distributed.is_main():
         with contextlib.suppress(OSError, SegkitError):  # a full disk: run.json stays "running", still resumable
@@ -413,6 +413,9 @@ def _fail(run_dir: Path, exc: BaseException) -> None:
 
 
 def _record_epoch(run_dir: Path, record: dict) -> None:
-    """metrics.jsonl before the checkpoint: a crash in between leaves a record that resume drops."""
+    """metrics.jsonl before the checkpoint: a crash in between leaves a record that resume drops. A run
+    directory deleted meanwhile is not re-created by these writes (_fail names it)."""
+    if not (run_dir / "run.json").is_file():
+        raise SegkitError(f"{run_dir}: the run directory disappeared while training")
     append_jsonl(run_dir / "metrics.jsonl", record)
     plot_metrics(run_dir / "metrics.jsonl", run_dir / "plots")
