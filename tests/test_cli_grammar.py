@@ -91,7 +91,8 @@ def test_recipes_are_addressable_by_name_and_listed_in_errors():
     assert load_config("sample.yaml").train.epochs == load_config(RECIPES_DIR / "sample.yaml").train.epochs
     result = run_cli("stats", "--config", "sampel", expect=1)
     assert result.output.startswith("Error: sampel: cannot read config (no such file; recipes shipped with segkit: "
-                                    "augment_baseline, augment_heavy_noise, digits, sample)")
+                                    "aerial, augment_baseline, augment_heavy_noise, classification, ct, digits, histology, sample, "
+                                    "small_images)")
 
 
 def test_package_data_ships_the_recipes():

@@ -266,8 +266,9 @@ def test_images_with_different_bands_are_an_error(files):
     rows = [_row(root / "slide.tif", None), _row(root / "grey.tif", None, id="grey")]
     with pytest.raises(SegkitError, match=r"grey\.tif: 1 band\(s\), but 1 of 2 images have 3 \(e\.g\. .*slide\.tif\)"):
         open_pairs(rows, LabelOptions())
-    with pytest.raises(SegkitError, match=r"grey\.tif: 1 band\(s\), but the training images have 3"):
-        open_pairs(rows[1:], LabelOptions(), bands=3)
+    training = open_pairs(rows[:1], LabelOptions())  # validation rows are checked against the training ones
+    with pytest.raises(SegkitError, match=r"grey\.tif: 1 band\(s\), but 1 of 2 images have 3 \(e\.g\. .*slide\.tif\)"):
+        open_pairs(rows[1:], LabelOptions(), reference=training)
 
 
 def test_sampler_names_files_and_warns_about_dropped_areas(files):
