@@ -9,7 +9,8 @@ from torch import nn
 
 from segkit.ground.errors import SegkitError
 from segkit.runs import distributed as d
-from segkit.train.loop import evaluate, train_one_epoch
+from loop_eval import evaluate
+from segkit.train.loop import train_one_epoch
 
 WORLD = 2
 

@@ -12,7 +12,8 @@ from segkit.models.losses import create_loss
 from segkit.runs.checkpoint import load_checkpoint, save_checkpoint
 from segkit.runs.device import pick_device, seed_everything
 from segkit.train.ema import ModelEma
-from segkit.train.loop import EarlyStopping, evaluate, train_one_epoch
+from loop_eval import evaluate
+from segkit.train.loop import EarlyStopping, train_one_epoch
 from segkit.train.optim import create_optimizer, create_scheduler
 from segkit.train.stage import Parts, restore_training_state, training_state
 

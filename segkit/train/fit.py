@@ -34,9 +34,8 @@ from segkit.runs import distributed
 from segkit.runs.device import make_scaler, pick_device
 from segkit.runs.lock import lock_run, release_all
 from segkit.train.hardware import choose_hardware, loader_for
-from segkit.runs.plots import plot_confusion, plot_metrics
+from segkit.runs.plots import plot_confusion
 from segkit.runs.rundir import (
-    append_jsonl,
     check_resumable,
     create_run_dir,
     mark_running,
@@ -334,7 +333,7 @@ def _run_epochs(config: Config, parts: st.Parts, run_dir: Path, data: TrainingDa
                 best = {"epoch": epoch, "value": record[metric], "metric": metric}
             verdict = None
             if main:
-                _record_epoch(run_dir, record)
+                st.record_epoch(run_dir, record)
                 ckpt.save_checkpoint(checkpoint_dir / ckpt.checkpoint_name(epoch),
                                      st.training_state(parts, epoch, best, record))
                 keep = checkpoint_dir / ckpt.checkpoint_name(best["epoch"]) if best else None
@@ -410,12 +409,3 @@ def _fail(run_dir: Path, exc: BaseException) -> None:
         kept = ckpt.list_checkpoints(run_dir / "checkpoints")
         where = f"last good checkpoint {kept[-1]}" if kept else "no checkpoint was written"
         raise SegkitError(f"{message.removesuffix('; last good checkpoint kept')} ({where}; run status {status})") from None
-
-
-def _record_epoch(run_dir: Path, record: dict) -> None:
-    """metrics.jsonl before the checkpoint: a crash in between leaves a record that resume drops. A run
-    directory deleted meanwhile is not re-created by these writes (_fail names it)."""
-    if not (run_dir / "run.json").is_file():
-        raise SegkitError(f"{run_dir}: the run directory disappeared while training")
-    append_jsonl(run_dir / "metrics.jsonl", record)
-    plot_metrics(run_dir / "metrics.jsonl", run_dir / "plots")

@@ -14,6 +14,8 @@ import torch
 from segkit.ground.errors import SegkitError
 from segkit.runs import checkpoint as ckpt
 from segkit.runs import distributed
+from segkit.runs.plots import plot_metrics
+from segkit.runs.rundir import append_jsonl
 
 # --- the objects of a stage -----------------------------------------------------------------
 
@@ -149,3 +151,12 @@ def summary_line(run_dir: Path, epoch: int, record: dict, best, seconds: float) 
     name = best.get("metric", "val_dice").replace("_", " ") if best else ""
     score = f"  best {name} {best['value']:.4f} at epoch {best['epoch']}" if best else "  (no validation rows)"
     return f"done: {run_dir}  {epoch} epochs{loss}{score}  ({seconds:.0f} s this session)"
+
+
+def record_epoch(run_dir: Path, record: dict) -> None:
+    """metrics.jsonl before the checkpoint: a crash in between leaves a record that resume drops. A run
+    directory deleted meanwhile is not re-created by these writes (_fail names it)."""
+    if not (run_dir / "run.json").is_file():
+        raise SegkitError(f"{run_dir}: the run directory disappeared while training")
+    append_jsonl(run_dir / "metrics.jsonl", record)
+    plot_metrics(run_dir / "metrics.jsonl", run_dir / "plots")
