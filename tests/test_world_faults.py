@@ -353,16 +353,16 @@ def test_read_only_output_folder_is_one_line(tmp_path, trained, project):
 
 
 def test_runs_folder_deleted_while_training_is_one_line(tmp_path, monkeypatch):
-    import segkit.train.fit as fit
+    import segkit.train.stage as stage
 
     root = write_tiny_project(tmp_path / "p", train={"epochs": 2})
-    real = fit._record_epoch
+    real = stage.record_epoch
 
     def delete_then_record(run_dir, record):
         shutil.rmtree(run_dir.parent)  # the whole runs folder, as `rm -rf runs` from another shell
         return real(run_dir, record)
 
-    monkeypatch.setattr(fit, "_record_epoch", delete_then_record)
+    monkeypatch.setattr(stage, "record_epoch", delete_then_record)
     result = CliRunner().invoke(cli, ["train", "--config", str(root / "tiny.yaml"), "--name", "r"])
     assert result.exit_code == 1, result.output
     assert result.output.strip().splitlines()[-1] == (f"Error: {root / 'runs' / 'r'}: the run directory "
