@@ -127,18 +127,22 @@ class RunPredictions:
     def search_items(self, truth_for, tile_px: int):
         """A loader for postsearch: (image id, {view: probs}, truth bool) per item, read from the files."""
         def load():
-            for image in self.images:
-                with open_raster(image.image) as raster:
-                    truth = truth_for(image, raster)
-                    if truth is None:
-                        continue
-                    region = image_region(image, raster.height, raster.width)
-                    files = {view: open_raster(path) for view, path in self.views[image.id].items()}
-                    for window in item_windows(region, tile_px):
-                        local = Window(window.row - region.row, window.col - region.col, window.height, window.width)
-                        probs = {view: f.read(local)[..., 0].astype(np.float32) for view, f in files.items()}
-                        yield image.id, probs, truth.read(window) != 0
+            for image, _, truth, region in labelled_regions(self.images, truth_for):
+                files = {view: open_raster(path) for view, path in self.views[image.id].items()}
+                for window in item_windows(region, tile_px):
+                    local = Window(window.row - region.row, window.col - region.col, window.height, window.width)
+                    probs = {view: f.read(local)[..., 0].astype(np.float32) for view, f in files.items()}
+                    yield image.id, probs, truth.read(window) != 0
         return load
+
+
+def labelled_regions(images: list[EvalImage], truth_for):
+    """(image, open raster, truth, region) of every validation image that has a truth, one open at a time."""
+    for image in images:
+        with open_raster(image.image) as raster:
+            truth = truth_for(image, raster)
+            if truth is not None:
+                yield image, raster, truth, image_region(image, raster.height, raster.width)
 
 
 def run_seed_search(predictions: RunPredictions, truth_for) -> dict:
@@ -146,15 +150,10 @@ def run_seed_search(predictions: RunPredictions, truth_for) -> dict:
     memory, a validation region is small) and the watershed thresholds searched on them (seedsearch)."""
     started = time.process_time()
     items = []
-    for image in predictions.images:
-        with open_raster(image.image) as raster:
-            truth = truth_for(image, raster)
-            if truth is None:
-                continue
-            region = image_region(image, raster.height, raster.width)
-            probs = np.concatenate([p.astype(np.float32) for _, p in stream_probs(
-                predictions.ensemble, raster, predictions.settings, predictions.device, region=region)], axis=1)
-            items.append((image.id, probs, truth.read_instances(region)))
+    for image, raster, truth, region in labelled_regions(predictions.images, truth_for):
+        probs = np.concatenate([p.astype(np.float32) for _, p in stream_probs(
+            predictions.ensemble, raster, predictions.settings, predictions.device, region=region)], axis=1)
+        items.append((image.id, probs, truth.read_instances(region)))
     result = search_seeds(lambda: items, predictions.targets, predictions.settings.seeds)
     result["cpu_seconds"] = round(time.process_time() - started, 1)
     return result
