@@ -200,3 +200,63 @@ def test_a_local_encoder_weights_file_is_loaded_and_kept_by_the_plan(tmp_path, p
     assert weights_rule(config)["model.encoder_weights"][0] == str(tmp_path / "r18.pth")
     with pytest.raises(SegkitError, match="weights file not found"):
         create_model("Unet", "resnet18", str(tmp_path / "nope.pth"), in_channels=1)
+
+
+def test_a_low_resolution_first_stage_only_where_the_objects_stay_visible():
+    big = _fp([140, 150, 160, 170, 180], side=4096)  # downscale 4 already: the small objects span ~37 px
+    planned = rules.scale_rule(big)
+    fov, size = planned["data.fov_px"][0], planned["data.size"][0]
+    low, why = rules.low_stage_size(big, fov, size)
+    assert low == 32 * ((size // 2) // 32) and "fine-tune at" in why
+    nuclei = _fp([18, 22, 25, 28, 36])
+    planned = rules.scale_rule(nuclei)
+    low, why = rules.low_stage_size(nuclei, planned["data.fov_px"][0], planned["data.size"][0])
+    assert low is None and why.startswith("one stage")
+
+
+def test_two_stages_fit_the_budget_or_one_stage_is_planned():
+    from segkit.workflows.budget import EMPIRICAL_PASSES, stages_rule
+    from segkit.workflows.plan import stage_decisions
+
+    full = Throughput(step_s=0.4, val_s=1.0, startup_s=2.0, batch_size=4, size=320, device="cpu")
+    low = Throughput(step_s=0.1, val_s=0.4, startup_s=2.0, batch_size=4, size=160, device="cpu")
+    for budget in (120, 600):
+        staged = stages_rule(low, full, budget)
+        e1, w1 = staged["train.epochs"][0], staged["train.windows_per_epoch"][0]
+        e2, w2 = staged["train.finetune_epochs"][0], staged["train.finetune_windows_per_epoch"][0]
+        spent = (low.startup_s + full.startup_s + e1 * (w1 // 4 * low.step_s + low.val_s)
+                 + e2 * (w2 // 4 * full.step_s + full.val_s) + EMPIRICAL_PASSES * full.val_s)
+        assert budget * 0.9 <= spent <= budget and e1 >= 2 and e2 >= 2
+        assert staged["train.finetune_size"][0] == 320
+    assert stages_rule(low, full, 25) is None  # not two epochs of each: one stage
+
+    config = load_config(None, ["data.fov_px=1280", "data.size=320", "train.batch_size=4"])
+    big = _fp([140, 150, 160, 170, 180], side=4096)
+    sizes = []
+
+    def probe(c):
+        sizes.append(c.data.size)
+        return low
+
+    decided = stage_decisions(config, big, {}, full, 600, probe)
+    assert sizes == [160] and decided["data.size"][0] == 160 and decided["train.finetune_size"][0] == 320
+    assert stage_decisions(config, big, {}, full, 25, probe)["train.finetune_size"][0] is None
+    assert stage_decisions(config, big, {"data.size": 320}, full, 600, probe) == {}  # --set wins
+
+
+def test_auto_trains_a_planned_fine_tune_from_the_first_stage(project):
+    from segkit.workflows.auto import run_auto
+    from segkit.workflows.plan import make_plan
+
+    config = load_config(project / "base.yaml", ["run.name=two"])
+    tp = Throughput(step_s=0.25, val_s=0.3, startup_s=1.0, batch_size=8, size=64, device="cpu")
+    plan = make_plan(config, budget_s=12, probe=lambda c: tp, overrides=[
+        "data.fov_px=64", "data.size=32", "train.finetune_size=64", "train.epochs=1", "train.finetune_epochs=1",
+        "train.windows_per_epoch=8", "train.finetune_windows_per_epoch=8"])
+    lines = []
+    summary = run_auto(config, budget_s=600, plan=plan, echo=lines.append)
+    final = project / "runs" / "two-ft"
+    info = json.loads((final / "run.json").read_text())
+    assert summary["run"] == str(final) and info["command"] == "finetune"
+    assert info["parent"] == str(project / "runs" / "two")
+    assert load_config(final / "config.yaml").data.size == 64 and "fine-tune at 64 px" in "\n".join(lines)

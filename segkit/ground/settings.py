@@ -164,6 +164,16 @@ class TrainConfig:
     sync_bn: bool = setting(False, "torchrun: BatchNorm statistics over every rank's batch (SyncBatchNorm; GPUs "
                                    "only).")
     target_weights: Optional[list] = setting(None, "data.targets: loss weight per target; null = 1 each.")
+    finetune_size: Optional[int] = setting(
+        None, "segkit auto: after this stage, fine-tune at this network size (same field of view, from the best "
+              "checkpoint); null = one stage.", minimum=32,
+        doc="Planned by `segkit plan` only when the small objects stay visible at the lower first-stage size "
+            "and the budget holds enough epochs for both stages. `segkit train --config plan.yaml` trains the "
+            "first stage; `segkit finetune -r RUN --size N` is the second.")
+    finetune_epochs: Optional[int] = setting(None, "segkit auto: epochs of the fine-tune stage; null = epochs.",
+                                             minimum=1)
+    finetune_windows_per_epoch: Optional[int] = setting(
+        None, "segkit auto: windows per epoch of the fine-tune stage; null = windows_per_epoch.", minimum=1)
 
 
 @dataclass

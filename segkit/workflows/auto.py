@@ -34,6 +34,32 @@ def deadline_hook(train_deadline: float, clock: Callable[[], float] = time.time)
     return hook
 
 
+def train_stages(planned: Config, deadline: float, echo: Callable[[str], None]) -> Path:
+    """The planned stage, and the planned fine-tune (train.finetune_size) from its best checkpoint.
+
+    The first stage of two stops at its share of the time left (what the plan gave it), so a slower
+    machine than the probe saw still leaves the fine-tune its time; the fine-tune stops at ``deadline``.
+    """
+    t = planned.train
+    if not t.finetune_size:
+        return fit(planned, command="train", hooks=[deadline_hook(deadline)])
+    first_s = t.epochs * t.windows_per_epoch
+    second_s = (t.finetune_epochs or t.epochs) * (t.finetune_windows_per_epoch or t.windows_per_epoch) * (
+        t.finetune_size / planned.data.size) ** 2  # a window's cost grows with its pixels
+    now = time.time()
+    first_deadline = now + (deadline - now) * first_s / (first_s + second_s)
+    first = fit(planned, command="train", hooks=[deadline_hook(first_deadline)])
+    echo(f"stage 1 ({planned.data.size} px): {first}; fine-tune at {t.finetune_size} px")
+    second = dataclasses.replace(
+        planned,
+        run=dataclasses.replace(planned.run, name=f"{planned.run.name}-ft" if planned.run.name else None),
+        data=dataclasses.replace(planned.data, size=t.finetune_size, fov_px=planned.data.fov_px or planned.data.size),
+        train=dataclasses.replace(t, epochs=t.finetune_epochs or t.epochs, finetune_size=None, finetune_epochs=None,
+                                  windows_per_epoch=t.finetune_windows_per_epoch or t.windows_per_epoch,
+                                  finetune_windows_per_epoch=None))
+    return fit(second, command="finetune", parent=first, parent_epoch="best", hooks=[deadline_hook(deadline)])
+
+
 def run_auto(config: Config, *, budget_s: float, overrides: list[str] = (), dry_run: bool = False,
              echo: Callable[[str], None] = print, plan: Plan | None = None) -> dict:
     """Plan (unless ``plan`` is given), train, run the empirical stage; returns the summary dict."""
@@ -51,7 +77,7 @@ def run_auto(config: Config, *, budget_s: float, overrides: list[str] = (), dry_
             planned.run, name=f"auto-{time.strftime('%Y%m%d-%H%M%S')}"))
     started = time.time()
     reserve = EMPIRICAL_PASSES * tp.val_s if tp else 0.0
-    run_dir = fit(planned, command="train", hooks=[deadline_hook(started + budget_s - reserve)])
+    run_dir = train_stages(planned, started + budget_s - reserve, echo)
     plan.write(run_dir / "plan.yaml")
     write_text(run_dir / "fingerprint.json", json.dumps(plan.fingerprint, indent=1) + "\n")
     trained = time.time()

@@ -32,6 +32,8 @@ MIN_STEPS = 4  # optimizer steps in the shortest epoch worth running
 MAX_EPOCHS = 12  # enough for the last-K checkpoint average and a one-cycle schedule to settle
 VALIDATION_SHARE = 0.2  # at most this share of the training time goes to per-epoch validation
 PROBE_VERSION = 1
+LOW_STAGE_SHARE = 0.6  # of the training time, for the low-resolution first stage of a two-stage plan
+MIN_STAGE_EPOCHS = 2  # each stage of a two-stage plan: its own one-cycle needs a few epochs
 
 
 @dataclass(frozen=True)
@@ -156,11 +158,7 @@ def budget_rule(tp: Throughput, budget_s: float, *, rows: int | None = None) -> 
                           f"works is {format_budget(math.ceil(smallest))}")
     if rows is not None:
         return _class_epochs(tp, budget_s, training, rows)
-    by_share = int(VALIDATION_SHARE * training / max(tp.val_s, 1e-6))
-    epochs = max(1, min(MAX_EPOCHS, by_share))
-    while epochs > 1 and (training - epochs * tp.val_s) / epochs < MIN_STEPS * tp.step_s:
-        epochs -= 1
-    steps = int((training - epochs * tp.val_s) / epochs / tp.step_s)
+    epochs, steps = _epochs_in(tp, training)
     windows = steps * tp.batch_size
     why = (f"{format_budget(budget_s)}: start-up {tp.startup_s:.0f} s + {epochs} x ({steps} steps x "
            f"{tp.step_s:.2f} s + validation {tp.val_s:.2f} s) + empirical stage ~{empirical:.0f} s "
@@ -168,6 +166,41 @@ def budget_rule(tp: Throughput, budget_s: float, *, rows: int | None = None) -> 
     epochs_why = (f"validation ({tp.val_s:.2f} s a pass) kept under {VALIDATION_SHARE:.0%} of the training time, "
                   f"at most {MAX_EPOCHS}")
     return {"train.epochs": (epochs, epochs_why), "train.windows_per_epoch": (windows, why)}
+
+
+def _epochs_in(tp: Throughput, seconds: float) -> tuple[int, int]:
+    """Epochs and optimizer steps per epoch that fill ``seconds`` of training (validation included)."""
+    by_share = int(VALIDATION_SHARE * seconds / max(tp.val_s, 1e-6))
+    epochs = max(1, min(MAX_EPOCHS, by_share))
+    while epochs > 1 and (seconds - epochs * tp.val_s) / epochs < MIN_STEPS * tp.step_s:
+        epochs -= 1
+    return epochs, max(0, int((seconds - epochs * tp.val_s) / epochs / tp.step_s))
+
+
+def stages_rule(low: Throughput, full: Throughput, budget_s: float) -> Decisions | None:
+    """Two stages (``low`` size, then a fine-tune at ``full`` size) that fit ``budget_s``, or None.
+
+    Each stage opens the data and builds its model (both start-ups are paid); the empirical stage
+    predicts at the full size. The low stage gets LOW_STAGE_SHARE of the training time; both stages
+    must hold MIN_STAGE_EPOCHS epochs of MIN_STEPS steps, else one full-size stage is planned.
+    """
+    empirical = EMPIRICAL_PASSES * full.val_s
+    training = budget_s - low.startup_s - full.startup_s - empirical
+    plan = []
+    for tp, seconds in ((low, LOW_STAGE_SHARE * training), (full, (1 - LOW_STAGE_SHARE) * training)):
+        epochs, steps = _epochs_in(tp, seconds)
+        if epochs < MIN_STAGE_EPOCHS or steps < MIN_STEPS:
+            return None
+        plan.append((epochs, steps))
+    (e1, s1), (e2, s2) = plan
+    why = (f"{format_budget(budget_s)}: {e1} x ({s1} steps x {low.step_s:.2f} s at {low.size} px + validation "
+           f"{low.val_s:.2f} s), then {e2} x ({s2} steps x {full.step_s:.2f} s at {full.size} px + validation "
+           f"{full.val_s:.2f} s) + empirical stage ~{empirical:.0f} s (probe on {full.device})")
+    return {"train.epochs": (e1, f"{LOW_STAGE_SHARE:.0%} of the training time at {low.size} px"),
+            "train.windows_per_epoch": (s1 * low.batch_size, why),
+            "train.finetune_size": (full.size, f"fine-tune at {full.size} px for the rest of the budget"),
+            "train.finetune_epochs": (e2, f"{1 - LOW_STAGE_SHARE:.0%} of the training time at {full.size} px"),
+            "train.finetune_windows_per_epoch": (s2 * full.batch_size, why)}
 
 
 def _class_epochs(tp: Throughput, budget_s: float, training: float, rows: int) -> Decisions:

@@ -25,7 +25,8 @@ from segkit.ground.config import Config, flatten_config, load_config, parse_over
 from segkit.ground.errors import SegkitError
 from segkit.io.atomic import write_text
 from segkit.workflows import rules
-from segkit.workflows.budget import Throughput, budget_rule, format_budget, probe_throughput
+from segkit.workflows.budget import (MIN_STAGE_EPOCHS, Throughput, budget_rule, format_budget, probe_throughput,
+                                     stages_rule)
 
 FLIPS_AUGMENT = {"transform": {"__class_fullname__": "Compose", "transforms": [
     {"__class_fullname__": "HorizontalFlip", "p": 0.5}, {"__class_fullname__": "VerticalFlip", "p": 0.5},
@@ -178,9 +179,31 @@ def make_plan(config: Config, *, budget_s: float | None, overrides: list[str] = 
         throughput = probe(config)
         rows = len(train_rows) if config.task == "cls" else None
         config = _apply(config, budget_rule(throughput, budget_s, rows=rows), why, user)
+    config = _apply(config, stage_decisions(config, fp, user, throughput, budget_s, probe), why, user)
     config = load_config(None, [f"{k}={_dump(v)}" for k, v in user.items()], base=config)
     config = dataclasses.replace(config, why=dict(why))
     return Plan(config, why, fp, throughput, budget_s)
+
+
+def stage_decisions(config: Config, fp: dict, user: dict, full: Throughput | None, budget_s: float | None,
+                    probe: Callable[[Config], Throughput]) -> dict:
+    """A low-resolution first stage plus a fine-tune, when the objects allow it (rules.low_stage_size)
+    and the budget holds both (budget.stages_rule, from a second probe at the low size); else one stage.
+    The low stage keeps the full size's batch, so the two probes and the plan's arithmetic agree."""
+    if config.task == "cls":
+        return {}
+    if user.keys() & {"data.size", "data.fov_px", "train.finetune_size"}:
+        return {}
+    low, why = rules.low_stage_size(fp, config.data.fov_px or config.data.size, config.data.size)
+    if low is None:
+        return {"train.finetune_size": (None, why)}
+    if full is None:  # no budget: the rule alone, epochs as given
+        return {"data.size": (low, why), "train.finetune_size": (config.data.size, "the planned full size")}
+    staged = stages_rule(probe(load_config(None, [f"data.size={low}"], base=config)), full, budget_s)
+    if staged is None:
+        return {"train.finetune_size": (None, f"one stage: {format_budget(budget_s)} does not hold "
+                                              f"{MIN_STAGE_EPOCHS} epochs of each stage ({why})")}
+    return {"data.size": (low, why), **staged}
 
 
 def _dump(value) -> str:
@@ -192,5 +215,7 @@ def summary_line(plan: Plan) -> str:
     budget = f", budget {format_budget(plan.budget_s)}" if plan.budget_s else ""
     if c.task == "cls":
         return f"plan: {c.task}, {c.data.size} px images, {c.train.epochs} epochs{budget}"
+    stage2 = (f", then fine-tune at {c.train.finetune_size} px for {c.train.finetune_epochs or c.train.epochs} "
+              f"epochs" if c.train.finetune_size else "")
     return (f"plan: {c.task}, fov {c.data.fov_px} px -> size {c.data.size} px, {c.train.epochs} epochs x "
-            f"{c.train.windows_per_epoch} windows, targets {c.data.targets or 'masks'}{budget}")
+            f"{c.train.windows_per_epoch} windows{stage2}, targets {c.data.targets or 'masks'}{budget}")

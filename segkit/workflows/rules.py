@@ -60,6 +60,29 @@ def scale_rule(fp: dict) -> Decisions:
     return {"data.fov_px": (fov, fov_why), "data.size": (size, scale_why)}
 
 
+def low_stage_size(fp: dict, fov_px: int, size: int) -> tuple[int | None, str]:
+    """The network size of a low-resolution first stage (same field of view), or None with the reason.
+
+    Progressive resizing (train small, fine-tune at full size; Howard and Gugger, fastai 2020) only
+    pays when the objects stay visible at the lower size: at half the planned size the small objects
+    (25th percentile diameter) must still span TARGET_OBJECT_PX network pixels. On aerial buildings
+    that did not (a low-resolution first stage gave half the object F1 of one full-resolution stage,
+    mean of three seeds), so a plan that already shows the small objects near that size keeps one stage.
+    """
+    small = ((fp.get("labels") or {}).get("diameter_px") or {}).get("p25")
+    low = 32 * ((size // 2) // 32)
+    if not small:
+        return None, "no measured objects: one stage"
+    if low < SIZE_RANGE[0]:
+        return None, f"one stage: half of {size} px is below the smallest planned size {SIZE_RANGE[0]}"
+    shown = small * low / fov_px
+    if shown < TARGET_OBJECT_PX:
+        return None, (f"one stage: at {low} px the small objects would span {shown:.0f} network px "
+                      f"(< {TARGET_OBJECT_PX})")
+    return low, (f"the small objects (25th pct diameter {small:g} px) still span {shown:.0f} network px at {low} px "
+                 f"(>= {TARGET_OBJECT_PX}): a {low} px first stage, then a fine-tune at {size} px")
+
+
 def channel_rule(fp: dict) -> Decisions:
     """data.channels and data.normalize from the dtype, bit depth and measured ranges.
 
