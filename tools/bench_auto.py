@@ -135,7 +135,8 @@ def arm_grid(manifest, task, seed, budget, runs, name, grid) -> dict:
     from segkit.workflows.budget import probe_throughput
 
     best = None
-    points = grid if task == "seg" else sorted({(None, 1, e) for _, _, e in grid} | {(None, 1, 2 * e) for _, _, e in grid})
+    points = grid if task == "seg" or all(fov is None for fov, _, _ in grid) else sorted(
+        {(None, 1, e) for _, _, e in grid} | {(None, 1, 2 * e) for _, _, e in grid})
     for fov, down, epochs in points:
         keys = [f"data.fov_px={fov}", f"data.size={fov // down}"] if fov else ["data.size=32"]
         config = load_config("sample" if task == "seg" else "digits",
@@ -148,7 +149,7 @@ def arm_grid(manifest, task, seed, budget, runs, name, grid) -> dict:
         scores = score_run(run, task)
         key = scores.get("object_f1") if "objects" in manifest else scores.get("dice", scores.get("f1"))
         if best is None or (key or 0) > best[0]:
-            best = ((key or 0), {**scores, "recipe": f"fov {fov} /{down} x{epochs}"})
+            best = ((key or 0), {**scores, "recipe": f"fov {fov} /{down} x{epochs}", "point": [fov, down, epochs]})
     return best[1]
 
 
@@ -178,6 +179,9 @@ def main() -> None:
     parser.add_argument("--arms", default="auto,grid,bare")
     parser.add_argument("--quick", action="store_true", help="nuclei + scene, 1 seed, 60 s, 2 grid points")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--grid-once", action="store_true",
+                        help="search the grid on the first seed only; the other seeds train its best point")
+    parser.add_argument("--grid", default=None, help="grid points fov:downscale:epochs, comma-separated")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -185,10 +189,12 @@ def main() -> None:
     budgets = [60.0] if args.quick and args.budgets == "180,600" else [float(b) for b in args.budgets.split(",")]
     seeds = [42 + k for k in range(1 if args.quick else args.seeds)]
     grid = QUICK_GRID if args.quick else GRID
+    if args.grid:
+        grid = [tuple(int(v) for v in point.split(":")) for point in args.grid.split(",")]
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_auto_"))
     print(f"work {work}; torch threads {args.threads}; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}",
           flush=True)
-    rows = []
+    rows, chosen = [], {}
     for dataset in datasets:
         manifest, task = prepare(dataset, work)
         for budget in budgets:
@@ -198,7 +204,10 @@ def main() -> None:
                 if "auto" in args.arms:
                     row["auto"] = arm_auto(manifest, task, seed, budget, work / "runs", f"auto-{tag}")
                 if "grid" in args.arms:
-                    row["grid"] = arm_grid(manifest, task, seed, budget, work / "runs", f"grid-{tag}", grid)
+                    # the grid is searched on the first seed; its best point is then trained with the other seeds
+                    points = grid if seed == seeds[0] or not args.grid_once else [tuple(chosen[(dataset, budget)])]
+                    row["grid"] = arm_grid(manifest, task, seed, budget, work / "runs", f"grid-{tag}", points)
+                    chosen.setdefault((dataset, budget), row["grid"]["point"])
                 if "bare" in args.arms and dataset in BARE:
                     row["bare"] = arm_bare(manifest, seed, budget)
                 rows.append(row)
