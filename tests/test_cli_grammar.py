@@ -136,6 +136,13 @@ def test_python_m_segkit():
     assert done.returncode == 0 and "Commands:" in done.stdout and "config" in done.stdout
 
 
+def test_the_cli_loads_no_torch_until_a_command_runs():
+    """--help, --explain and every one-line argument error answer without importing torch and smp (seconds)."""
+    code = "import sys, segkit.cli; print(sorted(m for m in ('torch', 'segmentation_models_pytorch') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
 def test_narrow_uint16_gets_a_percentile_window_by_default(tmp_path):
     rng = np.random.default_rng(1)
     (tmp_path / "images").mkdir()

@@ -10,7 +10,6 @@ from segkit.cli.flags import setting_option, setting_options
 from segkit.cli.options import command_config, common_options, run_option, runs_folder
 from segkit.ground.config import TASKS, load_config
 from segkit.ground.errors import SegkitError
-from segkit.infer.classes import check_task
 
 RUNS = "the run's "  # infer starts from the run's config: a flag's default is the run's value
 
@@ -66,6 +65,7 @@ def infer(images, config_path, overrides, run, soup, rle_path, polygons, mask, p
     """
     # why: a click command receives one parameter per option it declares; the settings flags are already folded
     # into given_flags().
+    from segkit.infer.classes import check_task
     from segkit.infer.run import Outputs, image_list, infer_images, infer_settings, load_ensemble
     from segkit.io.atomic import output_folders, remove_stale_temps, staged_commits
     from segkit.runs import distributed
