@@ -52,8 +52,7 @@ def scale_rule(fp: dict) -> Decisions:
     if capped:
         fov, size = cap, cap // downscale
     scale_why = (f"downscale {downscale}: small objects (25th pct diameter {small:g} px) span "
-                 f"{small / downscale:.0f} network px (>= {TARGET_OBJECT_PX} wanted); one stage at this size: a "
-                 f"low-resolution first stage would show them at {small / (2 * downscale):.0f} px")
+                 f"{small / downscale:.0f} network px (>= {TARGET_OBJECT_PX} wanted)")
     fov_why = (f"{CONTEXT} x the large objects' diameter ({large:g} px, 95th pct) = {CONTEXT * large:.0f} px, "
                f"rounded to 32 at downscale {downscale}" + (f"; capped at the median image side {side} px"
                                                             if capped else ""))
