@@ -260,3 +260,18 @@ def test_auto_trains_a_planned_fine_tune_from_the_first_stage(project):
     assert summary["run"] == str(final) and info["command"] == "finetune"
     assert info["parent"] == str(project / "runs" / "two")
     assert load_config(final / "config.yaml").data.size == 64 and "fine-tune at 64 px" in "\n".join(lines)
+
+
+def test_the_deadline_hook_measures_epochs_by_its_own_clock():
+    from segkit.train.fit import StopRun
+    from segkit.workflows.auto import deadline_hook
+
+    now = [100.0]
+    hook = deadline_hook(140.0, clock=lambda: now[0])
+    now[0] = 105.0
+    hook(None, {"seconds": 30.0})  # the first epoch by its record: 105 + 30 <= 140 goes on
+    now[0] = 115.0
+    hook(None, {"seconds": 99.0})  # then by the clock: 10 s an epoch (the record's wall seconds are not read)
+    now[0] = 131.0
+    with pytest.raises(StopRun, match="budget"):
+        hook(None, {"seconds": 1.0})  # 16 s an epoch: 131 + 16 > 140
