@@ -44,6 +44,21 @@ def test_binary_accepts_long_nhw_and_float_n1hw_targets(name):
     assert torch.allclose(a, b)
 
 
+@pytest.mark.parametrize("name", ["soft_bce", "dice", "focal"])
+def test_a_binary_model_counts_every_non_zero_label_as_foreground(name):
+    """An id raster (or a 0/1/2 mask) read for a binary model: 7 is foreground, as evaluation counts it;
+    before, BCE took 7 as the target and the loss went to -3000 while the Dice fell."""
+    logits, target = _batch(1)
+    ids = target.long() * torch.randint(1, 9, target.shape)
+    assert int(ids.max()) > 1
+    loss = create_loss([name], classes=1)
+    assert torch.allclose(loss(logits, ids), loss(logits, target.long()))
+    ignored = create_loss([name], classes=1, ignore_index=255)
+    with_ignore = torch.where(torch.rand(target.shape) < 0.2, torch.full_like(ids, 255), ids)
+    binary = torch.where(with_ignore == 255, with_ignore, (with_ignore > 0).long())
+    assert torch.allclose(ignored(logits, with_ignore), ignored(logits, binary))
+
+
 @pytest.mark.parametrize("name", sorted(CLS_LOSSES))
 @pytest.mark.parametrize("classes", [1, 4])
 def test_every_cls_loss_on_n_by_c_logits(name, classes):

@@ -115,8 +115,9 @@ def _parse_terms(terms) -> list[dict]:
 class CombinedLoss(nn.Module):
     """sum_i weight_i * loss_i(logits, target_i); ``last`` holds each term's detached value."""
 
-    def __init__(self, names, weights, losses, kinds, classes: int, task: str):
+    def __init__(self, names, weights, losses, kinds, classes: int, task: str, ignore_index: int | None = None):
         super().__init__()
+        self.ignore_index = ignore_index
         self.names = list(names)
         self.weights = [float(w) for w in weights]
         self.losses = nn.ModuleList(losses)
@@ -140,6 +141,11 @@ class CombinedLoss(nn.Module):
             return self._index(logits, target)
         if kind == "float":
             t = target if target.dim() == logits.dim() else target.unsqueeze(1)
+            if not t.is_floating_point():
+                # a binary model's foreground is every non-zero label value, as evaluation counts it
+                # (segkit.metrics.seg): an id raster or a 0/1/2 mask must not reach BCE as 7 or 2
+                t = torch.where((t > 1) & (t != (-1 if self.ignore_index is None else self.ignore_index)),
+                                torch.ones_like(t), t)
             return t.to(logits.dtype)
         idx = self._index(logits, target)  # onehot; ignored pixels (out of range) stay as their value
         valid = (idx >= 0) & (idx < self.classes)
@@ -199,7 +205,7 @@ def create_loss(terms, *, classes: int, task: str = "seg", ignore_index: int | N
         weights.append(weight)
         losses.append(loss)
         kinds.append(kind)
-    return CombinedLoss(names, weights, losses, kinds, classes, task)
+    return CombinedLoss(names, weights, losses, kinds, classes, task, ignore_index)
 
 
 class SegClsLoss(nn.Module):
