@@ -120,6 +120,14 @@ def score_run(run_dir: Path, task: str) -> dict:
     return {"dice": summary.get("dice"), "object_f1": summary.get("object_f1")}
 
 
+def drop_checkpoints(runs: Path, name: str) -> None:
+    """Scored runs keep their records but not their weights (a run of resnet18 checkpoints is ~400 MB)."""
+    import shutil
+
+    for folder in runs.glob(f"{name}*/checkpoints"):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def arm_auto(manifest, task, seed, budget, runs, name, clock) -> dict:
     from functools import partial
 
@@ -131,7 +139,9 @@ def arm_auto(manifest, task, seed, budget, runs, name, clock) -> dict:
     plan = make_plan(config, budget_s=budget, probe=partial(probe_throughput, clock=clock, fresh=True))
     started, cpu = time.time(), time.process_time()
     summary = run_auto(config, budget_s=budget, echo=lambda _: None, plan=plan, clock=clock)
-    return {**score_run(Path(summary["run"]), task), "wall": round(time.time() - started, 1),
+    scores = score_run(Path(summary["run"]), task)
+    drop_checkpoints(runs, name)
+    return {**scores, "wall": round(time.time() - started, 1),
             "cpu": round(time.process_time() - cpu, 1), "budget_used": summary["wall_s"],
             "stages": 2 if plan.config.train.finetune_size else 1, "notes": summary.get("notes", [])}
 
@@ -155,6 +165,7 @@ def arm_grid(manifest, task, seed, budget, runs, name, grid, clock) -> dict:
                                     f"train.windows_per_epoch={steps * tp.batch_size}"], base=config)
         run = fit(config, hooks=[deadline_hook(clock() + budget, clock)])
         scores = score_run(run, task)
+        drop_checkpoints(runs, run.name)
         key = scores.get("object_f1") if "objects" in manifest else scores.get("dice", scores.get("f1"))
         if best is None or (key or 0) > best[0]:
             best = ((key or 0), {**scores, "recipe": f"fov {fov} /{down} x{epochs}", "point": [fov, down, epochs]})
