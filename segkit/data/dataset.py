@@ -83,8 +83,9 @@ class SourcePair:
 
     def release(self) -> None:
         """Close the readers (they reopen on next use): a checked class row need not hold its image."""
-        if self._raster is not None and hasattr(self._raster, "close"):
-            self._raster.close()
+        for reader in (self._raster, getattr(self._labels, "raster", None)):  # a mask label reads its own raster
+            if reader is not None and hasattr(reader, "close"):
+                reader.close()
         self._raster = self._labels = None
 
     def __getstate__(self):
@@ -142,9 +143,10 @@ def check_same_headers(paths, channels: np.ndarray, dtypes, backends) -> None:
     channels = np.asarray(channels, np.int64)
     if not len(channels):
         return
-    backends = np.asarray(backends).astype(str)
+    names, back = np.unique(np.asarray(backends), return_inverse=True)
+    backends = np.array([n.decode() if isinstance(n, bytes) else str(n) for n in names])[back.reshape(-1)]
     alpha = (backends == "opencv") & np.isin(channels, (2, 4))
-    names, back = np.unique(np.asarray(dtypes).astype(str), return_inverse=True)
+    names, back = np.unique(np.asarray(dtypes), return_inverse=True)
     kinds = np.array(["float" if np.dtype(d).kind == "f" else str(np.dtype(d)) for d in names])[back.reshape(-1)]
 
     def bands(i):

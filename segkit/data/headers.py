@@ -122,23 +122,32 @@ def read_headers(table: RowTable, options: LabelOptions, *, cache=None, progress
         for name in _FIELDS:
             values[name][found] = store[name][pos[found]]
     missing = np.flatnonzero(~found)
+    done = np.zeros(len(missing), bool)
     bar = Progress(len(missing), desc="reading image headers", unit="files",
                    enabled=progress and len(missing) >= PROGRESS_FILES)
-    with bar:
-        for k in missing:
-            got = _read_unit(table, first[k], options)
-            for name, value in zip(_FIELDS, got):
-                values[name][k] = value.encode() if isinstance(value, str) else value
-            bar.update(1)
-    if len(missing):
-        merged = {"key": np.concatenate([store.get("key", np.empty(0, "S20")), keys[missing]])}
-        for name in _FIELDS:
-            merged[name] = np.concatenate([store[name], values[name][missing]]) if store else values[name][missing]
-        merged["key"], index = np.unique(merged["key"], return_index=True)
-        _save(store_path, {"key": merged["key"], **{name: merged[name][index] for name in _FIELDS}})
+    try:
+        with bar:
+            for n, k in enumerate(missing):
+                got = _read_unit(table, first[k], options)
+                for name, value in zip(_FIELDS, got):
+                    values[name][k] = value.encode() if isinstance(value, str) else value
+                done[n] = True
+                bar.update(1)
+    finally:  # the files read before a bad one are not read again on the next start
+        if done.any():
+            _merge(store_path, store, keys[missing[done]], {name: values[name][missing[done]] for name in _FIELDS})
     table.height[:] = values["height"][unit]
     table.width[:] = values["width"][unit]
     return {name: values[name][unit] for name in _FIELDS[2:]}
+
+
+def _merge(path: Optional[Path], store: dict, keys: np.ndarray, values: dict) -> None:
+    """The store plus the new entries (keys sorted, one entry per key), saved atomically."""
+    merged = {"key": np.concatenate([store["key"], keys]) if store else keys}
+    for name in _FIELDS:
+        merged[name] = np.concatenate([store[name], values[name]]) if store else values[name]
+    merged["key"], index = np.unique(merged["key"], return_index=True)
+    _save(path, {"key": merged["key"], **{name: merged[name][index] for name in _FIELDS}})
 
 
 def open_table(rows, options: LabelOptions, *, reference: Optional[PairList] = None, cache=None,
@@ -152,8 +161,7 @@ def open_table(rows, options: LabelOptions, *, reference: Optional[PairList] = N
         clip_region(int(table.height[i]), int(table.width[i]), table.row(int(i)).region,
                     what=f"manifest row {table.id[i]!r} ({table.image[i]})")
     pairs = PairList(table, options)
-    pairs.headers = {name: np.asarray(values).astype(str) if values.dtype.kind == "S" else values
-                     for name, values in headers.items()}
+    pairs.headers = headers  # channels, dtype and backend per row (bytes: 16 B each)
     parts = [pairs] if reference is None or not len(reference) else [reference, pairs]
     check_same_headers(_Names(parts), *(np.concatenate([part.headers[name] for part in parts])
                                         for name in ("channels", "dtype", "backend")))

@@ -88,6 +88,7 @@ def training_data(config: Config) -> TrainingData:
     return open_training_data(
         config.data.manifest, fold_spec(config), label_options(config), task=config.task, tissue=config.data.tissue,
         fov_px=config.data.fov_px, foreground_share=config.data.foreground_share,
+        small_images=config.data.small_images,
     )
 
 
