@@ -190,6 +190,7 @@ def validation_settings(config: Config) -> ValidationSettings:
         margin_px=i.margin_px, task=config.task,
         class_names=tuple(class_names(config)) if config.task == "cls" else None,
         targets=spec.names if spec else None, seeds=seed_settings(config) if spec else None,
+        small_images=config.data.small_images,
     )
 
 

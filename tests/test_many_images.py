@@ -1,0 +1,114 @@
+"""Many small images: rows in columns, small images as whole windows, batched validation, resumable inference."""
+
+import csv
+import gc
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from segkit.data.channels import parse_channels, resolve_channels
+from segkit.data.dataset import LabelOptions
+from segkit.data.headers import open_table
+from segkit.data.inputs import open_training_data
+from segkit.data.manifest import read_manifest
+from segkit.data.preprocess import Preprocess
+from segkit.data.split import FoldSpec
+from segkit.data.table import PairList, StringColumn
+from segkit.ground.geometry import Window
+from segkit.infer.ensemble import EnsemblePredictor
+from segkit.infer.predict import predict_probs
+from segkit.metrics.seg import DiceAccumulator
+from segkit.models.factory import create_model
+from segkit.post.morphology import threshold as threshold_probs
+from segkit.train.validate import ValidationSettings, validate
+
+SIZES = [(40, 48), (48, 48), (33, 45), (48, 29), (21, 36), (47, 40)]  # all within a 48 px window
+
+
+def write_small_images(root, repeat: int = 2):
+    """PNG images (discs on noise) of the SIZES above with 0/1 masks; the manifest lists each ``repeat`` times."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(3)
+    rows = []
+    for index, (height, width) in enumerate(SIZES):
+        yy, xx = np.mgrid[:height, :width]
+        mask = (((yy - height / 2) ** 2 + (xx - width / 3) ** 2) <= (min(height, width) / 4) ** 2).astype(np.uint8)
+        image = np.clip(rng.normal(60, 12, (height, width)) + 120 * mask, 0, 255).astype(np.uint8)
+        cv2.imwrite(str(root / f"s{index}.png"), image)
+        cv2.imwrite(str(root / f"s{index}_mask.png"), mask)
+        rows += [{"id": f"s{index}_{k}", "image": f"s{index}.png", "label": f"s{index}_mask.png", "fold": k % 2}
+                 for k in range(repeat)]
+    with open(root / "manifest.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return root / "manifest.csv"
+
+
+def _settings(**changes):
+    base = dict(fov_px=48, size=32, overlap_px=None, tta="none", blend="gaussian", threshold=0.5, batch_size=4,
+                amp=False, activation="sigmoid")
+    return ValidationSettings(**{**base, **changes})
+
+
+def _model():
+    torch.manual_seed(0)
+    return create_model("Unet", "resnet18", None, in_channels=1).eval()
+
+
+def test_rows_live_in_arrays_not_objects(tmp_path, own_cache):
+    """The table is numpy arrays only, and the Python objects alive after opening do not grow with the rows."""
+    def alive(repeat):
+        manifest = write_small_images(tmp_path / f"r{repeat}", repeat=repeat)
+        data = open_training_data(str(manifest), FoldSpec(folds=2, val_fold=1), LabelOptions(), task="seg",
+                                  tissue="otsu", fov_px=48, foreground_share=0.5)
+        gc.collect()
+        return data, len(gc.get_objects())
+
+    small, before = alive(2)
+    large, after = alive(200)  # 1,200 rows instead of 12
+    assert isinstance(large.train_pairs, PairList) and len(large.train_pairs) == 600
+    table = large.train_pairs.table
+    for name, value in vars(table).items():
+        held = vars(value).values() if isinstance(value, StringColumn) else [value]
+        assert all(isinstance(v, np.ndarray) and v.dtype != object for v in held), name
+    assert not large.sampler._grids  # no thumbnail grid for images that fit in one window
+    assert after - before < 200, (before, after)  # not one object per row
+    pair = large.train_pairs[5]
+    assert pair.row == read_manifest(tmp_path / "r200" / "manifest.csv")[10]
+    assert (table.height == np.repeat([h for h, _ in SIZES], 100)).all()  # sizes from the (cached) headers
+    assert (table.width == np.repeat([w for _, w in SIZES], 100)).all()
+
+
+def test_string_column_round_trips():
+    values = ["a", "", "é/ü path.png", "x" * 300]
+    column = StringColumn(values)
+    assert [column[i] for i in range(len(column))] == values
+
+
+def test_batched_validation_of_small_images_equals_one_by_one(tmp_path, own_cache):
+    manifest = write_small_images(tmp_path)
+    pairs = open_table(read_manifest(manifest), LabelOptions())
+    raster = pairs[0].raster
+    preprocess = Preprocess(resolve_channels(parse_channels(None, bands=1, dtype=raster.dtype), raster.thumbnail(64)[0]))
+    model = _model()
+    settings = _settings()
+    batched = validate([(model, 1.0)], pairs, preprocess, settings, torch.device("cpu"))
+    # the reference: each image alone through the tiled predictor, as validation did before
+    expected = DiceAccumulator(classes=1)
+    predictor = EnsemblePredictor([(model, 1.0)], "none", activation="sigmoid")
+    for pair in pairs:
+        region = Window(0, 0, pair.raster.height, pair.raster.width)
+        probs = predict_probs(predictor, pair.raster, fov_px=48, size=32, overlap_px=None, preprocess=preprocess,
+                              blend="gaussian", batch_size=1, device="cpu", region=region)
+        expected.add(threshold_probs(probs, 0.5), pair.labels.read(region), image_id=pair.row.id)
+    assert batched["per_image"] == pytest.approx(expected.per_image(), abs=1e-9)
+    assert batched["dice"] == pytest.approx(float(expected.mean()), abs=1e-9)
+    assert 0 < batched["dice"] < 1  # a real, non-trivial score
+    one_by_one = validate([(model, 1.0)], pairs, preprocess, _settings(batch_size=1, small_images="resize"),
+                          torch.device("cpu"))
+    resized = validate([(model, 1.0)], pairs, preprocess, _settings(batch_size=5, small_images="resize"),
+                       torch.device("cpu"))
+    assert resized["per_image"] == pytest.approx(one_by_one["per_image"], abs=1e-9)
