@@ -38,6 +38,7 @@ def _label_keyed_by_id(label: str) -> bool:
 
 
 def _stamp(path: str) -> str:
+    path = os.path.abspath(path)
     try:
         st = os.stat(path)
     except OSError:
