@@ -112,3 +112,89 @@ def test_batched_validation_of_small_images_equals_one_by_one(tmp_path, own_cach
     resized = validate([(model, 1.0)], pairs, preprocess, _settings(batch_size=5, small_images="resize"),
                        torch.device("cpu"))
     assert resized["per_image"] == pytest.approx(one_by_one["per_image"], abs=1e-9)
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """A one-epoch run trained on images smaller than its 48 px window (read at 32 px)."""
+    import yaml
+    from click.testing import CliRunner
+
+    from segkit.cli import cli
+
+    root = tmp_path_factory.mktemp("small")
+    manifest = write_small_images(root / "data")
+    config = {"run": {"runs_dir": str(root / "runs"), "progress": False},
+              "data": {"manifest": str(manifest), "fov_px": 48, "size": 32, "val_fold": 1, "stats_windows": 8},
+              "model": {"encoder": "resnet18"},
+              "train": {"epochs": 1, "windows_per_epoch": 8, "batch_size": 4},
+              "infer": {"epochs": "last:1", "batch_size": 4, "tta": "none"}}
+    (root / "small.yaml").write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(cli, ["train", "--config", str(root / "small.yaml"), "--name", "s"])
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def _infer(*args):
+    from click.testing import CliRunner
+
+    from segkit.cli import cli
+
+    return CliRunner().invoke(cli, ["infer", *[str(a) for a in args]])
+
+
+def _read_rle(path):
+    with open(path, newline="") as handle:
+        return list(csv.reader(handle))
+
+
+def test_images_smaller_than_the_window_train_and_predict(small_run):
+    import json
+
+    from segkit.io.rle import decode
+
+    metrics = [json.loads(line) for line in (small_run / "runs" / "s" / "metrics.jsonl").read_text().splitlines()]
+    assert any("val_dice" in m for m in metrics)  # validation ran over the small validation images
+    out = small_run / "out"
+    result = _infer(small_run / "data", "--run", small_run / "runs" / "s", "--rle", out / "sub.csv",
+                    "--polygons", str(out / "{id}.geojson"))  # a folder stands for its images
+    assert result.exit_code == 0, result.output
+    rows = _read_rle(out / "sub.csv")
+    images = sorted(p.stem for p in (small_run / "data").glob("*.png"))
+    assert [r[0] for r in rows[1:]] == images  # masks are images too: 12 files, each once, in order
+    for image_id, rle in rows[1:]:
+        height, width = cv2.imread(str(small_run / "data" / f"{image_id}.png"), cv2.IMREAD_UNCHANGED).shape[:2]
+        assert decode(rle, (height, width)).shape == (height, width)
+    assert sorted(p.stem for p in out.glob("*.geojson")) == images
+
+
+def test_interrupted_folder_inference_resumes_without_redoing_written_images(small_run, monkeypatch):
+    import segkit.infer.run as run
+
+    folder = small_run / "data"
+    common = ["--run", small_run / "runs" / "s", "--set", "infer.batch_size=2"]
+    whole = small_run / "whole"
+    assert _infer(folder, *common, "--rle", whole / "sub.csv", "--polygons", str(whole / "{id}.geojson")).exit_code == 0
+    out = small_run / "resumed"
+    original, calls = run.post_process, []
+
+    def interrupted_after_five(*args, **kwargs):  # Ctrl-C while the sixth image is post-processed
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(run, "post_process", interrupted_after_five)
+    args = [folder, *common, "--rle", out / "sub.csv", "--polygons", str(out / "{id}.geojson"), "--resume"]
+    assert _infer(*args).exit_code != 0
+    assert not (out / "sub.csv").exists() and len(list(out.glob("*.geojson"))) == 5
+    assert len((out / ".sub.csv.partial").read_text().splitlines()) == 5
+    calls.clear()
+    monkeypatch.setattr(run, "post_process", lambda *a, **k: calls.append(1) or original(*a, **k))
+    result = _infer(*args)
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 12 - 5  # the written images are not predicted again
+    assert _read_rle(out / "sub.csv") == _read_rle(whole / "sub.csv")
+    assert not (out / ".sub.csv.partial").exists()
+    for path in whole.glob("*.geojson"):
+        assert (out / path.name).read_text() == path.read_text()
