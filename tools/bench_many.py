@@ -12,7 +12,8 @@ measurement runs in its own process, so every peak RSS (VmHWM) is that process's
              windows/s, and each worker's peak RSS and private (copied) memory at the epoch's end.
     val      segkit.train.validate.validate of the VAL validation rows with a random-init Unet
              resnet18, against a bare batched loop over the same files (cv2.imread, normalize, the
-             same model, channels_last, in batches of the same size, threshold, Dice per image).
+             same model, channels_last, in batches of the same size and in segkit's precision
+             (bf16 autocast where the CPU has it, as train.amp does), threshold, Dice per image).
     infer    segkit.infer.run.infer_images of INFER image files to one RLE CSV, against a bare
              batched loop (imread, model, threshold, segkit.io.rle.encode, csv rows).
 
@@ -28,6 +29,7 @@ pages a forked worker has copied from the main process (or made itself).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -153,6 +155,16 @@ def _model():
     return model
 
 
+def _precision():
+    """The precision segkit predicts in on this CPU (train.amp: bf16 where the CPU has it), for the bare loop too."""
+    import torch
+
+    from segkit.runs.device import amp_dtype
+
+    dtype = amp_dtype(torch.device("cpu"), True)
+    return torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
 def _bare_batches(paths, preprocess, batch):
     """Yield (paths, NCHW tensor) of the files, read and normalized as a user's own loop would."""
     import cv2
@@ -185,9 +197,9 @@ def child_val(args) -> dict:
     paths = [Path(data.val_pairs.table.image[i]) for i in range(len(data.val_pairs))]
     wall, cpu = time.perf_counter(), time.process_time()
     dice = []
-    with torch.inference_mode():
+    with torch.inference_mode(), _precision():
         for chunk, x in _bare_batches(paths, preprocess, 16):
-            masks = (torch.sigmoid(model(x))[:, 0] >= 0.5).numpy()
+            masks = (torch.sigmoid(model(x).float())[:, 0] >= 0.5).numpy()
             for path, mask in zip(chunk, masks):
                 truth = cv2.imread(str(path).replace("images", "masks"), cv2.IMREAD_UNCHANGED) > 0
                 dice.append(2 * (mask & truth).sum() / max(mask.sum() + truth.sum(), 1))
@@ -220,11 +232,11 @@ def child_infer(args) -> dict:
     ours = (time.perf_counter() - wall, time.process_time() - cpu)
     peak = memory()["VmHWM"]
     wall, cpu = time.perf_counter(), time.process_time()
-    with open(out / "bare.csv", "w", newline="") as handle, torch.inference_mode():
+    with open(out / "bare.csv", "w", newline="") as handle, torch.inference_mode(), _precision():
         writer = csv.writer(handle)
         writer.writerow(["id", "rle"])
         for chunk, x in _bare_batches(paths, preprocess, 16):
-            masks = (torch.sigmoid(model(x))[:, 0] >= 0.5).numpy()
+            masks = (torch.sigmoid(model(x).float())[:, 0] >= 0.5).numpy()
             for path, mask in zip(chunk, masks):
                 writer.writerow([path.stem, encode(mask)])
     bare = (time.perf_counter() - wall, time.process_time() - cpu)
