@@ -14,9 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import contextlib
 import zipfile
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -25,7 +26,6 @@ from segkit.data.grids import cache_dir
 from segkit.data.table import PairList, RowTable
 from segkit.ground.geometry import clip_region
 from segkit.io.atomic import atomic_path
-from segkit.runs.progress import Progress
 
 _VERSION = 1
 _FIELDS = ("height", "width", "channels", "dtype", "backend")
@@ -102,10 +102,18 @@ def _read_unit(table: RowTable, row: int, options: LabelOptions) -> tuple:
         pair.release()
 
 
-def read_headers(table: RowTable, options: LabelOptions, *, cache=None, progress: bool = True) -> dict:
+class _Silent(contextlib.nullcontext):
+    def update(self, n: int = 1) -> None:
+        pass
+
+
+def read_headers(table: RowTable, options: LabelOptions, *, cache=None,
+                 progress: Optional[Callable[[int], object]] = None) -> dict:
     """Fill ``table.height``/``width``; returns the header columns per row (channels, dtype, backend).
 
     Files unchanged since a cached check are not opened again; the others are opened once each.
+    ``progress(total)``: a progress bar (context manager with ``update(n)``, e.g. segkit.runs.progress
+    .Progress) shown when at least PROGRESS_FILES files are read.
     """
     unit, first = _units(table)
     keys = np.array([hashlib.sha1("\n".join([
@@ -124,8 +132,7 @@ def read_headers(table: RowTable, options: LabelOptions, *, cache=None, progress
             values[name][found] = store[name][pos[found]]
     missing = np.flatnonzero(~found)
     done = np.zeros(len(missing), bool)
-    bar = Progress(len(missing), desc="reading image headers", unit="files",
-                   enabled=progress and len(missing) >= PROGRESS_FILES)
+    bar = progress(len(missing)) if progress is not None and len(missing) >= PROGRESS_FILES else _Silent()
     try:
         with bar:
             for n, k in enumerate(missing):
@@ -152,7 +159,7 @@ def _merge(path: Optional[Path], store: dict, keys: np.ndarray, values: dict) ->
 
 
 def open_table(rows, options: LabelOptions, *, reference: Optional[PairList] = None, cache=None,
-               progress: bool = True) -> PairList:
+               progress: Optional[Callable[[int], object]] = None) -> PairList:
     """open_pairs for many rows: the same checks (files readable, labels match their image, regions
     overlap their image, one band count and dtype over ``reference`` and these rows), with each
     distinct file opened once and no file reopened when its check is cached."""

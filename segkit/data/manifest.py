@@ -104,8 +104,7 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
     base = path.parent
     rows: list[ManifestRow] = []
     seen: dict[str, int] = {}
-    files: dict[str, Path] = {}  # image cells already resolved: a file listed many times is checked once
-    labels: dict[str, str] = {}
+    files: dict[str, Path] = {}  # cells already resolved: a file listed many times is checked once
     with handle:
         reader = csv.DictReader(handle)
         header = [(h or "").strip() for h in (reader.fieldnames or [])]
@@ -134,12 +133,10 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
                 raise SegkitError(f"{where}: empty image cell")
             image = _resolve(base, cell["image"], where, "image", files)
             label = cell.get("label") or None
-            if label:
-                label = labels.get(label) or labels.setdefault(label, str(_resolve(base, label, where, "label")))
             row = ManifestRow(
                 id=cell.get("id") or _stem(image),
                 image=image,
-                label=label,
+                label=str(_resolve(base, label, where, "label", files)) if label else None,
                 target=_parse_class(cell["class"], where) if cell.get("class") else None,
                 group=cell.get("group") or None,
                 region=_parse_region(cell["region"], where) if cell.get("region") else None,

@@ -97,10 +97,11 @@ def _as_rows(rle) -> list[str]:
     return (rle or [""]) if isinstance(rle, list) else [rle]
 
 
-def image_sizes(images: list[tuple[str, Path]]) -> RowTable:
+def image_sizes(images: list[tuple[str, Path]], progress: bool = True) -> RowTable:
     """Every image's header (cached like the training rows', segkit.data.headers): sizes and bands."""
     table = RowTable([ManifestRow(id=image_id, image=path) for image_id, path in images])
-    table.channels = read_headers(table, LabelOptions())["channels"]
+    table.channels = read_headers(table, LabelOptions(), progress=lambda total: Progress(
+        total, desc="reading image headers", unit="files", enabled=progress))["channels"]
     return table
 
 
@@ -115,6 +116,18 @@ def check_bands(table: RowTable, preprocess) -> None:
     if wrong.size:
         raise SegkitError(f"{table.image[int(wrong[0])]}: has {int(table.channels[wrong[0]])} channel(s) but the "
                           f"run's channel spec reads {bands}")
+
+
+def infer_one_process(ensemble, images: list[tuple[str, Path]], outputs, settings, device) -> list[Path]:
+    """infer_images outside torchrun: every header checked (cached) before any prediction, then infer_stream."""
+    from segkit.infer.outputs import check_georeferenced
+
+    table = image_sizes(images, settings.progress)
+    check_bands(table, ensemble.preprocess)
+    if outputs.polygons and settings.writing.geojson_crs == "wgs84":
+        for _, path in images:
+            check_georeferenced(open_raster(path), settings.writing)
+    return infer_stream(ensemble, images, outputs, settings, device, table)
 
 
 def infer_stream(ensemble, images: list[tuple[str, Path]], outputs, settings, device, table: RowTable) -> list[Path]:

@@ -193,7 +193,8 @@ def infer_images(
     Under torchrun (segkit.runs.distributed.setup() called), image i goes to rank i % world:
     each rank writes its images' mask/probs/polygons files itself (atomically); the RLE rows are
     gathered to rank 0, which writes the one CSV in input order. If any rank fails, every rank
-    removes the files it wrote and the error is raised on all of them.
+    removes the files it wrote and the error is raised on all of them. In one process the images
+    stream through segkit.infer.folder (small images batched, RLE rows written as they finish, --resume).
     """
     from segkit.runs import distributed as dist
 
@@ -201,14 +202,9 @@ def infer_images(
                            str(ensemble.checkpoints[0].parent.parent) if ensemble.checkpoints else "")
     outputs.check([image_id for image_id, _ in images])
     if dist.world_size() == 1:  # one process: headers cached, small images batched, resumable (infer/folder.py)
-        from segkit.infer.folder import check_bands, image_sizes, infer_stream
+        from segkit.infer.folder import infer_one_process
 
-        table = image_sizes(images)
-        check_bands(table, ensemble.preprocess)
-        if outputs.polygons and settings.writing.geojson_crs == "wgs84":
-            for _, path in images:
-                check_georeferenced(open_raster(path), settings.writing)
-        return infer_stream(ensemble, images, outputs, settings, device, table)
+        return infer_one_process(ensemble, images, outputs, settings, device)
     if outputs.resume:
         raise SegkitError("--resume: one process only (not under torchrun)")
     for _, path in images:  # every header before any prediction: a bad image fails in seconds
