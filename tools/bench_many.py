@@ -178,6 +178,18 @@ def _bare_batches(paths, preprocess, batch):
         yield chunk, x.contiguous(memory_format=torch.channels_last)  # the layout segkit's predictor uses
 
 
+def _setup(args):
+    """(config, training data, preprocess, model) of a val or infer child, on one thread."""
+    import torch
+
+    from segkit.train import from_config as fc
+
+    torch.set_num_threads(1)
+    config = bench_config(Path(args.manifest), Path(args.scratch) / "runs", 0)
+    data = fc.training_data(config)
+    return config, data, fc.preprocess_for(config, data), _model()
+
+
 def child_val(args) -> dict:
     import cv2
     import numpy as np
@@ -186,11 +198,7 @@ def child_val(args) -> dict:
     from segkit.train import from_config as fc
     from segkit.train.validate import validate
 
-    torch.set_num_threads(1)
-    config = bench_config(Path(args.manifest), Path(args.scratch) / "runs", 0)
-    data = fc.training_data(config)
-    preprocess = fc.preprocess_for(config, data)
-    model = _model()
+    config, data, preprocess, model = _setup(args)
     wall, cpu = time.perf_counter(), time.process_time()
     scores = validate([(model, 1.0)], data.val_pairs, preprocess, fc.validation_settings(config), torch.device("cpu"))
     ours = (time.perf_counter() - wall, time.process_time() - cpu)
@@ -215,13 +223,8 @@ def child_infer(args) -> dict:
 
     from segkit.infer.run import Ensemble, Outputs, image_list, infer_images, infer_settings
     from segkit.io.rle import encode
-    from segkit.train import from_config as fc
 
-    torch.set_num_threads(1)
-    config = bench_config(Path(args.manifest), Path(args.scratch) / "runs", 0)
-    data = fc.training_data(config)
-    preprocess = fc.preprocess_for(config, data)
-    model = _model()
+    config, _, preprocess, model = _setup(args)
     paths = sorted((Path(args.manifest).parent / "images").glob("*.png"))[:args.infer]
     ensemble = Ensemble([(model, 1.0)], preprocess, FOV, FOV, 1)
     out = Path(tempfile.mkdtemp(dir=args.scratch))

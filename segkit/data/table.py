@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -154,12 +154,3 @@ def small_rows(table: RowTable, fov_px: int) -> np.ndarray:
     """Bool per row: its region (or image) fits in one fov_px window, so the window is the whole of it."""
     extent = table.extent()
     return (extent[:, 0] <= int(fov_px)) & (extent[:, 1] <= int(fov_px))
-
-
-def take_rows(rows: Sequence[ManifestRow], options: LabelOptions) -> PairList:
-    """A PairList over ``rows`` (sizes filled by segkit.data.headers.read_headers)."""
-    return PairList(RowTable(rows), options)
-
-
-def row_label(table: RowTable, index: int) -> Optional[str]:
-    return table.label[index] or None

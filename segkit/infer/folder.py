@@ -29,7 +29,7 @@ from segkit.data.table import RowTable
 from segkit.ground.errors import SegkitError
 from segkit.ground.geometry import Window
 from segkit.infer.ensemble import EnsemblePredictor
-from segkit.infer.small import fits, predict_small
+from segkit.infer.small import predict_small
 from segkit.io.atomic import immediate_commits
 from segkit.io.images.raster import open_raster
 from segkit.io.writers.strips import RleStripWriter
