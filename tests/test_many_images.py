@@ -198,3 +198,34 @@ def test_interrupted_folder_inference_resumes_without_redoing_written_images(sma
     assert not (out / ".sub.csv.partial").exists()
     for path in whole.glob("*.geojson"):
         assert (out / path.name).read_text() == path.read_text()
+
+
+def test_a_second_start_opens_no_file_and_an_edited_one_is_read_again(tmp_path, own_cache, monkeypatch):
+    import os
+
+    import segkit.data.headers as headers
+
+    manifest = write_small_images(tmp_path, repeat=3)  # 18 rows, 6 distinct image + mask pairs
+    opened = []
+    original = headers._read_unit
+    monkeypatch.setattr(headers, "_read_unit", lambda *a: opened.append(a[1]) or original(*a))
+    rows = read_manifest(manifest)
+    first = open_table(rows, LabelOptions())
+    assert len(opened) == 6  # one check per distinct pair of files
+    opened.clear()
+    second = open_table(rows, LabelOptions())
+    assert opened == []  # all from the cache
+    assert (second.table.height == first.table.height).all() and (second.table.width == first.table.width).all()
+    stat = os.stat(tmp_path / "s2.png")
+    os.utime(tmp_path / "s2.png", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    open_table(rows, LabelOptions())
+    assert [rows[i].image.name for i in opened] == ["s2.png"]
+
+
+def test_a_bad_row_among_many_is_named(tmp_path, own_cache):
+    from segkit.ground.errors import SegkitError
+
+    manifest = write_small_images(tmp_path, repeat=2)
+    cv2.imwrite(str(tmp_path / "s3.png"), np.full((48, 29, 3), 90, np.uint8))  # 3 bands among 1-band images
+    with pytest.raises(SegkitError, match=r"s3\.png: 3 band\(s\), but 10 of 12 images have 1"):
+        open_table(read_manifest(manifest), LabelOptions())
