@@ -89,7 +89,7 @@ def test_string_column_round_trips():
 
 
 def test_batched_validation_of_small_images_equals_one_by_one(tmp_path, own_cache):
-    manifest = write_small_images(tmp_path)
+    manifest = write_small_images(tmp_path, repeat=1)
     pairs = open_table(read_manifest(manifest), LabelOptions())
     raster = pairs[0].raster
     preprocess = Preprocess(resolve_channels(parse_channels(None, bands=1, dtype=raster.dtype), raster.thumbnail(64)[0]))
