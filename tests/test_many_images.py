@@ -229,3 +229,21 @@ def test_a_bad_row_among_many_is_named(tmp_path, own_cache):
     cv2.imwrite(str(tmp_path / "s3.png"), np.full((48, 29, 3), 90, np.uint8))  # 3 bands among 1-band images
     with pytest.raises(SegkitError, match=r"s3\.png: 3 band\(s\), but 10 of 12 images have 1"):
         open_table(read_manifest(manifest), LabelOptions())
+
+
+def test_the_journal_keeps_the_last_line_of_an_image_and_drops_a_torn_one(tmp_path):
+    from segkit.infer.folder import RleJournal
+
+    path = tmp_path / ".sub.csv.partial"
+    journal = RleJournal(path, resume=True)
+    journal.add("a", ["1 2"])
+    journal.add("b", ["3 4", "7 1"])
+    journal.add("a", ["5 6"])  # predicted again
+    journal.close()
+    with open(path, "ab") as handle:
+        handle.write(b'["c", ["9')  # cut short by a kill
+    again = RleJournal(path, resume=True)
+    assert again.done == {"a", "b"}
+    again.add("c", [""])
+    again.close()
+    assert list(again.rows()) == [("b", "3 4"), ("b", "7 1"), ("a", "5 6"), ("c", "")]

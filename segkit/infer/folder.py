@@ -84,12 +84,17 @@ class RleJournal:
         self._fh.close()
 
     def rows(self):
-        """(id, rle) rows in the order images finished."""
+        """(id, rle) rows in the order images finished; an image predicted again (its files had gone)
+        keeps its last line only."""
+        last = {}
         with open(self.path, "rb") as handle:
-            for line in handle:
+            for number, line in enumerate(handle):
+                last[json.loads(line)[0]] = number
+        with open(self.path, "rb") as handle:
+            for number, line in enumerate(handle):
                 image_id, rles = json.loads(line)
-                for text in rles:
-                    yield image_id, text
+                if last[image_id] == number:
+                    yield from ((image_id, text) for text in rles)
 
 
 def _as_rows(rle) -> list[str]:
