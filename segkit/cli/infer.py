@@ -69,7 +69,6 @@ def infer(images, config_path, overrides, run, soup, rle_path, polygons, mask, p
     """
     # why: a click command receives one parameter per option it declares; the settings flags are already folded
     # into given_flags().
-    from segkit.infer.folder import expand_images
     from segkit.infer.run import Outputs, image_list, infer_images, infer_settings, load_ensemble
     from segkit.io.atomic import output_folders, remove_stale_temps, staged_commits
     from segkit.runs import distributed
@@ -103,6 +102,8 @@ def infer(images, config_path, overrides, run, soup, rle_path, polygons, mask, p
                           resume=resume)
         remove_stale_temps(*output_folders(rle_path, polygons, mask, probs, instances))
         with staged_commits():  # all outputs of the invocation, or none
+            from segkit.infer.folder import expand_images
+
             images = expand_images([Path(p) for p in images])  # a folder stands for its image files
             written = infer_images(ensemble, image_list(images), outputs, settings, device_obj)
     finally:
