@@ -18,9 +18,9 @@ measurement runs in its own process, so every peak RSS (VmHWM) is that process's
              batched loop (imread, model, threshold, segkit.io.rle.encode, csv rows); segkit twice,
              before the bare loop (every image's header read and cached first) and after it (cached).
 
-    /work/brief/cpu-run python tools/bench_many.py --rows 20,2000,20000,200000
+    python tools/bench_many.py --rows 20,2000,20000,200000
     python tools/bench_many.py --quick            # 20 / 200 / 2,000 rows, fewer windows and images
-    python tools/bench_many.py --main-python /work/main/.venv/bin/python   # adds the code before, 2,000 rows
+    python tools/bench_many.py --main-python OLD/.venv/bin/python   # adds the code before, 2,000 rows
 
 torch runs on one thread (the CPU slot's); the workers share that slot, so windows/s is a
 one-core figure. "private" is Private_Clean + Private_Dirty of /proc/PID/smaps_rollup: the
