@@ -247,3 +247,25 @@ def test_the_journal_keeps_the_last_line_of_an_image_and_drops_a_torn_one(tmp_pa
     again.add("c", [""])
     again.close()
     assert list(again.rows()) == [("b", "3 4"), ("b", "7 1"), ("a", "5 6"), ("c", "")]
+
+
+def test_small_images_are_drawn_by_image_as_whole_windows():
+    from segkit.data.windows import AreaColumns, RandomWindowSampler
+
+    columns = AreaColumns(np.array([20, 48, 300]), np.array([30, 10, 200]),
+                          np.array([[-1] * 4, [-1] * 4, [-1] * 4]), {})
+    pad = RandomWindowSampler(columns, fov_px=48)
+    np.testing.assert_allclose(pad.probabilities, np.array([48 * 48, 48 * 48, 300 * 200]) / (2 * 48 * 48 + 60000))
+    resize = RandomWindowSampler(columns, fov_px=48, small_images="resize")
+    rng_a, rng_b = np.random.default_rng(1), np.random.default_rng(1)
+    seen = set()
+    for _ in range(200):
+        (index, window), (same, whole) = pad.sample(rng_a), resize.sample(rng_b)
+        assert index == same  # the same draws: only the window differs
+        seen.add(index)
+        if index < 2:
+            assert tuple(window) == (0, 0, 48, 48)  # padded to the field of view
+            assert tuple(whole) == (0, 0, int(columns.height[index]), int(columns.width[index]))  # the image itself
+        else:
+            assert window == whole and window.height == 48
+    assert seen == {0, 1, 2}
