@@ -14,7 +14,7 @@ from segkit.ground.errors import SegkitError
 RUNS = "the run's "  # infer starts from the run's config: a flag's default is the run's value
 
 @click.command()
-@click.argument("images", nargs=-1, type=click.Path(dir_okay=False))
+@click.argument("images", nargs=-1, type=click.Path())
 @common_options
 @run_option(multiple=True, help="Run(s) to predict with (repeatable: several runs are averaged). Default: the "
                                 "newest run. Under torchrun spell it -r: torchrun's parser rejects --run.")
@@ -50,12 +50,15 @@ RUNS = "the run's "  # infer starts from the run's config: a flag's default is t
 @setting_options("infer.threshold", "infer.overlap_px", "infer.margin_px", "infer.skip_background",
                  "infer.batch_size", default_from=RUNS)
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@click.option("--resume", is_flag=True, help="Skip images an interrupted run already wrote; keep each image's "
+                                            "outputs as it finishes (RLE rows in a journal until the end).")
 def infer(images, config_path, overrides, run, soup, rle_path, polygons, mask, probs, instances, csv_path, task,
-          crf, overwrite):
+          crf, overwrite, resume):
     """Predict large images tile by tile and write RLE, polygons or TIFFs.
 
     Tiles overlap and are blended with gaussian weights in row strips, so memory stays at about
-    one strip whatever the image size. Without IMAGES, the run's manifest images are predicted.
+    one strip whatever the image size. Without IMAGES, the run's manifest images are predicted; a folder
+    stands for its image files. Images that fit in one tile are predicted many per forward pass.
     --config and --set apply on top of the run's config (infer.*, run.*, data.manifest,
     data.class_names, train.amp). Under `torchrun --nproc_per_node=N -m segkit.cli infer ...`
     the images are split across ranks. A cls run writes `--csv OUT.csv` with `id,label`
@@ -95,10 +98,14 @@ def infer(images, config_path, overrides, run, soup, rle_path, polygons, mask, p
         device_obj = dist_info.device if dist_info.world_size > 1 else pick_device(config.run.device)
         enable_cudnn_benchmark(device_obj)
         ensemble = load_ensemble(run_dirs, config.infer.epochs, device_obj, soup=soup)
-        outputs = Outputs(Path(rle_path) if rle_path else None, polygons, mask, probs, overwrite, instances)
+        outputs = Outputs(Path(rle_path) if rle_path else None, polygons, mask, probs, overwrite, instances,
+                          resume=resume)
         remove_stale_temps(*output_folders(rle_path, polygons, mask, probs, instances))
         with staged_commits():  # all outputs of the invocation, or none
-            written = infer_images(ensemble, image_list([Path(p) for p in images]), outputs, settings, device_obj)
+            from segkit.infer.folder import expand_images
+
+            images = expand_images([Path(p) for p in images])  # a folder stands for its image files
+            written = infer_images(ensemble, image_list(images), outputs, settings, device_obj)
     finally:
         distributed.cleanup()
     if dist_info.rank == 0:

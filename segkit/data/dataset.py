@@ -83,8 +83,9 @@ class SourcePair:
 
     def release(self) -> None:
         """Close the readers (they reopen on next use): a checked class row need not hold its image."""
-        if self._raster is not None and hasattr(self._raster, "close"):
-            self._raster.close()
+        for reader in (self._raster, getattr(self._labels, "raster", None)):  # a mask label reads its own raster
+            if reader is not None and hasattr(reader, "close"):
+                reader.close()
         self._raster = self._labels = None
 
     def __getstate__(self):
@@ -132,33 +133,36 @@ def check_same_images(pairs: list[SourcePair]) -> None:
     Without a majority (one training, one validation image) an image whose reader added an alpha
     band is the odd one, else the later one; the message names the other image too.
     """
-    def bands(raster):
-        return raster.channels
+    rasters = [pair.raster for pair in pairs]
+    check_same_headers([str(r.path) for r in rasters], np.array([r.channels for r in rasters], np.int64),
+                       [str(r.dtype) for r in rasters], [r.backend for r in rasters])
 
-    def dtype(raster):  # floats of any width share their window ([0, 1]); integers differ by dtype
-        kind = np.dtype(raster.dtype)
-        return "float" if kind.kind == "f" else str(kind)
 
-    for key, held, needs in ((bands, _bands, "bands"), (dtype, lambda r: f"dtype {dtype(r)}", "dtype")):
-        counts = Counter(key(pair.raster) for pair in pairs)
-        if len(counts) < 2:
+def check_same_headers(paths, channels: np.ndarray, dtypes, backends) -> None:
+    """check_same_images on header columns (per image: bands, dtype name, reader); ``paths[i]`` names image i."""
+    channels = np.asarray(channels, np.int64)
+    if not len(channels):
+        return
+    names, back = np.unique(np.asarray(backends), return_inverse=True)
+    backends = np.array([n.decode() if isinstance(n, bytes) else str(n) for n in names])[back.reshape(-1)]
+    alpha = (backends == "opencv") & np.isin(channels, (2, 4))
+    names, back = np.unique(np.asarray(dtypes), return_inverse=True)
+    kinds = np.array(["float" if np.dtype(d).kind == "f" else str(np.dtype(d)) for d in names])[back.reshape(-1)]
+
+    def bands(i):
+        kind = {(2, "opencv"): " (grey + alpha)", (4, "opencv"): " (RGBA)"}.get((int(channels[i]), backends[i]), "")
+        return f"{int(channels[i])} band(s){kind}"
+
+    for keys, held, needs in ((channels.astype(str), bands, "bands"), (kinds, lambda i: f"dtype {kinds[i]}", "dtype")):
+        values, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+        if len(values) < 2:
             continue
-        ranked = sorted(pairs, key=lambda p: (-counts[key(p.raster)], _alpha(p.raster)))  # stable: order kept
-        usual = key(ranked[0].raster)
-        odd = next(pair.raster for pair in ranked if key(pair.raster) != usual)
-        example = ranked[0].raster
-        raise SegkitError(f"{odd.path}: {held(odd)}, but {counts[usual]} of {len(pairs)} images have {usual} "
-                          f"(e.g. {example.path}); every image of a manifest needs the same {needs}")
-
-
-def _alpha(raster) -> bool:
-    return raster.backend == "opencv" and raster.channels in (2, 4)
-
-
-def _bands(raster) -> str:
-    """'4 band(s) (RGBA)': what a file holds, as its reader saw it."""
-    kind = {(2, "opencv"): " (grey + alpha)", (4, "opencv"): " (RGBA)"}.get((raster.channels, raster.backend), "")
-    return f"{raster.channels} band(s){kind}"
+        per = counts[inverse.reshape(-1)]
+        ranked = np.lexsort((np.arange(len(keys)), alpha, -per))  # most common first, alpha last, order kept
+        first = int(ranked[0])
+        odd = int(ranked[np.flatnonzero(keys[ranked] != keys[first])[0]])
+        raise SegkitError(f"{paths[odd]}: {held(odd)}, but {int(per[first])} of {len(keys)} images have "
+                          f"{keys[first]} (e.g. {paths[first]}); every image of a manifest needs the same {needs}")
 
 
 # ---------------------------------------------------------------- the training dataset

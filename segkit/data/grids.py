@@ -24,14 +24,16 @@ from typing import Callable, Optional
 import numpy as np
 
 from segkit.data.dataset import SourcePair, region_cells
-from segkit.data.windows import RandomWindowSampler, SamplingArea, tissue_mask
+from segkit.data.table import small_rows
+from segkit.data.windows import AreaColumns, RandomWindowSampler, SamplingArea, tissue_mask
 from segkit.ground.errors import SegkitError
 from segkit.io.atomic import atomic_path
 
 THUMB_SIDE = 1024  # low-resolution grid for tissue and foreground sampling
 CACHE_ENV = "SEGKIT_CACHE_DIR"
 _CACHE_VERSION = 1
-_MEMORY: dict[str, dict] = {}  # key -> packed grids, this process only
+_MEMORY: "OrderedDict[str, dict]" = OrderedDict()  # key -> packed grids, this process only (the last few)
+_MEMORY_KEPT = 256  # grids of a few hundred slides; a manifest of many small images does not pile them up
 # raw thumbnails (a few MB each) are kept in memory only, for the last few images: the channel
 # windows/statistics and the usable grid of the same image then share one whole-slide read
 _THUMBS: "OrderedDict[str, tuple[np.ndarray, float]]" = OrderedDict()
@@ -103,6 +105,9 @@ def _cached(key: str, compute: Callable[[], dict], directory: Optional[Path]) ->
         if directory is not None:
             _save(directory / f"{key}.npz", value)
     _MEMORY[key] = value
+    _MEMORY.move_to_end(key)
+    while len(_MEMORY) > _MEMORY_KEPT:
+        _MEMORY.popitem(last=False)
     return value
 
 
@@ -198,19 +203,38 @@ def foreground_fraction(pair: SourcePair, *, cache: str | Path | None = None) ->
 
 
 def create_sampler(
-    pairs: list[SourcePair],
-    areas: list[SamplingArea],
+    pairs,
+    areas,
     fov_px: int,
     *,
     foreground_share: float = 0.33,
     jitter: float = 0.25,
+    small_images: str = "pad",
 ) -> RandomWindowSampler:
-    """RandomWindowSampler whose errors name the files; areas it drops are warned about."""
-    sampler = RandomWindowSampler(
-        areas, fov_px, foreground_share=foreground_share, jitter=jitter, names=[str(p.row.image) for p in pairs]
-    )
+    """RandomWindowSampler whose errors name the files; areas it drops are warned about.
+
+    ``pairs``: a list of SourcePair or a PairList; ``areas``: their SamplingAreas or AreaColumns."""
+    names = [_image_name(pairs, i) for i in range(min(6, len(pairs)))]  # the no-usable-area error shows five
+    sampler = RandomWindowSampler(areas, fov_px, foreground_share=foreground_share, jitter=jitter, names=names,
+                                  small_images=small_images)
     if sampler.dropped:
-        names = ", ".join(pairs[i].name for i in sampler.dropped[:5])
+        names = ", ".join(pairs.name(i) if hasattr(pairs, "name") else pairs[i].name for i in sampler.dropped[:5])
         more = f" and {len(sampler.dropped) - 5} more" if len(sampler.dropped) > 5 else ""
         warnings.warn(f"no usable area, left out of training: {names}{more}", UserWarning, stacklevel=2)
     return sampler
+
+
+def _image_name(pairs, index: int) -> str:
+    return pairs.table.image[index] if hasattr(pairs, "table") else str(pairs[index].row.image)
+
+
+def sampling_columns(pairs, tissue: str, fov_px: int, *, cache: str | Path | None = None) -> AreaColumns:
+    """The sampler's areas of a PairList: grids (sampling_area) only for rows larger than one window.
+
+    A row whose image (or region) fits in fov_px is drawn whole, so neither its usable area nor its
+    foreground is measured: no thumbnail is read for it.
+    """
+    table = pairs.table
+    large = np.flatnonzero(~small_rows(table, fov_px))
+    return AreaColumns(table.height.astype(np.int64), table.width.astype(np.int64), table.region,
+                       {int(i): sampling_area(pairs[int(i)], tissue, cache=cache) for i in large})

@@ -24,7 +24,8 @@ from segkit.data.dataset import (
     SourcePair,
     open_pairs,
 )
-from segkit.data.grids import create_sampler, image_thumbnail, sampling_area
+from segkit.data.grids import create_sampler, image_thumbnail, sampling_area, sampling_columns
+from segkit.data.headers import open_table
 from segkit.data.manifest import ManifestRow
 from segkit.data.preprocess import Preprocess
 from segkit.data.split import FoldSpec, load_rows, split_manifest, split_rows
@@ -47,21 +48,30 @@ class TrainingData:
 
 
 def open_training_data(manifest: str, folds: FoldSpec, labels: LabelOptions, *, task: str, tissue: str,
-                       fov_px: int, foreground_share: float) -> TrainingData:
+                       fov_px: int, foreground_share: float, small_images: str = "pad",
+                       progress=None) -> TrainingData:
     """Open every training and validation row (bad files fail here, before any training).
 
     ``tissue``: usable-area method on the thumbnail (none, saturation, otsu); ``fov_px``: source
-    pixels a window covers; ``foreground_share``: share of windows centred on labelled pixels.
+    pixels a window covers; ``foreground_share``: share of windows centred on labelled pixels;
+    ``small_images``: pad or resize images no larger than fov_px (segkit.data.windows);
+    ``progress(total)``: the progress bar of a first reading of many headers (segkit.data.headers).
+    Rows are kept in columns (segkit.data.table) and each distinct file's header is checked once
+    and cached (segkit.data.headers); grids are measured only for images larger than one window.
     """
+    # why: each keyword is one config key (or the progress bar of the caller's layer), unpacked by the one
+    # composition root (train/from_config.py)
     train_rows, val_rows = split_manifest(manifest, folds, task=task, options=labels)
-    train_pairs = open_pairs(train_rows, labels)
-    val_pairs = open_pairs(val_rows, labels, reference=train_pairs)
-    areas = [sampling_area(pair, tissue) for pair in train_pairs]
-    labelled = [area.foreground for area in areas if area.foreground is not None]
-    if labelled and not any(grid.any() for grid in labelled):
+    train_pairs = open_table(train_rows, labels, progress=progress)
+    val_pairs = open_table(val_rows, labels, reference=train_pairs, progress=progress)
+    del train_rows, val_rows  # the columns hold them now
+    columns = sampling_columns(train_pairs, tissue, fov_px)
+    labelled = [area.foreground for area in columns.grids.values() if area.foreground is not None]
+    if labelled and len(labelled) == len(train_pairs) and not any(grid.any() for grid in labelled):
         warn_once(f"{manifest}: none of the {len(labelled)} training rows has foreground in its labels; "
                   "the model can only learn background")
-    sampler = create_sampler(train_pairs, areas, fov_px, foreground_share=foreground_share)
+    sampler = create_sampler(train_pairs, columns, fov_px, foreground_share=foreground_share,
+                             small_images=small_images)
     return TrainingData(train_pairs, val_pairs, sampler)
 
 

@@ -76,11 +76,17 @@ def _parse_class(text: str, where: str) -> int | str:
     return text
 
 
-def _resolve(base: Path, text: str, where: str, column: str) -> Path:
-    path = Path(os.path.expanduser(text))
-    path = Path(os.path.abspath(base / path))  # absolute, ".." folded; symlinks kept
-    if not path.exists():
+def _resolve(base: Path, text: str, where: str, column: str, seen: dict | None = None) -> Path:
+    """The cell's file, absolute (".." folded; symlinks kept), which must exist. ``seen``: the cells
+    resolved so far (text -> Path): rows listing the same file share one Path, checked once."""
+    if seen is not None and text in seen:
+        return seen[text]
+    path = os.path.abspath(os.path.join(base, os.path.expanduser(text)))
+    if not os.path.exists(path):
         raise SegkitError(f"{where}: {column} file {text!r} not found ({path})")
+    path = Path(path)
+    if seen is not None:
+        seen[text] = path
     return path
 
 
@@ -98,6 +104,7 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
     base = path.parent
     rows: list[ManifestRow] = []
     seen: dict[str, int] = {}
+    files: dict[str, Path] = {}  # cells already resolved: a file listed many times is checked once
     with handle:
         reader = csv.DictReader(handle)
         header = [(h or "").strip() for h in (reader.fieldnames or [])]
@@ -124,12 +131,12 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
                 continue  # blank line
             if not cell.get("image"):
                 raise SegkitError(f"{where}: empty image cell")
-            image = _resolve(base, cell["image"], where, "image")
+            image = _resolve(base, cell["image"], where, "image", files)
             label = cell.get("label") or None
             row = ManifestRow(
                 id=cell.get("id") or _stem(image),
                 image=image,
-                label=str(_resolve(base, label, where, "label")) if label else None,
+                label=str(_resolve(base, label, where, "label", files)) if label else None,
                 target=_parse_class(cell["class"], where) if cell.get("class") else None,
                 group=cell.get("group") or None,
                 region=_parse_region(cell["region"], where) if cell.get("region") else None,

@@ -166,12 +166,34 @@ def _grid_cells(grid: np.ndarray, scale: float, reg: Window) -> np.ndarray:
     return np.flatnonzero(g & inside)
 
 
-class _Prepared:
-    """Per-area arrays computed once: region, usable cells, foreground cells, weight."""
+SMALL_IMAGE_MODES = ("pad", "resize")
 
-    def __init__(self, index: int, area: SamplingArea):
+
+@dataclass
+class AreaColumns:
+    """Many images as the sampler sees them, in columns: ``height``/``width`` (n,) source pixels,
+    ``region`` (n, 4) row, col, height, width (-1: the whole image), ``grids`` the few areas that
+    carry usable/foreground grids (index -> SamplingArea); every other area is sampled uniformly."""
+
+    height: np.ndarray
+    width: np.ndarray
+    region: np.ndarray
+    grids: dict
+
+    @classmethod
+    def from_areas(cls, areas: list[SamplingArea]) -> "AreaColumns":
+        region = [tuple(a.region) if a.region is not None else (-1, -1, -1, -1) for a in areas]
+        return cls(np.array([a.height for a in areas], np.int64), np.array([a.width for a in areas], np.int64),
+                   np.array(region, np.int64).reshape(-1, 4),
+                   {i: a for i, a in enumerate(areas) if a.usable is not None or a.foreground is not None})
+
+
+class _Prepared:
+    """Per-area arrays of an area with grids, computed once: usable cells, foreground cells, weight."""
+
+    def __init__(self, index: int, area: SamplingArea, region: Window):
         self.index = index
-        self.region = clip_region(area.height, area.width, area.region)
+        self.region = region
         self.scale = float(area.scale)
         if not self.scale > 0:
             raise SegkitError(f"sampling area {index}: scale must be > 0, got {area.scale}")
@@ -190,6 +212,16 @@ class _Prepared:
             self.fg = _grid_cells(area.foreground, self.scale, self.region)
 
 
+def _clipped_regions(columns: AreaColumns) -> np.ndarray:
+    """(n, 4) regions clipped to their images (the whole image without one); zero size when outside."""
+    h, w, reg = columns.height, columns.width, columns.region
+    has = reg[:, 0] >= 0
+    r0, c0 = np.where(has, np.minimum(reg[:, 0], h), 0), np.where(has, np.minimum(reg[:, 1], w), 0)
+    r1 = np.where(has, np.minimum(reg[:, 0] + reg[:, 2], h), h)
+    c1 = np.where(has, np.minimum(reg[:, 1] + reg[:, 3], w), w)
+    return np.stack([r0, c0, np.maximum(r1 - r0, 0), np.maximum(c1 - c0, 0)], axis=1)
+
+
 class RandomWindowSampler:
     """Random fov_px x fov_px windows over several images.
 
@@ -202,37 +234,66 @@ class RandomWindowSampler:
     origin, extending past it (readers pad).  ``sample`` returns the index into ``areas``.
     Areas without usable pixels are dropped (their indices in ``dropped``); ``names`` (e.g. the
     image files) only serve the error raised when no area is left.
+
+    ``areas``: a list of SamplingArea, or AreaColumns for many images (per area a few numbers in
+    arrays, no Python object). An area without grids that fits in one window (a small image) is
+    drawn by image: it weighs one window (fov_px squared) and its window is the whole image, padded
+    to fov_px (``small_images="pad"``) or the image itself, resized by the reader (``"resize"``).
+
+    .. versionchanged:: many-images
+       Areas are held in columns; small images weigh one window each and may be resized.
     """
 
     def __init__(
         self,
-        areas: list[SamplingArea],
+        areas,
         fov_px: int,
         foreground_share: float = 0.33,
         jitter: float = 0.25,
         names: list[str] | None = None,
+        small_images: str = "pad",
     ):
+        # why: the sampler's keyword options, each documented above (torchgeo's samplers take theirs the same way)
         if int(fov_px) <= 0:
             raise SegkitError(f"fov_px: must be a positive number of pixels, got {fov_px}")
         if not 0.0 <= float(foreground_share) <= 1.0:
             raise SegkitError(f"foreground_share: must be in [0, 1], got {foreground_share}")
         if not 0.0 <= float(jitter) <= 0.5:
             raise SegkitError(f"jitter: must be in [0, 0.5] (fraction of fov), got {jitter}")
+        if small_images not in SMALL_IMAGE_MODES:
+            raise SegkitError(f"small_images {small_images!r}: unknown, valid: {', '.join(SMALL_IMAGE_MODES)}")
         self.fov_px = int(fov_px)
         self.foreground_share = float(foreground_share)
         self.jitter = float(jitter)
-        prepared = [_Prepared(i, a) for i, a in enumerate(areas)]
-        self.dropped = [p.index for p in prepared if p.weight <= 0]
-        self._areas = [p for p in prepared if p.weight > 0]
-        if not self._areas:
+        self.resize_small = small_images == "resize"
+        columns = areas if isinstance(areas, AreaColumns) else AreaColumns.from_areas(list(areas))
+        regions = _clipped_regions(columns)
+        for i in np.flatnonzero(columns.region[:, 0] >= 0):  # the one region clipper, for its error message
+            if regions[i, 2] <= 0 or regions[i, 3] <= 0:
+                clip_region(int(columns.height[i]), int(columns.width[i]), Window(*(int(v) for v in columns.region[i])))
+        weights = (regions[:, 2] * regions[:, 3]).astype(np.float64)
+        small = (regions[:, 2] <= self.fov_px) & (regions[:, 3] <= self.fov_px)
+        weights[small] = float(self.fov_px) ** 2
+        self._grids = {}
+        for i, area in columns.grids.items():
+            prepared = _Prepared(i, area, Window(*(int(v) for v in regions[i])))
+            self._grids[i] = prepared
+            weights[i] = prepared.weight
+        self.dropped = np.flatnonzero(weights <= 0).tolist()
+        self._index = np.flatnonzero(weights > 0)
+        if not self._index.size:
             which = f" ({', '.join(map(str, names[:5]))}{', ...' if len(names) > 5 else ''})" if names else ""
             raise SegkitError(
-                f"sampler: none of the {len(areas)} image(s){which} has any usable area "
+                f"sampler: none of the {len(weights)} image(s){which} has any usable area "
                 "(empty tissue mask or region); check the tissue method or the regions"
             )
-        w = np.array([p.weight for p in self._areas], dtype=np.float64)
+        self._regions = regions[self._index]
+        w = weights[self._index]
         self.probabilities = w / w.sum()
         self._cumulative = np.cumsum(self.probabilities)
+
+    def __len__(self) -> int:
+        return int(self._index.size)
 
     def _uniform_centre(self, rng: np.random.Generator, p: _Prepared) -> tuple[float, float]:
         reg = p.region
@@ -261,17 +322,22 @@ class RandomWindowSampler:
     def sample(self, rng: np.random.Generator) -> tuple[int, Window]:
         """One draw: (index into the ``areas`` given, Window in source pixels)."""
         k = int(np.searchsorted(self._cumulative, rng.random() * self._cumulative[-1], side="right"))
-        k = min(k, len(self._areas) - 1)  # guard against float round-off at the top end
-        p = self._areas[k]
+        k = min(k, len(self._index) - 1)  # guard against float round-off at the top end
+        index = int(self._index[k])
+        reg = Window(*(int(v) for v in self._regions[k]))
+        p = self._grids.get(index)
+        if p is None:
+            p = _Prepared(index, SamplingArea(reg.height, reg.width), reg)  # a few numbers, made per draw
         want_fg = rng.random() < self.foreground_share
         if want_fg and p.fg.size:
             r, c = self._foreground_centre(rng, p)
         else:
             r, c = self._uniform_centre(rng, p)
-        reg = p.region
+        if self.resize_small and reg.height <= self.fov_px and reg.width <= self.fov_px:
+            return index, reg
         row = self._place(r, reg.row, reg.height)
         col = self._place(c, reg.col, reg.width)
-        return p.index, Window(row, col, self.fov_px, self.fov_px)
+        return index, Window(row, col, self.fov_px, self.fov_px)
 
 
 def worker_rng(seed: int, epoch: int, rank: int, worker: int) -> np.random.Generator:

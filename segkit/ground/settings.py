@@ -52,6 +52,13 @@ class DataConfig:
                           choices=("none", "saturation", "otsu"))
     pad_mode: str = setting("constant", "Windows past the image border: constant (zeros) | reflect.",
                             choices=("constant", "reflect"))
+    small_images: str = setting("pad", "Images no larger than fov_px: pad (window = image padded to fov_px) | "
+                                       "resize (the image stretched to size).", choices=("pad", "resize"),
+                                doc="An image (or region) that fits in one window is one window: it is drawn by "
+                                    "image (each weighs one window), and validation and inference batch many such "
+                                    "images per forward pass instead of tiling each. `pad` keeps the pixel scale "
+                                    "(the window is fov_px, past the image padded by data.pad_mode); `resize` "
+                                    "reads the whole image at size x size and resizes the prediction back.")
     rle_order: str = setting("F", "RLE labels: F column-major (Kaggle HuBMAP) | C row-major.", choices=("F", "C"))
     class_map: Optional[dict] = setting(None, "{label value or polygon property value: class id}; null = value as is.")
     class_property: Optional[str] = setting(None, "GeoJSON property that holds an object's class.")

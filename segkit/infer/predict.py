@@ -46,16 +46,22 @@ def _resize(probs: torch.Tensor, fov_px: int) -> torch.Tensor:
     """(N, C, h, w) -> (N, C, fov_px, fov_px), bilinear with half-pixel centres, on the tensor's device:
     torch's interpolate on a GPU; OpenCV's INTER_LINEAR (the same sampling) on the CPU, where it is about
     five times faster than torch's (0.16 against 0.8 ms for a 256 -> 512 px tile, one thread)."""
-    if tuple(probs.shape[2:]) == (fov_px, fov_px):
+    return resize_probs(probs, (fov_px, fov_px))
+
+
+def resize_probs(probs: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """_resize to any (height, width): the same sampling, for whole small images of any shape."""
+    height, width = int(shape[0]), int(shape[1])
+    if tuple(probs.shape[2:]) == (height, width):
         return probs
     if probs.device.type != "cpu":
-        return F.interpolate(probs, size=(fov_px, fov_px), mode="bilinear", align_corners=False)
-    out = np.empty((probs.shape[0], fov_px, fov_px, probs.shape[1]), np.float32)  # NHWC: OpenCV's layout
+        return F.interpolate(probs, size=(height, width), mode="bilinear", align_corners=False)
+    out = np.empty((probs.shape[0], height, width, probs.shape[1]), np.float32)  # NHWC: OpenCV's layout
     for index, tile in enumerate(probs.permute(0, 2, 3, 1).numpy()):
         for c in range(0, tile.shape[2], 512):  # cv2 resizes up to 512 channels at once
-            part = cv2.resize(np.ascontiguousarray(tile[:, :, c:c + 512]), (fov_px, fov_px),
+            part = cv2.resize(np.ascontiguousarray(tile[:, :, c:c + 512]), (width, height),
                               interpolation=cv2.INTER_LINEAR)
-            out[index, :, :, c:c + 512] = part.reshape(fov_px, fov_px, -1)
+            out[index, :, :, c:c + 512] = part.reshape(height, width, -1)
     return torch.from_numpy(out).permute(0, 3, 1, 2)
 
 

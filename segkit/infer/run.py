@@ -11,6 +11,7 @@ an error or Ctrl-C leaves none of them behind.
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -56,6 +57,7 @@ class Ensemble:
     classes: int
     checkpoints: list[Path] = field(default_factory=list)
     targets: tuple = ()  # instance target names (body, border, contact): outputs are watershed objects
+    small_images: str = "pad"  # data.small_images of the runs: how images that fit in one tile are read
 
 
 def _run_model(config: Config, in_channels: int, state: dict, device: torch.device) -> torch.nn.Module:
@@ -93,7 +95,8 @@ def load_ensemble(run_dirs: list[Path], epochs: str, device: torch.device, soup:
         models = [(_run_model(cfg, ch, state, device), weight)
                   for (_, cfg, ch, weight), state in zip(members, states)]
     return Ensemble(models, preprocess, config.data.fov_px, config.data.size, config.model.classes,
-                    [path for path, _, _, _ in members], targets=parse_targets(config.data.targets))
+                    [path for path, _, _, _ in members], targets=parse_targets(config.data.targets),
+                    small_images=config.data.small_images)
 
 
 @dataclass
@@ -106,6 +109,7 @@ class Outputs:
     probs: Optional[str] = None
     overwrite: bool = False
     instances: Optional[str] = None  # instance runs: uint32 object-id TIFF
+    resume: bool = False  # skip images whose outputs a killed run wrote (segkit.infer.folder)
 
     def per_image(self, template: Optional[str], image_id: str, n_images: int) -> Optional[Path]:
         if template is None:
@@ -120,7 +124,8 @@ class Outputs:
         for template in (self.polygons, self.mask, self.probs, self.instances):
             paths += [self.per_image(template, i, len(image_ids)) for i in image_ids] if template else []
         for path in paths:
-            check_output(path, self.overwrite)
+            if not (self.resume and path != self.rle and path.exists()):  # under --resume: a finished image
+                check_output(path, self.overwrite)
         if not paths:
             raise SegkitError("no output chosen: give --rle, --polygons, --mask, --probs or --instances")
 
@@ -188,13 +193,20 @@ def infer_images(
     Under torchrun (segkit.runs.distributed.setup() called), image i goes to rank i % world:
     each rank writes its images' mask/probs/polygons files itself (atomically); the RLE rows are
     gathered to rank 0, which writes the one CSV in input order. If any rank fails, every rank
-    removes the files it wrote and the error is raised on all of them.
+    removes the files it wrote and the error is raised on all of them. In one process the images
+    stream through segkit.infer.folder (small images batched, RLE rows written as they finish, --resume).
     """
     from segkit.runs import distributed as dist
 
     check_instance_outputs(ensemble.targets, outputs.instances, settings.rle_per_object,
                            str(ensemble.checkpoints[0].parent.parent) if ensemble.checkpoints else "")
     outputs.check([image_id for image_id, _ in images])
+    if dist.world_size() == 1:  # one process: headers cached, small images batched, resumable (infer/folder.py)
+        from segkit.infer.folder import infer_one_process
+
+        return infer_one_process(ensemble, images, outputs, settings, device)
+    if outputs.resume:
+        raise SegkitError("--resume: one process only (not under torchrun)")
     for _, path in images:  # every header before any prediction: a bad image fails in seconds
         raster = open_raster(path)
         check_channels(raster, ensemble.preprocess)
@@ -323,8 +335,9 @@ def _write_image(strips, raster, image_id, n_images, rle_encoder, outputs: Outpu
 def image_list(paths: list[Path]) -> list[tuple[str, Path]]:
     """(id, path) per input image; the id is the file stem, as Kaggle submissions expect."""
     images = [(Path(p).stem, Path(p)) for p in paths]
-    ids = [image_id for image_id, _ in images]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    counts = Counter(image_id for image_id, _ in images)
+    duplicates = sorted(i for i, n in counts.items() if n > 1)
     if duplicates:
-        raise SegkitError(f"images share an id (file stem): {', '.join(duplicates)}")
+        raise SegkitError(f"images share an id (file stem): {', '.join(duplicates[:5])}"
+                          + (f" and {len(duplicates) - 5} more" if len(duplicates) > 5 else ""))
     return images

@@ -88,7 +88,15 @@ def training_data(config: Config) -> TrainingData:
     return open_training_data(
         config.data.manifest, fold_spec(config), label_options(config), task=config.task, tissue=config.data.tissue,
         fov_px=config.data.fov_px, foreground_share=config.data.foreground_share,
+        small_images=config.data.small_images, progress=header_progress(config.run.progress),
     )
+
+
+def header_progress(enabled: bool):
+    """The progress line of a first start over many files (segkit.data.headers): files/s and an ETA."""
+    from segkit.runs.progress import Progress
+
+    return lambda total: Progress(total, desc="reading image headers", unit="files", enabled=enabled)
 
 
 def preprocess_for(config: Config, data: TrainingData, seed: int | None = None) -> Preprocess:
@@ -189,6 +197,7 @@ def validation_settings(config: Config) -> ValidationSettings:
         margin_px=i.margin_px, task=config.task,
         class_names=tuple(class_names(config)) if config.task == "cls" else None,
         targets=spec.names if spec else None, seeds=seed_settings(config) if spec else None,
+        small_images=config.data.small_images,
     )
 
 

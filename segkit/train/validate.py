@@ -13,11 +13,13 @@ import numpy as np
 import torch
 
 from segkit.data.cls_dataset import RasterCache, read_row
+from segkit.data.dataset import SourcePair
 from segkit.ground.geometry import Window
 from segkit.infer.calibrate import ensemble_probs
 from segkit.infer.classify import predict_class_logits
 from segkit.infer.ensemble import EnsemblePredictor
 from segkit.infer.predict import predict_probs
+from segkit.infer.small import fits, predict_small
 from segkit.infer.tta import parse_tta
 from segkit.metrics.cls import ConfusionAccumulator
 from segkit.metrics.seg import DiceAccumulator
@@ -25,6 +27,7 @@ from segkit.metrics.objects import object_scores
 from segkit.post.morphology import threshold as threshold_probs
 from segkit.post.watershed import SeedSettings, watershed_instances
 from segkit.runs import distributed
+from segkit.runs.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class ValidationSettings:
     class_names: Optional[tuple] = None
     targets: Optional[tuple] = None  # instance targets (channel names): objects by watershed, object scores
     seeds: Optional[SeedSettings] = None  # the watershed thresholds (instance targets)
+    small_images: str = "pad"  # data.small_images: rows that fit in one tile are batched (segkit.infer.small)
 
 
 def validate(models: list[tuple[torch.nn.Module, float]], pairs, preprocess, settings: ValidationSettings,
@@ -70,8 +74,11 @@ def validate(models: list[tuple[torch.nn.Module, float]], pairs, preprocess, set
     if s.task == "cls":
         return validate_classes(models, [pair.row for pair in pairs], preprocess, settings, device)
     predictor = EnsemblePredictor(models, s.tta, activation=s.activation, amp=s.amp)
+    mine = [index for index, _ in distributed.my_share(range(len(pairs)))]
+    small = _small_rows(pairs, mine, s)
     scored = []  # (row index, image id, Dice counts, object scores or None) of this rank's rows
-    for index, pair in distributed.my_share(pairs):
+    for index in (i for i in mine if i not in small):
+        pair = pairs[index]
         raster = pair.raster
         region = pair.row.region or Window(0, 0, raster.height, raster.width)
         probs = predict_probs(
@@ -79,15 +86,10 @@ def validate(models: list[tuple[torch.nn.Module, float]], pairs, preprocess, set
             blend=s.blend, batch_size=s.batch_size, device=device, region=region, margin_px=s.margin_px,
             progress=progress, progress_desc=f"validate {pair.row.id}",
         )
-        target = pair.labels.read(region)
-        objects = None
-        if s.targets:
-            objects = object_scores(watershed_instances(probs, s.targets, s.seeds), pair.labels.read_instances(region))
-            probs = probs[:1]  # Dice of the body
-        mask = threshold_probs(probs, s.threshold if s.classes == 1 or s.targets else None)
-        one = DiceAccumulator(classes=1 if s.targets else s.classes)
-        one.add(mask, target, image_id=pair.row.id)
-        scored.append((index, pair.row.id, one.counts(), objects))
+        scored.append((index, pair.row.id, *_score(probs, pair, region, s)))
+    if small:
+        scored += _validate_small(predictor, pairs, sorted(small), preprocess, s, device, progress)
+    scored.sort(key=lambda item: item[0])
     accumulator = DiceAccumulator(classes=1 if s.targets else s.classes)
     objects = []
     for _, image_id, counts, scores in distributed.gather_in_order(scored):
@@ -99,6 +101,60 @@ def validate(models: list[tuple[torch.nn.Module, float]], pairs, preprocess, set
         result.update(object_f1=float(np.mean([o["f1"] for o in objects])),
                       dsb=float(np.mean([o["dsb"] for o in objects])))
     return result
+
+
+def _score(probs: np.ndarray, pair, region: Window, s: ValidationSettings) -> tuple:
+    """(Dice counts, object scores or None) of one row's probabilities against its labels."""
+    target = pair.labels.read(region)
+    objects = None
+    if s.targets:
+        objects = object_scores(watershed_instances(probs, s.targets, s.seeds), pair.labels.read_instances(region))
+        probs = probs[:1]  # Dice of the body
+    mask = threshold_probs(probs, s.threshold if s.classes == 1 or s.targets else None)
+    one = DiceAccumulator(classes=1 if s.targets else s.classes)
+    one.add(mask, target, image_id=pair.row.id)
+    return one.counts(), objects
+
+
+def _small_rows(pairs, indices: list[int], s: ValidationSettings) -> set:
+    """The rows (of ``indices``) whose whole region fits in one tile: predicted many per forward pass."""
+    if s.margin_px:
+        return set()
+    if hasattr(pairs, "table"):  # a PairList: sizes are in its columns, nothing is opened
+        extent, region = pairs.table.extent(), pairs.table.region
+        inside = (region[:, 0] < 0) | ((region[:, 0] + region[:, 2] <= pairs.table.height)
+                                        & (region[:, 1] + region[:, 3] <= pairs.table.width))
+        return {i for i in indices if inside[i] and extent[i, 0] <= s.fov_px and extent[i, 1] <= s.fov_px}
+    return {i for i in indices if fits(_whole_region(pairs[i]), s.fov_px) and _region_inside(pairs[i])}
+
+
+def _whole_region(pair) -> Window:
+    return pair.row.region or Window(0, 0, pair.raster.height, pair.raster.width)
+
+
+def _region_inside(pair) -> bool:
+    region = _whole_region(pair)
+    return region.bottom <= pair.raster.height and region.right <= pair.raster.width
+
+
+def _validate_small(predictor, pairs, indices: list[int], preprocess, s: ValidationSettings, device,
+                    progress: bool) -> list:
+    """Rows that fit in one tile, predicted in batches across rows (segkit.infer.small), scored as validate."""
+    def items():
+        for index in indices:
+            pair = SourcePair(pairs[index].row, pairs[index].options) if not hasattr(pairs, "table") \
+                else SourcePair(pairs.table.row(index), pairs.options)  # not the shared open pairs: released below
+            yield (index, pair), pair.raster, _whole_region(pair)
+
+    scored = []
+    with Progress(len(indices), desc="validate", unit="images", enabled=progress) as bar:
+        for (index, pair), probs in predict_small(predictor, items(), fov_px=s.fov_px, size=s.size,
+                                                  preprocess=preprocess, batch_size=s.batch_size, device=device,
+                                                  mode=s.small_images):
+            scored.append((index, pair.row.id, *_score(probs, pair, _whole_region(pair), s)))
+            pair.release()
+            bar.update(1)
+    return scored
 
 
 def validate_classes(models: list[tuple[torch.nn.Module, float]], rows, preprocess, settings: ValidationSettings,

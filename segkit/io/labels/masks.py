@@ -95,12 +95,15 @@ class RasterLabels(LabelSource):
     def __init__(self, path, image: Raster, *, class_map: dict | None = None):
         self._init_geometry(path, image)
         self.raster = open_raster(path, pad_mode="constant", pad_value=0)
+        problem = None
         if (self.raster.height, self.raster.width) != (image.height, image.width):
-            raise SegkitError(
-                f"{self.path}: label size {self.raster.height}x{self.raster.width} differs from image "
-                f"{image.path} size {image.height}x{image.width}")
-        if self.raster.dtype.kind not in "uib":
-            raise SegkitError(f"{self.path}: label raster has dtype {self.raster.dtype}; expected integers")
+            problem = (f"label size {self.raster.height}x{self.raster.width} differs from image "
+                       f"{image.path} size {image.height}x{image.width}")
+        elif self.raster.dtype.kind not in "uib":
+            problem = f"label raster has dtype {self.raster.dtype}; expected integers"
+        if problem:  # closed now: a refused label must not hold its file until the garbage collector runs
+            self.raster.close()
+            raise SegkitError(f"{self.path}: {problem}")
         self.pairs = _class_pairs(class_map, self.path)
         self.colour = bool(self.pairs and self.pairs[2])
         if self.colour and self.raster.channels < 3:
