@@ -155,7 +155,7 @@ def stages(config: Config, base: Config, arm: Arm | None) -> list[tuple[str, Con
     """(command, config) of each training stage of an arm (the base: one train stage)."""
     if arm is None or arm.name != "progressive":
         return [("train", config)]
-    low_epochs = max(1, math.ceil(base.train.epochs * 3 / 4))
+    low_epochs = max(1, min(base.train.epochs - 1, math.ceil(base.train.epochs * 3 / 4)))
     high = dataclasses.replace(base, train=dataclasses.replace(base.train, epochs=base.train.epochs - low_epochs))
     low = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=low_epochs))
     return [("train", low)] + ([("finetune", high)] if high.train.epochs > 0 else [])

@@ -122,12 +122,12 @@ class Bench:
                 probs, targets = cache[key]
                 scores = score.seg_scores(probs, items, targets=targets, config=config, crf=config.infer.crf,
                                           min_px=config.infer.min_object_px)
-                if arm is None and seed == self.seeds[0] and not (self.out / f"crf_grid_{ds.name}.json").exists():
-                    self.crf_grid(ds, probs, items, config)
             self.record({"dataset": ds.name, "task": ds.task, "seed": seed, "arm": arm_name,
                          "stage": arm.stage if arm else "train", "key": arm.key if arm else None,
                          "steps": arm_steps, "train_cpu_s": round(arm_cpu, 1), "train_wall_s": round(arm_wall, 1),
                          "score_cpu_s": round(time.process_time() - started, 2), "scores": scores})
+            if ds.task == "seg" and arm is None and seed == self.seeds[0]:  # the CRF grid: once, on this model
+                self.crf_grid(ds, *cache[(str(run_dir), epochs, config.infer.tta)], items, config)
 
     def _cost(self, dataset: str, seed: int, arm: str) -> tuple[float, float]:
         for r in self.records:
@@ -135,7 +135,9 @@ class Bench:
                 return r["train_cpu_s"], r["train_wall_s"]
         return float("nan"), float("nan")
 
-    def crf_grid(self, ds, probs, items, config) -> None:
+    def crf_grid(self, ds, probs, targets, items, config) -> None:
+        if (self.out / f"crf_grid_{ds.name}.json").exists():
+            return
         started = time.process_time()
         rows = score.crf_grid(probs, items, config, ds.diameter_px)
         path = self.out / f"crf_grid_{ds.name}.json"
