@@ -221,7 +221,8 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny data and budget: a smoke version")
     parser.add_argument("--render", action="store_true", help="only rebuild the summary and table from records.jsonl")
     parser.add_argument("--docs", type=Path, default=None, help="a docs page whose table markers get the table")
-    parser.add_argument("--preview", type=Path, default=None, help="write a copy-paste preview PNG here (nuclei)")
+    parser.add_argument("--preview", default=None,
+                        help="write a copy-paste preview PNG of each seg dataset to this path ({name}: the dataset)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -233,7 +234,9 @@ def main(argv=None) -> int:
     if args.preview:
         import ablate_preview
 
-        print(ablate_preview.write(datasets.get("nuclei") or next(iter(datasets.values())), args.out, args.preview))
+        for ds in datasets.values():
+            if ds.task == "seg":
+                print(ablate_preview.write(ds, args.out, Path(args.preview.format(name=ds.name))), flush=True)
     bench = Bench(args.out, datasets, seeds, [a for a in (args.arms or "").split(",") if a] or None,
                   "quick" if args.quick else "full")
     seconds = None
