@@ -106,3 +106,19 @@ def render(summary: list[dict], records: list[dict], datasets: dict, arm_order: 
               f"Helped somewhere: {', '.join(helped) or 'none'}.",
               f"Hurt somewhere (outside noise, below 0): {', '.join(hurt) or 'none'}."]
     return "\n".join(lines) + "\n"
+
+
+def render_crf_grid(grid: dict) -> str:
+    """One dataset's CRF grid as markdown: rows bilateral width x colour scale, columns bilateral weight."""
+    rows = grid["rows"]
+    none = rows[0]
+    lines = [f"**{grid['dataset']}** (object diameter {grid['diameter_px']} px; no CRF: Dice {none['dice']:.3f}, "
+             f"object F1 {none['object_f1']:.3f}; cells Dice / object F1)", "",
+             "| sxy_bilateral px | srgb | compat_bilateral 3 | compat_bilateral 10 |", "|---|---|---|---|"]
+    cells: dict = {}
+    for row in rows[1:]:
+        p = row["crf"]
+        cells[(p["sxy_bilateral"], p["srgb"], p["compat_bilateral"])] = f"{row['dice']:.3f} / {row['object_f1']:.3f}"
+    for sxy, srgb in dict.fromkeys((k[0], k[1]) for k in cells):
+        lines.append(f"| {sxy:g} | {srgb} | {cells.get((sxy, srgb, 3), '–')} | {cells.get((sxy, srgb, 10), '–')} |")
+    return "\n".join(lines) + "\n"

@@ -190,6 +190,10 @@ def write_outputs(out: Path, records: list[dict], datasets: dict, seconds: dict 
     if seconds:
         text += (f"\nThis run: {seconds['wall']:.0f} s wall, {seconds['cpu']:.0f} CPU-s (one thread), "
                  f"{len(records)} scored runs.\n")
+    for name in tasks:
+        grid_path = out / f"crf_grid_{name}.json"
+        if grid_path.exists():
+            text += "\n" + table.render_crf_grid(json.loads(grid_path.read_text()))
     (out / "summary.json").write_text(json.dumps({"rows": summary, "seconds": seconds}, indent=1, default=str))
     with open(out / "scores.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
