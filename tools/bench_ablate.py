@@ -81,15 +81,20 @@ class Bench:
         print(seed_line(rec), flush=True)
 
     def run(self) -> None:
+        """Per dataset: the base and the post-processing arms of every seed, then each training arm over every
+        seed (arm by arm, so a run stopped early leaves whole arms)."""
         for ds in self.datasets.values():
+            arms = arms_mod.arms_for(ds, self.arm_names)
             for seed in self.seeds:
-                self.run_seed(ds, seed)
+                self.run_seed(ds, seed, [a for a in arms if a.stage == "post"])
+            for arm in (a for a in arms if a.stage == "train"):
+                for seed in self.seeds:
+                    self.run_seed(ds, seed, [arm])
 
-    def run_seed(self, ds, seed: int) -> None:
-        # why: one seed of one dataset in the order it runs: base, its post-processing arms, then each
-        # training arm; the scoring differs by task, the bookkeeping not.
+    def run_seed(self, ds, seed: int, arms: list) -> None:
+        # why: one seed of one dataset: the base (trained once, then found on disk) and the given arms; the
+        # scoring differs by task, the bookkeeping not.
         base = arms_mod.base_config(ds, seed, self.runs, self.budget)
-        arms = arms_mod.arms_for(ds, self.arm_names)
         rows = score.held_out_rows(base, ds.extra["test"]) if ds.task == "cls" else None
         items = score.truth_items(base) if ds.task == "seg" else None
         train_rows = _train_rows(base)
