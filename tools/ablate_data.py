@@ -112,6 +112,7 @@ def digits(out: Path, quick: bool = False) -> Dataset:
 
 
 MAKERS = {"nuclei": nuclei, "scene": scene, "digits": digits}
+TASKS = {"nuclei": "seg", "scene": "seg", "digits": "cls"}
 
 
 def prepare(names, out: Path, quick: bool = False) -> dict[str, Dataset]:

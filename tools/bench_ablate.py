@@ -65,8 +65,7 @@ class Bench:
         self.arm_names = arm_names
         self.runs = out / "runs"
         self.records_path = out / "records.jsonl"
-        self.records = [json.loads(line) for line in self.records_path.read_text().splitlines()] \
-            if self.records_path.exists() else []
+        self.records = read_records(self.records_path)
         self.log = open(out / "segkit.log", "a")
         self.grids: dict = {}
 
@@ -154,6 +153,10 @@ class Bench:
               f"{best['dice']:.4f} F1 {best['object_f1']:.4f} with {best['crf']}", flush=True)
 
 
+def read_records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
 def _train_rows(base) -> int:
     """Training rows of a cls manifest (seg: 0, steps come from windows)."""
     if base.task != "cls":
@@ -239,25 +242,25 @@ def main(argv=None) -> int:
     names = [n for n in args.datasets.split(",") if n]
     seeds = [int(s) for s in (args.seeds or ("0,1" if args.quick else "0,1,2")).split(",")]
     wall, cpu = time.perf_counter(), time.process_time()
-    datasets = ablate_data.prepare(names, args.out / "data", quick=args.quick)
+    if not args.render or args.preview:  # --render alone needs only the records
+        datasets = ablate_data.prepare(names, args.out / "data", quick=args.quick)
     if args.preview:
         import ablate_preview
 
         for ds in datasets.values():
             if ds.task == "seg":
                 print(ablate_preview.write(ds, args.out, Path(args.preview.format(name=ds.name))), flush=True)
-    bench = Bench(args.out, datasets, seeds, [a for a in (args.arms or "").split(",") if a] or None,
-                  "quick" if args.quick else "full")
-    seconds = None
     if not args.render:
+        bench = Bench(args.out, datasets, seeds, [a for a in (args.arms or "").split(",") if a] or None,
+                      "quick" if args.quick else "full")
         print(f"ablation: datasets {names}, seeds {seeds}, budget {bench.budget}, torch threads {args.threads}, "
               f"load {os.getloadavg()[0]:.2f}; segkit log {args.out / 'segkit.log'}", flush=True)
         bench.run()
         seconds = {"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu}
         (args.out / "seconds.json").write_text(json.dumps(seconds))
-    elif (args.out / "seconds.json").exists():
-        seconds = json.loads((args.out / "seconds.json").read_text())
-    text = write_outputs(args.out, bench.records, {n: d.task for n, d in datasets.items()}, seconds)
+    seconds_path = args.out / "seconds.json"
+    text = write_outputs(args.out, read_records(args.out / "records.jsonl"), {n: ablate_data.TASKS[n] for n in names},
+                         json.loads(seconds_path.read_text()) if seconds_path.exists() else None)
     print("\n" + text)
     if args.docs:
         update_docs(args.docs, text)
