@@ -98,7 +98,7 @@ class Bench:
         items = score.truth_items(base) if ds.task == "seg" else None
         train_rows = _train_rows(base)
         name = f"{ds.name}_s{seed}_base"
-        if not (self.runs / name / "run.json").exists():
+        if not _finished(self.runs / name):
             base_dir, cpu, wall = train(arms_mod.stages(base, base, None), self.runs, name, self.log)
         else:
             base_dir, cpu, wall = self.runs / name, *self._cost(ds.name, seed, "base")
@@ -151,6 +151,11 @@ class Bench:
         print(f"crf grid {ds.name} (seed {self.seeds[0]} base model, object diameter {ds.diameter_px} px): "
               f"{len(rows) - 1} settings; none: dice {rows[0]['dice']:.4f} F1 {rows[0]['object_f1']:.4f}; best dice "
               f"{best['dice']:.4f} F1 {best['object_f1']:.4f} with {best['crf']}", flush=True)
+
+
+def _finished(run_dir: Path) -> bool:
+    info = run_dir / "run.json"
+    return info.exists() and json.loads(info.read_text()).get("status") == "finished"
 
 
 def read_records(path: Path) -> list[dict]:
