@@ -93,6 +93,8 @@ class Bench:
     def run_seed(self, ds, seed: int, arms: list) -> None:
         # why: one seed of one dataset: the base (trained once, then found on disk) and the given arms; the
         # scoring differs by task, the bookkeeping not.
+        if all(self.done(ds.name, seed, name) for name in ["base", *(a.name for a in arms)]):
+            return  # recorded by an earlier run: its run directories are not needed
         base = arms_mod.base_config(ds, seed, self.runs, self.budget)
         rows = score.held_out_rows(base, ds.extra["test"]) if ds.task == "cls" else None
         items = score.truth_items(base) if ds.task == "seg" else None
