@@ -41,8 +41,9 @@ def summarise(records: list[dict], datasets: dict) -> list[dict]:
             for arm in arms:
                 scores = {r["seed"]: r["scores"][metric] for r in mine if r["arm"] == arm}
                 values = list(scores.values())
+                sd = statistics.stdev(values) if len(values) > 1 else math.nan
                 row = {"dataset": name, "metric": metric, "arm": arm, "scores": scores,
-                       "mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else math.nan}
+                       "mean": statistics.fmean(values), "sd": sd}
                 if arm != "base":
                     row.update(paired(base, scores))
                 out.append(row)

@@ -205,7 +205,8 @@ def write_outputs(out: Path, records: list[dict], datasets: dict, seconds: dict 
     trained = [r for r in records if r["stage"] == "train"]  # the base and the training arms: one run each
     text += (f"\nTotal over the records: {len(trained)} training runs, {sum(r['train_wall_s'] for r in trained):.0f} s "
              f"wall and {sum(r['train_cpu_s'] for r in trained):.0f} CPU-s of training, "
-             f"{sum(r['score_cpu_s'] for r in records):.0f} CPU-s of scoring ({len(records)} scored runs; one thread).\n")
+             f"{sum(r['score_cpu_s'] for r in records):.0f} CPU-s of scoring ({len(records)} scored runs; "
+             "one thread).\n")
     if seconds:
         text += f"The last invocation: {seconds['wall']:.0f} s wall, {seconds['cpu']:.0f} CPU-s.\n"
     for name in tasks:
