@@ -29,12 +29,20 @@ def _start(command: str, config_path, overrides, run):
     return run_dir, config, device, lambda: load_ensemble([run_dir], config.infer.epochs, device)
 
 
+def _images_run_out(out_help: str):
+    """IMAGES, the shared grammar, --run and --out DIR of both commands."""
+    def decorate(function):
+        function = click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False),
+                                help=out_help)(function)
+        function = run_option(function)
+        function = common_options(function)
+        return click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))(function)
+
+    return decorate
+
+
 @click.command()
-@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@common_options
-@run_option
-@click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Folder for ID.geojson (QuPath/QGIS), rows.csv (manifest rows) and montage.png.")
+@_images_run_out("Folder for ID.geojson (QuPath/QGIS), rows.csv (manifest rows) and montage.png.")
 @setting_options("label.regions", "label.region_px", "label.score", "label.diverse", "label.label_path",
                  default_from=RUNS)
 @setting_options("infer.epochs", "infer.tta", "infer.geojson_crs", "infer.batch_size", default_from=RUNS)
@@ -72,11 +80,7 @@ def suggest(images, config_path, overrides, run, out_dir, overwrite):
 
 
 @click.command()
-@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@common_options
-@run_option
-@click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Folder for ID.pseudo.tif, ID.pseudo.json and rows.csv (manifest rows with label.weight).")
+@_images_run_out("Folder for ID.pseudo.tif, ID.pseudo.json and rows.csv (manifest rows with label.weight).")
 @setting_options("label.low", "label.high", "label.weight", default_from=RUNS)
 @setting_options("infer.epochs", "infer.tta", "infer.batch_size", default_from=RUNS)
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
