@@ -186,3 +186,21 @@ def test_pseudo_writes_labels_with_ignored_pixels_and_weighted_rows(trained, tmp
         assert dataset.tags()["segkit_pseudo_high"] == "0.7" and dataset.nodata == IGNORE_INDEX
     (row,) = read_manifest(tmp_path / "ps" / "rows.csv")
     assert row.weight == 0.25 and row.label == str(tmp_path / "ps" / "img1.pseudo.tif")
+
+
+def test_review_file_of_a_geotiff_is_in_its_crs_and_still_a_qupath_annotation(tmp_path):
+    from rasterio.crs import CRS
+    from rasterio.transform import from_origin
+
+    from segkit.io.writers.review import write_review
+
+    transform = from_origin(500000, 4000000, 0.5, 0.5)  # 0.5 m pixels, north up
+    path = write_review(tmp_path / "scene.geojson", [Window(10, 20, 40, 40)], [{"Score": 0.7}], names=["suggest 1"],
+                        crs=CRS.from_epsg(32633), transform=transform)
+    doc = json.loads(path.read_text())
+    assert doc["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::32633"
+    ring = doc["features"][0]["geometry"]["coordinates"][0]
+    xs, ys = {x for x, _ in ring}, {y for _, y in ring}
+    assert xs == {500010.0, 500030.0} and ys == {3999995.0, 3999975.0}
+    (obj,) = read_qupath_objects(path)
+    assert obj["type"] == "annotation" and obj["class_name"] == "Review" and obj["measurements"] == {"Score": 0.7}

@@ -267,10 +267,11 @@ def main(argv=None) -> None:
         results[data.name] = run_dataset(data, work, args)
         lines += report(data.name, results[data.name])
         lines.append(f"{data.name}: {time.perf_counter() - t0:.0f} s wall, {cpu_seconds() - c0:.0f} CPU-s")
+        log("\n".join(lines))  # each dataset's table as soon as it is done
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1, default=str))
     lines.append(f"total: {time.perf_counter() - started:.0f} s wall, {cpu_seconds() - cpu0:.0f} CPU-s")
-    print("\n".join(lines))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1, default=str))
+    print(lines[-1])
 
 
 if __name__ == "__main__":
