@@ -222,7 +222,7 @@ class LabelConfig:
     regions: int = setting(8, "suggest: regions picked for annotation.", flag="--regions", minimum=1)
     region_px: int = setting(512, "suggest: side of a picked square region, source pixels.", flag="--region-size",
                              minimum=16)
-    score: str = setting("entropy", "suggest: uncertainty score: entropy (of the ensemble mean) | disagreement (of "
+    score: str = setting("both", "suggest: uncertainty score: entropy (of the ensemble mean) | disagreement (of "
                                     "views and checkpoints) | both.",
                          choices=("entropy", "disagreement", "both"), flag="--score")
     diverse: bool = setting(False, "suggest: spread picks in encoder-feature space (greedy k-centre over the "
