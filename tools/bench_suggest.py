@@ -9,8 +9,9 @@ budget and scored on the held-out validation rows (val Dice of the last epoch). 
 runs ``--seeds``, the suggest arm ``--suggest-seeds`` of them (same starting regions per seed).
 
 Pseudo-labels: at the smallest budget (round 0) each seed's model writes pseudo-labels over the
-training area (segkit.workflows.pseudo, low 0.1 / high 0.9, ignore between), added as one row of
-weight 0.5 next to the true regions, and a fresh model is trained with the same budget again.
+training area (segkit.workflows.pseudo, low 0.1 / high 0.9, ignore between), added as one row
+next to the true regions, weighted so that it gets ``--pseudo-share`` of the windows (a row's
+draws go with area x weight), and a fresh model is trained with the same budget again.
 
 Datasets: the bundled nuclei sample (512 x 512, rows 384-511 validate; regions 64 px, windows
 64 px) and a generated aerial-like scene (tools/make_scene.py at 1024 px, the bottom quarter
@@ -142,7 +143,9 @@ def suggested_regions(data: Dataset, run_dir: Path, taken: list, count: int) -> 
     return [(p.window.row, p.window.col) for p in picks]
 
 
-def pseudo_rows(data: Dataset, run_dir: Path, out: Path) -> list[str]:
+def pseudo_rows(data: Dataset, run_dir: Path, out: Path, labelled_px: int, share: float) -> list[str]:
+    """One row of pseudo-labels over the training rows, weighted so that it gets ``share`` of the
+    windows (a row's draws go with area x weight, and the pseudo row is far larger than the regions)."""
     import torch
 
     from segkit.ground.config import load_config
@@ -151,9 +154,22 @@ def pseudo_rows(data: Dataset, run_dir: Path, out: Path) -> list[str]:
 
     config = load_config(run_dir / "config.yaml")
     ensemble = load_ensemble([run_dir], config.infer.epochs, torch.device("cpu"))
-    tif, _ = pseudo_image(ensemble, "img", data.image, out, PseudoOptions(0.1, 0.9, 0.5), infer_settings(config),
+    weight = share / (1 - share) * labelled_px / (data.train_rows * data.width)
+    tif, _ = pseudo_image(ensemble, "img", data.image, out, PseudoOptions(0.1, 0.9, weight), infer_settings(config),
                           torch.device("cpu"), overwrite=True)
-    return [f'pseudo,{data.image},{tif},"0,0,{data.train_rows},{data.width}",1,0.5']
+    return [f'pseudo,{data.image},{tif},"0,0,{data.train_rows},{data.width}",1,{weight:.6g}']
+
+
+def pseudo_pair(data: Dataset, work: Path, runs: Path, seed: int, start: list, without: float, args) -> dict:
+    """Round 0 again with the round-0 model's pseudo-labels added: val Dice without and with."""
+    manifest = work / data.name / f"pseudo-s{seed}.csv"
+    rows = pseudo_rows(data, runs / f"random-s{seed}-r0", work / data.name / f"pseudo-s{seed}",
+                       len(start) * data.region_px ** 2, args.pseudo_share)
+    write_manifest(manifest, data, start, rows)
+    with_pseudo = train(data, manifest, runs, f"pseudo-s{seed}-{args.pseudo_share:g}", seed, args)
+    log(f"{data.name} seed {seed} pseudo-labels at {data.start} regions ({args.pseudo_share:.0%} of the draws): "
+        f"val Dice {without:.4f} without, {with_pseudo:.4f} with")
+    return {"without": without, "with": with_pseudo}
 
 
 def cpu_seconds() -> float:
@@ -172,6 +188,11 @@ def run_dataset(data: Dataset, work: Path, args) -> dict:
     for seed in seeds:
         rng = np.random.default_rng(seed)
         start = random_regions(data, [], data.start, rng)
+        if args.pseudo_only:  # the round-0 runs of an earlier invocation with the same --out
+            records = (runs / f"random-s{seed}-r0" / "metrics.jsonl").read_text().splitlines()
+            without = float(json.loads(records[-1])["val_dice"])
+            result["pseudo"][seed] = pseudo_pair(data, work, runs, seed, start, without, args)
+            continue
         arms = {"random": list(start)}
         if seed in suggest_seeds:
             arms["suggest"] = list(start)
@@ -196,13 +217,7 @@ def run_dataset(data: Dataset, work: Path, args) -> dict:
                 arms[arm] += new
         for arm in arms:
             result[arm][seed] = scores[arm]
-        base = runs / f"random-s{seed}-r0"
-        manifest = work / data.name / f"pseudo-s{seed}.csv"
-        write_manifest(manifest, data, start, pseudo_rows(data, base, work / data.name / f"pseudo-s{seed}"))
-        with_pseudo = train(data, manifest, runs, f"pseudo-s{seed}", seed, args)
-        result["pseudo"][seed] = {"without": scores["random"][0], "with": with_pseudo}
-        log(f"{data.name} seed {seed} pseudo-labels at {data.start} regions: val Dice {scores['random'][0]:.4f} "
-            f"without, {with_pseudo:.4f} with")
+        result["pseudo"][seed] = pseudo_pair(data, work, runs, seed, start, scores["random"][0], args)
     result["areas"] = [(data.start + k * data.add) * area for k in range(args.rounds + 1)]
     return result
 
@@ -229,6 +244,10 @@ def goal(result: dict) -> tuple[float, float | None]:
 
 
 def report(name: str, result: dict) -> list[str]:
+    pseudo = (f"pseudo-labels at the smallest budget: without {mean_sd(p['without'] for p in result['pseudo'].values())}"
+              f", with {mean_sd(p['with'] for p in result['pseudo'].values())}")
+    if not result["random"]:
+        return [f"## {name}", pseudo]
     lines = [f"## {name}", "| labelled area (px^2) | random (mean +- sd, "
              f"{len(result['random'])} seeds) | suggest ({len(result['suggest'])} seed(s)) |", "|---|---|---|"]
     for k, area in enumerate(result["areas"]):
@@ -237,8 +256,7 @@ def report(name: str, result: dict) -> list[str]:
     final, share = goal(result)
     lines.append(f"random arm's final mean: {final:.4f}; suggest reaches it with "
                  + (f"{share:.0%} of that area" if share is not None else "none of the budgets tried"))
-    lines.append(f"pseudo-labels at the smallest budget: without {mean_sd(p['without'] for p in result['pseudo'].values())}, "
-                 f"with {mean_sd(p['with'] for p in result['pseudo'].values())}")
+    lines.append(pseudo)
     return lines
 
 
@@ -252,6 +270,10 @@ def main(argv=None) -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--windows", type=int, default=48, help="windows per epoch")
     parser.add_argument("--encoder", default="resnet18")
+    parser.add_argument("--pseudo-share", type=float, default=0.5,
+                        help="share of the training windows drawn from the pseudo-labelled row")
+    parser.add_argument("--pseudo-only", action="store_true",
+                        help="only the pseudo-label pair, reusing the round-0 runs of an earlier run in --out")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     work = args.out or Path(tempfile.mkdtemp(prefix="bench_suggest_"))
