@@ -96,12 +96,19 @@ def train(data: Dataset, manifest: Path, runs: Path, name: str, seed: int, args)
                "--epochs", str(args.epochs), "--set", f"data.manifest={manifest}", "--set", f"run.seed={seed}",
                "--set", f"train.windows_per_epoch={args.windows}", "--set", "train.batch_size=8",
                "--set", "run.progress=false", "--set", "data.stats_windows=16", "--set", "data.val_fold=0",
-               "--set", "infer.epochs=last:2", "--set", "infer.tta=hflip", "--set", "infer.overlap_px=16",
+               "--set", "infer.epochs=last:2", "--set", "train.keep_last=2", "--set", "infer.tta=hflip", "--set", "infer.overlap_px=16",
                "--set", f"model.encoder={args.encoder}"]
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         cli.main(args=command, standalone_mode=False)
     records = [json.loads(line) for line in (runs / name / "metrics.jsonl").read_text().splitlines() if line]
     return float(records[-1]["val_dice"])
+
+
+def drop_checkpoints(run_dir: Path) -> None:
+    """A run's checkpoints (model and optimizer state, about 170 MB each for a resnet18 Unet) once no
+    later step needs them: the loop trains dozens of runs."""
+    for path in (run_dir / "checkpoints").glob("*.pt"):
+        path.unlink()
 
 
 def grid_candidates(data: Dataset, scores=None):
@@ -167,6 +174,7 @@ def pseudo_pair(data: Dataset, work: Path, runs: Path, seed: int, start: list, w
                        len(start) * data.region_px ** 2, args.pseudo_share)
     write_manifest(manifest, data, start, rows)
     with_pseudo = train(data, manifest, runs, f"pseudo-s{seed}-{args.pseudo_share:g}", seed, args)
+    drop_checkpoints(runs / f"pseudo-s{seed}-{args.pseudo_share:g}")
     log(f"{data.name} seed {seed} pseudo-labels at {data.start} regions ({args.pseudo_share:.0%} of the draws): "
         f"val Dice {without:.4f} without, {with_pseudo:.4f} with")
     return {"without": without, "with": with_pseudo}
@@ -192,6 +200,7 @@ def run_dataset(data: Dataset, work: Path, args) -> dict:
             records = (runs / f"random-s{seed}-r0" / "metrics.jsonl").read_text().splitlines()
             without = float(json.loads(records[-1])["val_dice"])
             result["pseudo"][seed] = pseudo_pair(data, work, runs, seed, start, without, args)
+            drop_checkpoints(runs / f"random-s{seed}-r0")
             continue
         arms = {"random": list(start)}
         if seed in suggest_seeds:
@@ -206,6 +215,8 @@ def run_dataset(data: Dataset, work: Path, args) -> dict:
                 write_manifest(manifest, data, regions)
                 name = f"{arm}-s{seed}-r{round_}"
                 scores[arm].append(train(data, manifest, runs, name, seed, args))
+                if arm == "random" and round_ > 0 or round_ == args.rounds:
+                    drop_checkpoints(runs / name)  # the random arm's later models are never used again
                 log(f"{data.name} seed {seed} {arm:7s} round {round_}: {len(regions)} regions "
                     f"({len(regions) * area} px^2) val Dice {scores[arm][-1]:.4f}")
             if round_ == args.rounds:
@@ -215,9 +226,12 @@ def run_dataset(data: Dataset, work: Path, args) -> dict:
                 new = (random_regions(data, arms[arm], data.add, rng) if arm == "random"
                        else suggested_regions(data, run_dir, arms[arm], data.add))
                 arms[arm] += new
+                if arm == "suggest" and round_ > 0:
+                    drop_checkpoints(run_dir)
         for arm in arms:
             result[arm][seed] = scores[arm]
         result["pseudo"][seed] = pseudo_pair(data, work, runs, seed, start, scores["random"][0], args)
+        drop_checkpoints(runs / f"random-s{seed}-r0")
     result["areas"] = [(data.start + k * data.add) * area for k in range(args.rounds + 1)]
     return result
 
