@@ -247,9 +247,10 @@ def mean_sd(values) -> str:
 
 
 def goal(result: dict) -> tuple[float, float | None]:
-    """(random arm's final mean Dice, suggest's labelled area reaching it as a share of random's
-    final area; None when suggest never reaches it)."""
-    final = statistics.fmean(s[-1] for s in result["random"].values())
+    """(random arm's final mean Dice over the seeds suggest ran too, suggest's labelled area reaching
+    it as a share of random's final area; None when it never does). Round 0 (the same regions in
+    both arms) counts, so a share at round 0 means labels did not move the score at all."""
+    final = statistics.fmean(result["random"][seed][-1] for seed in result["suggest"])
     curve = np.mean([s for s in result["suggest"].values()], axis=0)
     for k, value in enumerate(curve):
         if value >= final:
@@ -268,8 +269,9 @@ def report(name: str, result: dict) -> list[str]:
         lines.append(f"| {area} | {mean_sd(s[k] for s in result['random'].values())} | "
                      f"{mean_sd(s[k] for s in result['suggest'].values())} |")
     final, share = goal(result)
-    lines.append(f"random arm's final mean: {final:.4f}; suggest reaches it with "
-                 + (f"{share:.0%} of that area" if share is not None else "none of the budgets tried"))
+    lines.append(f"random arm's final mean on the suggest seeds: {final:.4f}; suggest reaches it with "
+                 + (f"{share:.0%} of that area" if share is not None else "none of the budgets tried")
+                 + (" (its start, shared with random)" if share == result["areas"][0] / result["areas"][-1] else ""))
     lines.append(pseudo)
     return lines
 
