@@ -36,6 +36,8 @@ STATS = "stats --config {root}/tiny.yaml --set data.manifest={root}/"
 INFER = "infer --run {root}/runs/stage1 --rle {root}/out.csv"
 FINETUNE = "finetune --config {root}/tiny.yaml --size 32 --run {root}/runs/"
 PLAN = "plan --config {root}/tiny.yaml --out {elsewhere}/plan.yaml {root}/"
+SUGGEST = "suggest --run {root}/runs/stage1 --out {root}/picks"
+PSEUDO = "pseudo --run {root}/runs/stage1 --out {root}/pseudo {root}/img0.tif"
 CASES = [
     # --- config keys and names, checked before any run directory exists
     ("unknown optimizer name", TRAIN + " --set train.optimizer=nope", "config key train.optimizer", "error"),
@@ -117,6 +119,19 @@ CASES = [
      "no checkpoints", "error"),
     ("infer reading a training key", INFER + " --set train.lr=1 {root}/img0.tif", "--set train.lr", "error"),
     ("infer an unknown epoch", INFER + " --epochs 7 {root}/img0.tif", "no checkpoint for epoch 7", "error"),
+    # --- suggest and pseudo
+    ("suggest from a run without validation history", "suggest --run {root}/runs/noval --out {root}/picks "
+     "{root}/img0.tif", "noval: no validation history", "error"),
+    ("suggest on an image of another band count", SUGGEST + " {root}/bad/rgba.png", "rgba.png: has 4 channel(s)",
+     "error"),
+    ("suggest regions larger than the image", SUGGEST + " --region-size 100 {root}/img0.tif",
+     "label.region_px 100 is larger than the image", "error"),
+    ("suggest more regions than fit", SUGGEST + " --region-size 40 --regions 7 {root}/img0.tif",
+     "label.regions 7: at most 6 regions of 40 px fit", "error"),
+    ("pseudo threshold above 1", PSEUDO + " --high 1.5", "config key label.high", "error"),
+    ("pseudo threshold below 0", PSEUDO + " --low -0.1", "config key label.low", "error"),
+    ("pseudo thresholds crossing", PSEUDO + " --low 0.8 --high 0.6", "label.low (0.8) and label.high (0.6)",
+     "error"),
     # --- plan and auto
     ("plan a manifest without labelled pixels", PLAN + "bad/m_empty.csv", "m_empty.csv: no labelled pixels", "error"),
     ("plan images of mixed band counts", PLAN + "bad/m_rgba.csv", "rgba.png: 4 band(s) uint8, but 1 of the 2", "error"),
@@ -246,8 +261,8 @@ def write_bad_files(root: Path) -> None:
 
 def write_bad_runs(runs: Path, trained: Path) -> None:
     """stage1 (a copy of the session's trained run), evil (checkpoints holding code), cut (last
-    checkpoint truncated, status interrupted), empty (no checkpoints)."""
-    for name in ("stage1", "evil", "cut", "empty"):
+    checkpoint truncated, status interrupted), empty (no checkpoints), noval (no validation scores)."""
+    for name in ("stage1", "evil", "cut", "empty", "noval"):
         shutil.copytree(trained, runs / name, copy_function=os.link)  # rewritten files below are replaced
         info = json.loads((runs / name / "run.json").read_text())
         if name != "stage1":
@@ -265,6 +280,11 @@ def write_bad_runs(runs: Path, trained: Path) -> None:
     last.write_bytes(data)
     for path in (runs / "empty" / "checkpoints").glob("*.pt"):
         path.unlink()
+    metrics = runs / "noval" / "metrics.jsonl"
+    records = [{k: v for k, v in json.loads(line).items() if not k.startswith("val_")}
+               for line in metrics.read_text().splitlines() if line.strip()]
+    metrics.unlink()
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
 @pytest.fixture(scope="module")

@@ -57,7 +57,7 @@ def test_a_flag_has_its_settings_help_default_and_choices(command, param, key):
         assert not item.choices
     text = CliRunner().invoke(cli, [command, "--help"], terminal_width=400).output
     helps = " ".join(text.split())
-    if command in ("finetune", "infer") and key not in ("run.runs_dir", "run.device", "run.name", "data.size",
+    if command in ("finetune", "infer", "suggest", "pseudo") and key not in ("run.runs_dir", "run.device", "run.name", "data.size",
                                                         "run.log", "run.tracking_uri", "task"):
         assert f"Default: the " in helps and key in helps  # the run's or the parent's value
     elif param.help.startswith(item.help):

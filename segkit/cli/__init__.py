@@ -18,6 +18,7 @@ from segkit.cli.config import config_command
 from segkit.cli.cls import clean, oof
 from segkit.cli.data import preview, stats
 from segkit.cli.infer import infer
+from segkit.cli.label import pseudo, suggest
 from segkit.cli.options import SegkitGroup
 from segkit.cli.study import evaluate, runs, tune
 from segkit.cli.train import finetune, train
@@ -42,7 +43,8 @@ def cli():
     """
 
 
-for command in (train, finetune, infer, stats, preview, config_command, evaluate, runs, tune, oof, clean, plan, auto):
+for command in (train, finetune, infer, stats, preview, config_command, evaluate, runs, tune, oof, clean, plan, auto,
+                suggest, pseudo):
     cli.add_command(command)
 
 

@@ -24,7 +24,7 @@ from segkit.ground.config import Config, load_config, parse_override, read_confi
 from segkit.ground.errors import SegkitError, reset_warnings
 from segkit.io.atomic import disk_error_line
 
-ALL_SECTIONS = ("task", "run", "data", "model", "train", "infer")
+ALL_SECTIONS = ("task", "run", "data", "model", "train", "infer", "label")
 DATA_SECTIONS = ("task", "run", "data")
 # What each command reads of a config; `--set` keys outside it are refused, and `segkit config
 # --explain KEY` lists the commands that read KEY. infer reads its own section, the run section,
@@ -36,6 +36,9 @@ READS = {
     "evaluate --run": ("infer", "run", "train.amp"),
     "evaluate": ("task", "run", "data", "model.classes", "infer.rle_order"),
     "infer": ("infer", "run", "data.manifest", "data.class_names", "train.amp"),
+    # suggest / pseudo predict as infer does, plus their own label section
+    "suggest": ("label", "infer", "run", "data.manifest", "data.class_names", "data.tissue", "train.amp"),
+    "pseudo": ("label", "infer", "run", "data.class_names", "train.amp"),
     "stats": DATA_SECTIONS, "preview": DATA_SECTIONS, "clean": DATA_SECTIONS, "runs": ("run",),
 }
 SET_HELP = "Override one config key, e.g. --set train.lr=3e-4 (repeatable; value parsed as YAML)."

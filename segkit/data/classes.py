@@ -23,6 +23,7 @@ import numpy as np
 
 from segkit.data.manifest import IMAGE_SUFFIXES, ManifestRow, _stem
 from segkit.ground.errors import SegkitError
+from segkit.ground.ignore import IGNORE_INDEX
 
 TILE_CLASSES = ["empty", "object"]  # the seg+cls head: class 0 is what infer.cls_gate tests
 
@@ -138,4 +139,5 @@ def tile_class(mask: np.ndarray, min_px: float, source_px_per_px: float = 1.0) -
     ``source_px_per_px``: source pixels one mask pixel stands for ((fov / size)^2 for a window
     read at network size).
     """
-    return int(np.count_nonzero(mask) * float(source_px_per_px) >= float(min_px))
+    labelled = (mask != 0) & (mask != IGNORE_INDEX)  # ignored pixels are not objects
+    return int(np.count_nonzero(labelled) * float(source_px_per_px) >= float(min_px))

@@ -22,9 +22,10 @@ from torch.utils.data import Dataset
 from segkit.data.classes import tile_class
 from segkit.data.manifest import ManifestRow
 from segkit.data.targets import TargetSpec, read_targets
-from segkit.data.windows import RandomWindowSampler
+from segkit.data.windows import RandomWindowSampler, outside_region
 from segkit.ground.errors import SegkitError
 from segkit.ground.geometry import Window, clip_region
+from segkit.ground.ignore import IGNORE_INDEX
 from segkit.io.labels.instances import open_instances
 from segkit.io.labels.masks import open_labels
 from segkit.io.images.raster import open_raster
@@ -199,6 +200,8 @@ class RandomWindowDataset(Dataset):
     rows without one), and ``window`` = (area index, row, col, height, width) in source pixels.
     ``tile_class_px`` (seg+cls): items also get ``target``, 1 when the window's mask holds at
     least that many foreground source pixels, else 0 (segkit.data.classes.tile_class).
+    Rows with a region (sparse labels): mask pixels outside the region are IGNORE_INDEX, which
+    the losses skip (segkit.ground.ignore).
     ``targets`` (a segkit.data.targets.TargetSpec): ``mask`` is (T, H, W) float32 instance targets
     derived from the window's object ids instead of class ids.
     """
@@ -252,6 +255,9 @@ class RandomWindowDataset(Dataset):
             mask = read_targets(labels, window, self.targets, out_size)
         else:
             mask = labels.read(window, out_size=out_size) if labels is not None else None
+            if mask is not None and pair.row.region is not None:  # sparse labels: outside the region is unknown
+                mask = np.array(mask)  # a copy: the reader's array may be shared
+                mask[outside_region(window, pair.row.region, mask.shape[:2])] = IGNORE_INDEX
         return area_index, image, mask, window
 
     def read(self, index: int) -> tuple[np.ndarray, Optional[np.ndarray], Window]:

@@ -27,6 +27,7 @@ from segkit.data.dataset import SourcePair, region_cells
 from segkit.data.table import small_rows
 from segkit.data.windows import AreaColumns, RandomWindowSampler, SamplingArea, tissue_mask
 from segkit.ground.errors import SegkitError
+from segkit.ground.ignore import IGNORE_INDEX
 from segkit.io.atomic import atomic_path
 
 THUMB_SIDE = 1024  # low-resolution grid for tissue and foreground sampling
@@ -152,7 +153,7 @@ def foreground_grid(pair: SourcePair, *, cache: str | Path | None = None) -> Opt
 
     def compute() -> dict:
         thumb, scale = pair.labels.thumbnail(THUMB_SIDE)
-        return {**_pack(thumb > 0), "scale": np.float64(scale)}
+        return {**_pack((thumb > 0) & (thumb != IGNORE_INDEX)), "scale": np.float64(scale)}
 
     value = _cached(key, compute, cache_dir(cache))
     return _unpack(value), float(value["scale"])
@@ -184,6 +185,7 @@ def sampling_area(pair: SourcePair, tissue: str, *, cache: str | Path | None = N
         usable=usable,
         scale=scale,
         foreground=foreground,
+        weight=1.0 if pair.row.weight is None else float(pair.row.weight),
     )
 
 

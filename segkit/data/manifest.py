@@ -8,6 +8,8 @@ CSV columns (only ``image`` is required; empty cells mean "none"):
     group   rows sharing a group (e.g. one patient or slide) always land in the same fold
     region  "row,col,height,width" in source pixels: only this part of the image is used
     fold    explicit fold number (kept by assign_folds)
+    weight  how often training draws windows from this row, relative to its area (default 1;
+            e.g. 0.5 for pseudo-labelled rows, which `segkit pseudo` writes)
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from segkit.ground.geometry import Window
 from segkit.io.labels.rle_rows import allow_long_fields
 from segkit.io.atomic import atomic_path
 
-COLUMNS = ("id", "image", "label", "class", "group", "region", "fold")
+COLUMNS = ("id", "image", "label", "class", "group", "region", "fold", "weight")
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".jp2", ".svs", ".ndpi", ".vrt")
 LABEL_SUFFIXES = IMAGE_SUFFIXES + (".geojson", ".json")
 FOLD_METHODS = ("random", "stratified", "group")
@@ -41,6 +43,7 @@ class ManifestRow:
     group: str | None = None
     region: Window | None = None
     fold: int | None = None
+    weight: float | None = None  # sampling weight; None = 1
 
 
 # ---------------------------------------------------------------- reading
@@ -66,6 +69,16 @@ def _parse_int(text: str, where: str, name: str, minimum: int | None = None) -> 
         raise SegkitError(f"{where}: {name} {text!r} is not an integer") from None
     if minimum is not None and value < minimum:
         raise SegkitError(f"{where}: {name} {value} must be >= {minimum}")
+    return value
+
+
+def _parse_weight(text: str, where: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise SegkitError(f"{where}: weight {text[:40]!r} is not a number") from None
+    if not (value > 0 and np.isfinite(value)):
+        raise SegkitError(f"{where}: weight {value} must be a finite number > 0")
     return value
 
 
@@ -141,6 +154,7 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
                 group=cell.get("group") or None,
                 region=_parse_region(cell["region"], where) if cell.get("region") else None,
                 fold=_parse_int(cell["fold"], where, "fold", 0) if cell.get("fold") else None,
+                weight=_parse_weight(cell["weight"], where) if cell.get("weight") else None,
             )
             if row.id in seen:
                 raise SegkitError(f"{where}: id {row.id!r} repeats line {seen[row.id]}; ids must be unique")
@@ -255,14 +269,17 @@ def _class_cell(target: int | str, class_names: list[str] | None) -> str:
 def write_manifest(rows: list[ManifestRow], path: str | Path, class_names: list[str] | None = None) -> Path:
     """Write rows as a manifest CSV (paths relative to its folder), atomically.
 
-    With ``class_names``, integer classes are written as their names."""
+    With ``class_names``, integer classes are written as their names. The weight column is
+    written only when a row has a weight, so manifests without weights keep their old header."""
     path = Path(path)
     base = path.parent
+    weighted = any(r.weight is not None for r in rows)
     with atomic_path(path, overwrite=True, make_parents=True) as tmp, \
             open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(COLUMNS)
+        writer.writerow(COLUMNS if weighted else COLUMNS[:-1])
         for r in rows:
+            weight = ["" if r.weight is None else f"{r.weight:g}"] if weighted else []
             writer.writerow([
                 r.id,
                 _cell(r.image, base),
@@ -271,6 +288,7 @@ def write_manifest(rows: list[ManifestRow], path: str | Path, class_names: list[
                 r.group or "",
                 ",".join(str(int(v)) for v in r.region) if r.region else "",
                 "" if r.fold is None else int(r.fold),
+                *weight,
             ])
     return path
 

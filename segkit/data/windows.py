@@ -152,6 +152,7 @@ class SamplingArea:
     usable: np.ndarray | None = None
     scale: float = 1.0
     foreground: np.ndarray | None = None
+    weight: float = 1.0  # the manifest row's weight: draws come in proportion to area x weight
 
 
 def _grid_cells(grid: np.ndarray, scale: float, reg: Window) -> np.ndarray:
@@ -205,6 +206,9 @@ class _Prepared:
             self.usable = _grid_cells(area.usable, self.scale, self.region)
             # cells straddling the region edge count whole: an approximation at thumbnail scale
             self.weight = float(self.usable.size) * self.scale**2
+        if not float(area.weight) > 0:
+            raise SegkitError(f"sampling area {index}: weight must be > 0, got {area.weight}")
+        self.weight *= float(area.weight)
         if area.foreground is None:
             self.fg_shape, self.fg = None, np.empty(0, dtype=np.intp)
         else:
@@ -225,7 +229,7 @@ def _clipped_regions(columns: AreaColumns) -> np.ndarray:
 class RandomWindowSampler:
     """Random fov_px x fov_px windows over several images.
 
-    Each draw: an image chosen in proportion to its usable area; with probability
+    Each draw: an image chosen in proportion to its usable area times its weight; with probability
     ``foreground_share`` (and when the image has labelled pixels) the window is centred on a
     random labelled grid pixel, moved by a uniform jitter of up to ``jitter * fov_px`` per axis
     (<= fov/2, so the labelled pixel stays inside); otherwise centred on a uniform point of the
@@ -338,6 +342,21 @@ class RandomWindowSampler:
         row = self._place(r, reg.row, reg.height)
         col = self._place(c, reg.col, reg.width)
         return index, Window(row, col, self.fov_px, self.fov_px)
+
+
+def outside_region(window: Window, region: Window, shape: tuple[int, int]) -> np.ndarray:
+    """Bool (h, w) map of a window read at ``shape``: True where the pixel lies outside ``region``.
+
+    A window can reach past its row's labelled region (a region smaller than the window, or one
+    next to the image border); those pixels are not labelled, so training marks them ignored
+    rather than taking them for background. Pixel centres decide, in source coordinates.
+    """
+    h, w = int(shape[0]), int(shape[1])
+    rows = window.row + (np.arange(h) + 0.5) * (window.height / h)
+    cols = window.col + (np.arange(w) + 0.5) * (window.width / w)
+    inside_r = (rows >= region.row) & (rows < region.bottom)
+    inside_c = (cols >= region.col) & (cols < region.right)
+    return ~(inside_r[:, None] & inside_c[None, :])
 
 
 def worker_rng(seed: int, epoch: int, rank: int, worker: int) -> np.random.Generator:

@@ -175,6 +175,9 @@ def validate(config: Config) -> None:
     if len(names) != 2 or not all(names):
         raise SegkitError("config key infer.rle_header: expected two column names like 'id,rle', got "
                           f"{brief(config.infer.rle_header)}")
+    if config.label.low >= config.label.high:
+        raise SegkitError(f"config keys label.low ({config.label.low}) and label.high ({config.label.high}): low "
+                          "must be below high (pixels between them are left unlabelled)")
     _validate_tiling(config)
     _validate_names(config)
 

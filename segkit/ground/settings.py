@@ -268,6 +268,30 @@ class InferConfig:
 
 
 @dataclass
+class LabelConfig:
+    regions: int = setting(8, "suggest: regions picked for annotation.", flag="--regions", minimum=1)
+    region_px: int = setting(512, "suggest: side of a picked square region, source pixels.", flag="--region-size",
+                             minimum=16)
+    score: str = setting("both", "suggest: uncertainty score: entropy (of the ensemble mean) | disagreement (of "
+                                    "views and checkpoints) | both.",
+                         choices=("entropy", "disagreement", "both"), flag="--score")
+    diverse: bool = setting(False, "suggest: spread picks in encoder-feature space (greedy k-centre over the "
+                                   "best-scored candidates).", flag="--diverse")
+    pool: int = setting(4, "suggest --diverse: candidates per pick the k-centre chooses from.", minimum=1)
+    min_tissue: float = setting(0.5, "suggest: a region needs this share of usable (tissue) area.",
+                                minimum=0, maximum=1)
+    label_path: str = setting("labels/{id}.geojson", "suggest: label file each pick's manifest row points at "
+                                                     "({id}: the image's stem), relative to the output folder.",
+                              flag="--label-path")
+    low: float = setting(0.1, "pseudo: probability at or below which a pixel is confident background.",
+                         flag="--low", minimum=0, maximum=1)
+    high: float = setting(0.9, "pseudo: probability at or above which a pixel is confident foreground.",
+                          flag="--high", minimum=0, maximum=1)
+    weight: float = setting(0.5, "pseudo: the manifest weight of pseudo-labelled rows (how often training draws "
+                                 "their windows, relative to area).", flag="--weight", minimum=1e-6)
+
+
+@dataclass
 class Config:
     task: str = setting("seg", "seg: masks per pixel | cls: one class per image/tile | seg+cls: both.",
                         choices=TASKS, flag="--task")
@@ -276,11 +300,12 @@ class Config:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     infer: InferConfig = dataclasses.field(default_factory=InferConfig)
+    label: LabelConfig = dataclasses.field(default_factory=LabelConfig)
     why: Optional[dict] = setting(None, "Plans written by segkit plan / auto: dotted key -> the rule and the figure "
                                         "that set it; a note for people, read by no stage.")
 
 
-SECTIONS = ("run", "data", "model", "train", "infer")
+SECTIONS = ("run", "data", "model", "train", "infer", "label")
 
 
 def iter_settings() -> Iterator[Setting]:

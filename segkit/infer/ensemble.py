@@ -51,17 +51,25 @@ def predict_batch(models, x: torch.Tensor, tta, *, activation="sigmoid", amp=Fal
     if average not in ("probs", "logits"):
         raise SegkitError(f"tta average {average!r}: valid: probs, logits")
     total = None
+    for out, weight in member_outputs(models, x, tta, activation=activation if average == "probs" else None,
+                                      amp=amp):
+        out = out * weight
+        total = out if total is None else total + out
+    if average == "logits":
+        total = _activate(total, activation)
+    return total.float()
+
+
+def member_outputs(models, x: torch.Tensor, tta, *, activation="sigmoid", amp=False):
+    """Yield (output float32 NCHW, weight) per model x view of one batch, deaugmented and activated
+    (``activation`` None: raw logits); the weights are the products of the normalised model and
+    view weights. The one forward loop of the ensemble: its mean (predict_batch) and the spread of
+    its members (segkit.infer.members) come from the same outputs."""
     with torch.inference_mode(), autocast(x.device, amp):
         for model, m_weight in models:
             for view, v_weight in tta:
                 out = deaugment(_forward(model, augment(x, view)), view).float()
-                if average == "probs":
-                    out = _activate(out, activation)
-                out = out * (m_weight * v_weight)
-                total = out if total is None else total + out
-    if average == "logits":
-        total = _activate(total, activation)
-    return total.float()
+                yield (out if activation is None else _activate(out, activation)), m_weight * v_weight
 
 
 

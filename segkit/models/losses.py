@@ -173,6 +173,11 @@ def loss_names(task: str = "seg") -> list[str]:
 _NO_IGNORE = {"mcc"}
 
 
+def supports_ignore(terms) -> bool:
+    """Whether every term of a loss spec can skip ignored pixels (``ignore_index``)."""
+    return not any(str(t.get("name", "")).lower() in _NO_IGNORE for t in _parse_terms(terms))
+
+
 def create_loss(terms, *, classes: int, task: str = "seg", ignore_index: int | None = None) -> CombinedLoss:
     """Build the weighted sum of the named loss terms for ``classes`` outputs (see module doc).
 
@@ -226,14 +231,16 @@ class SegClsLoss(nn.Module):
         return seg_value + cls_value
 
 
-def create_task_loss(task: str, *, seg_terms, cls_terms, classes: int, cls_classes: int | None = None) -> nn.Module:
+def create_task_loss(task: str, *, seg_terms, cls_terms, classes: int, cls_classes: int | None = None,
+                     ignore_index: int | None = None) -> nn.Module:
     """The loss of a task: seg -> create_loss(seg_terms), cls -> create_loss(cls_terms),
-    seg+cls -> SegClsLoss of both (``classes`` masks, ``cls_classes`` tile classes)."""
+    seg+cls -> SegClsLoss of both (``classes`` masks, ``cls_classes`` tile classes).
+    ``ignore_index`` goes to the mask loss only (unlabelled pixels; class labels have none)."""
     if task == "seg":
-        return create_loss(seg_terms, classes=classes)
+        return create_loss(seg_terms, classes=classes, ignore_index=ignore_index)
     if task == "cls":
         return create_loss(cls_terms, classes=classes, task="cls")
     if task == "seg+cls":
-        return SegClsLoss(create_loss(seg_terms, classes=classes),
+        return SegClsLoss(create_loss(seg_terms, classes=classes, ignore_index=ignore_index),
                           create_loss(cls_terms, classes=int(cls_classes or 2), task="cls"))
     raise SegkitError(f"loss: unknown task {task!r}; valid: seg, cls, seg+cls")

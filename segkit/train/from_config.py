@@ -34,7 +34,8 @@ from segkit.data.targets import TargetSpec, parse_targets
 from segkit.ground.config import Config, load_config
 from segkit.ground.errors import SegkitError
 from segkit.models.factory import check_input_size, create_model
-from segkit.models.losses import create_task_loss
+from segkit.ground.ignore import IGNORE_INDEX
+from segkit.models.losses import create_task_loss, supports_ignore
 from segkit.models.target_loss import TargetLoss
 from segkit.post.watershed import SeedSettings
 from segkit.runs.device import seed_everything
@@ -175,8 +176,11 @@ def task_loss(config: Config) -> torch.nn.Module:
     spec = target_spec(config)
     if spec is not None:
         return TargetLoss(config.train.loss, spec.names, config.train.target_weights)
+    # unlabelled pixels (outside a row's region, unsure pseudo-labels) move no loss; a term that cannot skip
+    # them (mcc) keeps the old behaviour, where they count as their value
+    ignore = IGNORE_INDEX if supports_ignore(config.train.loss) else None
     return create_task_loss(config.task, seg_terms=config.train.loss, cls_terms=config.train.cls_loss,
-                            classes=config.model.classes, cls_classes=len(TILE_CLASSES))
+                            classes=config.model.classes, cls_classes=len(TILE_CLASSES), ignore_index=ignore)
 
 
 def mixup_for(config: Config) -> BatchMix | None:

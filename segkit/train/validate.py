@@ -15,6 +15,7 @@ import torch
 from segkit.data.cls_dataset import RasterCache, read_row
 from segkit.data.dataset import SourcePair
 from segkit.ground.geometry import Window
+from segkit.ground.ignore import IGNORE_INDEX
 from segkit.infer.calibrate import ensemble_probs
 from segkit.infer.classify import predict_class_logits
 from segkit.infer.ensemble import EnsemblePredictor
@@ -111,7 +112,7 @@ def _score(probs: np.ndarray, pair, region: Window, s: ValidationSettings) -> tu
         objects = object_scores(watershed_instances(probs, s.targets, s.seeds), pair.labels.read_instances(region))
         probs = probs[:1]  # Dice of the body
     mask = threshold_probs(probs, s.threshold if s.classes == 1 or s.targets else None)
-    one = DiceAccumulator(classes=1 if s.targets else s.classes)
+    one = DiceAccumulator(classes=1 if s.targets else s.classes, ignore_index=IGNORE_INDEX)
     one.add(mask, target, image_id=pair.row.id)
     return one.counts(), objects
 
