@@ -7,10 +7,8 @@ these check results a user would see. Removing the parent-weight load of a finet
 
 import json
 
-import pytest
 import torch
 from click.testing import CliRunner
-from conftest import write_tiny_project
 
 from segkit.cli import cli
 
@@ -32,15 +30,6 @@ def records(run_dir):
 
 def checkpoint(run_dir, epoch):
     return torch.load(run_dir / "checkpoints" / f"epoch_{epoch:04d}.pt", weights_only=True)["model"]
-
-
-@pytest.fixture(scope="module")
-def learned(tmp_path_factory):
-    """A 5-epoch seeded run of the tiny disc project (fp32, no TTA): a few seconds on one core."""
-    root = write_tiny_project(tmp_path_factory.mktemp("learn"), train={"amp": False, "epochs": 5},
-                              infer={"tta": "none", "epochs": "last:1"})
-    run("train", "--config", root / "tiny.yaml", "--name", "parent")
-    return root / "runs" / "parent"
 
 
 def test_a_tiny_seeded_project_learns_well_above_chance(learned):
