@@ -309,8 +309,9 @@ def test_background_tiles_are_skipped_with_zero_output():
 
 
 def test_identity_through_a_real_tiff(tmp_path):
-    tifffile = pytest.importorskip("tifffile")
-    raster_mod = pytest.importorskip("segkit.io.images.raster")
+    import tifffile
+
+    from segkit.io.images import raster as raster_mod
     img = image(61, 77, c=3, seed=4)
     path = tmp_path / "img.tif"
     tifffile.imwrite(path, img, tile=(32, 32), photometric="rgb")
