@@ -14,6 +14,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${MUTATION_WORK:-$ROOT/build/mutation}
 RUN=${CPU_RUN:-}
 PYTHON=${PYTHON:-python}
+LIMIT=${MUTATION_GROUP_TIMEOUT:-900}  # seconds per group; a group cut short scores the mutants it checked
 
 # group -> modules mutated, the test files that cover them, and (optional) mutant name globs to run
 # (fit: the functions that build a stage and load the parent's weights; the rest of fit.py needs
@@ -40,7 +41,7 @@ TESTS[fit]="tests/test_learning.py"
 NAMES[fit]="*_build__mutmut_* *_setup_run__mutmut_*"
 
 groups=("$@")
-[ ${#groups[@]} -eq 0 ] && groups=(rle metrics tta checkpoint watershed tiling predict writers fit)
+[ ${#groups[@]} -eq 0 ] && groups=(checkpoint rle tta predict fit metrics watershed writers tiling)
 mkdir -p "$WORK"
 for group in "${groups[@]}"; do
   [ -n "${MODULES[$group]:-}" ] || { echo "unknown group $group (known: ${!MODULES[*]})" >&2; exit 2; }
@@ -58,7 +59,7 @@ for group in "${groups[@]}"; do
   } > "$dir/setup.cfg"
   echo "== $group: ${MODULES[$group]} <- ${TESTS[$group]}"
   start=$(date +%s)
-  (cd "$dir" && set -f && HF_HUB_OFFLINE=1 NO_ALBUMENTATIONS_UPDATE=1 $RUN "$PYTHON" -m mutmut run --max-children 1 ${NAMES[$group]:-}) \
+  (cd "$dir" && set -f && HF_HUB_OFFLINE=1 NO_ALBUMENTATIONS_UPDATE=1 $RUN timeout "$LIMIT" "$PYTHON" -m mutmut run --max-children 1 ${NAMES[$group]:-}) \
     > "$WORK/$group.log" 2>&1 || echo "mutmut run exited $? (see $WORK/$group.log)"
   (cd "$dir" && "$PYTHON" -m mutmut results --all true) > "$WORK/$group.txt" 2>/dev/null || true
   killed=$(grep -c ': killed$' "$WORK/$group.txt" || true)
