@@ -142,3 +142,10 @@ def test_prune_keeps_everything_while_fewer_than_keep_last(tmp_path):
         ck.save_checkpoint(tmp_path / ck.checkpoint_name(epoch), {"epoch": epoch})
     assert ck.prune_checkpoints(tmp_path, keep_last=3) == []
     assert [p.name for p in ck.list_checkpoints(tmp_path)] == ["epoch_0001.pt", "epoch_0002.pt"]
+
+
+def test_soup_accumulates_in_float64():
+    """1e8 + 1 - 1e8 is 0 in float32: the mean of the three is 1/3 only when summed in float64."""
+    states = [{"w": torch.tensor([v], dtype=torch.float32)} for v in (1e8, 1.0, -1e8)]
+    avg = ck.average_state_dicts(states)
+    assert avg["w"].dtype == torch.float32 and avg["w"].item() == pytest.approx(1 / 3, rel=1e-6)

@@ -4,7 +4,6 @@ import csv
 import json
 
 import numpy as np
-import pytest
 import tifffile
 import yaml
 from click.testing import CliRunner
@@ -52,8 +51,7 @@ def test_infer_writes_rle_of_every_image_and_refuses_to_overwrite(project, train
     with open(out) as handle:
         rows = list(csv.reader(handle))
     assert rows[0] == ["id", "rle"] and [r[0] for r in rows[1:]] == ["img0", "img1"]
-    for _, rle in rows[1:]:
-        assert decode(rle, (HEIGHT, WIDTH)).shape == (HEIGHT, WIDTH)
+    # what the RLE holds is checked against the --mask TIFF below
     before = out.read_bytes()
     result = run("infer", "--run", trained, "--rle", out, project / "img0.tif", expect=1)
     assert "exists (use --overwrite)" in result.output and out.read_bytes() == before
@@ -67,30 +65,7 @@ def test_infer_mask_tiff_matches_the_rle(project, trained):
     assert np.array_equal(decode(rle, (HEIGHT, WIDTH)), (mask > 0).astype(np.uint8))
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["train", "--set", "data.sise=3"], "unknown config key data.sise (did you mean 'data.size'?)"),
-        (["train", "--set", "train.lr=fast"], "config key train.lr: expected float"),
-        (["infer", "--run", "no_such_run", "--rle", "x.csv"], "no_such_run: no such run"),
-        (["finetune", "--from", "nowhere", "--size", "64"], "nowhere: no such run"),
-    ],
-)
-def test_expected_mistakes_are_one_line_errors(args, message):
-    result = CliRunner().invoke(cli, args)
-    assert result.exit_code != 0
-    assert message in result.output
-    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
-
-
-def test_missing_manifest_file_is_named(tmp_path):
-    result = CliRunner().invoke(cli, ["train", "--set", f"data.manifest={tmp_path / 'nope.csv'}"])
-    assert result.exit_code != 0 and "nope.csv: manifest not found" in result.output
-
-
-def test_resume_of_a_finished_run_is_refused(project, trained):
-    result = CliRunner().invoke(cli, ["train", "--config", project / "tiny.yaml", "--resume", str(trained)])
-    assert result.exit_code != 0 and "run has finished" in result.output
+# Mistakes (unknown keys, runs, manifests; resuming a finished run) are rows of tests/test_bad_inputs.py.
 
 
 def test_every_option_of_every_command_is_explained():
@@ -102,10 +77,10 @@ def test_every_option_of_every_command_is_explained():
                 assert param.help, f"{name} {param.opts} has no help text"
 
 
-def test_infer_polygons_probs_and_post_processing(project, trained):
+def test_infer_polygons_and_probs(project, trained):
+    """The formats; the effects of --crf, min_object_px, fill_holes and TTA: tests/test_cli_effects.py."""
     polygons, probs = project / "p_{id}.geojson", project / "pr_{id}.tif"
-    run("infer", "--run", trained, "--polygons", polygons, "--probs", probs, "--crf",
-        "--set", "infer.min_object_px=10", "--set", "infer.fill_holes=true", project / "img0.tif")
+    run("infer", "--run", trained, "--polygons", polygons, "--probs", probs, project / "img0.tif")
     collection = json.loads((project / "p_img0.geojson").read_text())
     assert collection["type"] == "FeatureCollection"
     assert all(f["properties"]["class"] == 1 for f in collection["features"])

@@ -61,8 +61,6 @@ def test_infer_takes_config_set_runs_dir_and_device_and_prints_progress_lines(tm
 
 
 def test_finetune_takes_the_grammar_and_from_is_an_alias_of_run(tmp_path, trained, project):
-    result = run_cli("finetune", "--from", "nope", "--size", 32, "--runs-dir", project / "runs", expect=1)
-    assert "nope: no such run" in result.output
     (tmp_path / "ft.yaml").write_text(yaml.safe_dump({"train": {"windows_per_epoch": 4}}))
     runs = tmp_path / "runs"
     result = run_cli("finetune", "--run", trained, "--size", 48, "--epochs", 1, "--config", tmp_path / "ft.yaml",
@@ -158,4 +156,5 @@ def test_narrow_uint16_gets_a_percentile_window_by_default(tmp_path):
     line = result.output.splitlines()[0]
     assert "(percentiles 1-99)" in line
     mean = float(line.split("mean ")[1].split()[0])
-    assert 0.3 < mean < 0.7       # the dtype range would give about 0.025
+    # uniform values, scaled between their 1st and 99th percentiles: mean 0.5 (the dtype range would give ~0.025)
+    assert mean == pytest.approx(0.5, abs=0.02)

@@ -150,25 +150,7 @@ def test_parent_checkpoint_choice(grandparent):
     assert select_checkpoint(grandparent, "1") == (checkpoints / "epoch_0001.pt", 1)
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--epoch", "7"], "--epoch 7: no checkpoint for epoch 7; available epochs: 1, 2"),
-    (["--epoch", "soon"], "--epoch 'soon': expected best, last or an epoch number"),
-    (["--set", "model.classes=3"], "parent run has model.classes=1 but this stage asks for 3"),
-    (["--set", "data.channels=[{band: 0}, {band: 0, window: [0, 100]}]"], "parent run has data.channels=None"),
-])
-def test_finetune_mistakes_are_one_line_and_create_nothing(project, grandparent, extra, message):
-    before = sorted(os.listdir(project / "runs"))
-    result = CliRunner().invoke(cli, ["finetune", "--from", str(grandparent), "--size", "32",
-                                      "--runs-dir", str(project / "runs"), *extra])
-    one_line_error(result, message)
-    assert sorted(os.listdir(project / "runs")) == before
-
-
-def test_resume_mistakes(project, grandparent):
-    result = CliRunner().invoke(cli, ["train", "--config", str(project / "tiny.yaml"), "--resume", "ghost"])
-    one_line_error(result, "ghost: no such run")
-    result = CliRunner().invoke(cli, ["train", "--config", str(project / "tiny.yaml"), "--resume", str(grandparent)])
-    one_line_error(result, "run has finished; nothing to resume")
+# finetune and resume mistakes (epoch, classes, channels, unknown or finished run): tests/test_bad_inputs.py.
 
 
 def test_resume_refuses_a_run_that_is_still_running(project, grandparent):

@@ -20,13 +20,20 @@ def _batch(classes, seed=0):
     return logits, target
 
 
-@pytest.mark.parametrize("name", sorted(SEG_LOSSES))
-@pytest.mark.parametrize("classes", [1, 3])
+def _supported(names, classes_options, binary_only=BINARY_ONLY, multi_only=MULTI_ONLY):
+    """(name, classes) pairs a loss accepts: the unsupported ones have their own error test."""
+    return [(n, c) for n in sorted(names) for c in classes_options
+            if not ((c == 1 and n in multi_only) or (c > 1 and n in binary_only))]
+
+
+@pytest.mark.parametrize("name, classes", [(n, 1) for n in sorted(MULTI_ONLY)] + [(n, 3) for n in sorted(BINARY_ONLY)])
+def test_a_loss_refuses_the_class_count_it_cannot_handle(name, classes):
+    with pytest.raises(SegkitError, match=f"loss.{name}"):
+        create_loss([name], classes=classes)
+
+
+@pytest.mark.parametrize("name, classes", _supported(SEG_LOSSES, [1, 3]))
 def test_every_seg_loss_is_finite_with_gradient(name, classes):
-    if (classes == 1 and name in MULTI_ONLY) or (classes > 1 and name in BINARY_ONLY):
-        with pytest.raises(SegkitError, match=name):
-            create_loss([name], classes=classes)
-        return
     logits, target = _batch(classes)
     loss = create_loss([{"name": name, "weight": 0.5}], classes=classes)
     value = loss(logits, target)
@@ -59,13 +66,17 @@ def test_a_binary_model_counts_every_non_zero_label_as_foreground(name):
     assert torch.allclose(ignored(logits, with_ignore), ignored(logits, binary))
 
 
-@pytest.mark.parametrize("name", sorted(CLS_LOSSES))
-@pytest.mark.parametrize("classes", [1, 4])
+CLS_MULTI_ONLY = MULTI_ONLY | {"focal", "asymmetric"}
+
+
+@pytest.mark.parametrize("name", sorted(CLS_MULTI_ONLY & CLS_LOSSES.keys()))
+def test_a_cls_loss_refuses_one_class_when_it_needs_several(name):
+    with pytest.raises(SegkitError, match=name):
+        create_loss([name], classes=1, task="cls")
+
+
+@pytest.mark.parametrize("name, classes", _supported(CLS_LOSSES, [1, 4], binary_only=set(), multi_only=CLS_MULTI_ONLY))
 def test_every_cls_loss_on_n_by_c_logits(name, classes):
-    if classes == 1 and name in MULTI_ONLY | {"focal", "asymmetric"}:
-        with pytest.raises(SegkitError):
-            create_loss([name], classes=1, task="cls")
-        return
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(6, classes, generator=g)
     target = torch.tensor([0, 1, 1, 0, 1, 0]) if classes == 1 else torch.tensor([0, 1, 2, 3, 2, 1])
@@ -111,8 +122,23 @@ def test_label_smoothing_options():
 
 
 def test_loss_moves_with_to_device_buffers():
+    """pos_weight is a buffer, so `.to()` (what fit does with the model's device) moves it along."""
     loss = create_loss([{"name": "bce", "pos_weight": 2.0}], classes=1)
-    assert any(b.numel() for b in loss.buffers())
+    assert [(b.device.type, b.dtype) for b in loss.buffers()] == [("cpu", torch.float32)]
+    assert loss.to(torch.float64) is loss  # dtype: a float64 batch gives the float64 reference value
+    logits, target = _batch(1)
+    logits = logits.detach().double()
+    ref = F.binary_cross_entropy_with_logits(logits, target.unsqueeze(1).double(),
+                                             pos_weight=torch.tensor([2.0], dtype=torch.float64))
+    assert torch.equal(loss(logits, target), ref)
+    loss.to("meta")  # and device (the only other device a CPU machine has)
+    assert [b.device.type for b in loss.buffers()] == ["meta"]
+
+
+def test_mcc_refuses_ignore_index():
+    with pytest.raises(SegkitError, match="loss.mcc: does not support ignore_index"):
+        create_loss(["mcc"], classes=1, ignore_index=255)
+    create_loss(["mcc"], classes=1)  # without it, fine
 
 
 def test_errors_name_the_problem():
@@ -127,11 +153,8 @@ def test_errors_name_the_problem():
     assert loss_names("cls") == sorted(CLS_LOSSES)
 
 
-@pytest.mark.parametrize("classes", [1, 3])
-@pytest.mark.parametrize("name", sorted(SEG_LOSSES.keys() - {"mcc"}))
+@pytest.mark.parametrize("name, classes", _supported(SEG_LOSSES.keys() - {"mcc"}, [1, 3]))
 def test_ignored_pixels_do_not_move_the_loss(name, classes):
-    if classes == 1 and name in MULTI_ONLY:
-        return
     logits, target = _batch(classes)
     target[:, 5:8, 2:6] = 255
     loss = create_loss([name], classes=classes, ignore_index=255)

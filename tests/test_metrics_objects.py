@@ -82,3 +82,21 @@ def test_label_components_connectivity():
     assert eight.dtype == np.int32 and eight.max() == 2 and four.max() == 3
     assert len(np.unique(eight[mask > 0])) == 2 and (eight[mask == 0] == 0).all()
     assert object_f1(label_components(mask, 4), label_components(mask, 4))["tp"] == 3
+
+
+def test_object_f1_edge_counts_are_exact():
+    """One matched object and one false positive (tp == fp): precision 0.5, not the empty-case 1.0;
+    no true objects at all: recall 1.0 by convention. One-pixel objects match with IoU 1."""
+    from segkit.metrics.objects import object_f1
+
+    true = np.zeros((6, 8), np.int32)
+    true[1, 1] = 1
+    pred = true.copy()
+    pred[4, 6] = 2  # a false positive
+    got = object_f1(pred, true)
+    assert (got["tp"], got["fp"], got["fn"]) == (1, 1, 0)
+    assert got["precision"] == 0.5 and got["recall"] == 1.0 and got["f1"] == pytest.approx(2 / 3)
+    empty = object_f1(pred, np.zeros_like(true))
+    assert (empty["tp"], empty["fp"], empty["fn"]) == (0, 2, 0) and empty["recall"] == 1.0
+    assert empty["precision"] == 0.0
+    assert match_objects(true, true).iou.tolist() == [1.0]  # a one-pixel object is its own match, IoU 1

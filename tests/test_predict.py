@@ -309,8 +309,9 @@ def test_background_tiles_are_skipped_with_zero_output():
 
 
 def test_identity_through_a_real_tiff(tmp_path):
-    tifffile = pytest.importorskip("tifffile")
-    raster_mod = pytest.importorskip("segkit.io.images.raster")
+    import tifffile
+
+    from segkit.io.images import raster as raster_mod
     img = image(61, 77, c=3, seed=4)
     path = tmp_path / "img.tif"
     tifffile.imwrite(path, img, tile=(32, 32), photometric="rgb")
@@ -355,3 +356,25 @@ def test_next_batch_is_read_while_the_model_runs():
     assert waited == [True]
     assert threading.current_thread().name not in read_threads
     np.testing.assert_allclose(probs[0], img[:, :, 0] / 255.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("fov_px, size", [(20, 10), (16, 24)])  # downsampled and upsampled tiles
+def test_resampling_through_a_real_tiff_matches_the_stand_in(tmp_path, fov_px, size):
+    """The ArrayRaster stand-in above is only trusted because the real reader agrees with it:
+    a tiled TIFF read through segkit.io.images.raster, tiles resampled (fov != size), gives the
+    same probabilities with an identity model and a d4 TTA."""
+    import tifffile
+
+    from segkit.io.images.raster import open_raster
+
+    rows, cols = np.mgrid[:45, :58]
+    img = np.stack([rows * 5, cols * 4, 200 - rows * 2 - cols], axis=-1).astype(np.uint8)  # smooth: survives
+    path = tmp_path / "img.tif"
+    tifffile.imwrite(path, img, tile=(16, 16), photometric="rgb")
+    kw = dict(fov_px=fov_px, size=size, overlap_px=4, preprocess=to_unit, activation="identity",
+              tta=[("identity", 0.5), ("rot90", 0.25), ("hflip", 0.25)], batch_size=3)
+    with open_raster(path) as raster:
+        real = predict_probs([(Identity(), 1.0)], raster, **kw)
+    stand_in = predict_probs([(Identity(), 1.0)], ArrayRaster(img), **kw)
+    np.testing.assert_allclose(real, stand_in, atol=1e-6)
+    assert np.abs(real - img.transpose(2, 0, 1) / 255.0)[:, 2:-2, 2:-2].max() < 0.03  # the image, resampled

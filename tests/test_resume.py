@@ -19,7 +19,7 @@ from segkit.runs.rundir import append_jsonl, read_jsonl, truncate_jsonl
 
 # EMA, the weight average of the last epochs, early-stopping state, augmentation and a warm-up +
 # cosine schedule all have to resume exactly (swa_epochs 3: the interrupt lands inside the window)
-TRAIN = {"epochs": 3, "windows_per_epoch": 12, "ema": 0.8, "early_stop": 5, "warmup_steps": 2, "swa_epochs": 3}
+TRAIN = {"epochs": 3, "windows_per_epoch": 8, "ema": 0.8, "early_stop": 5, "warmup_steps": 2, "swa_epochs": 3}
 
 
 def _without_time(rows):

@@ -55,3 +55,33 @@ def test_named_sets_and_weights():
 def test_bad_specs(spec, msg):
     with pytest.raises(SegkitError, match=msg):
         parse_tta(spec)
+
+
+VIEW_NAMES = "identity, hflip, vflip, rot90, rot180, rot270, transpose, transverse"
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("nope", f"tta 'nope': unknown; valid sets: none, hflip, vflip, flips, d4; views: {VIEW_NAMES}; "
+             "or 'view:weight,...'"),
+    ("identity:0,hflip:0", "tta 'identity:0,hflip:0': weights must be >= 0 and sum to a positive number, got [0.0, 0.0]"),
+    ({"identity": -1}, "tta {'identity': -1}: weights must be >= 0 and sum to a positive number, got [-1.0]"),
+    ([("identity", 1), ("hflip", -1)], "tta [('identity', 1), ('hflip', -1)]: weights must be >= 0"),
+    (5, "tta 5: expected a string like 'hflip' or 'identity:0.6,hflip:0.4'"),
+    ([("id",)], "tta [('id',)]: expected (view, weight) pairs"),
+    ("identity:1,nope:1", f"tta view 'nope': unknown; valid: {VIEW_NAMES}"),
+])
+def test_bad_tta_specs_are_named_in_full(spec, message):
+    """The whole message a user reads (the CLI prints it as its one Error: line)."""
+    from segkit.ground.errors import SegkitError
+    from segkit.infer.tta import parse_tta
+
+    with pytest.raises(SegkitError) as caught:
+        parse_tta(spec)
+    assert str(caught.value).startswith(message)
+
+
+@pytest.mark.parametrize("spec", [None, "", " none ", "None"])
+def test_every_spelling_of_no_tta_is_the_original_alone(spec):
+    from segkit.infer.tta import parse_tta
+
+    assert parse_tta(spec) == [("identity", 1.0)]

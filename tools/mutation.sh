@@ -1,0 +1,72 @@
+#!/bin/bash
+# tools/mutation.sh [GROUP...]: mutation testing (mutmut 3) of the modules that carry the mission,
+# a few modules at a time, each against only the test files that cover it, so that one mutant's
+# run takes seconds. Without GROUP, every group below. docs/testing.md has the scores and why mutmut.
+#
+#   pip install 'mutmut==3.8.1'
+#   CPU_RUN=/work/brief/cpu-run tools/mutation.sh rle metrics   # CPU_RUN: a wrapper for heavy jobs
+#
+# Each group runs in its own copy of the repository (build/mutation/GROUP; mutmut writes its
+# mutants/ folder there) and leaves GROUP.txt (every mutant with its verdict) and a summary line
+# in build/mutation/summary.txt: group, killed, survived, other (timeout, suspicious, no tests), score.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORK=${MUTATION_WORK:-$ROOT/build/mutation}
+RUN=${CPU_RUN:-}
+PYTHON=${PYTHON:-python}
+LIMIT=${MUTATION_GROUP_TIMEOUT:-900}  # seconds per group; a group cut short scores the mutants it checked
+
+# group -> modules mutated, the test files that cover them, and (optional) mutant name globs to run
+# (fit: the functions that build a stage and load the parent's weights; the rest of fit.py needs
+# whole training runs per mutant, too slow for this machine).
+declare -A MODULES TESTS NAMES
+MODULES[rle]="segkit/io/rle.py"
+TESTS[rle]="tests/test_rle.py tests/test_rle_csv_conventions.py"
+MODULES[metrics]="segkit/metrics/seg.py segkit/metrics/objects.py"
+TESTS[metrics]="tests/test_metrics.py tests/test_metrics_objects.py tests/test_metrics_scores.py"
+MODULES[tta]="segkit/infer/tta.py"
+TESTS[tta]="tests/test_tta.py tests/test_predict.py"
+MODULES[checkpoint]="segkit/runs/checkpoint.py"
+TESTS[checkpoint]="tests/test_checkpoint.py tests/test_predict.py"  # test_predict: checkpoint selection
+MODULES[watershed]="segkit/post/watershed.py"
+TESTS[watershed]="tests/test_instances.py"
+MODULES[tiling]="segkit/infer/tiling.py"
+TESTS[tiling]="tests/test_tiling.py tests/test_predict.py"
+MODULES[predict]="segkit/infer/predict.py segkit/infer/ensemble.py"
+TESTS[predict]="tests/test_predict.py tests/test_seg_cls.py"  # test_seg_cls: the cls-gate tile weights
+MODULES[writers]="segkit/io/writers/*.py"
+TESTS[writers]="tests/test_writers.py tests/test_tiff_outputs.py tests/test_vector.py"
+MODULES[fit]="segkit/train/fit.py"
+TESTS[fit]="tests/test_learning.py"
+NAMES[fit]="*_build__mutmut_* *_setup_run__mutmut_*"
+
+groups=("$@")
+[ ${#groups[@]} -eq 0 ] && groups=(checkpoint rle tta predict fit metrics watershed writers tiling)
+mkdir -p "$WORK"
+for group in "${groups[@]}"; do
+  [ -n "${MODULES[$group]:-}" ] || { echo "unknown group $group (known: ${!MODULES[*]})" >&2; exit 2; }
+  dir=$WORK/$group
+  rm -rf "$dir" && mkdir -p "$dir"
+  (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard | grep -zv '^tools/mutation' \
+     | xargs -0 cp -a --parents -t "$dir")
+  {
+    cat "$ROOT/setup.cfg"
+    echo; echo "[mutmut]"; echo "source_paths = segkit"
+    echo "only_mutate ="; for m in ${MODULES[$group]}; do echo "    $m"; done
+    echo "pytest_add_cli_args_test_selection ="; for t in ${TESTS[$group]}; do echo "    $t"; done
+    printf 'pytest_add_cli_args =\n    -p\n    no:cacheprovider\n    -m\n    not slow\n'
+    echo "process_isolation = forkserver"   # torch is not fork-safe after the stats run
+  } > "$dir/setup.cfg"
+  echo "== $group: ${MODULES[$group]} <- ${TESTS[$group]}"
+  start=$(date +%s)
+  (cd "$dir" && set -f && HF_HUB_OFFLINE=1 NO_ALBUMENTATIONS_UPDATE=1 $RUN timeout "$LIMIT" "$PYTHON" -m mutmut run --max-children 1 ${NAMES[$group]:-}) \
+    > "$WORK/$group.log" 2>&1 || echo "mutmut run exited $? (see $WORK/$group.log)"
+  (cd "$dir" && "$PYTHON" -m mutmut results --all true) > "$WORK/$group.txt" 2>/dev/null || true
+  killed=$(grep -c ': killed$' "$WORK/$group.txt" || true)
+  survived=$(grep -c ': survived$' "$WORK/$group.txt" || true)
+  total=$(grep ': ' "$WORK/$group.txt" | grep -vc ': not checked$' || true)  # mutants filtered out: not checked
+  other=$((total - killed - survived))
+  score=$(awk -v k="$killed" -v t="$total" 'BEGIN { if (t > 0) printf "%.0f%%", 100 * k / t; else print "-" }')
+  line="$group killed $killed survived $survived other $other score $score ($(( $(date +%s) - start )) s wall)"
+  echo "$line" | tee -a "$WORK/summary.txt"
+done
