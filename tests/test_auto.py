@@ -137,6 +137,8 @@ def test_auto_end_to_end_writes_a_run_that_infer_uses_without_flags(project):
     assert config.infer.threshold == chosen["keys"]["threshold"] and config.infer.epochs == chosen["epochs"]
     assert (run / "plan.yaml").is_file() and "validation dice" in output and summary["run"] == str(run)
     assert "data.fov_px" in output and "checkpoints: last:3" in output and "views: identity" in output
+    assert any(note.startswith("crf (bilateral") for note in chosen["notes"])
+    assert config.infer.use_crf == ("use_crf" in chosen["keys"])
 
     # the choices come from the validation fold only: emptying the training labels changes nothing
     from segkit.runs.device import pick_device
@@ -275,3 +277,25 @@ def test_the_deadline_hook_measures_epochs_by_its_own_clock():
     now[0] = 131.0
     with pytest.raises(StopRun, match="budget"):
         hook(None, {"seconds": 1.0})  # 16 s an epoch: 131 + 16 > 140
+
+
+def test_the_empirical_stage_switches_the_crf_on_only_when_it_raises_validation_dice(tmp_path):
+    """A sharp bright disc whose predicted probabilities spill 8 px past it: the CRF, its bilateral kernel one
+    object wide, pulls the mask back to the image's edge; on probabilities that already fit, it stays off."""
+    from segkit.workflows.empirical import Stage, _choose_crf, crf_params
+
+    pytest.importorskip("pydensecrf")  # the crf extra
+    yy, xx = np.mgrid[:96, :96]
+    disc = (yy - 48) ** 2 + (xx - 48) ** 2 <= 20**2
+    tifffile.imwrite(tmp_path / "img.tif", np.where(disc, 220, 30).astype(np.uint8))
+    (tmp_path / "fingerprint.json").write_text(json.dumps({"labels": {"diameter_px": {"p50": 40.0}}}))
+    assert crf_params(tmp_path) == {"sxy_gaussian": 1, "compat_bilateral": 5, "sxy_bilateral": 40.0}
+    items = [("img", tmp_path / "img.tif", (0, 0, 96, 96), disc)]
+    config = load_config(None, [])
+    spill = (yy - 48) ** 2 + (xx - 48) ** 2 <= 28**2
+    stage = Stage(epochs="best", views=("identity",), keys={"threshold": 0.5, "min_object_px": 0})
+    _choose_crf(stage, {"img": {"identity": np.where(spill, 0.6, 0.1).astype(np.float32)}}, items, config, tmp_path)
+    assert stage.keys["use_crf"] is True and stage.keys["crf"]["sxy_bilateral"] == 40.0 and stage.after > 0.95
+    exact = Stage(epochs="best", views=("identity",), keys={"threshold": 0.5, "min_object_px": 0})
+    _choose_crf(exact, {"img": {"identity": np.where(disc, 0.99, 0.01).astype(np.float32)}}, items, config, tmp_path)
+    assert "use_crf" not in exact.keys and exact.notes[-1].endswith("-> off")

@@ -232,6 +232,8 @@ class InferConfig:
                                       "+0.090 on the scene (within noise); sxy_bilateral = one object diameter, "
                                       "sxy_gaussian 1, compat_bilateral 5: +0.041 / +0.120 (nuclei), +0.047 / +0.198 "
                                       "(scene).")
+    use_crf: bool = setting(False, "Dense CRF on every infer of this run (as --crf does for one call); segkit "
+                                   "auto sets it when it raised the validation score.")
     skip_background: bool = setting(False, "Skip tiles that are background on the thumbnail; their output is 0.",
                                     flag="--skip-background")
     tissue: str = setting("auto", "For skip_background: auto (the run's data.tissue, else saturation) | "

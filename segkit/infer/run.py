@@ -160,7 +160,7 @@ def infer_settings(config: Config, *, crf: bool = False) -> Settings:
     return Settings(
         overlap_px=i.overlap_px, blend=i.blend, tta=i.tta, threshold=i.threshold, batch_size=i.batch_size,
         amp=config.train.amp, rle_order=i.rle_order, min_object_px=i.min_object_px, fill_holes=i.fill_holes,
-        crf=(i.crf or {}) if crf else None, progress=config.run.progress, margin_px=i.margin_px,
+        crf=(i.crf or {}) if crf or i.use_crf else None, progress=config.run.progress, margin_px=i.margin_px,
         tissue=tissue_method(config), writing=WriterOptions.from_config(config), cls_gate=i.cls_gate,
         rle_per_object=i.rle_per_object, seeds=SeedSettings(mask=i.threshold, seed=i.seed_threshold,
                                                             border=i.seed_border),

@@ -5,7 +5,9 @@ After training, in this order (each tried only while the stage's time lasts):
 2. the TTA views: identity alone, + hflip, + vflip, + both (a view is kept only if it helps:
    flips hurt on off-nadir aerial images);
 3. post-processing: for mask runs the view weights, threshold and minimum object size of
-   segkit.tune.thresholds; for instance runs the watershed's thresholds (segkit.tune.seeds).
+   segkit.tune.thresholds; for instance runs the watershed's thresholds (segkit.tune.seeds);
+4. mask runs: the dense CRF on or off, its bilateral kernel one median object diameter wide (the
+   ablation's best width, docs/ablation.md), kept only if it raises the validation Dice.
 Every choice needs evidence: with fewer than MIN_OBJECTS objects or MIN_FOREGROUND_PX foreground
 pixels in the validation fold, or when every candidate scores within TIE of the planned one, the
 rule-based value is kept and the result says why. The validation probabilities are kept in memory
@@ -14,6 +16,7 @@ rule-based value is kept and the result says why. The validation probabilities a
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,6 +132,8 @@ def choose(run_dir: Path, device, *, deadline: float, clock=time.time) -> Stage:
     else:
         stage.notes.append("time: TTA views not tried")
     _post(stage, probs, items, targets, settings)
+    if not targets and clock() < deadline:
+        _choose_crf(stage, probs, items, config, run_dir)
     _save(run_dir, config, stage)
     return stage
 
@@ -209,9 +214,49 @@ def _post(stage: Stage, probs, items, targets, settings) -> None:
                        f"(planned {base.threshold}, {base.min_px}: dice {result['before'][1]:.4f})")
 
 
+def crf_params(run_dir: Path) -> dict:
+    """The CRF's parameters at the objects' scale: the bilateral kernel one median object diameter wide
+    (from the run's fingerprint.json; pydensecrf's 80 px without one), sxy_gaussian 1, compat_bilateral 5."""
+    path = run_dir / "fingerprint.json"
+    diameter = None
+    if path.is_file():
+        diameter = ((json.loads(path.read_text()).get("labels") or {}).get("diameter_px") or {}).get("p50")
+    return {"sxy_gaussian": 1, "compat_bilateral": 5, "sxy_bilateral": round(float(diameter or 80), 1)}
+
+
+def _choose_crf(stage: Stage, probs, items, config: Config, run_dir: Path) -> None:
+    """CRF on the chosen views' probabilities of each validation region; kept if Dice rises by more than TIE."""
+    from segkit.post.crf import dense_crf
+    from segkit.tune.thresholds import combine
+
+    try:
+        import pydensecrf  # noqa: F401  (the crf extra)
+    except ImportError:
+        stage.notes.append("crf: not tried (the crf extra is not installed)")
+        return
+    params = crf_params(run_dir)
+    weights = _equal(stage.views)
+    threshold, min_px = float(stage.keys.get("threshold", config.infer.threshold)), int(
+        stage.keys.get("min_object_px", config.infer.min_object_px))
+    refined = {}
+    for image_id, image, region, _ in items:
+        with open_raster(image) as raster:
+            pixels = raster.read(region)
+        refined[image_id] = {"identity": dense_crf(pixels, combine(probs[image_id], weights)[None], **params)[0]}
+    fill = bool(config.infer.fill_holes)
+    without = float(size_curve(_mask_loader(probs, items), weights, threshold, (min_px,), fill)[0])
+    with_crf = float(size_curve(_mask_loader(refined, items), (("identity", 1.0),), threshold, (min_px,), fill)[0])
+    chosen = with_crf > without + TIE
+    stage.notes.append(f"crf (bilateral {params['sxy_bilateral']:g} px): dice {with_crf:.4f} with, {without:.4f} "
+                       f"without -> {'on' if chosen else 'off'}")
+    if chosen:
+        stage.keys.update({"use_crf": True, "crf": params})
+        stage.after = with_crf
+
+
 def _save(run_dir: Path, config: Config, stage: Stage) -> None:
     """The chosen keys as the run's infer defaults (config.yaml), the evidence in run.json."""
-    updated = load_config(None, [f"infer.{k}={v}" for k, v in stage.keys.items()], base=config)
+    updated = load_config(None, [f"infer.{k}={json.dumps(v)}" for k, v in stage.keys.items()], base=config)
     save_config(updated, run_dir / "config.yaml")
     update_run_info(run_dir, auto_empirical={"epochs": stage.epochs, "views": list(stage.views), "keys": stage.keys,
                                              "before": stage.before, "after": stage.after, "metric": stage.metric,
