@@ -56,7 +56,7 @@ def test_min_object_px_removes_exactly_the_smaller_objects(learned, base):
 def test_fill_holes_fills_the_hole_of_a_ring(learned, tmp_path):
     yy, xx = np.mgrid[:HEIGHT, :WIDTH]
     distance = (yy - 45) ** 2 + (xx - 60) ** 2
-    ring = (distance <= 14**2) & (distance > 6**2)  # a bright ring: the model sees a disc with a dark centre
+    ring = (distance <= 18**2) & (distance > 9**2)  # a bright ring around a dark centre wider than any training disc
     image = np.random.default_rng(5).normal(60, 12, (HEIGHT, WIDTH)) + 120 * ring
     tifffile.imwrite(tmp_path / "ring.tif", np.clip(image, 0, 255).astype(np.uint8))
     plain, _ = infer([learned], tmp_path / "ring.tif", tmp_path, "--tta", "none")
