@@ -86,7 +86,10 @@ def test_ctrl_c_during_infer_leaves_no_output(tmp_path, trained):
     env = dict(os.environ, HF_HUB_OFFLINE="1", NO_ALBUMENTATIONS_UPDATE="1")
     command = [sys.executable, "-m", "segkit.cli", "infer", "--run", str(trained), "--tta", "d4",
                "--rle", str(out_dir / "sub.csv"), str(big)]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # a shell's background job (`cmd &`, as CI runners may start the suite) ignores SIGINT, and a child
+    # inherits that; Ctrl-C reaches a foreground segkit with the default disposition, so the child gets it back
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not any(out_dir.iterdir()) and process.poll() is None and time.time() < deadline:
         time.sleep(0.05)  # the writer's temp file appears once prediction starts
