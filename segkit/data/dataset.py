@@ -256,8 +256,10 @@ class RandomWindowDataset(Dataset):
         else:
             mask = labels.read(window, out_size=out_size) if labels is not None else None
             if mask is not None and pair.row.region is not None:  # sparse labels: outside the region is unknown
-                mask = np.array(mask)  # a copy: the reader's array may be shared
-                mask[outside_region(window, pair.row.region, mask.shape[:2])] = IGNORE_INDEX
+                outside = outside_region(window, pair.row.region, mask.shape[:2])
+                if outside.any():  # most windows lie inside their region: no copy for them
+                    mask = np.array(mask)  # a copy: the reader's array may be shared
+                    mask[outside] = IGNORE_INDEX
         return area_index, image, mask, window
 
     def read(self, index: int) -> tuple[np.ndarray, Optional[np.ndarray], Window]:
