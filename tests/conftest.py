@@ -1,11 +1,16 @@
 """Shared test set-up: offline hubs, quiet albumentations, headless matplotlib, a tiny trained project."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# Thumbnail grids are cached on disk; tests keep theirs out of the user's ~/.cache.
-os.environ.setdefault("SEGKIT_CACHE_DIR", tempfile.mkdtemp(prefix="segkit-test-cache-"))
+# Thumbnail grids are cached on disk; tests keep theirs out of the user's ~/.cache, and a run removes its own
+# (child processes inherit the variable and never create one).
+if "SEGKIT_CACHE_DIR" not in os.environ:
+    os.environ["SEGKIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="segkit-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["SEGKIT_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
@@ -58,6 +63,22 @@ def write_tiny_project(root, *, data=None, train=None, infer=None):
     }
     (root / "tiny.yaml").write_text(yaml.safe_dump(config))
     return root
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory, request):
+    """mktemp for module-scoped fixtures; the folders go when the module ends with no new failure. Trained runs
+    hold checkpoints of 60 to 290 MB, and a suite that kept them all wrote 16 GB to /tmp (a CI run ran out)."""
+    made, failed_before = [], request.session.testsfailed
+
+    def mktemp(name):
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield mktemp
+    if request.session.testsfailed == failed_before:
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

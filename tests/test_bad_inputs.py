@@ -300,8 +300,8 @@ def write_bad_runs(runs: Path, trained: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, trained):
-    root = write_tiny_project(tmp_path_factory.mktemp("bad_inputs"))
+def world(module_tmp, trained):
+    root = write_tiny_project(module_tmp("bad_inputs"))
     write_bad_files(root)
     (root / "runs").mkdir()
     write_bad_runs(root / "runs", trained)

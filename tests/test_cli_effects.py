@@ -33,10 +33,10 @@ def dice(a, b):
 
 
 @pytest.fixture(scope="module")
-def base(learned, tmp_path_factory):
+def base(learned, module_tmp):
     """The validation image's plain prediction (no TTA, no post-processing) and its label."""
     project = learned.parent.parent
-    out = tmp_path_factory.mktemp("effects")
+    out = module_tmp("effects")
     mask, probs = infer([learned], project / "img1.tif", out, "--tta", "none")
     return {"mask": mask, "probs": probs, "truth": tifffile.imread(project / "img1_mask.tif"), "out": out,
             "image": project / "img1.tif"}

@@ -13,9 +13,9 @@ from segkit.cli import cli
 
 
 @pytest.fixture(scope="module")
-def ct_project(tmp_path_factory):
+def ct_project(module_tmp):
     """An int16 'CT slice' in Hounsfield units: air -1000, soft tissue 40, lung -700, bone 700."""
-    root = tmp_path_factory.mktemp("ct")
+    root = module_tmp("ct")
     rng = np.random.default_rng(3)
     height, width = 80, 101
     hu = np.full((height, width), 40, np.int16)

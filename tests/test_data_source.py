@@ -158,10 +158,10 @@ def _geojson(path, boxes, crs=CRS):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(module_tmp):
     """Two GeoTIFFs (train a, validate b) with the same boxes as mask rasters, one RLE CSV and
     GeoJSON polygons in the image CRS; and a images/ + masks/ folder of PNGs."""
-    root = tmp_path_factory.mktemp("data")
+    root = module_tmp("data")
     rng = np.random.default_rng(0)
     (root / "folder" / "images").mkdir(parents=True)
     (root / "folder" / "masks").mkdir()

@@ -35,8 +35,8 @@ def _mkdocs(config: Path, site: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("site")
+def site(module_tmp) -> Path:
+    out = module_tmp("site")
     result = _mkdocs(ROOT / "mkdocs.yml", out)
     assert result.returncode == 0, result.stdout + result.stderr
     return out

@@ -16,9 +16,9 @@ def invoke(*args):
 
 
 @pytest.fixture(scope="module")
-def run_copy(trained, tmp_path_factory):
+def run_copy(trained, module_tmp):
     """The shared trained run copied aside (--search rewrites its config.yaml)."""
-    path = tmp_path_factory.mktemp("evaluate_run") / "stage1"
+    path = module_tmp("evaluate_run") / "stage1"
     shutil.copytree(trained, path)
     return path
 

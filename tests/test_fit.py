@@ -49,8 +49,8 @@ def load(run_dir, epoch):
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    return make_project(tmp_path_factory.mktemp("fit"))
+def project(module_tmp):
+    return make_project(module_tmp("fit"))
 
 
 @pytest.fixture(scope="module")

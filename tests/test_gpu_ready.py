@@ -71,11 +71,11 @@ def test_loss_weights_follow_the_loss_to_the_device(case):
 
 
 @pytest.fixture(scope="module")
-def seg_parts(tmp_path_factory):
+def seg_parts(module_tmp):
     """fit's own _build on the meta device for a seg run with a weighted loss and EMA."""
     from segkit.train.fit import _build
 
-    root = write_tiny_project(tmp_path_factory.mktemp("meta"),
+    root = write_tiny_project(module_tmp("meta"),
                               train={"loss": [{"name": "dice"}, {"name": "soft_bce", "pos_weight": 3.0}],
                                      "ema": 0.9, "amp": True})
     config = fc.with_fov(load_config(root / "tiny.yaml"))

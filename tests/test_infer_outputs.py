@@ -25,9 +25,9 @@ def infer(*args, expect=0):
 
 
 @pytest.fixture(scope="module")
-def big_image(tmp_path_factory, project):
+def big_image(module_tmp, project):
     """264x264 (larger than one 256-px output tile, so the TIFFs get a reduced level): the project's discs tiled."""
-    path = tmp_path_factory.mktemp("big") / "big.tif"
+    path = module_tmp("big") / "big.tif"
     tile = tifffile.imread(project / "img0.tif")
     image = np.tile(tile, (3, 2))[:264, :264]
     tifffile.imwrite(path, image, tile=(32, 32))

@@ -27,9 +27,9 @@ def rle_rows(path):
 
 
 @pytest.fixture(scope="module")
-def sparse_image(tmp_path_factory, project):
+def sparse_image(module_tmp, project):
     """200x300: the project's noisy discs in the top-left 90x133 corner, 0 (background) elsewhere."""
-    path = tmp_path_factory.mktemp("sparse") / "sparse.tif"
+    path = module_tmp("sparse") / "sparse.tif"
     image = np.zeros((200, 300), np.uint8)
     image[:90, :133] = tifffile.imread(project / "img0.tif")
     tifffile.imwrite(path, image, tile=(32, 32))

@@ -28,8 +28,8 @@ def _cli(*args):
 
 
 @pytest.fixture(scope="module")
-def instance_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("instances")
+def instance_run(module_tmp):
+    root = module_tmp("instances")
     config = {
         "run": {"runs_dir": str(root / "runs"), "progress": False},
         "data": {"manifest": "sample-instances", "targets": "instances", "fov_px": 64, "size": 32,

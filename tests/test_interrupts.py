@@ -45,9 +45,9 @@ def dead_pid() -> int:
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory):
+def straight(module_tmp):
     """An uninterrupted 2-epoch run (fp32, one step per epoch) to compare the resumed ones with."""
-    root = write_tiny_project(tmp_path_factory.mktemp("interrupts"), train={"amp": False, "windows_per_epoch": 4},
+    root = write_tiny_project(module_tmp("interrupts"), train={"amp": False, "windows_per_epoch": 4},
                               infer={"tta": "none"})
     result = invoke("train", "--config", root / "tiny.yaml", "--name", "straight")
     assert result.exit_code == 0, result.output

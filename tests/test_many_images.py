@@ -115,14 +115,14 @@ def test_batched_validation_of_small_images_equals_one_by_one(tmp_path, own_cach
 
 
 @pytest.fixture(scope="module")
-def small_run(tmp_path_factory):
+def small_run(module_tmp):
     """A one-epoch run trained on images smaller than its 48 px window (read at 32 px)."""
     import yaml
     from click.testing import CliRunner
 
     from segkit.cli import cli
 
-    root = tmp_path_factory.mktemp("small")
+    root = module_tmp("small")
     manifest = write_small_images(root / "data")
     config = {"run": {"runs_dir": str(root / "runs"), "progress": False},
               "data": {"manifest": str(manifest), "fov_px": 48, "size": 32, "val_fold": 1, "stats_windows": 8},

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -27,7 +26,8 @@ def _without_time(rows):
 
 
 def _kill_mid_epoch_two(project, name):
-    """Start `segkit train` in a subprocess and SIGKILL it shortly after epoch 1 is reported."""
+    """Start `segkit train` in a subprocess and SIGKILL it as soon as epoch 1 is reported (after its checkpoint).
+    A pause here let a quiet machine finish epoch 2's short loop before the kill."""
     command = [sys.executable, "-m", "segkit.cli", "train", "--config", str(project / "tiny.yaml"), "--name", name]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -36,7 +36,6 @@ def _kill_mid_epoch_two(project, name):
         for line in proc.stdout:
             seen.append(line)
             if line.startswith("epoch 1:"):
-                time.sleep(0.3)
                 proc.send_signal(signal.SIGKILL)
                 break
     finally:
@@ -46,9 +45,9 @@ def _kill_mid_epoch_two(project, name):
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory):
+def straight(module_tmp):
     """The uninterrupted reference run."""
-    project = make_project(tmp_path_factory.mktemp("resume"), **TRAIN)
+    project = make_project(module_tmp("resume"), **TRAIN)
     result = CliRunner().invoke(cli, ["train", "--config", str(project / "tiny.yaml"), "--name", "straight"],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -115,7 +114,8 @@ def test_resume_after_a_real_kill_matches_the_uninterrupted_run(straight):
     killed = project / "runs" / "killed"
     assert info(killed)["status"] == "running"  # the process died without a word
     assert sorted(p.name for p in (killed / "checkpoints").glob("*.pt")) == ["epoch_0001.pt"]  # mid-epoch 2
-    assert [r["epoch"] for r in records(killed)] == [1]
+    # the kill may land between epoch 2's record and its checkpoint: resume drops records past the checkpoint
+    assert [r["epoch"] for r in records(killed)] in ([1], [1, 2])
     _resume_and_compare(killed, straight, 1)
 
 

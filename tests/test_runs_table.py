@@ -11,11 +11,11 @@ from segkit.report.runs_table import collect_runs, format_table, plot_curves, se
 
 
 @pytest.fixture(scope="module")
-def runs(trained, tmp_path_factory):
+def runs(trained, module_tmp):
     """The shared trained run copied aside, plus a finetune of it with a changed learning rate."""
     from segkit.cli import cli
 
-    runs_dir = tmp_path_factory.mktemp("runs_table") / "runs"
+    runs_dir = module_tmp("runs_table") / "runs"
     shutil.copytree(trained, runs_dir / "stage1")
     result = CliRunner().invoke(cli, [
         "finetune", "--from", str(runs_dir / "stage1"), "--size", "48", "--epochs", "1", "--lr", "0.0005",

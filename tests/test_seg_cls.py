@@ -22,8 +22,8 @@ from segkit.runs.checkpoint import list_checkpoints, load_checkpoint
 
 
 @pytest.fixture(scope="module")
-def seg_cls_run(tmp_path_factory):
-    root = write_tiny_project(tmp_path_factory.mktemp("segcls"), data={"cls_from_mask": 40},
+def seg_cls_run(module_tmp):
+    root = write_tiny_project(module_tmp("segcls"), data={"cls_from_mask": 40},
                               train={"epochs": 2, "cls_loss": [{"name": "ce", "weight": 0.5}]})
     result = CliRunner().invoke(cli, ["train", "--config", str(root / "tiny.yaml"), "--task", "seg+cls",
                                       "--name", "sc"])

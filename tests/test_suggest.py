@@ -114,10 +114,10 @@ def test_pseudo_strip_keeps_confident_pixels_only():
 
 
 @pytest.fixture(scope="module")
-def suggested(trained, tmp_path_factory):
+def suggested(trained, module_tmp):
     """suggest on an unlabelled copy of the project's training image and on that image itself."""
     project = trained.parent.parent
-    root = tmp_path_factory.mktemp("suggest")
+    root = module_tmp("suggest")
     shutil.copy(project / "img0.tif", root / "new.tif")
     result = CliRunner().invoke(cli, ["suggest", "-r", str(trained), str(root / "new.tif"), str(project / "img0.tif"),
                                       "--out", str(root / "out"), "--regions", "3", "--region-size", "32",
