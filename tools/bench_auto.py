@@ -195,6 +195,8 @@ def main() -> None:
     parser.add_argument("--dataset", action="append", choices=DATASETS)
     parser.add_argument("--budgets", default="180,600", help="seconds, comma-separated")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=42,
+                        help="seeds are first-seed, first-seed+1, ... (to add seeds to a table measured before)")
     parser.add_argument("--arms", default="auto,grid,bare")
     parser.add_argument("--quick", action="store_true", help="nuclei + scene, 1 seed, 60 s, 2 grid points")
     parser.add_argument("--threads", type=int, default=1)
@@ -210,7 +212,7 @@ def main() -> None:
     clock = time.process_time if args.clock == "cpu" else time.time
     datasets = args.dataset or (["nuclei", "scene"] if args.quick else list(DATASETS))
     budgets = [60.0] if args.quick and args.budgets == "180,600" else [float(b) for b in args.budgets.split(",")]
-    seeds = [42 + k for k in range(1 if args.quick else args.seeds)]
+    seeds = [args.first_seed + k for k in range(1 if args.quick else args.seeds)]
     grid = QUICK_GRID if args.quick else GRID
     if args.grid:
         grid = [tuple(int(v) for v in point.split(":")) for point in args.grid.split(",")]
