@@ -246,24 +246,6 @@ def test_two_stages_fit_the_budget_or_one_stage_is_planned():
     assert stage_decisions(config, big, {"data.size": 320}, full, 600, probe) == {}  # --set wins
 
 
-def test_auto_trains_a_planned_fine_tune_from_the_first_stage(project):
-    from segkit.workflows.auto import run_auto
-    from segkit.workflows.plan import make_plan
-
-    config = load_config(project / "base.yaml", ["run.name=two"])
-    tp = Throughput(step_s=0.25, val_s=0.3, startup_s=1.0, batch_size=8, size=64, device="cpu")
-    plan = make_plan(config, budget_s=12, probe=lambda c: tp, overrides=[
-        "data.fov_px=64", "data.size=32", "train.finetune_size=64", "train.epochs=1", "train.finetune_epochs=1",
-        "train.windows_per_epoch=8", "train.finetune_windows_per_epoch=8"])
-    lines = []
-    summary = run_auto(config, budget_s=600, plan=plan, echo=lines.append)
-    final = project / "runs" / "two-ft"
-    info = json.loads((final / "run.json").read_text())
-    assert summary["run"] == str(final) and info["command"] == "finetune"
-    assert info["parent"] == str(project / "runs" / "two")
-    assert load_config(final / "config.yaml").data.size == 64 and "fine-tune at 64 px" in "\n".join(lines)
-
-
 def test_the_deadline_hook_measures_epochs_by_its_own_clock():
     from segkit.train.fit import StopRun
     from segkit.workflows.auto import deadline_hook
@@ -299,3 +281,46 @@ def test_the_empirical_stage_switches_the_crf_on_only_when_it_raises_validation_
     exact = Stage(epochs="best", views=("identity",), keys={"threshold": 0.5, "min_object_px": 0})
     _choose_crf(exact, {"img": {"identity": np.where(disc, 0.99, 0.01).astype(np.float32)}}, items, config, tmp_path)
     assert "use_crf" not in exact.keys and exact.notes[-1].endswith("-> off")
+
+
+def test_an_auto_run_cut_in_its_first_stage_resumes_through_fine_tune_and_empirical_stage(project, monkeypatch):
+    """A planned fine-tune trains from the first stage. Ctrl-C after stage 1's first epoch keeps the checkpoint
+    and the plan; `auto --resume` trains stage 1's second epoch (not a new run), the planned fine-tune from its
+    best checkpoint, then chooses the infer settings."""
+    import segkit.workflows.auto as auto_module
+    from segkit.workflows.plan import make_plan
+
+    config = load_config(project / "base.yaml", ["run.name=cut"])
+    tp = Throughput(step_s=0.25, val_s=0.3, startup_s=1.0, batch_size=8, size=64, device="cpu")
+    plan = make_plan(config, budget_s=12, probe=lambda c: tp, overrides=[
+        "data.fov_px=64", "data.size=32", "train.finetune_size=64", "train.epochs=2", "train.finetune_epochs=1",
+        "train.windows_per_epoch=8", "train.finetune_windows_per_epoch=8"])
+    real_hook = auto_module.deadline_hook
+
+    def ctrl_c_after_epoch_one(deadline, clock):
+        def hook(run_dir, record):
+            if record["epoch"] == 1:
+                raise KeyboardInterrupt
+        return hook
+
+    monkeypatch.setattr(auto_module, "deadline_hook", ctrl_c_after_epoch_one)
+    with pytest.raises(KeyboardInterrupt):
+        auto_module.run_auto(config, budget_s=600, plan=plan, echo=lambda line: None)
+    first = project / "runs" / "cut"
+    assert json.loads((first / "run.json").read_text())["status"] == "interrupted"
+    assert (first / "plan.yaml").is_file() and not (project / "runs" / "cut-ft").exists()
+    monkeypatch.setattr(auto_module, "deadline_hook", real_hook)
+
+    runner = CliRunner()
+    result = runner.invoke(cli, ["auto", "--resume", str(first), "--budget", "10m"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert [r["epoch"] for r in map(json.loads, (first / "metrics.jsonl").read_text().splitlines())] == [1, 2]
+    final = project / "runs" / "cut-ft"
+    info = json.loads((final / "run.json").read_text())
+    assert info["command"] == "finetune" and info["parent"] == str(first) and info["auto"]["run"] == str(final)
+    assert (final / "plan.yaml").is_file() and "resuming auto run" in result.output
+    assert load_config(final / "config.yaml").data.size == 64 and "fine-tune at 64 px" in result.output
+    assert load_config(final / "config.yaml").infer.threshold == info["auto_empirical"]["keys"]["threshold"]
+
+    again = runner.invoke(cli, ["auto", "--resume", str(first), "--budget", "10m"])
+    assert again.exit_code == 1 and again.output.strip() == f"Error: {final}: auto run has finished; nothing to resume"

@@ -152,6 +152,11 @@ CASES = [
     ("auto with a budget too small for one epoch", "auto {root}/tiny.yaml --budget 0.01s",
      "--budget 0.01s is too small for one epoch", "error"),
     ("auto with a budget that is no time", "auto {root}/tiny.yaml --budget soon", "--budget 'soon'", "error"),
+    ("auto --resume of a run auto did not plan", "auto --resume {root}/runs/stage1 --budget 1m",
+     "stage1: no plan.yaml (not a segkit auto run", "error"),
+    ("auto with DATA and --resume", "auto {root}/tiny.yaml --resume {root}/runs/stage1 --budget 1m",
+     "tiny.yaml: give DATA or --resume RUN, not both", "error"),
+    ("auto without DATA", "auto --budget 1m", "DATA: missing", "error"),
 ]
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from segkit.cli.flags import setting_options
-from segkit.cli.options import command_config, common_options, task_option
+from segkit.cli.options import command_config, common_options, runs_folder, task_option
 from segkit.ground.errors import SegkitError
 
 BUDGET_HELP = "Time for training plus the empirical stage: 90s, 10m, 1.5h."
@@ -55,13 +55,16 @@ def plan(data, config_path, overrides, budget, out_path, fresh_probe):
 
 
 @click.command()
-@click.argument("data")
+@click.argument("data", required=False)
 @common_options
 @task_option
-@click.option("--budget", required=True, help=BUDGET_HELP)
+@click.option("--budget", required=True, help=BUDGET_HELP + " With --resume: the time for what is left.")
 @setting_options("run.name")
 @click.option("--dry-run", is_flag=True, help="Print the plan and stop (nothing trained or written).")
-def auto(data, config_path, overrides, budget, dry_run):
+@click.option("--resume", "resume_run", default=None, metavar="RUN",
+              help="Continue an auto run cut short (name or path): the rest of its training, its planned fine-tune, "
+                   "then the empirical stage. DATA is not given.")
+def auto(data, config_path, overrides, budget, dry_run, resume_run):
     """Plan from DATA, train within --budget, then choose infer settings on the validation fold.
 
     DATA is what `segkit plan` takes (a manifest, a folder, 'sample' or a config file).
@@ -70,12 +73,21 @@ def auto(data, config_path, overrides, budget, dry_run):
     only if it helps) and the threshold and minimum object size (instance runs: the watershed's
     seed thresholds) on the validation fold only, and saves them as the run's infer defaults:
     `segkit infer -r RUN IMAGE --polygons out.geojson` needs no other flag. A validation fold with
-    too few objects keeps the planned values and says so. Ctrl-C keeps the checkpoints;
-    `segkit train --resume RUN` continues the training.
+    too few objects keeps the planned values and says so. Ctrl-C or SIGTERM keeps the checkpoints;
+    `segkit auto --resume RUN --budget 5m` does what is left (training, fine-tune, empirical stage).
     """
-    from segkit.workflows.auto import run_auto
+    from segkit.workflows.auto import resume_auto, run_auto
     from segkit.workflows.budget import parse_budget
 
     budget_s = parse_budget(budget)
+    if resume_run is not None:
+        from segkit.runs.rundir import resolve_run
+
+        if data is not None:
+            raise SegkitError(f"{data}: give DATA or --resume RUN, not both")
+        resume_auto(resolve_run(resume_run, runs_folder(config_path, overrides)), budget_s=budget_s, echo=click.echo)
+        return
+    if data is None:
+        raise SegkitError("DATA: missing (a manifest, a folder, 'sample' or a config file), or --resume RUN")
     config = _config("auto", data, config_path, overrides)  # --name, --device, ... are read as their settings
     run_auto(config, budget_s=budget_s, overrides=list(overrides), dry_run=dry_run, echo=click.echo)
