@@ -111,7 +111,7 @@ def train_stages(planned: Config, deadline: float, echo: Callable[[str], None],
     second = fine_tune_config(planned)
     echo(f"stage 1 ({planned.data.size} px): {first}; fine-tune at {planned.train.finetune_size} px")
     existing = first.parent / second.run.name if second.run.name else None
-    if existing is not None and existing.is_dir() and resume is not None:  # cut during the fine-tune's first epoch
+    if existing is not None and existing.is_dir() and resume is not None:  # the fine-tune was cut too
         return stage(second, deadline, resume=existing) if _unfinished(existing) else existing
     return stage(second, deadline, command="finetune", parent=first, parent_epoch="best")
 
@@ -145,11 +145,11 @@ def resume_auto(run: Path, *, budget_s: float, echo: Callable[[str], None] = pri
                 clock: Callable[[], float] = time.time) -> dict:
     """Continue an auto run cut short (Ctrl-C, SIGTERM, a killed process): the rest of its training, its planned
     fine-tune, then the empirical stage, all within ``budget_s`` from now."""
-    if not (run / "plan.yaml").is_file():
-        raise SegkitError(f"{run}: no plan.yaml (not a segkit auto run, or cut before its first epoch); "
-                          f"`segkit train --resume` continues a plain run")
     info = read_run_info(run)
     first = Path(info["parent"]) if info.get("command") == "finetune" and info.get("parent") else run
+    if not (first / "plan.yaml").is_file():  # a fine-tune started by a resume has its plan in its parent
+        raise SegkitError(f"{first}: no plan.yaml (not a segkit auto run, or cut before its first epoch); "
+                          f"`segkit train --resume` continues a plain run")
     planned = load_config(first / "plan.yaml")  # the plan names the run only when the user did: use its folder
     planned = dataclasses.replace(planned, run=dataclasses.replace(planned.run, name=first.name,
                                                                    runs_dir=str(first.parent)))
