@@ -304,3 +304,56 @@ def test_a_binary_mask_given_as_instances_warns(ids, image, tmp_path):
     tifffile.imwrite(path, (ids > 0).astype(np.uint8) * 255)
     with pytest.warns(UserWarning, match=r"binary.tif: looks like a binary mask \(values \[0, 255\]\)"):
         open_instances(path, image)
+
+
+def test_watershed_thresholds_are_inclusive_and_contact_blocks_seeds_exactly():
+    """Each threshold at its boundary, with the default settings (mask 0.5, seed 0.7, border 0.5):
+    body == 0.5 is object, body == 0.7 is seed, border or contact == 0.5 is no seed."""
+    from segkit.post.watershed import SeedSettings, seeds_and_mask
+
+    assert SeedSettings() == SeedSettings(mask=0.5, seed=0.7, border=0.5)
+    body = np.array([[0.49, 0.5, 0.69, 0.7, 0.7, 0.7, 0.7]], np.float32)
+    border = np.array([[0, 0, 0, 0, 0.49, 0.5, 0]], np.float32)
+    contact = np.array([[0, 0, 0, 0, 0, 0, 0.5]], np.float32)
+    mask, seeds, got_body = seeds_and_mask(np.stack([contact, body, border]), ("contact", "body", "border"),
+                                           SeedSettings())
+    assert mask.tolist() == [[False, True, True, True, True, True, True]]
+    assert seeds.tolist() == [[False, False, False, True, True, False, False]]
+    assert got_body.dtype == np.float32 and np.array_equal(got_body, body)
+    # a row of three touching cores, two of them blocked by contact: one object, not three
+    body = np.full((3, 9), 0.9, np.float32)
+    contact = np.zeros_like(body)
+    contact[:, 3:6] = 0.9                                 # the middle core is no seed
+    ids = watershed_instances(np.stack([body, contact]), ("body", "contact"))
+    # two seed components (columns 0-2 and 6-8) flood the whole 3x9 region: 2 objects, split evenly
+    assert sorted(np.bincount(ids.ravel())[1:].tolist()) in ([12, 15], [13, 14])
+    assert ids.min() == 1 and ids.max() == 2 and ids[0, 0] != ids[0, 8]
+    with pytest.raises(ValueError, match=r"expected probabilities \(2, h, w\) for \['body', 'contact'\], got shape \(3, 9\)"):
+        watershed_instances(body, ("body", "contact"))
+
+
+def test_watershed_numbers_objects_one_to_k_and_streams_check_their_input():
+    body = np.zeros((6, 12), np.float32)
+    body[1:5, 1:4] = 0.9                                  # three separate objects, in column order
+    body[1:5, 5:7] = 0.6                                  # no seed: kept whole
+    body[1:5, 8:11] = 0.9
+    ids = watershed_instances(body[None], ("body",))
+    assert np.unique(ids).tolist() == [0, 1, 2, 3] and ids.dtype == np.int32
+    assert ((ids > 0) == (body >= 0.5)).all()
+    stream = StripWatershed(6, 12, ("body",))
+    with pytest.raises(ValueError, match="strips must arrive in row order: expected row 0, got 2"):
+        stream.push(2, body[None, 2:4])
+    with pytest.raises(ValueError, match=r"strip \(1, 2, 11\) at row 0 does not fit the 6x12 image"):
+        stream.push(0, body[None, :2, :11])
+    with pytest.raises(ValueError, match=r"does not fit the 6x12 image"):
+        stream.push(0, np.zeros((1, 7, 12), np.float32))  # one row taller than the image
+    assert stream.push(0, body[None, :0]) == []           # an empty strip is nothing
+    out = stream.push(0, body[None, :4])
+    with pytest.raises(ValueError, match="got 4 rows, image height is 6"):
+        stream.finish()
+    out += stream.push(4, body[None, 4:])
+    assert stream.finish() == [] and stream.objects == 3 and stream.cut_rows == []
+    got = np.concatenate([s for _, s, _ in out])
+    assert _same_partition(got, ids) and got.max() == 3
+    bodies = np.concatenate([b for _, _, b in out])
+    assert np.array_equal(bodies, body)
