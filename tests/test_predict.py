@@ -378,3 +378,60 @@ def test_resampling_through_a_real_tiff_matches_the_stand_in(tmp_path, fov_px, s
     stand_in = predict_probs([(Identity(), 1.0)], ArrayRaster(img), **kw)
     np.testing.assert_allclose(real, stand_in, atol=1e-6)
     assert np.abs(real - img.transpose(2, 0, 1) / 255.0)[:, 2:-2, 2:-2].max() < 0.03  # the image, resampled
+
+
+# ---- a gating predictor, argument boundaries
+
+
+def test_gated_tiles_blend_with_weight_zero_through_a_real_tiff(tmp_path):
+    """A predictor returning (probs, kept): a tile not kept adds nothing, so where a kept tile
+    overlaps it the output is the kept tile's value alone, and where none covers it is 0."""
+    import tifffile
+
+    from segkit.io.images.raster import open_raster
+
+    path = tmp_path / "gate.tif"
+    tifffile.imwrite(path, np.full((16, 24), 7, np.uint8))
+    seen = []
+
+    def gate(x):  # tile k (left to right) predicts 0.1 * (k + 1); only the middle tile is kept
+        n = x.shape[0]
+        values = torch.arange(len(seen), len(seen) + n, dtype=torch.float32) * 0.1 + 0.1
+        seen.extend(range(n))
+        kept = torch.tensor([len(seen) - n + i == 1 for i in range(n)])
+        return values.view(n, 1, 1, 1).expand(n, 1, *x.shape[2:]).clone(), kept
+
+    with open_raster(path) as raster:
+        probs = predict_probs(gate, raster, fov_px=16, size=16, overlap_px=4, preprocess=to_unit,
+                              blend="flat", batch_size=8)
+    assert len(seen) == 2  # columns 0-15 and 8-23: a 16 px tile, 4 px overlap, even steps
+    np.testing.assert_allclose(probs[0, :, 8:], 0.2, rtol=1e-6)  # the kept tile alone
+    assert (probs[0, :, :8] == 0).all()                          # only the gated tile covered these
+
+
+def test_argument_boundaries_and_the_default_overlap():
+    from segkit.infer.predict import default_overlap_px
+
+    assert [default_overlap_px(n) for n in (-4, 0, 3, 4, 255, 256, 257, 1000)] == [0, 0, 0, 1, 63, 64, 64, 64]
+    raster = ArrayRaster(image(9, 11))
+    kw = dict(fov_px=4, overlap_px=None, preprocess=to_unit, activation="identity")
+    # the smallest valid values run: size 1 (tiles resampled 4 -> 1), batch 1, margin 0, a 2 px centre
+    one = predict_probs([(Identity(), 1.0)], raster, size=1, batch_size=1, **kw)
+    assert one.shape == (1, 9, 11)
+    centre = predict_probs([(Identity(), 1.0)], raster, size=4, batch_size=1, margin_px=1, **kw)
+    np.testing.assert_allclose(centre[0], raster.image[:, :, 0] / 255.0, atol=1e-6)
+    for bad, message in [(dict(size=0, batch_size=1), r"size \(0\) and batch_size \(1\) must be positive"),
+                         (dict(size=4, batch_size=0), r"size \(4\) and batch_size \(0\) must be positive"),
+                         (dict(size=4, batch_size=1, margin_px=-1), r"margin_px -1: must be >= 0"),
+                         (dict(size=4, batch_size=1, margin_px=2), r"fov_px 4 - 2 x margin > 0")]:
+        with pytest.raises(SegkitError, match=message):
+            predict_probs([(Identity(), 1.0)], raster, **kw, **bad)
+
+
+def test_an_overlap_over_half_the_tile_is_clamped_with_one_warning():
+    raster = ArrayRaster(image(20, 20))
+    kw = dict(fov_px=8, size=8, preprocess=to_unit, activation="identity", blend="flat")
+    with pytest.warns(UserWarning, match=r"infer.overlap_px: 5 px is more than half the 8 px tile; tiles overlap by 4 px"):
+        clamped = predict_probs([(Identity(), 1.0)], raster, overlap_px=5, **kw)
+    half = predict_probs([(Identity(), 1.0)], raster, overlap_px=4, **kw)
+    np.testing.assert_array_equal(clamped, half)

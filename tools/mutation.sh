@@ -34,14 +34,18 @@ MODULES[tiling]="segkit/infer/tiling.py"
 TESTS[tiling]="tests/test_tiling.py tests/test_predict.py"
 MODULES[predict]="segkit/infer/predict.py segkit/infer/ensemble.py"
 TESTS[predict]="tests/test_predict.py tests/test_seg_cls.py"  # test_seg_cls: the cls-gate tile weights
-MODULES[writers]="segkit/io/writers/*.py"
+MODULES[writers]="segkit/io/writers/strips.py segkit/io/writers/ome.py segkit/io/writers/polygons.py segkit/io/writers/geojson.py"
 TESTS[writers]="tests/test_writers.py tests/test_tiff_outputs.py tests/test_vector.py"
+MODULES[objects]="segkit/io/writers/instance_rle.py segkit/io/writers/instance_polygons.py segkit/io/writers/qupath.py"
+TESTS[objects]="tests/test_instances.py tests/test_qupath.py tests/test_vector.py"
+MODULES[loop]="segkit/train/loop.py"
+TESTS[loop]="tests/test_loop.py"
 MODULES[fit]="segkit/train/fit.py"
 TESTS[fit]="tests/test_learning.py"
 NAMES[fit]="*_build__mutmut_* *_setup_run__mutmut_*"
 
 groups=("$@")
-[ ${#groups[@]} -eq 0 ] && groups=(checkpoint rle tta predict fit metrics watershed writers tiling)
+[ ${#groups[@]} -eq 0 ] && groups=(checkpoint rle tta predict fit metrics watershed writers objects tiling loop)
 mkdir -p "$WORK"
 for group in "${groups[@]}"; do
   [ -n "${MODULES[$group]:-}" ] || { echo "unknown group $group (known: ${!MODULES[*]})" >&2; exit 2; }
