@@ -357,3 +357,15 @@ def test_watershed_numbers_objects_one_to_k_and_streams_check_their_input():
     assert _same_partition(got, ids) and got.max() == 3
     bodies = np.concatenate([b for _, _, b in out])
     assert np.array_equal(bodies, body)
+
+
+def test_a_tall_region_closed_by_the_last_strip_is_not_reported_cut():
+    """More rows than max_rows held when the last strip arrives: the region is complete and flooded
+    whole, so no cut row and no warning (before, a cut was reported that never happened)."""
+    body = np.full((1, 70, 5), 0.9, np.float32)
+    stream = StripWatershed(70, 5, ("body",), max_rows=64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = stream.push(0, body) + stream.finish()   # chunks of 64 and 6 rows
+    got = np.concatenate([s for _, s, _ in out])
+    assert np.unique(got).tolist() == [1] and stream.cut_rows == []
