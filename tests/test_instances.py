@@ -292,7 +292,12 @@ def test_a_region_taller_than_max_rows_is_cut_and_memory_stays_bounded():
             held.append(stream._gid.shape[0])
     got = np.concatenate([s for _, s, _ in out])
     assert got.shape == (300, 40) and (got[:, 10:30] > 0).all()
-    assert max(held) <= 64 + 16 and stream.cut_rows and len(caught) == 1
+    assert max(held) <= 64 + 16 and len(caught) == 1 and caught[0].category is UserWarning
+    # a cut each time more than 64 rows are held, half of max_rows above the last row held
+    assert stream.cut_rows == [48, 96, 144, 192, 240]
+    assert str(caught[0].message) == ("watershed: an object region is taller than 64 rows; cut at row 48 "
+                                      "(objects crossing the cut get two ids)")
+    assert [r for r, _, _ in out] == list(np.cumsum([0] + [s.shape[0] for _, s, _ in out[:-1]]))
     assert len(np.unique(got)) - 1 > 2                       # split at the cuts, as the warning says
     exact = StripWatershed(300, 40, names, chunk_rows=16)     # default max_rows: exact
     assert _same_partition(np.concatenate([s for _, s, _ in exact((r, probs[:, r:r + 16]) for r in range(0, 300, 16))]),
@@ -369,3 +374,31 @@ def test_a_tall_region_closed_by_the_last_strip_is_not_reported_cut():
         out = stream.push(0, body) + stream.finish()   # chunks of 64 and 6 rows
     got = np.concatenate([s for _, s, _ in out])
     assert np.unique(got).tolist() == [1] and stream.cut_rows == []
+
+
+def test_watershed_regions_and_seeds_are_4_connected_and_flood_follows_the_body():
+    body = np.zeros((4, 6), np.float32)
+    body[0:2, 0:2] = 0.6                                  # two seedless squares touching at a corner
+    body[2:4, 2:4] = 0.6
+    body[0, 5] = body[1, 4] = 0.9                         # two seeds touching at a corner
+    ids = watershed_instances(body[None], ("body",))
+    assert len(np.unique(ids)) - 1 == 4                   # 4-connected: nothing joins across a corner
+    # one region, two seeds (columns 0 and 9); a dip of the body at column 3 is where they meet
+    body = np.full((1, 10), 0.9, np.float32)
+    body[0, 3] = 0.55
+    border = np.full_like(body, 0.9)
+    border[0, [0, 9]] = 0                                 # seeds only at the two ends
+    ids = watershed_instances(np.stack([body, border]), ("body", "border"))[0]
+    assert ids[0] != ids[9] and (ids[:3] == ids[0]).all() and (ids[4:] == ids[9]).all()
+    # a seedless object numbered last in scan order is kept (bottom right)
+    body = np.zeros((8, 8), np.float32)
+    body[0:3, 0:3] = 0.9
+    body[6:8, 6:8] = 0.6
+    ids = watershed_instances(body[None], ("body",))
+    assert np.unique(ids).tolist() == [0, 1, 2] and (ids[6:, 6:] > 0).all()
+    with pytest.raises(ValueError, match=r"expected probabilities \(2, h, w\) .* got shape \(3, 4, 4\)"):
+        watershed_instances(np.zeros((3, 4, 4), np.float32), ("body", "border"))
+    tall = StripWatershed(100, 5, ("body",), max_rows=64, chunk_rows=16)
+    with pytest.warns(UserWarning, match="cut at row 48"):   # one cut: warned at once
+        list(tall((r, np.full((1, 16, 5), 0.9, np.float32)[:, :100 - r]) for r in range(0, 100, 16)))
+    assert tall.cut_rows == [48]
