@@ -374,6 +374,10 @@ def test_a_tall_region_closed_by_the_last_strip_is_not_reported_cut():
         out = stream.push(0, body) + stream.finish()   # chunks of 64 and 6 rows
     got = np.concatenate([s for _, s, _ in out])
     assert np.unique(got).tolist() == [1] and stream.cut_rows == []
+    tall = StripWatershed(100, 5, ("body",), max_rows=64, chunk_rows=16)
+    with pytest.warns(UserWarning, match="cut at row 48"):   # one cut: warned at once
+        list(tall((r, np.full((1, 16, 5), 0.9, np.float32)[:, :100 - r]) for r in range(0, 100, 16)))
+    assert tall.cut_rows == [48]
 
 
 def test_watershed_regions_and_seeds_are_4_connected_and_flood_follows_the_body():
@@ -398,7 +402,3 @@ def test_watershed_regions_and_seeds_are_4_connected_and_flood_follows_the_body(
     assert np.unique(ids).tolist() == [0, 1, 2] and (ids[6:, 6:] > 0).all()
     with pytest.raises(ValueError, match=r"expected probabilities \(2, h, w\) .* got shape \(3, 4, 4\)"):
         watershed_instances(np.zeros((3, 4, 4), np.float32), ("body", "border"))
-    tall = StripWatershed(100, 5, ("body",), max_rows=64, chunk_rows=16)
-    with pytest.warns(UserWarning, match="cut at row 48"):   # one cut: warned at once
-        list(tall((r, np.full((1, 16, 5), 0.9, np.float32)[:, :100 - r]) for r in range(0, 100, 16)))
-    assert tall.cut_rows == [48]
