@@ -157,3 +157,11 @@ def test_blending_two_overlapping_tiles_uses_their_weights():
     (row0, strip), = acc.finish()
     np.testing.assert_allclose(strip[0, 0], [0.2, 0.2, (3 * 0.2 + 0.6) / 4, 0.6, 0.6], rtol=1e-6)
     assert acc.finish() == [] and acc.rows_held == 0 and acc.top == 1
+
+
+def test_a_tile_whose_shapes_disagree_is_refused_by_name():
+    acc = StripAccumulator(1, 4, 4)
+    with pytest.raises(ValueError, match=r"^tile \(0, 0, 3, 3\): probs \(1, 2, 2\) / weights \(2, 2\) do not match$"):
+        acc.add(Window(0, 0, 3, 3), np.ones((1, 2, 2), np.float32), np.ones((2, 2), np.float32))
+    with pytest.raises(ValueError, match=r"^tile \(0, 0, 2, 2\): probs \(1, 2, 2\) / weights \(2, 3\) do not match$"):
+        acc.add(Window(0, 0, 2, 2), np.ones((1, 2, 2), np.float32), np.ones((2, 3), np.float32))
