@@ -402,3 +402,37 @@ def test_watershed_regions_and_seeds_are_4_connected_and_flood_follows_the_body(
     assert np.unique(ids).tolist() == [0, 1, 2] and (ids[6:, 6:] > 0).all()
     with pytest.raises(ValueError, match=r"expected probabilities \(2, h, w\) .* got shape \(3, 4, 4\)"):
         watershed_instances(np.zeros((3, 4, 4), np.float32), ("body", "border"))
+
+
+def test_object_polygons_carry_each_objects_mean_probability_and_pixel_count(tmp_path):
+    """An object crossing several strips: its mean_prob and pixel-count measurement sum over every
+    strip (exact values); a feature per object, QuPath detections by default."""
+    from shapely.geometry import shape
+
+    from segkit.io.writers.instance_polygons import InstancePolygonWriter
+    from segkit.io.writers.qupath import AREA_PX
+
+    ids = np.zeros((9, 7), np.int32)
+    ids[1:8, 1:3] = 5                                   # 14 px over three strips
+    ids[2:4, 4:7] = 2                                   # 6 px in one strip
+    body = np.zeros((9, 7), np.float32)
+    body[1:8, 1:3] = np.arange(14, dtype=np.float32).reshape(7, 2) / 20   # mean 6.5 / 20
+    body[2:4, 4:7] = 0.9
+    out = tmp_path / "objects.geojson"
+    with InstancePolygonWriter(out, 9, 7) as writer:
+        for r in (0, 3, 6):
+            writer.write(ids[r:r + 3], body[r:r + 3])
+    features = {f["properties"]["object_id"]: f for f in json.loads(out.read_text())["features"]}
+    assert sorted(features) == [2, 5]
+    five, two = features[5]["properties"], features[2]["properties"]
+    assert five["mean_prob"] == pytest.approx(6.5 / 20) and two["mean_prob"] == pytest.approx(0.9)
+    assert five["measurements"][AREA_PX] == 14 and two["measurements"][AREA_PX] == 6
+    assert shape(features[5]["geometry"]).area == 14 and five["objectType"] == "detection"
+    writer = InstancePolygonWriter(tmp_path / "y.geojson", 9, 7)
+    with pytest.raises(ValueError, match=r"instance strip \(3, 6\) at row 0 does not fit 9x7"):
+        writer.write(np.zeros((3, 6), np.int32))
+    writer.write(ids[:3])
+    with pytest.raises(ValueError, match=r"instance strip \(7, 7\) at row 3 does not fit 9x7"):
+        writer.write(ids[:7])
+    writer.abort()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["objects.geojson"]
