@@ -436,3 +436,29 @@ def test_object_polygons_carry_each_objects_mean_probability_and_pixel_count(tmp
         writer.write(ids[:7])
     writer.abort()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["objects.geojson"]
+
+
+@pytest.mark.parametrize("order", ["F", "C"])
+def test_object_rle_of_objects_starting_on_a_strips_last_row(order):
+    """An object that appears first on the last row of a strip is still open; 1-row strips count."""
+    ids = np.zeros((6, 5), np.int32)
+    ids[2:6, 1:3] = 4                                    # starts on row 2, the last row of strip 0-2
+    ids[0, 4] = 9                                        # done after row 0
+    expected = [(4, encode(ids == 4, order)), (9, encode(ids == 9, order))]
+    for heights in ([3, 3], [1] * 6):
+        encoder = ObjectRleEncoder(6, 5, order)
+        rows, r = [], 0
+        for h in heights:
+            rows += encoder.add(ids[r:r + h])
+            r += h
+        rows += encoder.finish()
+        assert sorted(rows) == expected
+    assert encode_objects(ids, order) == expected
+    encoder = ObjectRleEncoder(6, 5, order)
+    with pytest.raises(ValueError, match=r"strip \(2, 4\) at row 0 does not fit the 6x5 image"):
+        encoder.add(np.zeros((2, 4), np.int32))
+    encoder.add(ids[:4])
+    with pytest.raises(ValueError, match=r"strip \(3, 5\) at row 4 does not fit the 6x5 image"):
+        encoder.add(ids[:3])
+    with pytest.raises(ValueError, match="got 4 rows, image height is 6"):
+        encoder.finish()
