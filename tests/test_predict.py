@@ -435,3 +435,41 @@ def test_an_overlap_over_half_the_tile_is_clamped_with_one_warning():
         clamped = predict_probs([(Identity(), 1.0)], raster, overlap_px=5, **kw)
     half = predict_probs([(Identity(), 1.0)], raster, overlap_px=4, **kw)
     np.testing.assert_array_equal(clamped, half)
+
+
+def test_which_tiles_hold_tissue_at_a_fractional_scale():
+    """A tile runs when any tissue cell under it is True, its cell range rounded outwards; one
+    cell lies under even a tile smaller than a cell."""
+    from segkit.infer.predict import _has_tissue
+
+    tissue = np.zeros((4, 4), bool)
+    tissue[0, 0] = True                                   # cell (0, 0): source rows/cols 0..2.5
+    assert _has_tissue(Window(0, 0, 2, 2), tissue, 2.5)
+    assert _has_tissue(Window(2, 2, 1, 1), tissue, 2.5)     # rows 2..3 touch cell 0
+    assert not _has_tissue(Window(3, 3, 4, 4), tissue, 2.5)  # starts in cell 1
+    tissue[:] = False
+    tissue[3, 3] = True                                   # the last cell: source 7.5..10
+    assert _has_tissue(Window(5, 5, 3, 3), tissue, 2.5)     # ends at 8 > 7.5: rounded outwards
+    assert not _has_tissue(Window(5, 5, 2, 2), tissue, 2.5)  # ends at 7.0, inside cell 2
+    assert _has_tissue(Window(8, 8, 1, 1), tissue, 2.5)
+    assert not _has_tissue(Window(0, 8, 7, 2), tissue, 2.5) and not _has_tissue(Window(8, 0, 2, 7), tissue, 2.5)
+
+
+class DictOutput(nn.Module):
+    """A torchvision-style model: {"out": logits, "aux": ...}."""
+
+    def forward(self, x):
+        return {"aux": torch.zeros(1), "out": torch.logit(x, eps=1e-6)}
+
+
+def test_a_dict_output_model_and_a_gate_with_no_tissue():
+    img = image(20, 24)
+    raster = ArrayRaster(img)
+    kw = dict(fov_px=16, size=16, overlap_px=4, preprocess=to_unit)
+    np.testing.assert_allclose(predict_probs([(DictOutput(), 1.0)], raster, **kw)[0], img[:, :, 0] / 255.0, atol=1e-5)
+
+    def gate(x):  # two channels and a kept flag per tile
+        return torch.ones(x.shape[0], 2, *x.shape[2:]), torch.ones(x.shape[0], dtype=torch.bool)
+
+    blank = predict_probs(gate, raster, tissue=(np.zeros((2, 2), bool), 16.0), **kw)
+    assert blank.shape == (2, 20, 24) and blank.max() == 0      # the channels come from the blank forward
