@@ -1,3 +1,4 @@
+import warnings
 from pathlib import Path
 
 import cv2
@@ -467,9 +468,58 @@ def test_a_dict_output_model_and_a_gate_with_no_tissue():
     raster = ArrayRaster(img)
     kw = dict(fov_px=16, size=16, overlap_px=4, preprocess=to_unit)
     np.testing.assert_allclose(predict_probs([(DictOutput(), 1.0)], raster, **kw)[0], img[:, :, 0] / 255.0, atol=1e-5)
+    for spelling in ("none", "identity", None):   # no activation, however it is spelled
+        np.testing.assert_allclose(predict_probs([(Identity(), 1.0)], raster, activation=spelling, **kw)[0],
+                                   img[:, :, 0] / 255.0, atol=1e-6)
 
     def gate(x):  # two channels and a kept flag per tile
         return torch.ones(x.shape[0], 2, *x.shape[2:]), torch.ones(x.shape[0], dtype=torch.bool)
 
     blank = predict_probs(gate, raster, tissue=(np.zeros((2, 2), bool), 16.0), **kw)
     assert blank.shape == (2, 20, 24) and blank.max() == 0      # the channels come from the blank forward
+
+
+def test_the_tiles_run_are_the_grid_of_the_kept_centres():
+    """How many tiles the model sees: the grid of (fov_px - 2 x margin) centres with the overlap
+    (clamped to half a centre), over the region only; and what each tile reads."""
+    from segkit.data.windows import grid_windows
+    from segkit.infer.predict import resize_probs
+
+    img = image(61, 77)
+    seen = []
+
+    def counting(x):
+        seen.append(x.shape[0])
+        return x[:, :1] * 1.0
+
+    def tiles(**kw):
+        seen.clear()
+        probs = predict_probs(counting, ArrayRaster(img), preprocess=to_unit, batch_size=4, **kw)
+        return sum(seen), probs
+
+    n, probs = tiles(fov_px=16, size=16, overlap_px=None, margin_px=2)
+    assert n == len(grid_windows(61, 77, 12, 3))                        # 12 px centres, default overlap 12 // 4
+    np.testing.assert_allclose(probs[0], img[:, :, 0] / 255.0, atol=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                                   # half a tile is allowed, silently
+        n, _ = tiles(fov_px=8, size=8, overlap_px=4)
+    assert n == len(grid_windows(61, 77, 8, 4))
+    with pytest.warns(UserWarning, match="tiles overlap by 4 px"):
+        assert tiles(fov_px=8, size=8, overlap_px=7)[0] == n             # clamped to 4, not to less
+    region = Window(10, 20, 17, 30)
+    n, probs = tiles(fov_px=8, size=8, overlap_px=2, region=region)
+    assert n == len(grid_windows(61, 77, 8, 2, region=region)) < len(grid_windows(61, 77, 8, 2))
+    np.testing.assert_allclose(probs[0], img[10:27, 20:50, 0] / 255.0, atol=1e-6)
+    # a preprocess giving (h, w) tiles is read as one channel; a wrong tile size names the raster
+    one = predict_probs(counting, ArrayRaster(img), fov_px=16, size=16, overlap_px=4,
+                        preprocess=lambda raw: raw[:, :, 0].astype(np.float32) / 255.0)
+    np.testing.assert_allclose(one[0], img[:, :, 0] / 255.0, atol=1e-6)
+    with pytest.raises(SegkitError, match=r"mem.tif: tile \(0, 0, 16, 16\) read as \(15, 16, 1\), "
+                                          r"expected \(16, 16, C\)"):
+        predict_probs(counting, ArrayRaster(img), fov_px=16, size=16, overlap_px=4, preprocess=lambda raw: to_unit(raw)[1:])
+    # probabilities resized to a non-square shape: OpenCV's bilinear sampling, per channel
+    small = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(1, 2, 3, 4)
+    wide = resize_probs(small, (5, 9))
+    expected = np.stack([cv2.resize(small[0, c].numpy(), (9, 5), interpolation=cv2.INTER_LINEAR) for c in range(2)])
+    assert tuple(wide.shape) == (1, 2, 5, 9)
+    np.testing.assert_allclose(wide[0].numpy(), expected, rtol=1e-6, atol=1e-6)
