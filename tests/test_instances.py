@@ -387,6 +387,9 @@ def test_watershed_regions_and_seeds_are_4_connected_and_flood_follows_the_body(
     body[0, 5] = body[1, 4] = 0.9                         # two seeds touching at a corner
     ids = watershed_instances(body[None], ("body",))
     assert len(np.unique(ids)) - 1 == 4                   # 4-connected: nothing joins across a corner
+    block = np.full((1, 2, 2), 0.9, np.float32)           # one region, seeds on its diagonal only
+    border = np.array([[[0.0, 0.9], [0.9, 0.0]]], np.float32)
+    assert np.unique(watershed_instances(np.concatenate([block, border]), ("body", "border"))).tolist() == [1, 2]
     # one region, two seeds (columns 0 and 9); a dip of the body at column 3 is where they meet
     body = np.full((1, 10), 0.9, np.float32)
     body[0, 3] = 0.55
