@@ -273,3 +273,20 @@ def test_a_rotated_transform_maps_every_term_and_several_polygons_make_a_multipo
     (simple,) = polygon_rings({"type": "Polygon", "coordinates": [[[0, 0], [2, 0], [4, 0], [4, 4], [0, 4], [0, 0]]]},
                               simplify=0.5)
     assert len(simple[0]) == 5                                        # the collinear vertex goes
+
+
+def test_min_area_keeps_an_object_of_exactly_that_area_and_class_ids_past_255(tmp_path):
+    m = np.zeros((6, 8), np.uint16)
+    m[1:3, 1:4] = 300                                      # 6 px, a class id past uint8
+    m[4, 6] = 2                                            # 1 px
+    assert [(c, g.area) for g, c in mask_to_polygons(m, min_area=6)] == [(300, 6.0)]
+    out = tmp_path / "m.geojson"
+    with PolygonStripWriter(out, 6, 8, min_area=6) as writer:
+        with pytest.raises(ValueError, match=r"mask strip shape \(2, 7\) does not fit \(h, 8\)"):
+            writer.write(m[:2, :7])
+        writer.write(m[:4])
+        with pytest.raises(ValueError, match="strip rows 4\\+3 exceed height 6"):
+            writer.write(m[:3])
+        writer.write(m[4:])
+    features = json.loads(out.read_text())["features"]
+    assert [f["properties"]["class"] for f in features] == [300] and writer.count == 1
