@@ -33,6 +33,8 @@ def test_object_polygons_carry_each_objects_mean_probability_and_pixel_count(tmp
     assert five["mean_prob"] == pytest.approx(6.5 / 20) and two["mean_prob"] == pytest.approx(0.9)
     assert five["measurements"][AREA_PX] == 14 and two["measurements"][AREA_PX] == 6
     assert shape(features[5]["geometry"]).area == 14 and five["objectType"] == "detection"
+    assert shape(features[5]["geometry"]).bounds == (1, 1, 3, 8) and shape(features[2]["geometry"]).bounds == (4, 2, 7, 4)
+    assert five["class"] == two["class"] == 1                           # objects are class 1
     writer = InstancePolygonWriter(tmp_path / "y.geojson", 9, 7)
     with pytest.raises(ValueError, match=r"instance strip \(3, 6\) at row 0 does not fit 9x7"):
         writer.write(np.zeros((3, 6), np.int32))
