@@ -109,6 +109,9 @@ def test_a_dict_output_model_and_a_gate_with_no_tissue():
 
     blank = predict_probs(gate, raster, tissue=(np.zeros((2, 2), bool), 16.0), **kw)
     assert blank.shape == (2, 20, 24) and blank.max() == 0      # the channels come from the blank forward
+    flat = predict_probs(gate, raster, tissue=(np.zeros((2, 2), bool), 16.0), fov_px=16, size=16, overlap_px=4,
+                         preprocess=lambda raw: raw[:, :, 0].astype(np.float32))   # (h, w) tiles
+    assert flat.shape == (2, 20, 24) and flat.max() == 0
 
 
 def test_the_tiles_run_are_the_grid_of_the_kept_centres():
