@@ -149,3 +149,92 @@ def test_soup_accumulates_in_float64():
     states = [{"w": torch.tensor([v], dtype=torch.float32)} for v in (1e8, 1.0, -1e8)]
     avg = ck.average_state_dicts(states)
     assert avg["w"].dtype == torch.float32 and avg["w"].item() == pytest.approx(1 / 3, rel=1e-6)
+
+
+def _run_dir(tmp_path, epochs, best=None):
+    from segkit.runs.rundir import update_run_info
+
+    run = tmp_path / "run"
+    for e in epochs:   # real checkpoints, each holding its epoch
+        ck.save_checkpoint(run / "checkpoints" / ck.checkpoint_name(e), {"epoch": torch.tensor(e)})
+    update_run_info(run, best_epoch=best) if best is not None else update_run_info(run, status="done")
+    return run
+
+
+def test_a_run_directorys_checkpoints_by_spec(tmp_path):
+    run = _run_dir(tmp_path, (1, 2, 3, 12), best=2)
+    names = lambda paths: [p.name for p in paths]  # noqa: E731
+    assert names(ck.run_checkpoints(run)) == ["epoch_0012.pt"]          # default: last:1
+    assert names(ck.run_checkpoints(run, "last:2")) == ["epoch_0003.pt", "epoch_0012.pt"]
+    assert names(ck.run_checkpoints(run, "best")) == ["epoch_0002.pt"]  # the epoch run.json records
+    assert names(ck.run_checkpoints(run, "1-3")) == ["epoch_0001.pt", "epoch_0002.pt", "epoch_0003.pt"]
+    assert ck.select_checkpoint(run) == (run / "checkpoints" / "epoch_0002.pt", 2)   # default: best
+    assert ck.select_checkpoint(run, " Last ") == (run / "checkpoints" / "epoch_0012.pt", 12)
+    assert ck.select_checkpoint(run, 3) == (run / "checkpoints" / "epoch_0003.pt", 3)
+    assert int(ck.load_checkpoint(ck.select_checkpoint(run, "1")[0])["epoch"]) == 1
+    for which in ("first", "1,2", "-1", "last:2"):
+        with pytest.raises(SegkitError, match=rf"^--epoch {which!r}: expected best, last or an epoch number$"):
+            ck.select_checkpoint(run, which)
+    with pytest.raises(SegkitError, match=r"^--epoch 7: no checkpoint for epoch 7; available epochs: 1, 2, 3, 12$"):
+        ck.select_checkpoint(run, 7)
+    with pytest.raises(SegkitError, match=r"^--epochs swa: .*run has no weight average \(train it with --set "
+                                          r"train.swa_epochs=K\)$"):
+        ck.run_checkpoints(run, "swa")
+    ck.save_checkpoint(run / "checkpoints" / "swa.pt", {"model": {}})
+    assert ck.run_checkpoints(run, " swa ", what="-r") == [run / "checkpoints" / "swa.pt"]
+    no_best = _run_dir(tmp_path / "b", (4,))
+    with pytest.raises(SegkitError, match=r"^--epoch best: the run records no best epoch \(no validation score\); "
+                                          r"available epochs: 4$"):
+        ck.select_checkpoint(no_best)
+    empty = tmp_path / "empty"
+    (empty / "checkpoints").mkdir(parents=True)
+    with pytest.raises(SegkitError, match=r"empty: no checkpoints in .*empty/checkpoints$"):
+        ck.run_checkpoints(empty)
+    with pytest.raises(SegkitError, match=r"^checkpoints: the run has no checkpoints$"):
+        ck.select_checkpoints({}, "all")
+    with pytest.raises(SegkitError, match=r"^--epochs 5: no checkpoint for epoch 5; available epochs: 1$"):
+        ck.select_checkpoints({1: "a"}, 5)
+
+
+def test_checkpoints_sort_by_epoch_past_four_digits_and_save_makes_folders(tmp_path):
+    folder = tmp_path / "new" / "checkpoints"           # missing: save_checkpoint creates it
+    for e in (10000, 9999, 2):
+        ck.save_checkpoint(folder / ck.checkpoint_name(e), {"epoch": torch.tensor(e)})
+    assert [p.name for p in ck.list_checkpoints(folder)] == ["epoch_0002.pt", "epoch_9999.pt", "epoch_10000.pt"]
+    assert ck.list_checkpoints(tmp_path / "missing") == []
+
+
+def test_soup_of_mixed_entries_and_its_errors():
+    first = {"n": 3, "count": torch.tensor(1), "w": torch.tensor([0.0, 2.0])}
+    second = {"n": 4, "count": torch.tensor(5), "w": torch.tensor([1.0, 4.0])}
+    out = ck.average_state_dicts([first, second])
+    # entries after a non-float one are still averaged; non-floats come from the last dict, copied
+    assert list(out) == ["n", "count", "w"] and out["n"] == 4 and int(out["count"]) == 5
+    assert out["w"].tolist() == [0.5, 3.0] and out["w"].dtype == torch.float32
+    out["count"] += 1
+    assert int(second["count"]) == 5
+    with pytest.raises(SegkitError, match=r"^average_state_dicts: no state dicts given$"):
+        ck.average_state_dicts([])
+    with pytest.raises(SegkitError, match=r"^average_state_dicts: state 0 has different keys \(x ...\)$"):
+        ck.average_state_dicts([{"w": torch.zeros(1), "x": torch.zeros(1)}, {"w": torch.zeros(1)}])
+    with pytest.raises(SegkitError, match=r"^average_state_dicts: w has different shapes \[\(1,\), \(2,\)\]$"):
+        ck.average_state_dicts([{"w": torch.zeros(1)}, {"w": torch.zeros(2)}])
+
+
+def test_unreadable_checkpoints_name_the_cause(tmp_path):
+    good = ck.save_checkpoint(tmp_path / "good.pt", {"model": {}})
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(good.read_bytes()[:100])
+    with pytest.raises(SegkitError, match=r"cut.pt: not a readable checkpoint \(truncated or foreign file\): "
+                                          r"PytorchStreamReader failed reading zip archive"):
+        ck.load_checkpoint(cut)
+    text = tmp_path / "notes.pt"   # a legacy-format read error, not a refused pickle
+    text.write_text("hello, not a checkpoint\n")
+    with pytest.raises(SegkitError, match=r"notes.pt: not a readable checkpoint \(truncated or foreign file\): \S"):
+        ck.load_checkpoint(text)
+    with pytest.raises(SegkitError, match=r"good.pt: not a segkit checkpoint \(missing epoch, rng\)$"):
+        ck.load_checkpoint(good, required_keys=("model", "epoch", "rng"))
+    listed = tmp_path / "list.pt"
+    torch.save([1, 2], listed)
+    with pytest.raises(SegkitError, match=r"list.pt: not a segkit checkpoint \(holds a list, not a dict\)$"):
+        ck.load_checkpoint(listed)

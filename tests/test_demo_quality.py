@@ -54,5 +54,6 @@ def test_demo_recipe_reaches_the_documented_validation_dice(tmp_path):
     run("finetune", "--from", runs / "demo128", "--size", 256, "--epochs", 3, "--lr", "1e-3",
         "--set", "train.windows_per_epoch=128", "--runs-dir", runs, "--name", "demo256")
     measured = {1: best_dice(runs / "demo128"), 2: best_dice(runs / "demo256")}
+    print(f"demo best val Dice: measured {measured}, docs {figures}")  # shown by pytest -rP
     for stage, figure in figures.items():
         assert measured[stage] == pytest.approx(figure, abs=TOLERANCE), (stage, measured, figures)

@@ -292,7 +292,12 @@ def test_a_region_taller_than_max_rows_is_cut_and_memory_stays_bounded():
             held.append(stream._gid.shape[0])
     got = np.concatenate([s for _, s, _ in out])
     assert got.shape == (300, 40) and (got[:, 10:30] > 0).all()
-    assert max(held) <= 64 + 16 and stream.cut_rows and len(caught) == 1
+    assert max(held) <= 64 + 16 and len(caught) == 1 and caught[0].category is UserWarning
+    # a cut each time more than 64 rows are held, half of max_rows above the last row held
+    assert stream.cut_rows == [48, 96, 144, 192, 240]
+    assert str(caught[0].message) == ("watershed: an object region is taller than 64 rows; cut at row 48 "
+                                      "(objects crossing the cut get two ids)")
+    assert [r for r, _, _ in out] == list(np.cumsum([0] + [s.shape[0] for _, s, _ in out[:-1]]))
     assert len(np.unique(got)) - 1 > 2                       # split at the cuts, as the warning says
     exact = StripWatershed(300, 40, names, chunk_rows=16)     # default max_rows: exact
     assert _same_partition(np.concatenate([s for _, s, _ in exact((r, probs[:, r:r + 16]) for r in range(0, 300, 16))]),

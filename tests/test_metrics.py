@@ -97,3 +97,27 @@ def test_add_with_image_ids_and_singleton_channel():
     assert acc.per_image_by_id() == {"a": 1.0, "b": 1.0, "c": 0.0}
     with pytest.raises(SegkitError, match="image ids"):
         acc.update(np.stack([m, m]), np.stack([m, m]), image_ids=["x"])
+
+
+def test_an_empty_accumulator_scores_zero_and_class_ids_are_checked_at_the_edges():
+    """No image seen is no evidence: 0.0 (a validation that scored nothing must not look like the
+    best epoch); an image whose prediction and target are both empty is 1.0 (nothing to find)."""
+    acc = DiceAccumulator(3)
+    assert (acc.mean(), acc.global_dice(), acc.iou_mean()) == (0.0, 0.0, 0.0)
+    assert acc.per_image().shape == (0,) and acc.per_class().tolist() == [0.0, 0.0]
+    assert acc.per_class("global").tolist() == [0.0, 0.0] and acc.counts().shape == (0, 2, 3)
+    acc.update(np.zeros((2, 2), np.int64), np.zeros((2, 2), np.int64))
+    assert (acc.mean(), acc.global_dice(), acc.iou_mean()) == (1.0, 1.0, 1.0)
+    # the largest and smallest valid class ids pass; one past either end is refused
+    ok = DiceAccumulator(3)
+    ok.update(np.array([[2, 0]]), np.array([[0, 2]]))
+    assert ok.per_class().tolist() == [1.0, 0.0]
+    for pred, target in [([[3]], [[0]]), ([[0]], [[3]]), ([[-1]], [[0]]), ([[0]], [[-1]])]:
+        with pytest.raises(SegkitError, match=r"class ids outside 0\.\.2"):
+            DiceAccumulator(3).update(np.array(pred), np.array(target))
+    # binary: any positive value is foreground
+    binary = DiceAccumulator()
+    binary.update(np.array([[7, 0, 1]]), np.array([[1, 0, 0]]))
+    assert binary.mean() == pytest.approx(2 / 3)
+    with pytest.raises(SegkitError, match="reduce must be image or global, got 'pixel'"):
+        ok.per_class("pixel")

@@ -184,6 +184,7 @@ def test_models_restored_to_their_mode_and_amp_runs(monkeypatch):
     b = predict_probs([(model, 1.0)], raster, amp=True, progress=True, **kw)
     assert a.shape == b.shape == (1, 30, 25) and np.isfinite(b).all()
     assert np.abs(a - b).max() < 0.05  # bf16 autocast stays close to float32
+    assert not np.array_equal(a, b)     # ... and did run: bf16 rounding shows (the default is float32)
 
 
 def test_bad_arguments():

@@ -102,3 +102,12 @@ def test_strip_encoder_checks_rows():
         enc.add(np.zeros((2, 3)))
     with pytest.raises(SegkitError, match="shape"):
         enc.add(np.zeros((1, 4)))
+
+
+@pytest.mark.parametrize("order", ["F", "C"])
+def test_strip_encoder_refuses_a_strip_after_finish(order):
+    enc = RleStripEncoder(2, 3, order)
+    enc.add(np.ones((2, 3), bool))
+    assert enc.finish() == "1 6"
+    with pytest.raises(RuntimeError, match=r"add\(\) after finish\(\)"):
+        enc.add(np.zeros((0, 3), bool))  # an empty strip would otherwise pass every other check

@@ -64,6 +64,10 @@ def test_ome_tiff_is_a_pyramid_with_georeferencing(tmp_path):
         levels = tif.series[0].levels
         assert [lv.shape for lv in levels] == [(150, 203), (75, 102), (38, 51), (19, 26)]
         assert len(tif.pages.first.subifds) == 3                      # reduced levels are SubIFDs
+        # flagged reduced-resolution (what viewers look for), every level tiled and compressed
+        assert [lv.keyframe.subfiletype for lv in levels] == [0, 1, 1, 1]
+        assert all(lv.keyframe.compression.name in ("ADOBE_DEFLATE", "DEFLATE") and lv.keyframe.is_tiled
+                   for lv in levels)
         assert (levels[0].asarray() == m).all()
         half = levels[1].asarray()                                       # nearest: class ids stay class ids
         assert set(np.unique(half)) == {0, 1, 2}

@@ -127,3 +127,41 @@ def test_wide_strips_are_split_and_iterators_match_lists():
     assert len(listed) < len(strips)
     np.testing.assert_array_equal(np.concatenate([s for _, s in listed], axis=1),
                                   np.concatenate([s for _, s in strips], axis=1))
+
+
+def test_blend_weight_values_are_exact():
+    """The documented weights to the last digit: a changed sigma, floor or edge offset changes how
+    overlapping tiles mix, which a reproduced field cannot show (any positive weights reproduce it)."""
+    g = blend_weights(9, 5, "gaussian")
+    x_r, x_c = np.arange(9) - 4.0, np.arange(5) - 2.0
+    expected = np.outer(np.exp(-0.5 * (x_r / (9 / 8)) ** 2), np.exp(-0.5 * (x_c / (5 / 8)) ** 2))
+    np.testing.assert_allclose(g, np.maximum(expected, 1e-4).astype(np.float32), rtol=1e-6)
+    assert g.min() == np.float32(1e-4)  # the corners sit on the floor
+    even = blend_weights(4, 4, "gaussian")  # the peak between two centre pixels, scaled to 1
+    assert even[1, 1] == even[2, 2] == 1.0 and even[0, 1] == pytest.approx(np.exp(-0.5 * (3 ** 2 - 1 ** 2)), rel=1e-6)  # x = 1.5 vs 0.5, sigma 0.5
+    np.testing.assert_array_equal(blend_weights(1, 1, "gaussian"), [[1.0]])
+    np.testing.assert_array_equal(blend_weights(4, 6, "pyramid"), [[1, 1, 1, 1, 1, 1], [1, 2, 2, 2, 2, 1],
+                                                                  [1, 2, 2, 2, 2, 1], [1, 1, 1, 1, 1, 1]])
+    for bad in [(0, 4), (4, 0), (-1, 4)]:
+        with pytest.raises(SegkitError, match=rf"tile size must be positive, got {bad[0]}x{bad[1]}"):
+            blend_weights(*bad)
+    with pytest.raises(SegkitError, match="unknown mode 'cosine'; valid: gaussian, pyramid, flat"):
+        blend_weights(4, 4, "cosine")
+
+
+def test_blending_two_overlapping_tiles_uses_their_weights():
+    """Two tiles over one row: where both cover, the value is their weighted mean, exactly."""
+    acc = StripAccumulator(1, 1, 5)
+    acc.add(Window(0, 0, 1, 3), np.full((1, 1, 3), 0.2, np.float32), np.array([[1, 1, 3]], np.float32))
+    acc.add(Window(0, 2, 1, 3), np.full((1, 1, 3), 0.6, np.float32), np.array([[1, 1, 1]], np.float32))
+    (row0, strip), = acc.finish()
+    np.testing.assert_allclose(strip[0, 0], [0.2, 0.2, (3 * 0.2 + 0.6) / 4, 0.6, 0.6], rtol=1e-6)
+    assert acc.finish() == [] and acc.rows_held == 0 and acc.top == 1
+
+
+def test_a_tile_whose_shapes_disagree_is_refused_by_name():
+    acc = StripAccumulator(1, 4, 4)
+    with pytest.raises(ValueError, match=r"^tile \(0, 0, 3, 3\): probs \(1, 2, 2\) / weights \(2, 2\) do not match$"):
+        acc.add(Window(0, 0, 3, 3), np.ones((1, 2, 2), np.float32), np.ones((2, 2), np.float32))
+    with pytest.raises(ValueError, match=r"^tile \(0, 0, 2, 2\): probs \(1, 2, 2\) / weights \(2, 3\) do not match$"):
+        acc.add(Window(0, 0, 2, 2), np.ones((1, 2, 2), np.float32), np.ones((2, 3), np.float32))

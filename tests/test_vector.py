@@ -232,3 +232,61 @@ def test_wgs84_needs_a_georeferenced_raster(tmp_path):
     with pytest.raises(SegkitError, match="expected one of raster, pixel, wgs84"):
         PolygonStripWriter(tmp_path / "w.geojson", 4, 4, geojson_crs="utm")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_mean_prob_without_a_background_channel_and_three_classes(tmp_path):
+    """Sigmoid multi-label outputs have no background channel: class k's probability is channel
+    k - 1. Three classes, one region each, so every class's id offset is exercised."""
+    m = np.zeros((6, 9), np.uint8)
+    m[1:5, 0:2], m[1:5, 3:5], m[1:5, 6:9] = 1, 2, 3
+    probs = np.stack([np.full((6, 9), v, np.float32) for v in (0.55, 0.65, 0.75)])
+    doc = _strip_features(tmp_path, m, [2, 4], probs=probs, background_channel=False)
+    props = sorted((f["properties"]["class"], f["properties"]["mean_prob"], shape(f["geometry"]).area)
+                   for f in doc["features"])
+    assert props == [(1, pytest.approx(0.55), 8.0), (2, pytest.approx(0.65), 8.0), (3, pytest.approx(0.75), 12.0)]
+
+
+def test_a_rotated_transform_maps_every_term_and_several_polygons_make_a_multipolygon():
+    from affine import Affine
+
+    from segkit.io.writers.geojson import CoordinateFrame
+    from segkit.io.writers.polygons import polygon_rings
+
+    t = Affine(2.0, 0.5, 100.0, 0.25, -3.0, 50.0)          # scaled, sheared: b and d are not 0
+    frame = CoordinateFrame("raster", crs="EPSG:32633", transform=t)
+    np.testing.assert_allclose(frame.map_xy(np.array([[0, 0], [4, 2]])), [[100, 50], [100 + 8 + 1, 50 + 1 - 6]])
+    assert frame.pixel_area == pytest.approx(abs(2.0 * -3.0 - 0.5 * 0.25)) and frame.area_unit == "m"
+    square = [np.array([[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]], float)]
+    other = [np.array([[3, 3], [4, 3], [4, 4], [3, 4], [3, 3]], float)]
+    (one, two) = CoordinateFrame("pixel").geometries([[square], [square, other]])
+    assert one["type"] == "Polygon" and two["type"] == "MultiPolygon" and len(two["coordinates"]) == 2
+    assert shape(two).area == 2.0 and shape(one).exterior.is_ccw     # exteriors counter-clockwise
+    # a shapely MultiPolygon and a GDAL dict polygon with a hole give their rings
+    from shapely.geometry import MultiPolygon, Polygon
+
+    multi = MultiPolygon([Polygon(square[0]), Polygon(other[0])])
+    assert [len(p) for p in polygon_rings(multi)] == [1, 1]
+    ring = [[0, 0], [4, 0], [4, 4], [0, 4], [0, 0]]
+    hole = [[1, 1], [1, 2], [2, 2], [2, 1], [1, 1]]
+    (rings,) = polygon_rings({"type": "Polygon", "coordinates": [ring, hole]})
+    assert [r.tolist() for r in rings] == [ring, hole] and rings[0].dtype == np.float64
+    (simple,) = polygon_rings({"type": "Polygon", "coordinates": [[[0, 0], [2, 0], [4, 0], [4, 4], [0, 4], [0, 0]]]},
+                              simplify=0.5)
+    assert len(simple[0]) == 5                                        # the collinear vertex goes
+
+
+def test_min_area_keeps_an_object_of_exactly_that_area_and_class_ids_past_255(tmp_path):
+    m = np.zeros((6, 8), np.uint16)
+    m[1:3, 1:4] = 300                                      # 6 px, a class id past uint8
+    m[4, 6] = 2                                            # 1 px
+    assert [(c, g.area) for g, c in mask_to_polygons(m, min_area=6)] == [(300, 6.0)]
+    out = tmp_path / "m.geojson"
+    with PolygonStripWriter(out, 6, 8, min_area=6) as writer:
+        with pytest.raises(ValueError, match=r"mask strip shape \(2, 7\) does not fit \(h, 8\)"):
+            writer.write(m[:2, :7])
+        writer.write(m[:4])
+        with pytest.raises(ValueError, match="strip rows 4\\+3 exceed height 6"):
+            writer.write(m[:3])
+        writer.write(m[4:])
+    features = json.loads(out.read_text())["features"]
+    assert [f["properties"]["class"] for f in features] == [300] and writer.count == 1

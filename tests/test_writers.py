@@ -311,3 +311,26 @@ def test_tiff_strip_writer_overviews(tmp_path):
         np.testing.assert_array_equal(levels[1].asarray(), mask[::2, ::2])
         assert all(p.is_tiled and p.compression.name == "ADOBE_DEFLATE" for p in tif.pages)
     assert _leftovers(tmp_path) == ["ov.tif"]
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_float_tiffs_keep_their_values_and_average_overviews_average(tmp_path):
+    """Only a uint8 file scales float strips to 0..255; a float32 file stores a float64 strip's
+    values as they are. An "average" overview (probabilities) is the 2x2 block mean, not a sample."""
+    values = (np.arange(32 * 40, dtype=np.float64).reshape(32, 40) % 7) / 7
+    out = tmp_path / "f.tif"
+    with TiffStripWriter(out, 32, 40, dtype="float32", tile=16, overviews="average") as writer:
+        for _, strip in _strips(values, [5, 11]):
+            writer.write(strip)
+    with rasterio.open(out) as ds:
+        np.testing.assert_array_equal(ds.read(1), values.astype(np.float32))
+        assert ds.overviews(1) == [2, 4] and ds.tags(ns="rio_overview") == {"resampling": "average"}
+        half = ds.read(1, out_shape=(16, 20))
+    blocks = values.astype(np.float32).reshape(16, 2, 20, 2).mean(axis=(1, 3))
+    np.testing.assert_allclose(half, blocks, rtol=1e-6)
+    with TiffStripWriter(tmp_path / "two.tif", 4, 4, channels=2, tile=16) as writer:
+        with pytest.raises(ValueError, match=r"strip shape \(3, 2, 4\) does not fit \(2, h, 4\)"):
+            writer.write(np.ones((3, 2, 4), np.uint8))
+        with pytest.raises(ValueError, match=r"strip rows 0\+5 exceed height 4"):
+            writer.write(np.ones((2, 5, 4), np.uint8))
+        writer.write(np.ones((2, 4, 4), np.uint8))

@@ -29,19 +29,27 @@ TESTS[tta]="tests/test_tta.py tests/test_predict.py"
 MODULES[checkpoint]="segkit/runs/checkpoint.py"
 TESTS[checkpoint]="tests/test_checkpoint.py tests/test_predict.py"  # test_predict: checkpoint selection
 MODULES[watershed]="segkit/post/watershed.py"
-TESTS[watershed]="tests/test_instances.py"
+TESTS[watershed]="tests/test_instances.py tests/test_watershed.py"
 MODULES[tiling]="segkit/infer/tiling.py"
-TESTS[tiling]="tests/test_tiling.py tests/test_predict.py"
+TESTS[tiling]="tests/test_tiling.py tests/test_predict.py tests/test_predict_tiles.py"
 MODULES[predict]="segkit/infer/predict.py segkit/infer/ensemble.py"
-TESTS[predict]="tests/test_predict.py tests/test_seg_cls.py"  # test_seg_cls: the cls-gate tile weights
-MODULES[writers]="segkit/io/writers/*.py"
+# the cls-gate tile weights: test_predict's gated-predictor test (test_seg_cls trains a run per mutant: too slow)
+TESTS[predict]="tests/test_predict.py tests/test_predict_tiles.py"
+MODULES[writers]="segkit/io/writers/strips.py segkit/io/writers/ome.py segkit/io/writers/polygons.py segkit/io/writers/geojson.py"
 TESTS[writers]="tests/test_writers.py tests/test_tiff_outputs.py tests/test_vector.py"
+MODULES[objects]="segkit/io/writers/instance_rle.py segkit/io/writers/instance_polygons.py segkit/io/writers/qupath.py"
+TESTS[objects]="tests/test_instances.py tests/test_object_writers.py tests/test_qupath.py tests/test_vector.py"
+MODULES[loop]="segkit/train/loop.py"
+TESTS[loop]="tests/test_loop.py tests/test_loop_exact.py"
 MODULES[fit]="segkit/train/fit.py"
 TESTS[fit]="tests/test_learning.py"
 NAMES[fit]="*_build__mutmut_* *_setup_run__mutmut_*"
+MODULES[fit_build]="segkit/train/fit.py"   # _build alone (a mutant retrains the learned run: ~10 s each)
+TESTS[fit_build]="tests/test_learning.py"
+NAMES[fit_build]="*_build__mutmut_*"
 
 groups=("$@")
-[ ${#groups[@]} -eq 0 ] && groups=(checkpoint rle tta predict fit metrics watershed writers tiling)
+[ ${#groups[@]} -eq 0 ] && groups=(checkpoint rle tta predict fit metrics watershed writers objects tiling loop)
 mkdir -p "$WORK"
 for group in "${groups[@]}"; do
   [ -n "${MODULES[$group]:-}" ] || { echo "unknown group $group (known: ${!MODULES[*]})" >&2; exit 2; }

@@ -182,7 +182,8 @@ class StripWatershed:
         pending = (self._gid > 0) & (self._out == 0)
         closed = pending & ~is_open[roots[self._gid]]
         held = self._gid.shape[0]
-        if held > self.max_rows and pending[:held - self.max_rows // 2].any():
+        # only rows of regions still open are cut (a region closed by the last strip is flooded whole)
+        if held > self.max_rows and (pending & ~closed)[:held - self.max_rows // 2].any():
             cut = held - self.max_rows // 2   # flood the open regions' rows above it now
             closed[:cut] |= pending[:cut]
             self._cut_rows.append(self.received - held + cut)
