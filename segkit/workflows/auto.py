@@ -45,6 +45,11 @@ def deadline_hook(train_deadline: float, clock: Callable[[], float] = time.time)
     return hook
 
 
+def _keep_plan(plan: Plan, run_dir: Path) -> None:
+    plan.write(run_dir / "plan.yaml")
+    write_text(run_dir / "fingerprint.json", json.dumps(plan.fingerprint, indent=1) + "\n")
+
+
 def record_plan(plan: Plan, reserve_s: float):
     """An EpochHook writing plan.yaml, fingerprint.json and the empirical stage's reserve into each stage's run at
     its first epoch: a run cut by Ctrl-C or SIGTERM then carries what resume_auto needs."""
@@ -54,8 +59,7 @@ def record_plan(plan: Plan, reserve_s: float):
         if run_dir in written:
             return
         written.add(run_dir)
-        plan.write(run_dir / "plan.yaml")
-        write_text(run_dir / "fingerprint.json", json.dumps(plan.fingerprint, indent=1) + "\n")
+        _keep_plan(plan, run_dir)
         update_run_info(run_dir, auto_reserve_s=reserve_s)
     return hook
 
@@ -136,8 +140,7 @@ def run_auto(config: Config, *, budget_s: float, overrides: list[str] = (), dry_
     started = clock()
     reserve = EMPIRICAL_PASSES * tp.val_s if tp else 0.0
     run_dir = train_stages(planned, started + budget_s - reserve, echo, clock, hooks=(record_plan(plan, reserve),))
-    plan.write(run_dir / "plan.yaml")  # also where no epoch ran
-    write_text(run_dir / "fingerprint.json", json.dumps(plan.fingerprint, indent=1) + "\n")
+    _keep_plan(plan, run_dir)  # also where no epoch ran
     return _empirical(planned.task, run_dir, budget_s, started, echo, clock)
 
 
@@ -173,13 +176,12 @@ def _empirical(task: str, run_dir: Path, budget_s: float, started: float, echo: 
     from segkit.runs.device import pick_device
 
     trained = clock()
+    config = load_config(run_dir / "config.yaml")
     if task == "cls":
-        config = load_config(run_dir / "config.yaml")
         stage = Stage(epochs=config.infer.epochs, views=("identity",), metric="f1",
                       notes=["cls: calibration and the best epoch are the run's (infer.calibrate, infer.epochs)"])
     else:
-        device = load_config(run_dir / "config.yaml").run.device
-        stage = choose(run_dir, pick_device(device), deadline=started + budget_s, clock=clock)
+        stage = choose(run_dir, pick_device(config.run.device), deadline=started + budget_s, clock=clock)
     ended = clock()
     summary = {
         "run": str(run_dir), "budget_s": budget_s, "wall_s": round(ended - started, 1),
