@@ -104,7 +104,7 @@ def _optimizer_step(model, optimizer, scaler, clip, grad_scale: float) -> bool:
 
 
 class _LateCheck:
-    """The running loss and non-finite flag of a step, read on the host one step later.
+    """The running mean loss and non-finite flag of a step, read on the host one step later.
 
     Reading a device value right after queueing a step waits for the GPU to finish it and leaves it
     idle while the host prepares the next one. Here each step's [bad, loss sum] is copied to
@@ -118,7 +118,7 @@ class _LateCheck:
         self.pending = None  # (host values, CUDA event or None, step, batch)
 
     def push(self, values: torch.Tensor, step: int, batch: int) -> float | None:
-        """Queue this step's values; returns the previous step's running loss sum (None the first time)."""
+        """Queue this step's [bad, running mean loss]; returns the previous step's running mean (None the first time)."""
         previous = self.check()
         if self.device.type == "cuda":
             host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
@@ -131,17 +131,17 @@ class _LateCheck:
         return previous
 
     def check(self) -> float | None:
-        """Raise SegkitError if the pending step's loss was not finite; else its loss sum (None if none)."""
+        """Raise SegkitError if the pending step's loss was not finite; else its running mean (None if none)."""
         if self.pending is None:
             return None
         host, event, step, batch = self.pending
         self.pending = None
         if event is not None:
             event.synchronize()
-        bad, loss_sum = host.tolist()
+        bad, loss_mean = host.tolist()
         if bad:
             raise SegkitError(f"training: loss became NaN at step {step} (batch {batch}); last good checkpoint kept")
-        return loss_sum
+        return loss_mean
 
 
 def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer, *, scheduler=None, device, amp: bool = False,
@@ -212,18 +212,21 @@ def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer, *, scheduler=N
             terms[name] = terms.get(name, 0.0) + part.detach().float() * x.shape[0]
         if last_in_group:
             steps += _finish_group(model, optimizer, scaler, clip, accumulate / pending, scheduler, ema)
-            previous = late.push(torch.stack([distributed.all_reduce_sum(bad), loss_sum]),
+            # the running mean is divided on the device, by the images of the same step: the bar shows it a step late
+            previous = late.push(torch.stack([distributed.all_reduce_sum(bad), loss_sum / images]),
                                  step_offset + steps, batches)
             bad.zero_()
             pending = 0
             if previous is not None:
-                bar.set_info(loss=f"{previous / max(1, images):.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+                bar.set_info(loss=f"{previous:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
             if max_steps is not None and steps >= max_steps:
                 break
     if pending:  # iterable without len(): the last short group still steps
         steps += _finish_group(model, optimizer, scaler, clip, accumulate / pending, scheduler, ema)
-        late.push(torch.stack([distributed.all_reduce_sum(bad), loss_sum]), step_offset + steps, batches)
-    late.check()
+        late.push(torch.stack([distributed.all_reduce_sum(bad), loss_sum / images]), step_offset + steps, batches)
+    final = late.check()
+    if final is not None:  # the closing line shows the epoch's mean loss
+        bar.set_info(loss=f"{final:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
     bar.close()
     seconds = time.perf_counter() - start
     out = {"loss": float(loss_sum) / max(1, images), "lr": float(optimizer.param_groups[0]["lr"]), "steps": steps,
