@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 
-from segkit.post.watershed import StripWatershed, watershed_instances
+from segkit.post.watershed import StripWatershed, flood, watershed_instances
 from test_instances import _same_partition
 
 
@@ -104,3 +104,16 @@ def test_watershed_regions_and_seeds_are_4_connected_and_flood_follows_the_body(
     assert np.unique(ids).tolist() == [0, 1, 2] and (ids[6:, 6:] > 0).all()
     with pytest.raises(ValueError, match=r"expected probabilities \(2, h, w\) .* got shape \(3, 4, 4\)"):
         watershed_instances(np.zeros((3, 4, 4), np.float32), ("body", "border"))
+
+
+def test_on_a_flat_body_each_pixel_joins_the_seed_fewer_4_connected_steps_away():
+    """Flooding is 4-connected like the regions: on an even body a pixel goes to the seed at the
+    smaller Manhattan distance (seeds 7 steps apart, so no pixel is tied). 8-connected flooding
+    would give (2, 2) and (3, 1) to the top-left seed, diagonal steps counting as one."""
+    h, w = 4, 5
+    seeds = np.zeros((h, w), bool)
+    seeds[0, 0] = seeds[3, 4] = True
+    out = flood(np.full((h, w), 0.5, np.float32), seeds, np.ones((h, w), bool))
+    rows, cols = np.mgrid[:h, :w]
+    nearer_first = rows + cols < (h - 1 - rows) + (w - 1 - cols)
+    np.testing.assert_array_equal(out, np.where(nearer_first, 1, 2))
