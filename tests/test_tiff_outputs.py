@@ -50,6 +50,23 @@ def test_probability_tiff_records_its_scale(tmp_path):
         assert ds.overviews(2) == [2, 4, 8]
 
 
+@pytest.mark.parametrize("side, magic", [(70000, b"II+\x00"), (4000, b"II*\x00")])
+def test_a_tiff_that_may_pass_4_gb_is_bigtiff_and_a_smaller_one_classic(tmp_path, side, magic):
+    """BIGTIFF=IF_SAFER: GDAL chooses when the file is created, from its declared size. A 70000 px
+    square of uint8 (4.9 GB before deflate) must be BigTIFF (a classic TIFF's 32-bit offsets would
+    fail mid-write; GDAL's default, IF_NEEDED, ignores compression and picks classic); a small one
+    stays classic TIFF, which every reader opens. The GDAL file is closed without its rows (its
+    empty tiles are written in milliseconds) to read the header, then discarded."""
+    writer = TiffStripWriter(tmp_path / "big.tif", side, side, tile=512)
+    scratch = writer._atomic.tmp
+    writer._ds.close()
+    try:
+        assert scratch.read_bytes()[:4] == magic  # "II+": BigTIFF, "II*": classic TIFF
+    finally:
+        writer._atomic.discard()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_ome_tiff_is_a_pyramid_with_georeferencing(tmp_path):
     out, m = tmp_path / "m.ome.tif", _mask()
     assert is_ome_path(out) and is_ome_path("A.OME.TIFF") and not is_ome_path("a.tif")
@@ -61,6 +78,7 @@ def test_ome_tiff_is_a_pyramid_with_georeferencing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.ome.tif"]   # no scratch file left
     with tifffile.TiffFile(out) as tif:
         assert tif.is_ome and tif.series[0].axes == "YX"
+        assert tif.is_bigtiff  # written before its size is known: BigTIFF always (QuPath and Bio-Formats read it)
         levels = tif.series[0].levels
         assert [lv.shape for lv in levels] == [(150, 203), (75, 102), (38, 51), (19, 26)]
         assert len(tif.pages.first.subifds) == 3                      # reduced levels are SubIFDs
