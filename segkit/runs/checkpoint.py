@@ -66,7 +66,12 @@ def load_checkpoint(path: str | Path, map_location="cpu", required_keys: Iterabl
             raise SegkitError(f"{path}: the checkpoint holds more than weights (Python objects that loading it "
                               "would run); refused. segkit only loads tensors (write it with segkit, or re-save "
                               "just its state dict in a session you trust)") from None
-        first = first_sentence(str(e)) or type(e).__name__
+        if isinstance(e, (KeyError, IndexError, AttributeError, TypeError)) or not str(e).strip():
+            # torch's legacy (pre-zip) reader meets a file that is neither format with a bare key or
+            # index such as "101": meaningless to the user
+            first = "neither torch.save format (zip or legacy pickle)"
+        else:
+            first = first_sentence(str(e))
         raise SegkitError(f"{path}: not a readable checkpoint (truncated or foreign file): {first}") from None
     if not isinstance(state, dict):
         raise SegkitError(f"{path}: not a segkit checkpoint (holds a {type(state).__name__}, not a dict)")
