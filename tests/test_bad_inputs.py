@@ -93,6 +93,8 @@ CASES = [
     # --- finetune
     ("finetune from a tampered checkpoint", FINETUNE + "evil", "the checkpoint holds more than weights", "error"),
     ("finetune from a truncated checkpoint", FINETUNE + "cut --epoch last", "not a readable checkpoint", "error"),
+    ("finetune from a checkpoint without weights", FINETUNE + "noweights",
+     "epoch_0002.pt: not a segkit checkpoint (missing model)", "error"),
     ("finetune from an unknown run", FINETUNE + "nope", "nope: no such run", "error"),
     ("finetune from a missing epoch", FINETUNE + "stage1 --epoch 7",
      "--epoch 7: no checkpoint for epoch 7; available epochs: 1, 2", "error"),
@@ -278,8 +280,9 @@ def write_bad_files(root: Path) -> None:
 
 def write_bad_runs(runs: Path, trained: Path) -> None:
     """stage1 (a copy of the session's trained run), evil (checkpoints holding code), cut (last
-    checkpoint truncated, status interrupted), empty (no checkpoints), noval (no validation scores)."""
-    for name in ("stage1", "evil", "cut", "empty", "noval"):
+    checkpoint truncated, status interrupted), empty (no checkpoints), noval (no validation scores),
+    noweights (checkpoints without model weights)."""
+    for name in ("stage1", "evil", "cut", "empty", "noval", "noweights"):
         shutil.copytree(trained, runs / name, copy_function=os.link)  # rewritten files below are replaced
         info = json.loads((runs / name / "run.json").read_text())
         if name != "stage1":
@@ -289,6 +292,11 @@ def write_bad_runs(runs: Path, trained: Path) -> None:
     for path in (runs / "evil" / "checkpoints").glob("*.pt"):
         state = torch.load(path, weights_only=True)
         state["hook"] = os.getcwd  # a global: loading it would run code
+        path.unlink()
+        torch.save(state, path)
+    for path in (runs / "noweights" / "checkpoints").glob("*.pt"):
+        state = torch.load(path, weights_only=True)
+        del state["model"]
         path.unlink()
         torch.save(state, path)
     last = sorted((runs / "cut" / "checkpoints").glob("*.pt"))[-1]
