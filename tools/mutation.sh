@@ -42,11 +42,11 @@ TESTS[objects]="tests/test_instances.py tests/test_object_writers.py tests/test_
 MODULES[loop]="segkit/train/loop.py"
 TESTS[loop]="tests/test_loop.py tests/test_loop_exact.py tests/test_loop_paths.py"
 MODULES[fit]="segkit/train/fit.py"
-TESTS[fit]="tests/test_learning.py"
-NAMES[fit]="*_build__mutmut_* *_setup_run__mutmut_*"
+TESTS[fit]="tests/test_learning.py tests/test_fit_parts.py"
+NAMES[fit]="*_build__mutmut_* *_sync_batchnorm__mutmut_* *_setup_run__mutmut_*"
 MODULES[fit_build]="segkit/train/fit.py"   # _build alone (a mutant retrains the learned run: ~10 s each)
-TESTS[fit_build]="tests/test_learning.py"
-NAMES[fit_build]="*_build__mutmut_*"
+TESTS[fit_build]="tests/test_learning.py tests/test_fit_parts.py"
+NAMES[fit_build]="*_build__mutmut_* *_sync_batchnorm__mutmut_*"
 
 groups=("$@")
 [ ${#groups[@]} -eq 0 ] && groups=(checkpoint rle tta predict fit metrics watershed writers objects tiling loop)

@@ -239,10 +239,7 @@ def _build(config: Config, data: TrainingData, preprocess: Preprocess, device: t
                               parent_weights)
     if config.model.freeze_fraction > 0:
         freeze_encoder(model, config.model.freeze_fraction)
-    if t.sync_bn and world > 1:
-        if device.type != "cuda":
-            raise SegkitError(f"train.sync_bn: SyncBatchNorm runs on GPUs only (this run is on {device.type})")
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = _sync_batchnorm(model, t.sync_bn, world, device)
     model.to(device)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -268,6 +265,15 @@ def _build(config: Config, data: TrainingData, preprocess: Preprocess, device: t
         steps_per_epoch=steps_per_epoch, batch_transform=fc.mixup_for(config),
         swa=EpochAverage(ema.module if ema else model, max(1, t.epochs - t.swa_epochs + 1)) if t.swa_epochs else None,
     )
+
+
+def _sync_batchnorm(model: torch.nn.Module, sync_bn: bool, world: int, device: torch.device) -> torch.nn.Module:
+    """``model`` with SyncBatchNorm layers when train.sync_bn asks for them under DDP (world > 1)."""
+    if not (sync_bn and world > 1):
+        return model
+    if device.type != "cuda":  # torch's SyncBatchNorm has no CPU kernel
+        raise SegkitError(f"train.sync_bn: SyncBatchNorm runs on GPUs only (this run is on {device.type})")
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 def _restore(parts: st.Parts, run_dir: Path, resuming: bool, seed: int, rank: int) -> tuple[int, Optional[dict]]:
