@@ -94,12 +94,12 @@ def _counting_ddp(model):
     return ddp, calls
 
 
-@pytest.mark.parametrize("lengthless, expected_reduces", [(False, 2), (True, 6)])
-def test_ddp_reduces_gradients_once_per_accumulation_group(gloo_group, lengthless, expected_reduces):
-    """6 batches, accumulate=3: with len() the first two batches of each group skip the all-reduce
-    (no_sync), so 2 reduces; without len() a short last group could step on unreduced gradients,
-    so every batch reduces. Either way the weights equal a plain model's."""
-    batches = [_batch(seed=i) for i in range(6)]
+@pytest.mark.parametrize("n, lengthless, expected_reduces", [(6, False, 2), (5, False, 2), (6, True, 6)])
+def test_ddp_reduces_gradients_once_per_accumulation_group(gloo_group, n, lengthless, expected_reduces):
+    """accumulate=3: with len() only the last batch of each group all-reduces (the others run
+    under no_sync), a short last group's too (5 batches: 2 reduces); without len() a short last
+    group could step on unreduced gradients, so every batch reduces. The weights equal a plain model's."""
+    batches = [_batch(seed=i) for i in range(n)]
     ddp, calls = _counting_ddp(_net())
     out = _run(ddp, iter(batches) if lengthless else batches, _sgd(ddp), accumulate=3)
     assert out["steps"] == 2 and len(calls) == expected_reduces
@@ -180,3 +180,123 @@ def test_channels_last_puts_the_weights_and_each_batch_in_channels_last():
     off.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
     _run(off, [_batch()], _sgd(off), channels_last=False)
     assert seen == [False] and not off[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+# ---- loaders without len(), seg+cls tuples, batch transforms, defaults --------------------------
+
+def test_without_len_the_last_short_group_steps_the_schedule_and_ema_and_clips():
+    """5 batches, accumulate=3, no len(): the 2-batch group found at the end steps like one of a
+    sized loader (a mean over its own 2 batches, clipped, scheduled, averaged into the EMA)."""
+    batches = [_batch(seed=i) for i in range(5)]
+    results = []
+    for loader in (iter(batches), batches):
+        model = _net()
+        opt = _sgd(model)
+        scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+        ema = ModelEma(model, decay=0.5)
+        out = _run(model, loader, opt, accumulate=3, clip=1e-3, scheduler=scheduler, ema=ema)
+        assert out["steps"] == 2 and scheduler.last_epoch == 2
+        results.append((model, ema))
+    (lengthless, ema_a), (sized, ema_b) = results
+    for a, b in zip(lengthless.parameters(), sized.parameters()):
+        torch.testing.assert_close(a, b)
+    for a, b in zip(ema_a.module.parameters(), ema_b.module.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+def test_a_nan_in_the_last_short_group_of_a_lengthless_loader_names_its_step_and_batch():
+    batches = [_batch(seed=i) for i in range(5)]
+    batches[4]["image"][0, 0, 0, 0] = float("nan")
+    model = _net()
+    with pytest.raises(Exception, match=r"^training: loss became NaN at step 2 \(batch 5\); last good checkpoint kept$"):
+        _run(model, iter(batches), _sgd(model), accumulate=3, step_offset=0)
+    batches[4] = _batch(seed=4)
+    batches[1]["image"][0, 0, 0, 0] = float("nan")
+    with pytest.raises(Exception, match=r"^training: loss became NaN at step 11 \(batch 3\); "):
+        _run(_net(), batches, _sgd(model), accumulate=3, step_offset=10)
+
+
+def test_the_closing_line_of_a_lengthless_epoch_shows_its_mean_loss_and_lr(monkeypatch, capsys):
+    monkeypatch.setenv("SEGKIT_PROGRESS_SECONDS", "0")
+    model = _net()
+    batches = [_batch(n=n, seed=i) for i, n in enumerate((3, 1))]
+    mean = sum(_loss_of(model, b) * n for b, n in zip(batches, (3, 1))) / 4
+    _run(model, iter(batches), _sgd(model, lr=0.0), accumulate=2, progress=True, desc="e")
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("e: 2 batches, ") and f", loss {mean:.4f}, lr 0.00e+00, done in " in last
+
+
+def test_defaults_show_progress_as_train_and_use_channels_last(monkeypatch, capsys):
+    monkeypatch.setenv("SEGKIT_PROGRESS_SECONDS", "0")
+    model = _net()
+    train_one_epoch(model, [_batch()], _loss(), _sgd(model), device="cpu")
+    assert capsys.readouterr().err.startswith("train: 1/1 batches")
+    assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_the_epoch_loss_is_the_exact_per_image_mean_of_the_batch_losses():
+    """Summed in float64 on the device: equal to the mean a user computes, to 1e-12."""
+    model = _net()
+    batches = [_batch(n=n, seed=i) for i, n in enumerate((3, 5, 2, 7, 1))]
+    losses = [_loss_of(model, b) for b in batches]
+    out = _run(model, batches, _sgd(model, lr=0.0))
+    assert out["loss"] == pytest.approx(sum(l * n for l, n in zip(losses, (3, 5, 2, 7, 1))) / 18, rel=1e-12, abs=0)
+
+
+def test_per_term_means_of_a_single_image_and_a_plain_torch_loss():
+    model = _net()
+    one = _batch(n=1)
+    loss = create_loss(["dice", "bce"], classes=1)
+    with torch.no_grad():
+        loss(model(one["image"]), one["mask"])
+        expected = {f"loss_{k}": float(v) for k, v in loss.last.items()}
+    out = train_one_epoch(copy.deepcopy(model), [one], loss, _sgd(model), device="cpu", progress=False,
+                          channels_last=False)
+    assert out["terms"] == pytest.approx(expected, rel=1e-6)
+    plain = train_one_epoch(model, [one], lambda logits, mask: nn.functional.binary_cross_entropy_with_logits(
+        logits[:, 0], mask.float()), _sgd(model), device="cpu", progress=False)
+    assert "terms" not in plain and plain["images"] == 1
+
+
+class _SegCls(nn.Module):
+    """A mask head and a class head on one trunk: returns (mask logits, class logits)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.trunk, self.mask, self.cls = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 1, 1), nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.trunk(x))
+        return self.mask(h).to(torch.float16), self.cls(h.mean((2, 3))).to(torch.float16)
+
+
+def test_seg_cls_outputs_and_targets_travel_as_pairs_and_are_scored_in_float32():
+    seen = []
+
+    def loss_fn(logits, targets):
+        seen.append(tuple(t.dtype for t in logits))
+        (mask_logits, class_logits), (mask, target) = logits, targets
+        return (nn.functional.binary_cross_entropy_with_logits(mask_logits[:, 0], mask.float())
+                + nn.functional.cross_entropy(class_logits, target))
+
+    model = _SegCls()
+    batch = {**_batch(n=2), "target": torch.tensor([0, 1])}
+    before = [p.detach().clone() for p in model.parameters()]
+    out = train_one_epoch(model, [batch], loss_fn, _sgd(model), device="cpu", progress=False)
+    assert seen == [(torch.float32, torch.float32)] and out["images"] == 2
+    assert all(not torch.equal(a, b) for a, b in zip(model.parameters(), before))  # both heads trained
+
+
+def test_the_batch_transform_runs_on_each_batch_and_its_output_is_trained_on():
+    calls = []
+
+    def blank(x, y):  # an all-zero image whose mask is all foreground
+        calls.append((x.shape, y.shape))
+        return torch.zeros_like(x), torch.ones_like(y)
+
+    model = _net()
+    out = _run(copy.deepcopy(model), [_batch(n=2), _batch(n=3, seed=1)], _sgd(model, lr=0.0), batch_transform=blank)
+    assert calls == [((2, 3, 12, 10), (2, 12, 10)), ((3, 3, 12, 10), (3, 12, 10))]
+    blank_batch = {"image": torch.zeros(1, 3, 12, 10), "mask": torch.ones(1, 12, 10, dtype=torch.uint8)}
+    assert out["loss"] == pytest.approx(_loss_of(model, blank_batch), rel=1e-6)
