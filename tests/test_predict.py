@@ -3,6 +3,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import tifffile
 import torch
 from torch import nn
 
@@ -10,6 +11,7 @@ from segkit.ground.errors import SegkitError
 from segkit.ground.geometry import Window, normalise_weights
 from segkit.infer.ensemble import predict_batch
 from segkit.infer.predict import predict_probs, predict_strips
+from segkit.io.images.raster import open_raster
 from segkit.runs.checkpoint import select_checkpoints
 
 
@@ -65,6 +67,14 @@ class ColumnRamp(nn.Module):
         return ramp.expand(x.shape[0], 1, x.shape[2], x.shape[3]).clone()
 
 
+def tiff_raster(folder, img):
+    """``img`` written as a real tiled TIFF and opened with segkit's reader (for the tests that
+    resample tiles, fov != size: the resize path is the reader's own)."""
+    path = folder / f"img{len(list(folder.glob('img*.tif')))}.tif"
+    tifffile.imwrite(path, img, tile=(16, 16))
+    return open_raster(path)
+
+
 def to_unit(raw):
     return raw.astype(np.float32) / 255.0
 
@@ -110,18 +120,18 @@ def test_region_smaller_than_tile_and_image_smaller_than_tile():
 
 
 @pytest.mark.parametrize("size", [16, 8, 24])
-def test_constant_model_gives_constant_output(size):
-    raster = ArrayRaster(image())
-    probs = predict_probs([(Constant(0.0, channels=2), 1.0)], raster, fov_px=16, size=size, overlap_px=5,
-                          preprocess=to_unit, tta=[("identity", 0.6), ("hflip", 0.4)])
-    assert probs.shape == (2, 61, 77)
-    np.testing.assert_allclose(probs, 0.5, atol=1e-6)
-    probs = predict_probs([(Constant(1.0, channels=3), 1.0)], raster, fov_px=16, size=size, overlap_px=5,
-                          preprocess=to_unit, activation="softmax")
-    np.testing.assert_allclose(probs, 1 / 3, atol=1e-6)
+def test_constant_model_gives_constant_output(tmp_path, size):
+    with tiff_raster(tmp_path, image()) as raster:
+        probs = predict_probs([(Constant(0.0, channels=2), 1.0)], raster, fov_px=16, size=size, overlap_px=5,
+                              preprocess=to_unit, tta=[("identity", 0.6), ("hflip", 0.4)])
+        assert probs.shape == (2, 61, 77)
+        np.testing.assert_allclose(probs, 0.5, atol=1e-6)
+        probs = predict_probs([(Constant(1.0, channels=3), 1.0)], raster, fov_px=16, size=size, overlap_px=5,
+                              preprocess=to_unit, activation="softmax")
+        np.testing.assert_allclose(probs, 1 / 3, atol=1e-6)
 
 
-def test_resampled_tiles_are_read_at_model_size():
+def test_resampled_tiles_are_read_at_model_size(tmp_path):
     seen = []
 
     class Spy(nn.Module):
@@ -130,14 +140,16 @@ def test_resampled_tiles_are_read_at_model_size():
             return x[:, :1]
 
     img = image(40, 50)
-    probs = predict_probs([(Spy(), 1.0)], ArrayRaster(img), fov_px=20, size=10, overlap_px=4,
-                          preprocess=to_unit, activation="identity", batch_size=4)
+    with tiff_raster(tmp_path, img) as raster:
+        probs = predict_probs([(Spy(), 1.0)], raster, fov_px=20, size=10, overlap_px=4,
+                              preprocess=to_unit, activation="identity", batch_size=4)
     assert probs.shape == (1, 40, 50)
     assert all(s[1:] == (1, 10, 10) for s in seen) and sum(s[0] for s in seen) == 3 * 3
     # a smooth image survives the down- and up-sampling closely
     ramp = np.tile(np.linspace(20, 230, 50, dtype=np.float32), (40, 1)).astype(np.uint8)
-    probs = predict_probs([(Identity(), 1.0)], ArrayRaster(ramp), fov_px=20, size=10, overlap_px=4,
-                          preprocess=to_unit, activation="identity")
+    with tiff_raster(tmp_path, ramp) as raster:
+        probs = predict_probs([(Identity(), 1.0)], raster, fov_px=20, size=10, overlap_px=4,
+                              preprocess=to_unit, activation="identity")
     assert np.abs(probs[0] - ramp / 255.0)[:, 2:-2].max() < 0.02
 
 
@@ -310,13 +322,10 @@ def test_background_tiles_are_skipped_with_zero_output():
 
 
 def test_identity_through_a_real_tiff(tmp_path):
-    import tifffile
-
-    from segkit.io.images import raster as raster_mod
     img = image(61, 77, c=3, seed=4)
     path = tmp_path / "img.tif"
     tifffile.imwrite(path, img, tile=(32, 32), photometric="rgb")
-    with raster_mod.open_raster(path) as raster:
+    with open_raster(path) as raster:
         probs = predict_probs([(Identity(), 1.0)], raster, fov_px=16, size=16, overlap_px=5,
                               preprocess=to_unit, activation="identity",
                               tta=[("identity", 0.5), ("transpose", 0.5)], batch_size=5)
@@ -364,10 +373,6 @@ def test_resampling_through_a_real_tiff_matches_the_stand_in(tmp_path, fov_px, s
     """The ArrayRaster stand-in above is only trusted because the real reader agrees with it:
     a tiled TIFF read through segkit.io.images.raster, tiles resampled (fov != size), gives the
     same probabilities with an identity model and a d4 TTA."""
-    import tifffile
-
-    from segkit.io.images.raster import open_raster
-
     rows, cols = np.mgrid[:45, :58]
     img = np.stack([rows * 5, cols * 4, 200 - rows * 2 - cols], axis=-1).astype(np.uint8)  # smooth: survives
     path = tmp_path / "img.tif"
