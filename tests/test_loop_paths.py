@@ -184,9 +184,10 @@ def test_channels_last_puts_the_weights_and_each_batch_in_channels_last():
 
 # ---- loaders without len(), seg+cls tuples, batch transforms, defaults --------------------------
 
-def test_without_len_the_last_short_group_steps_the_schedule_and_ema_and_clips():
+@pytest.mark.parametrize("clip, scale", [(None, None), (1e-3, None), (None, 1024.0)])
+def test_without_len_the_last_short_group_steps_like_a_sized_loaders(clip, scale):
     """5 batches, accumulate=3, no len(): the 2-batch group found at the end steps like one of a
-    sized loader (a mean over its own 2 batches, clipped, scheduled, averaged into the EMA)."""
+    sized loader (a mean over its own 2 batches, clipped, unscaled, scheduled, averaged into the EMA)."""
     batches = [_batch(seed=i) for i in range(5)]
     results = []
     for loader in (iter(batches), batches):
@@ -194,7 +195,8 @@ def test_without_len_the_last_short_group_steps_the_schedule_and_ema_and_clips()
         opt = _sgd(model)
         scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
         ema = ModelEma(model, decay=0.5)
-        out = _run(model, loader, opt, accumulate=3, clip=1e-3, scheduler=scheduler, ema=ema)
+        scaler = torch.amp.GradScaler("cpu", init_scale=scale) if scale else None
+        out = _run(model, loader, opt, accumulate=3, clip=clip, scheduler=scheduler, ema=ema, scaler=scaler)
         assert out["steps"] == 2 and scheduler.last_epoch == 2
         results.append((model, ema))
     (lengthless, ema_a), (sized, ema_b) = results
@@ -219,11 +221,11 @@ def test_a_nan_in_the_last_short_group_of_a_lengthless_loader_names_its_step_and
 def test_the_closing_line_of_a_lengthless_epoch_shows_its_mean_loss_and_lr(monkeypatch, capsys):
     monkeypatch.setenv("SEGKIT_PROGRESS_SECONDS", "0")
     model = _net()
-    batches = [_batch(n=n, seed=i) for i, n in enumerate((3, 1))]
-    mean = sum(_loss_of(model, b) * n for b, n in zip(batches, (3, 1))) / 4
+    batches = [_batch(n=n, seed=i) for i, n in enumerate((3, 1, 2))]  # the last group is one short batch
+    mean = sum(_loss_of(model, b) * n for b, n in zip(batches, (3, 1, 2))) / 6
     _run(model, iter(batches), _sgd(model, lr=0.0), accumulate=2, progress=True, desc="e")
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith("e: 2 batches, ") and f", loss {mean:.4f}, lr 0.00e+00, done in " in last
+    assert last.startswith("e: 3 batches, ") and f", loss {mean:.4f}, lr 0.00e+00, done in " in last
 
 
 def test_defaults_show_progress_as_train_and_use_channels_last(monkeypatch, capsys):
