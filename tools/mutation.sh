@@ -44,6 +44,14 @@ TESTS[loop]="tests/test_loop.py tests/test_loop_exact.py tests/test_loop_paths.p
 MODULES[fit]="segkit/train/fit.py"
 TESTS[fit]="tests/test_learning.py tests/test_fit_parts.py"
 NAMES[fit]="*_build__mutmut_* *_sync_batchnorm__mutmut_* *_setup_run__mutmut_*"
+# the epoch loop, resume, validation, weight average and failure record: every mutant retrains runs (~35 s with
+# these tests), so the loop, resume and validation are sampled (mutants numbered *0 and *5: a fifth)
+MODULES[fit_epochs]="segkit/train/fit.py"
+TESTS[fit_epochs]="tests/test_learning.py tests/test_resume.py tests/test_fit.py::test_nan_loss_stops_keeps_the_last_good_checkpoint_and_marks_failed tests/test_fit.py::test_ema_freeze_subset_sgd_cosine_floor_and_early_stopping tests/test_interrupts.py::test_sigterm_to_train_is_one_line_143_and_the_run_resumes"
+NAMES[fit_epochs]="*_run_epochs__mutmut_*[05] *_restore__mutmut_*[05] *_validate_epoch__mutmut_*[05]"
+MODULES[fit_finish]="segkit/train/fit.py"
+TESTS[fit_finish]="${TESTS[fit_epochs]}"
+NAMES[fit_finish]="*_finish_average__mutmut_* *_fail__mutmut_*"
 MODULES[fit_build]="segkit/train/fit.py"   # _build alone (a mutant retrains the learned run: ~10 s each)
 TESTS[fit_build]="tests/test_learning.py tests/test_fit_parts.py"
 NAMES[fit_build]="*_build__mutmut_* *_sync_batchnorm__mutmut_*"
