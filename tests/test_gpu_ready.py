@@ -229,18 +229,6 @@ def test_validation_restores_the_layout_of_the_model_it_was_given():
     assert model[0].weight.is_contiguous() and model.training
 
 
-def test_sync_batchnorm_is_refused_off_the_gpu(seg_parts):
-    import dataclasses
-
-    from segkit.ground.errors import SegkitError
-    from segkit.train.fit import _build
-
-    config, data, preprocess, _ = seg_parts
-    config = dataclasses.replace(config, train=dataclasses.replace(config.train, sync_bn=True))
-    with pytest.raises(SegkitError, match="train.sync_bn: SyncBatchNorm runs on GPUs only"):
-        _build(config, data, preprocess, torch.device("cpu"), None, 2, 0)
-
-
 def test_ranks_other_than_0_get_their_own_torch_seed_on_a_fresh_run(tmp_path):
     from segkit.train.fit import _restore
 
