@@ -3,6 +3,8 @@ meta device stands in for a GPU: tensors with shapes and no data) in the memory 
 encoder freezing seen by the optimizer, and SyncBatchNorm only where DDP runs on GPUs (a CUDA
 device object needs no GPU to be named)."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -14,11 +16,11 @@ from segkit.train import from_config as fc
 from conftest import write_tiny_project
 
 
-def _stage(root, device, **sets):
+def _stage(root, device, world=1, **sets):
     config = fc.with_fov(load_config(root / "tiny.yaml", overrides=[f"{k}={v}" for k, v in sets.items()]))
     data = fc.training_data(config)
     config = fc.with_classes(config, data)
-    return config, fit._build(config, data, fc.preprocess_for(config, data), torch.device(device), None, 1, 0)
+    return config, fit._build(config, data, fc.preprocess_for(config, data), torch.device(device), None, world, 0)
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +45,43 @@ def test_a_frozen_encoder_is_left_out_of_the_optimizer(root):
     assert {id(p) for p in parts.model.decoder.parameters()} <= trained
     _, free = _stage(root, "cpu")
     assert all(p.requires_grad for p in free.model.parameters())
+
+
+def test_every_stage_setting_reaches_the_part_that_uses_it(root, capsys):
+    sets = {"train.ema": 0.97, "train.optimizer": "sgd", "train.momentum": 0.7, "train.weight_decay": 0.001,
+            "train.accumulate": 2, "train.epochs": 3, "train.lr": 0.01, "train.lr_full_steps": 1000,
+            "train.scheduler": "cosine", "train.warmup_steps": 1, "train.min_lr_ratio": 0.1, "train.early_stop": 4,
+            "train.early_stop_delta": 0.01, "train.swa_epochs": 2, "data.workers": 1,
+            "data.copy_paste": "{p: 1.0, count: [1, 1]}"}
+    config, parts = _stage(root, "cpu", **sets)
+    assert parts.ema.decay == 0.97 and parts.loader.num_workers == 1
+    assert len(parts.dataset.augment.copy_paste.bank) > 0  # copy-paste, with objects of the training data
+    assert parts.steps_per_epoch == math.ceil(len(parts.loader) / 2)
+    steps = parts.steps_per_epoch * 3
+    group = parts.optimizer.param_groups[0]
+    assert group["momentum"] == 0.7 and group["weight_decay"] == 0.001
+    peak = 0.01 * max(1 / 3, steps / 1000)  # a run far shorter than lr_full_steps starts lower
+    assert group["initial_lr"] == pytest.approx(peak)
+    assert (f"peak lr {peak:.2g} (train.lr 0.01 scaled for a run of {steps} optimizer steps, fewer than "
+            "train.lr_full_steps 1000)") in capsys.readouterr().out
+    lrs = []
+    for _ in range(steps):
+        lrs.append(group["lr"])
+        parts.optimizer.step()
+        parts.scheduler.step()
+    assert lrs[0] == pytest.approx(peak / 2) and lrs[1] == pytest.approx(peak)  # one warm-up step, then the peak
+    assert group["lr"] == pytest.approx(0.1 * peak)  # cosine down to min_lr_ratio
+    early = parts.early
+    assert (early.patience, early.mode, early.min_delta) == (4, "max", 0.01)
+    assert parts.swa.first_epoch == 2  # the last 2 of 3 epochs
+    _, full = _stage(root, "cpu", **{"train.lr": 0.01, "train.lr_full_steps": 0, "train.scheduler": "cosine"})
+    assert full.optimizer.param_groups[0]["initial_lr"] == 0.01 and "peak lr" not in capsys.readouterr().out
+    assert full.swa is None and full.ema is None and full.early.patience is None
+
+
+def test_sync_bn_under_ddp_is_refused_before_a_stage_is_built_off_the_gpu(root):
+    with pytest.raises(SegkitError, match=r"^train.sync_bn: SyncBatchNorm runs on GPUs only \(this run is on meta\)$"):
+        _stage(root, "meta", world=2, **{"train.sync_bn": True})
 
 
 def _bn_net():
