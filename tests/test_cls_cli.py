@@ -98,8 +98,9 @@ def test_two_runs_with_d4_views_average_the_runs_probabilities(cls_project, digi
 
 
 def test_cls_resumes_exactly_with_ema_and_accumulation_then_infers_a_soup(cls_project, digits, tmp_path, monkeypatch):
-    """The seg engine's features on a classifier, no second code path: EMA + gradient accumulation, Ctrl-C in
-    epoch 2 and `--resume` give the uninterrupted run's checkpoint bit for bit; `infer --soup` reads both epochs."""
+    """The seg engine's features on a classifier, no second code path: EMA + gradient accumulation + the
+    weight average of both epochs, Ctrl-C in epoch 2 and `--resume` give the uninterrupted run's checkpoint
+    and average bit for bit, the average validated by macro F1; `infer --soup` reads both epochs."""
     import json
 
     import torch
@@ -108,7 +109,7 @@ def test_cls_resumes_exactly_with_ema_and_accumulation_then_infers_a_soup(cls_pr
 
     runs = tmp_path / "runs"
     common = ("--config", cls_project / "cls.yaml", "--runs-dir", runs, "--set", "train.ema=0.9", "--set",
-              "train.accumulate=2")
+              "train.accumulate=2", "--set", "train.swa_epochs=2")
     _ok("train", *common, "--name", "straight")
     real = fit_module.train_one_epoch
 
@@ -127,6 +128,10 @@ def test_cls_resumes_exactly_with_ema_and_accumulation_then_infers_a_soup(cls_pr
     f1 = [[json.loads(line)["val_f1"] for line in (runs / n / "metrics.jsonl").read_text().splitlines()]
           for n in ("cut", "straight")]
     assert f1[0] == f1[1] and len(f1[0]) == 2
+    swa = [json.loads((runs / n / "run.json").read_text())["swa"] for n in ("cut", "straight")]
+    assert swa[0] == swa[1] and swa[0]["epochs"] == [1, 2] and 0 < swa[0]["val_f1"] <= 1 and "val_dice" not in swa[0]
+    a, b = (torch.load(runs / n / "checkpoints" / "swa.pt", weights_only=True)["model"] for n in ("cut", "straight"))
+    assert all(torch.equal(a[k], b[k]) for k in b)
     images = sorted((digits / "test").glob("*/*.png"))
     _ok("infer", *images, "--run", runs / "cut", "--epochs", "last:2", "--soup", "--csv", tmp_path / "soup.csv")
     assert [r["id"] for r in _rows(tmp_path / "soup.csv")] == [p.stem for p in images]
