@@ -154,7 +154,9 @@ def test_weight_average_is_the_mean_of_the_last_epochs_with_batchnorm_recomputed
     assert not torch.equal(states[0]["encoder.conv1.weight"], states[2]["encoder.conv1.weight"])
     # BatchNorm statistics were recomputed for the averaged weights, not copied from the last epoch
     assert not torch.allclose(swa["model"]["encoder.bn1.running_mean"], states[2]["encoder.bn1.running_mean"])
-    record = info(straight)["swa"]
+    last = torch.load(straight / "checkpoints" / "epoch_0003.pt", weights_only=True)
+    assert records(straight)[-1]["val_dice"] == pytest.approx(_validation_dice(straight, last["model"]), abs=1e-9)
+    record = info(straight)["swa"]  # above: an epoch validates its EMA weights (train.ema 0.8), checkpointed as "model"
     assert record["epochs"] == [1, 3] and record["count"] == 3
     assert record["val_dice"] == pytest.approx(_validation_dice(straight, swa["model"]), abs=1e-9)
     assert run_checkpoints(straight, "swa") == [straight / "checkpoints" / "swa.pt"]
@@ -164,3 +166,31 @@ def test_weight_average_is_the_mean_of_the_last_epochs_with_batchnorm_recomputed
             run_checkpoints(straight, "swa")
     finally:
         (straight / "swa.bak").rename(straight / "checkpoints" / "swa.pt")
+
+
+def test_a_resumed_run_keeps_the_best_epoch_it_had(straight, monkeypatch):
+    """The best so far travels in the checkpoint: a run stopped after epoch 1, whose epoch 1 is made
+    to have scored a Dice of 2 (beyond any later epoch), still names epoch 1 its best after --resume."""
+    import segkit.train.fit as fit_module
+
+    real = fit_module.train_one_epoch
+
+    def stop_at_two(model, loader, *args, **kwargs):
+        if loader.dataset.epoch == 2:
+            raise KeyboardInterrupt
+        return real(model, loader, *args, **kwargs)
+
+    monkeypatch.setattr(fit_module, "train_one_epoch", stop_at_two)
+    project = straight.parent.parent
+    assert CliRunner().invoke(cli, ["train", "--config", str(project / "tiny.yaml"), "--name", "best1"]).exit_code == 130
+    monkeypatch.setattr(fit_module, "train_one_epoch", real)
+    run_dir = project / "runs" / "best1"
+    path = run_dir / "checkpoints" / "epoch_0001.pt"
+    state = torch.load(path, weights_only=True)
+    state["best"] = {"epoch": 1, "value": 2.0, "metric": "val_dice"}
+    state["early_stop"]["best"] = 2.0
+    torch.save(state, path)
+    result = CliRunner().invoke(cli, ["train", "--resume", str(run_dir)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert info(run_dir)["best_epoch"] == 1 and "best val dice 2.0000 at epoch 1" in result.output
+    assert torch.load(run_dir / "checkpoints" / "epoch_0003.pt", weights_only=True)["best"]["epoch"] == 1
