@@ -7,8 +7,10 @@ import math
 
 import pytest
 import torch
+from click.testing import CliRunner
 from torch import nn
 
+from segkit.cli import cli
 from segkit.ground.config import load_config
 from segkit.ground.errors import SegkitError
 from segkit.train import fit
@@ -82,6 +84,33 @@ def test_every_stage_setting_reaches_the_part_that_uses_it(root, capsys):
 def test_sync_bn_under_ddp_is_refused_before_a_stage_is_built_off_the_gpu(root):
     with pytest.raises(SegkitError, match=r"^train.sync_bn: SyncBatchNorm runs on GPUs only \(this run is on meta\)$"):
         _stage(root, "meta", world=2, **{"train.sync_bn": True})
+
+
+def test_each_epoch_trains_with_the_stage_settings_and_a_plain_run_averages_its_own_weights(root, monkeypatch):
+    """clip, accumulate, the epoch's progress label and its first step number reach every epoch; without
+    EMA the weight average (train.swa_epochs) is the mean of the trained weights."""
+    import segkit.train.fit as fit_module
+
+    seen, real = [], fit_module.train_one_epoch
+
+    def spy(model, loader, *args, **kwargs):
+        seen.append({"batches": len(loader), **{k: kwargs[k] for k in ("clip", "accumulate", "desc", "step_offset")}})
+        return real(model, loader, *args, **kwargs)
+
+    monkeypatch.setattr(fit_module, "train_one_epoch", spy)
+    sets = ["train.clip=0.5", "train.accumulate=2", "train.epochs=2", "train.swa_epochs=2", "train.amp=false"]
+    result = CliRunner().invoke(cli, ["train", "--config", str(root / "tiny.yaml"), "--name", "wired",
+                                      *[arg for s in sets for arg in ("--set", s)]], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    steps = math.ceil(seen[0]["batches"] / 2)
+    assert [{k: v for k, v in call.items() if k != "batches"} for call in seen] == [
+        {"clip": 0.5, "accumulate": 2, "desc": "epoch 1/2", "step_offset": 0},
+        {"clip": 0.5, "accumulate": 2, "desc": "epoch 2/2", "step_offset": steps}]
+    run = root / "runs" / "wired" / "checkpoints"
+    epochs = [torch.load(run / f"epoch_{e:04d}.pt", weights_only=True)["model"] for e in (1, 2)]
+    swa = torch.load(run / "swa.pt", weights_only=True)["model"]
+    key = "encoder.layer1.0.conv1.weight"
+    torch.testing.assert_close(swa[key], (epochs[0][key] + epochs[1][key]) / 2)
 
 
 def _bn_net():
