@@ -37,6 +37,8 @@ def test_a_tiny_seeded_project_learns_well_above_chance(learned):
     dice = [r["val_dice"] for r in rows]
     assert dice[0] < CHANCE_DICE < FLOOR_DICE <= max(dice), dice  # it starts near nothing and learns
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    for key in ("seconds", "cpu_seconds"):  # what benchmarks read, in hundredths
+        assert all(0 < r[key] == round(r[key], 2) for r in rows), key
     info = json.loads((learned / "run.json").read_text())
     assert info["best_epoch"] == 1 + dice.index(max(dice))  # the selector picks the best validated epoch
 
