@@ -105,7 +105,7 @@ def test_resume_after_an_interrupt_mid_epoch_matches_the_uninterrupted_run(strai
     result = CliRunner().invoke(cli, ["train", "--config", str(project / "tiny.yaml"), "--name", "ctrl_c"])
     run_dir = project / "runs" / "ctrl_c"
     assert result.exit_code == 130 and "interrupted" in result.output
-    assert info(run_dir)["status"] == "interrupted"
+    assert info(run_dir)["status"] == "interrupted" and info(run_dir)["error"] == "KeyboardInterrupt"
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt")) == ["epoch_0001.pt"]
     monkeypatch.setattr(fit_module, "train_one_epoch", real)
     _resume_and_compare(run_dir, straight, 1)
