@@ -170,7 +170,8 @@ def test_weight_average_is_the_mean_of_the_last_epochs_with_batchnorm_recomputed
 
 def test_a_resumed_run_keeps_the_best_epoch_it_had(straight, monkeypatch):
     """The best so far travels in the checkpoint: a run stopped after epoch 1, whose epoch 1 is made
-    to have scored a Dice of 2 (beyond any later epoch), still names epoch 1 its best after --resume."""
+    to have scored a Dice of 2 (beyond any later epoch), still names epoch 1 its best after --resume,
+    and train.keep_last 1 keeps its checkpoint."""
     import segkit.train.fit as fit_module
 
     real = fit_module.train_one_epoch
@@ -182,7 +183,8 @@ def test_a_resumed_run_keeps_the_best_epoch_it_had(straight, monkeypatch):
 
     monkeypatch.setattr(fit_module, "train_one_epoch", stop_at_two)
     project = straight.parent.parent
-    assert CliRunner().invoke(cli, ["train", "--config", str(project / "tiny.yaml"), "--name", "best1"]).exit_code == 130
+    assert CliRunner().invoke(cli, ["train", "--config", str(project / "tiny.yaml"), "--name", "best1", "--set",
+                                    "train.keep_last=1"]).exit_code == 130
     monkeypatch.setattr(fit_module, "train_one_epoch", real)
     run_dir = project / "runs" / "best1"
     path = run_dir / "checkpoints" / "epoch_0001.pt"
@@ -192,5 +194,9 @@ def test_a_resumed_run_keeps_the_best_epoch_it_had(straight, monkeypatch):
     torch.save(state, path)
     result = CliRunner().invoke(cli, ["train", "--resume", str(run_dir)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert info(run_dir)["best_epoch"] == 1 and "best val dice 2.0000 at epoch 1" in result.output
-    assert torch.load(run_dir / "checkpoints" / "epoch_0003.pt", weights_only=True)["best"]["epoch"] == 1
+    assert info(run_dir)["best_epoch"] == 1 and info(run_dir)["last_epoch"] == 3
+    assert "best val dice 2.0000 at epoch 1" in result.output
+    # keep_last 1 prunes epoch 2 but never the best epoch
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("epoch_*.pt")) == ["epoch_0001.pt", "epoch_0003.pt"]
+    last = torch.load(run_dir / "checkpoints" / "epoch_0003.pt", weights_only=True)
+    assert last["best"]["epoch"] == 1 and last["metrics"] == records(run_dir)[-1]
