@@ -47,7 +47,7 @@ NAMES[fit]="*_build__mutmut_* *_sync_batchnorm__mutmut_* *_setup_run__mutmut_*"
 # the epoch loop, resume, validation, weight average and failure record: every mutant retrains runs (~35 s with
 # these tests), so the loop, resume and validation are sampled (mutants numbered *0 and *5: a fifth)
 MODULES[fit_epochs]="segkit/train/fit.py"
-TESTS[fit_epochs]="tests/test_learning.py tests/test_resume.py tests/test_fit.py::test_nan_loss_stops_keeps_the_last_good_checkpoint_and_marks_failed tests/test_fit.py::test_ema_freeze_subset_sgd_cosine_floor_and_early_stopping tests/test_interrupts.py::test_sigterm_to_train_is_one_line_143_and_the_run_resumes"
+TESTS[fit_epochs]="tests/test_learning.py tests/test_resume.py tests/test_fit.py::test_nan_loss_stops_keeps_the_last_good_checkpoint_and_marks_failed tests/test_fit.py::test_ema_freeze_subset_sgd_cosine_floor_and_early_stopping tests/test_interrupts.py::test_sigterm_to_train_is_one_line_143_and_the_run_resumes tests/test_fit_parts.py::test_each_epoch_trains_with_the_stage_settings_and_a_plain_run_averages_its_own_weights"
 NAMES[fit_epochs]="*_run_epochs__mutmut_*[05] *_restore__mutmut_*[05] *_validate_epoch__mutmut_*[05]"
 MODULES[fit_finish]="segkit/train/fit.py"
 TESTS[fit_finish]="${TESTS[fit_epochs]}"
