@@ -115,10 +115,16 @@ def test_nan_loss_stops_keeps_the_last_good_checkpoint_and_marks_failed(project)
         "--set", "train.windows_per_epoch=4", "--set", "train.scheduler=constant"])
     run_dir = project / "runs" / "nan"
     one_line_error(result, "loss became NaN at step 2")
-    assert f"last good checkpoint {run_dir / 'checkpoints' / 'epoch_0001.pt'}; run status failed" in result.output
+    assert (f"Error: training: loss became NaN at step 2 (batch 1) (last good checkpoint "
+            f"{run_dir / 'checkpoints' / 'epoch_0001.pt'}; run status failed)\n") in result.output
     assert info(run_dir)["status"] == "failed" and "NaN" in info(run_dir)["error"]
     assert [p.name for p in (run_dir / "checkpoints").glob("*.pt")] == ["epoch_0001.pt"]
     assert torch.isfinite(load(run_dir, 1)["model"]["segmentation_head.0.weight"]).all()
+    first = CliRunner().invoke(cli, [  # NaN from the first step: a NaN positive-class weight
+        "train", "--config", str(project / "tiny.yaml"), "--name", "nan1", "--set",
+        "train.loss=[{name: soft_bce, pos_weight: .nan}]"])
+    assert first.exit_code == 1 and first.output.endswith(
+        "Error: training: loss became NaN at step 1 (batch 1) (no checkpoint was written; run status failed)\n")
 
 
 def test_finetune_epoch_choice_and_three_stage_lineage(project, grandparent):

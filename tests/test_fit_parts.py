@@ -3,6 +3,7 @@ meta device stands in for a GPU: tensors with shapes and no data) in the memory 
 encoder freezing seen by the optimizer, and SyncBatchNorm only where DDP runs on GPUs (a CUDA
 device object needs no GPU to be named)."""
 
+import json
 import math
 
 import pytest
@@ -111,6 +112,8 @@ def test_each_epoch_trains_with_the_stage_settings_and_a_plain_run_averages_its_
     swa = torch.load(run / "swa.pt", weights_only=True)["model"]
     key = "encoder.layer1.0.conv1.weight"
     torch.testing.assert_close(swa[key], (epochs[0][key] + epochs[1][key]) / 2)
+    average = json.loads((root / "runs" / "wired" / "run.json").read_text())["swa"]
+    assert f"weight average of epochs 1-2: val dice {average['val_dice']:.4f}  (checkpoints/swa.pt)\n" in result.output
 
 
 def _bn_net():
