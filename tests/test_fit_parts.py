@@ -52,21 +52,23 @@ def test_a_frozen_encoder_is_left_out_of_the_optimizer(root):
 
 def test_every_stage_setting_reaches_the_part_that_uses_it(root, capsys):
     sets = {"train.ema": 0.97, "train.optimizer": "sgd", "train.momentum": 0.7, "train.weight_decay": 0.001,
-            "train.accumulate": 2, "train.epochs": 3, "train.lr": 0.01, "train.lr_full_steps": 1000,
+            "train.accumulate": 2, "train.epochs": 3, "train.lr": 0.01, "train.lr_full_steps": 8,
             "train.scheduler": "cosine", "train.warmup_steps": 1, "train.min_lr_ratio": 0.1, "train.early_stop": 4,
-            "train.early_stop_delta": 0.01, "train.swa_epochs": 2, "data.workers": 1,
+            "train.early_stop_delta": 0.01, "train.swa_epochs": 3, "data.workers": 1,
             "data.copy_paste": "{p: 1.0, count: [1, 1]}"}
     config, parts = _stage(root, "cpu", **sets)
     assert parts.ema.decay == 0.97 and parts.loader.num_workers == 1
+    assert all(torch.equal(a, b) for a, b in zip(parts.ema.module.parameters(), parts.model.parameters()))
     assert len(parts.dataset.augment.copy_paste.bank) > 0  # copy-paste, with objects of the training data
     assert parts.steps_per_epoch == math.ceil(len(parts.loader) / 2)
     steps = parts.steps_per_epoch * 3
     group = parts.optimizer.param_groups[0]
     assert group["momentum"] == 0.7 and group["weight_decay"] == 0.001
-    peak = 0.01 * max(1 / 3, steps / 1000)  # a run far shorter than lr_full_steps starts lower
+    peak = 0.01 * max(1 / 3, steps / 8)  # a run shorter than lr_full_steps starts lower
+    assert steps / 8 > 1 / 3  # above the floor: the run's length decides
     assert group["initial_lr"] == pytest.approx(peak)
     assert (f"peak lr {peak:.2g} (train.lr 0.01 scaled for a run of {steps} optimizer steps, fewer than "
-            "train.lr_full_steps 1000)") in capsys.readouterr().out
+            "train.lr_full_steps 8)") in capsys.readouterr().out
     lrs = []
     for _ in range(steps):
         lrs.append(group["lr"])
@@ -76,7 +78,7 @@ def test_every_stage_setting_reaches_the_part_that_uses_it(root, capsys):
     assert group["lr"] == pytest.approx(0.1 * peak)  # cosine down to min_lr_ratio
     early = parts.early
     assert (early.patience, early.mode, early.min_delta) == (4, "max", 0.01)
-    assert parts.swa.first_epoch == 2  # the last 2 of 3 epochs
+    assert parts.swa.first_epoch == 1  # the last 3 of 3 epochs
     _, full = _stage(root, "cpu", **{"train.lr": 0.01, "train.lr_full_steps": 0, "train.scheduler": "cosine"})
     assert full.optimizer.param_groups[0]["initial_lr"] == 0.01 and "peak lr" not in capsys.readouterr().out
     assert full.swa is None and full.ema is None and full.early.patience is None

@@ -53,7 +53,7 @@ MODULES[fit_finish]="segkit/train/fit.py"
 TESTS[fit_finish]="${TESTS[fit_epochs]}"
 NAMES[fit_finish]="*_finish_average__mutmut_* *_fail__mutmut_*"
 MODULES[fit_build]="segkit/train/fit.py"   # _build alone (a mutant retrains the learned run: ~10 s each)
-TESTS[fit_build]="tests/test_learning.py tests/test_fit_parts.py"
+TESTS[fit_build]="tests/test_learning.py tests/test_fit_parts.py tests/test_gpu_ready.py"
 NAMES[fit_build]="*_build__mutmut_* *_sync_batchnorm__mutmut_*"
 
 groups=("$@")
