@@ -111,7 +111,9 @@ def test_each_epoch_trains_with_the_stage_settings_and_a_plain_run_averages_its_
         {"clip": 0.5, "accumulate": 2, "desc": "epoch 2/2", "step_offset": steps}]
     run = root / "runs" / "wired" / "checkpoints"
     epochs = [torch.load(run / f"epoch_{e:04d}.pt", weights_only=True)["model"] for e in (1, 2)]
-    swa = torch.load(run / "swa.pt", weights_only=True)["model"]
+    saved = torch.load(run / "swa.pt", weights_only=True)
+    swa = saved["model"]
+    assert saved["epoch"] == 2  # the epoch it was made after
     key = "encoder.layer1.0.conv1.weight"
     torch.testing.assert_close(swa[key], (epochs[0][key] + epochs[1][key]) / 2)
     average = json.loads((root / "runs" / "wired" / "run.json").read_text())["swa"]
