@@ -110,7 +110,8 @@ def test_cls_resumes_exactly_with_ema_and_accumulation_then_infers_a_soup(cls_pr
     runs = tmp_path / "runs"
     common = ("--config", cls_project / "cls.yaml", "--runs-dir", runs, "--set", "train.ema=0.9", "--set",
               "train.accumulate=2", "--set", "train.swa_epochs=2")
-    _ok("train", *common, "--name", "straight")
+    summary = _ok("train", *common, "--name", "straight").splitlines()[-1]
+    assert " best val f1 " in summary and "val dice" not in summary  # a cls run names its own metric
     real = fit_module.train_one_epoch
 
     def interrupted(model, loader, *args, **kwargs):
