@@ -61,3 +61,28 @@ def test_finetune_starts_from_the_parents_weights(learned):
     parent_rows, (first,) = records(learned), records(child)
     assert first["train_loss"] < (parent_rows[0]["train_loss"] + parent_rows[-1]["train_loss"]) / 2
     assert first["val_dice"] > FLOOR_DICE * 0.8 > CHANCE_DICE  # a fresh model scores ~0.02 after one epoch
+
+
+def test_a_finetune_stopped_before_its_first_checkpoint_resumes_from_its_parent(learned, monkeypatch):
+    """Ctrl-C in the child's first epoch leaves no checkpoint: `train --resume` must start again
+    from the parent's weights (run.json keeps the parent), not from a fresh network."""
+    import segkit.train.fit as fit_module
+
+    real = fit_module.train_one_epoch
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit_module, "train_one_epoch", interrupted)
+    stopped = CliRunner().invoke(cli, ["finetune", "--from", str(learned), "--size", "48", "--epochs", "1", "--name",
+                                       "early", "--set", "model.freeze_fraction=1.0", "--runs-dir", str(learned.parent)])
+    child = learned.parent / "early"
+    assert stopped.exit_code == 130 and not list((child / "checkpoints").glob("*.pt"))
+    assert json.loads((child / "run.json").read_text())["status"] == "interrupted"
+    monkeypatch.setattr(fit_module, "train_one_epoch", real)
+    run("train", "--resume", child)
+    parent_best = json.loads((learned / "run.json").read_text())["best_epoch"]
+    parent_weights, child_weights = checkpoint(learned, parent_best), checkpoint(child, 1)
+    encoder = [k for k in parent_weights if k.startswith("encoder.") and k.endswith(".weight")]
+    assert encoder and all(torch.equal(parent_weights[k], child_weights[k]) for k in encoder)
+
