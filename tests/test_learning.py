@@ -86,3 +86,15 @@ def test_a_finetune_stopped_before_its_first_checkpoint_resumes_from_its_parent(
     encoder = [k for k in parent_weights if k.startswith("encoder.") and k.endswith(".weight")]
     assert encoder and all(torch.equal(parent_weights[k], child_weights[k]) for k in encoder)
 
+
+
+def test_a_run_without_validation_rows_trains_and_names_its_last_epoch(learned):
+    """Training on every row (the validation fold is empty): a warning, no scores, the last epoch
+    stands in for the best, and the last line says there was nothing to validate."""
+    result = run("train", "--config", learned.parent.parent / "tiny.yaml", "--name", "all_rows", "--set",
+                 "data.val_fold=3", "--set", "train.epochs=1", "--runs-dir", learned.parent)
+    child = learned.parent / "all_rows"
+    assert "validation fold 3 has no rows" in result.output
+    assert "final loss" in result.output.splitlines()[-1] and "  (no validation rows)  (" in result.output.splitlines()[-1]
+    assert [set(r) & {"val_dice"} for r in records(child)] == [set()]
+    assert json.loads((child / "run.json").read_text())["best_epoch"] == 1
