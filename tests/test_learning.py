@@ -6,6 +6,7 @@ these check results a user would see. Removing the parent-weight load of a finet
 """
 
 import json
+import re
 
 import torch
 from click.testing import CliRunner
@@ -48,8 +49,9 @@ def test_finetune_starts_from_the_parents_weights(learned):
     child's encoder is the parent's, bit for bit, its first epoch's loss is the parent's late loss,
     not a fresh model's, and its first validation already scores what the parent learned."""
     parent_best = json.loads((learned / "run.json").read_text())["best_epoch"]
-    run("finetune", "--from", learned, "--size", 48, "--epochs", 1, "--name", "child",
-        "--set", "model.freeze_fraction=1.0", "--runs-dir", learned.parent)
+    output = run("finetune", "--from", learned, "--size", 48, "--epochs", 1, "--name", "child",
+                 "--set", "model.freeze_fraction=1.0", "--runs-dir", learned.parent).output
+    assert re.search(r"^epoch 1: loss \d\.\d{4}  val dice \d\.\d{4}  \(\d+(\.\d+)? s\)$", output, re.M), output
     child = learned.parent / "child"
     parent_weights, child_weights = checkpoint(learned, parent_best), checkpoint(child, 1)
     encoder = [k for k in parent_weights if k.startswith("encoder.") and not k.endswith(
