@@ -121,6 +121,22 @@ def own_cache(tmp_path, monkeypatch):
     clear_memory_cache()
 
 
+def stop_training_at_epoch(monkeypatch, epoch):
+    """Ctrl-C when ``epoch`` starts: segkit.train.fit's train_one_epoch raises KeyboardInterrupt from
+    then on. Returns a function that puts the real one back (to resume in the same test)."""
+    import segkit.train.fit as fit_module
+
+    real = fit_module.train_one_epoch
+
+    def interrupted(model, loader, *args, **kwargs):
+        if loader.dataset.epoch >= epoch:
+            raise KeyboardInterrupt
+        return real(model, loader, *args, **kwargs)
+
+    monkeypatch.setattr(fit_module, "train_one_epoch", interrupted)
+    return lambda: monkeypatch.setattr(fit_module, "train_one_epoch", real)
+
+
 def row_strips(array, heights):
     """(row0, rows) strips of ``array`` along axis -2, heights cycling through ``heights``."""
     rows, row0, i = array.shape[-2], 0, 0

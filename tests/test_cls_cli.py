@@ -10,6 +10,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from conftest import stop_training_at_epoch
 from segkit.cli import cli
 
 NAMES = [str(i) for i in range(10)]
@@ -105,23 +106,14 @@ def test_cls_resumes_exactly_with_ema_and_accumulation_then_infers_a_soup(cls_pr
 
     import torch
 
-    import segkit.train.fit as fit_module
-
     runs = tmp_path / "runs"
     common = ("--config", cls_project / "cls.yaml", "--runs-dir", runs, "--set", "train.ema=0.9", "--set",
               "train.accumulate=2", "--set", "train.swa_epochs=2")
     summary = _ok("train", *common, "--name", "straight").splitlines()[-1]
     assert " best val f1 " in summary and "val dice" not in summary  # a cls run names its own metric
-    real = fit_module.train_one_epoch
-
-    def interrupted(model, loader, *args, **kwargs):
-        if loader.dataset.epoch == 2:
-            raise KeyboardInterrupt
-        return real(model, loader, *args, **kwargs)
-
-    monkeypatch.setattr(fit_module, "train_one_epoch", interrupted)
+    restore = stop_training_at_epoch(monkeypatch, 2)
     assert _run("train", *common, "--name", "cut").exit_code == 130
-    monkeypatch.setattr(fit_module, "train_one_epoch", real)
+    restore()
     assert "resuming" in _ok("train", "--resume", runs / "cut")
     a, b = (torch.load(runs / n / "checkpoints" / "epoch_0002.pt", weights_only=True) for n in ("cut", "straight"))
     for key in ("model", "train_model"):  # EMA weights and raw weights

@@ -11,6 +11,7 @@ import re
 import torch
 from click.testing import CliRunner
 
+from conftest import stop_training_at_epoch
 from segkit.cli import cli
 
 # The foreground share of the tiny project's validation image is about 0.1: a constant "all
@@ -68,20 +69,13 @@ def test_finetune_starts_from_the_parents_weights(learned):
 def test_a_finetune_stopped_before_its_first_checkpoint_resumes_from_its_parent(learned, monkeypatch):
     """Ctrl-C in the child's first epoch leaves no checkpoint: `train --resume` must start again
     from the parent's weights (run.json keeps the parent), not from a fresh network."""
-    import segkit.train.fit as fit_module
-
-    real = fit_module.train_one_epoch
-
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(fit_module, "train_one_epoch", interrupted)
+    restore = stop_training_at_epoch(monkeypatch, 1)
     stopped = CliRunner().invoke(cli, ["finetune", "--from", str(learned), "--size", "48", "--epochs", "1", "--name",
                                        "early", "--set", "model.freeze_fraction=1.0", "--runs-dir", str(learned.parent)])
     child = learned.parent / "early"
     assert stopped.exit_code == 130 and not list((child / "checkpoints").glob("*.pt"))
     assert json.loads((child / "run.json").read_text())["status"] == "interrupted"
-    monkeypatch.setattr(fit_module, "train_one_epoch", real)
+    restore()
     run("train", "--resume", child)
     parent_best = json.loads((learned / "run.json").read_text())["best_epoch"]
     parent_weights, child_weights = checkpoint(learned, parent_best), checkpoint(child, 1)

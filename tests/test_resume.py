@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import stop_training_at_epoch
 from test_fit import info, make_project, records
 
 from segkit.cli import cli
@@ -172,20 +173,11 @@ def test_a_resumed_run_keeps_the_best_epoch_it_had(straight, monkeypatch):
     """The best so far travels in the checkpoint: a run stopped after epoch 1, whose epoch 1 is made
     to have scored a Dice of 2 (beyond any later epoch), still names epoch 1 its best after --resume,
     and train.keep_last 1 keeps its checkpoint."""
-    import segkit.train.fit as fit_module
-
-    real = fit_module.train_one_epoch
-
-    def stop_at_two(model, loader, *args, **kwargs):
-        if loader.dataset.epoch == 2:
-            raise KeyboardInterrupt
-        return real(model, loader, *args, **kwargs)
-
-    monkeypatch.setattr(fit_module, "train_one_epoch", stop_at_two)
+    restore = stop_training_at_epoch(monkeypatch, 2)
     project = straight.parent.parent
     assert CliRunner().invoke(cli, ["train", "--config", str(project / "tiny.yaml"), "--name", "best1", "--set",
                                     "train.keep_last=1", "--set", "train.swa_epochs=0"]).exit_code == 130
-    monkeypatch.setattr(fit_module, "train_one_epoch", real)
+    restore()
     run_dir = project / "runs" / "best1"
     path = run_dir / "checkpoints" / "epoch_0001.pt"
     state = torch.load(path, weights_only=True)
