@@ -38,6 +38,9 @@ def test_two_gloo_ranks_train_one_run(tmp_path):
     assert [r["epoch"] for r in records(run_dir)] == [1, 2]
     assert all(np.isfinite(r["train_loss"]) and 0 <= r["val_dice"] <= 1 for r in records(run_dir))
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["epoch_0001.pt", "epoch_0002.pt"]
+    log = done.stdout + done.stderr
+    assert f"run {run_dir}  (train, fov " in log and " on 2 ranks (gloo)" in log  # the log names the DDP run
+    assert "ranks ended with different weights" not in log  # warned only when the digests differ
     assert done.stdout.count("epoch 1:") == 1 and done.stdout.count("done: ") == 1  # rank 0 speaks
 
     from segkit.models.factory import create_model

@@ -91,6 +91,7 @@ def test_a_run_without_validation_rows_trains_and_names_its_last_epoch(learned):
                  "data.val_fold=3", "--set", "train.epochs=1", "--runs-dir", learned.parent)
     child = learned.parent / "all_rows"
     assert "validation fold 3 has no rows" in result.output
+    assert "\nhardware: device cpu, precision " in result.output  # the stage says what it chose
     assert "final loss" in result.output.splitlines()[-1] and "  (no validation rows)  (" in result.output.splitlines()[-1]
     assert [set(r) & {"val_dice"} for r in records(child)] == [set()]
     assert json.loads((child / "run.json").read_text())["best_epoch"] == 1
