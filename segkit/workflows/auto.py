@@ -161,7 +161,7 @@ def resume_auto(run: Path, *, budget_s: float, echo: Callable[[str], None] = pri
         raise SegkitError(f"{final}: auto run has finished; nothing to resume")
     echo(f"resuming auto run {run} ({info.get('status')}) within {format_budget(budget_s)}")
     started = clock()
-    reserve = float(info.get("auto_reserve_s", 0.0))
+    reserve = float(read_run_info(first).get("auto_reserve_s", 0.0))  # a fine-tune begun by a resume has none
     run_dir = train_stages(planned, started + budget_s - reserve, echo, clock, resume=run)
     if not (run_dir / "plan.yaml").is_file():
         for name in ("plan.yaml", "fingerprint.json"):
