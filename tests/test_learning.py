@@ -83,7 +83,6 @@ def test_a_finetune_stopped_before_its_first_checkpoint_resumes_from_its_parent(
     assert encoder and all(torch.equal(parent_weights[k], child_weights[k]) for k in encoder)
 
 
-
 def test_a_run_without_validation_rows_trains_and_names_its_last_epoch(learned):
     """Training on every row (the validation fold is empty): a warning, no scores, the last epoch
     stands in for the best, and the last line says there was nothing to validate."""

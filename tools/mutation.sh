@@ -1,7 +1,8 @@
 #!/bin/bash
 # tools/mutation.sh [GROUP...]: mutation testing (mutmut 3) of the modules that carry the mission,
 # a few modules at a time, each against only the test files that cover it, so that one mutant's
-# run takes seconds. Without GROUP, every group below. docs/testing.md has the scores and why mutmut.
+# run takes seconds. Without GROUP, every group whose mutants take seconds (not the train/fit.py groups,
+# whose mutants retrain runs: name them). docs/testing.md has the scores and why mutmut.
 #
 #   pip install 'mutmut==3.8.1'
 #   CPU_RUN=/work/brief/cpu-run tools/mutation.sh rle metrics   # CPU_RUN: a wrapper for heavy jobs
@@ -16,9 +17,9 @@ RUN=${CPU_RUN:-}
 PYTHON=${PYTHON:-python}
 LIMIT=${MUTATION_GROUP_TIMEOUT:-900}  # seconds per group; a group cut short scores the mutants it checked
 
-# group -> modules mutated, the test files that cover them, and (optional) mutant name globs to run
-# (fit: the functions that build a stage and load the parent's weights; the rest of fit.py needs
-# whole training runs per mutant, too slow for this machine).
+# group -> modules mutated, the test files that cover them, and (optional) mutant name globs to run.
+# train/fit.py is split into groups by function (fit: _setup_run; fit_build; fit_epochs, fit_core: samples;
+# fit_finish): its mutants retrain runs.
 declare -A MODULES TESTS NAMES
 MODULES[rle]="segkit/io/rle.py"
 TESTS[rle]="tests/test_rle.py tests/test_rle_csv_conventions.py"
@@ -42,8 +43,8 @@ TESTS[objects]="tests/test_instances.py tests/test_object_writers.py tests/test_
 MODULES[loop]="segkit/train/loop.py"
 TESTS[loop]="tests/test_loop.py tests/test_loop_exact.py tests/test_loop_paths.py"
 MODULES[fit]="segkit/train/fit.py"
-TESTS[fit]="tests/test_learning.py tests/test_fit_parts.py"
-NAMES[fit]="*_build__mutmut_* *_sync_batchnorm__mutmut_* *_setup_run__mutmut_*"
+TESTS[fit]="tests/test_learning.py"
+NAMES[fit]="*_setup_run__mutmut_*"
 # the epoch loop, resume, validation, weight average and failure record: every mutant retrains runs (~35 s with
 # these tests), so the loop, resume and validation are sampled (mutants numbered *0 and *5: a fifth)
 MODULES[fit_epochs]="segkit/train/fit.py"
@@ -60,7 +61,7 @@ TESTS[fit_build]="tests/test_learning.py tests/test_fit_parts.py tests/test_gpu_
 NAMES[fit_build]="*_build__mutmut_* *_sync_batchnorm__mutmut_*"
 
 groups=("$@")
-[ ${#groups[@]} -eq 0 ] && groups=(checkpoint rle tta predict fit metrics watershed writers objects tiling loop)
+[ ${#groups[@]} -eq 0 ] && groups=(checkpoint rle tta predict metrics watershed writers objects tiling loop)
 mkdir -p "$WORK"
 for group in "${groups[@]}"; do
   [ -n "${MODULES[$group]:-}" ] || { echo "unknown group $group (known: ${!MODULES[*]})" >&2; exit 2; }
